@@ -1,0 +1,103 @@
+//! The CLI's side of the HTTP API: results, log, peers, announce.
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+fn base(node: &str) -> String {
+    node.trim_end_matches('/').to_string()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(120)).build()
+}
+
+fn fail(url: &str, e: ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Status(code, resp) => {
+            let body = resp.into_string().unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(body);
+            anyhow::anyhow!("{url}: HTTP {code}: {msg}")
+        }
+        other => anyhow::anyhow!("{url}: {other}"),
+    }
+}
+
+pub fn get_json(node: &str, path: &str, query: &[(&str, Option<&str>)]) -> anyhow::Result<Value> {
+    let url = format!("{}{}", base(node), path);
+    let mut req = agent().get(&url);
+    for (k, v) in query {
+        if let Some(v) = v {
+            req = req.query(k, v);
+        }
+    }
+    let resp = req.call().map_err(|e| fail(&url, e))?;
+    resp.into_json().with_context(|| format!("{url}: not JSON"))
+}
+
+pub fn get_text(node: &str, path: &str) -> anyhow::Result<String> {
+    let url = format!("{}{}", base(node), path);
+    let resp = agent().get(&url).call().map_err(|e| fail(&url, e))?;
+    Ok(resp.into_string()?)
+}
+
+pub fn post_json(node: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let url = format!("{}{}", base(node), path);
+    let resp = agent().post(&url).send_json(body.clone()).map_err(|e| fail(&url, e))?;
+    resp.into_json().with_context(|| format!("{url}: not JSON"))
+}
+
+fn short(s: &str, n: usize) -> &str {
+    &s[..s.len().min(n)]
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    &s[s.len().saturating_sub(n)..]
+}
+
+pub fn print_results(v: &Value) -> anyhow::Result<()> {
+    let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
+    if items.is_empty() {
+        println!("no results");
+        return Ok(());
+    }
+    println!("{:<12} {:<9} {:<16} {:<10} {:<10} {:>3} {:>8}  {:<10} {}", "ID", "STATUS", "BUILDER", "COMMIT", "BRANCH", "ATT", "TOOK", "BUILT BY", "FAILED STEP");
+    for b in items {
+        let s = |k: &str| b[k].as_str().unwrap_or("").to_string();
+        println!(
+            "{:<12} {:<9} {:<16} {:<10} {:<10} {:>3} {:>7.1}s  …{:<9} {}",
+            short(&s("id"), 12),
+            s("status"),
+            short(&s("builder"), 16),
+            short(&s("commit"), 10),
+            short(&s("branch"), 10),
+            b["attempt"].as_u64().unwrap_or(0),
+            b["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            tail(&s("signer"), 8),
+            s("failed_step"),
+        );
+    }
+    Ok(())
+}
+
+pub fn print_peers(v: &Value) -> anyhow::Result<()> {
+    let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
+    println!("{:<54} {:<5} {:<9} {:>9}  {}", "PEER", "LIVE", "CONNECTED", "BUSY", "LABELS");
+    for p in items {
+        let labels: Vec<&str> = p["labels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str()).collect()).unwrap_or_default();
+        let me = if p["self"].as_bool().unwrap_or(false) { " (this node)" } else { "" };
+        println!(
+            "{:<54} {:<5} {:<9} {:>4}/{:<4}  {}{}",
+            p["peer_id"].as_str().unwrap_or(""),
+            p["live"].as_bool().unwrap_or(false),
+            p["connected"].as_bool().unwrap_or(false),
+            p["busy"].as_u64().unwrap_or(0),
+            p["executors"].as_u64().unwrap_or(0),
+            labels.join(","),
+            me
+        );
+    }
+    Ok(())
+}

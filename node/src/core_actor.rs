@@ -1,0 +1,378 @@
+//! The `Core` actor: owns the `NodeCore`, feeds it inputs with the wall
+//! clock, routes its outputs to the network and the executor, and answers
+//! the API's questions about live state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::prelude::*;
+use libp2p::{Multiaddr, PeerId};
+use peerbot_protocol::core::{Announced, CommitInfo, Event, Input, JobState, NodeCore, Output};
+use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::store::Store;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::executor::{BuildReport, CancelBuild, Executor, StartBuild};
+use crate::net::{NetCommand, NetEvent};
+use crate::now_ms;
+use crate::store::RocksStore;
+
+const PEER_ADDRS_KEY: &str = "peer_addrs";
+const MAX_REMEMBERED_PEERS: usize = 256;
+
+pub struct CoreActor {
+    core: NodeCore<RocksStore>,
+    net: mpsc::UnboundedSender<NetCommand>,
+    executor: Option<Addr<Executor>>,
+    data_dir: PathBuf,
+    timer: Option<SpawnHandle>,
+    blob_waiters: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+    next_token: u64,
+    listen: Vec<Multiaddr>,
+    http: Option<String>,
+    started_ms: u64,
+    records_stored: u64,
+    records_rejected: u64,
+}
+
+impl CoreActor {
+    pub fn new(core: NodeCore<RocksStore>, net: mpsc::UnboundedSender<NetCommand>, data_dir: PathBuf) -> Self {
+        CoreActor {
+            core,
+            net,
+            executor: None,
+            data_dir,
+            timer: None,
+            blob_waiters: HashMap::new(),
+            next_token: 1,
+            listen: vec![],
+            http: None,
+            started_ms: now_ms(),
+            records_stored: 0,
+            records_rejected: 0,
+        }
+    }
+
+    fn input(&mut self, ctx: &mut Context<Self>, input: Input) {
+        self.core.handle(now_ms(), input);
+        self.drain(ctx);
+    }
+
+    /// Routes every pending output, then schedules the next tick.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Broadcast(bytes) => self.send_net(NetCommand::Publish(bytes)),
+                Output::Request { peer, id, bytes } => self.send_net(NetCommand::Request { peer, id, bytes }),
+                Output::Reply { id, bytes } => self.send_net(NetCommand::Reply { id, bytes }),
+                Output::Verdict { token, verdict } => self.send_net(NetCommand::Verdict { token, verdict }),
+                Output::StartBuild(order) => {
+                    if let Some(ex) = &self.executor {
+                        ex.do_send(StartBuild(order));
+                    }
+                }
+                Output::CancelBuild { job, attempt } => {
+                    if let Some(ex) = &self.executor {
+                        ex.do_send(CancelBuild { job, attempt });
+                    }
+                }
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        let wait = self.core.next_timeout().saturating_sub(now_ms()).clamp(5, 5_000);
+        self.timer = Some(ctx.run_later(Duration::from_millis(wait), |act, ctx| {
+            act.timer = None;
+            act.input(ctx, Input::Tick);
+        }));
+    }
+
+    fn send_net(&self, cmd: NetCommand) {
+        if self.net.send(cmd).is_err() {
+            warn!("the network task has stopped");
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::RecordStored { id, kind, signer, from } => {
+                self.records_stored += 1;
+                info!(record = %id.short(), kind, signer = %signer, from = ?from, "record stored");
+            }
+            Event::RecordRejected { from, reason } => {
+                self.records_rejected += 1;
+                warn!(peer = %from, "rejected a record: {reason}");
+            }
+            Event::MessageRejected { from, reason } => warn!(peer = %from, "rejected a message: {reason}"),
+            Event::Claimed { job, attempt, by } => info!(job = %job.short(), attempt, by = %by, "job claimed"),
+            Event::ClaimConflict { job, attempt, winner, loser } => {
+                warn!(job = %job.short(), attempt, %winner, %loser, "two claims for one job; the better-ranked one stands")
+            }
+            Event::LeaseExpired { job, attempt, holder } => {
+                warn!(job = %job.short(), attempt, %holder, "lease ran out with no result; job reopened")
+            }
+            Event::Released { job, attempt, by, reason } => info!(job = %job.short(), attempt, %by, "claim released: {reason}"),
+            Event::BuildStarted { job, attempt } => info!(job = %job.short(), attempt, "claimed; starting build"),
+            Event::BuildPublished { job, attempt, status, record } => {
+                info!(job = %job.short(), attempt, status = status.as_str(), record = %record.short(), "build result published")
+            }
+            Event::BlobFetched { token, hash, ok, detail } => {
+                debug!(blob = %hash.short(), ok, "blob fetch: {detail}");
+                if let Some(tx) = self.blob_waiters.remove(&token) {
+                    let _ = tx.send(if ok { Ok(()) } else { Err(detail) });
+                }
+            }
+            Event::SyncFinished { peer, rounds, need, have } => {
+                if need + have > 0 {
+                    info!(%peer, rounds, fetched = need, pushed = have, "reconciled with peer");
+                } else {
+                    debug!(%peer, rounds, "in sync with peer");
+                }
+            }
+            Event::SyncFailed { peer, reason } => debug!(%peer, "sync failed: {reason}"),
+            Event::StoreFailed { reason } => warn!("storage error: {reason}"),
+        }
+    }
+
+    fn write_node_json(&self) {
+        let Some(http) = &self.http else { return };
+        if self.listen.is_empty() {
+            return;
+        }
+        let v = json!({
+            "peer_id": self.core.peer_id().to_string(),
+            "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "http": http,
+        });
+        let tmp = self.data_dir.join("node.json.tmp");
+        let res = std::fs::write(&tmp, serde_json::to_vec_pretty(&v).unwrap_or_default())
+            .and_then(|_| std::fs::rename(&tmp, self.data_dir.join("node.json")));
+        if let Err(e) = res {
+            warn!("writing node.json: {e}");
+        }
+    }
+
+    fn remember_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let mut all = load_peer_addrs(self.core.store());
+        all.insert(peer.to_string(), addrs.iter().map(|a| a.to_string()).collect());
+        while all.len() > MAX_REMEMBERED_PEERS {
+            let k = all.keys().next().cloned().unwrap_or_default();
+            all.remove(&k);
+        }
+        let bytes = serde_json::to_vec(&all).unwrap_or_default();
+        if let Err(e) = self.core.store_mut().put_state(PEER_ADDRS_KEY, &bytes) {
+            warn!("remembering peer addresses: {e}");
+        }
+    }
+
+    fn job_json(&self, id: &Hash32, now: u64) -> Option<Value> {
+        let j = self.core.jobs().get(id)?;
+        let state = match self.core.job_state(id) {
+            JobState::Done => "done",
+            JobState::Claimed if j.claim.as_ref().is_some_and(|c| c.step.is_some()) => "running",
+            JobState::Claimed => "claimed",
+            JobState::Pending => "pending",
+        };
+        let eligible: Vec<String> = self.core.eligible(now, &j.spec.requires).iter().map(|p| p.to_string()).collect();
+        Some(json!({
+            "job": id.to_hex(),
+            "repo": j.repo,
+            "branch": j.branch,
+            "commit": j.commit,
+            "builder": j.spec.builder,
+            "requires": j.spec.requires,
+            "state": state,
+            "attempt": j.attempt,
+            "claim": j.claim.as_ref().map(|c| json!({
+                "by": c.by.to_string(),
+                "attempt": c.attempt,
+                "lease_expires_in_ms": c.lease_until.saturating_sub(now),
+                "step": c.step,
+            })),
+            "eligible_nodes": eligible,
+            "waiting_reason": if state == "pending" && eligible.is_empty() {
+                Some(format!("no live node has all of {:?}", j.spec.requires))
+            } else { None },
+            "lost_attempts": j.lost.iter().map(|(a, p, why)| json!({"attempt": a, "by": p.to_string(), "reason": why})).collect::<Vec<_>>(),
+            "results": self.core.results_of(id).iter().map(|r| r.to_hex()).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+pub fn load_peer_addrs<S: Store>(store: &S) -> BTreeMap<String, Vec<String>> {
+    store
+        .get_state(PEER_ADDRS_KEY)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+impl Actor for CoreActor {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let ex = Executor::new(self.data_dir.clone(), ctx.address().recipient()).start();
+        self.executor = Some(ex);
+        self.drain(ctx);
+    }
+}
+
+impl StreamHandler<NetEvent> for CoreActor {
+    fn handle(&mut self, ev: NetEvent, ctx: &mut Context<Self>) {
+        match ev {
+            NetEvent::Listening(addrs) => {
+                self.listen = addrs;
+                self.write_node_json();
+            }
+            NetEvent::Gossip { from, token, bytes } => self.input(ctx, Input::Gossip { from, token, bytes }),
+            NetEvent::Connected(p) => self.input(ctx, Input::PeerConnected(p)),
+            NetEvent::Disconnected(p) => self.input(ctx, Input::PeerDisconnected(p)),
+            NetEvent::Request { from, id, bytes } => self.input(ctx, Input::Request { from, id, bytes }),
+            NetEvent::Response { id, bytes } => self.input(ctx, Input::Response { id, bytes }),
+            NetEvent::RequestFailed { id, reason } => self.input(ctx, Input::RequestFailed { id, reason }),
+            NetEvent::PeerAddrs { peer, addrs } => self.remember_peer(peer, addrs),
+        }
+    }
+    fn finished(&mut self, _: &mut Context<Self>) {
+        warn!("the network task ended");
+    }
+}
+
+impl Handler<BuildReport> for CoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: BuildReport, ctx: &mut Context<Self>) {
+        let input = match msg {
+            BuildReport::Progress { job, attempt, step } => Input::BuildProgress { job, attempt, step },
+            BuildReport::Finished(o) => Input::BuildFinished(o),
+        };
+        self.input(ctx, input);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetHttp(pub String);
+
+impl Handler<SetHttp> for CoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetHttp, _: &mut Context<Self>) {
+        self.http = Some(msg.0);
+        self.write_node_json();
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Announced, String>")]
+pub struct Announce(pub CommitInfo);
+
+impl Handler<Announce> for CoreActor {
+    type Result = Result<Announced, String>;
+    fn handle(&mut self, msg: Announce, ctx: &mut Context<Self>) -> Self::Result {
+        let r = self.core.announce(now_ms(), msg.0);
+        self.drain(ctx);
+        r
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct FetchBlob {
+    pub hash: Hash32,
+    pub hint: Option<PeerId>,
+}
+
+impl Handler<FetchBlob> for CoreActor {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, msg: FetchBlob, ctx: &mut Context<Self>) -> Self::Result {
+        let token = self.next_token;
+        self.next_token += 1;
+        let (tx, rx) = oneshot::channel();
+        self.blob_waiters.insert(token, tx);
+        self.core.fetch_blob(now_ms(), token, msg.hash, msg.hint);
+        self.drain(ctx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("the node is shutting down".into())) })
+    }
+}
+
+/// Live state for the API, as JSON.
+#[derive(Message)]
+#[rtype(result = "Value")]
+pub enum Query {
+    Node,
+    Peers,
+    Jobs { state: Option<String>, limit: usize },
+    JobsOf(Vec<Hash32>),
+}
+
+impl Handler<Query> for CoreActor {
+    type Result = MessageResult<Query>;
+    fn handle(&mut self, q: Query, _: &mut Context<Self>) -> Self::Result {
+        let now = now_ms();
+        let v = match q {
+            Query::Node => {
+                let cfg = self.core.config();
+                let live = self.core.peers().keys().filter(|p| self.core.is_live(now, p)).count();
+                let connected = self.core.peers().values().filter(|v| v.connected).count();
+                json!({
+                    "peer_id": self.core.peer_id().to_string(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "labels": cfg.labels,
+                    "executors": cfg.executors,
+                    "busy": self.core.running().len(),
+                    "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "http": self.http,
+                    "uptime_ms": now.saturating_sub(self.started_ms),
+                    "peers_live": live,
+                    "peers_connected": connected,
+                    "jobs_known": self.core.jobs().len(),
+                    "records_stored_since_start": self.records_stored,
+                    "records_rejected_since_start": self.records_rejected,
+                })
+            }
+            Query::Peers => {
+                let mut v = vec![json!({
+                    "peer_id": self.core.peer_id().to_string(),
+                    "self": true,
+                    "live": true,
+                    "connected": false,
+                    "labels": self.core.config().labels,
+                    "executors": self.core.config().executors,
+                    "busy": self.core.running().len(),
+                })];
+                for (p, view) in self.core.peers() {
+                    v.push(json!({
+                        "peer_id": p.to_string(),
+                        "self": false,
+                        "live": self.core.is_live(now, p),
+                        "connected": view.connected,
+                        "labels": view.labels,
+                        "executors": view.executors,
+                        "busy": view.busy,
+                        "last_heard_ms_ago": if view.last_heard == 0 { None } else { Some(now.saturating_sub(view.last_heard)) },
+                        "suspect": view.suspect,
+                    }));
+                }
+                Value::Array(v)
+            }
+            Query::Jobs { state, limit } => {
+                let mut v = Vec::new();
+                for id in self.core.jobs().keys().rev() {
+                    if let Some(j) = self.job_json(id, now) {
+                        if state.as_deref().is_none_or(|s| j["state"] == s) {
+                            v.push(j);
+                            if v.len() >= limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Value::Array(v)
+            }
+            Query::JobsOf(ids) => Value::Array(ids.iter().filter_map(|id| self.job_json(id, now)).collect()),
+        };
+        MessageResult(v)
+    }
+}

@@ -1,0 +1,267 @@
+//! Runs builds as child processes: a checkout of the commit, then each step
+//! with `sh -c`, stdout and stderr captured together, with timeouts and
+//! cancellation. Reports back to the core; decides nothing.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use peerbot_protocol::core::{BuildOrder, BuildOutcome, StepOutcome, MAX_LOG_BYTES};
+use peerbot_protocol::ids::Hash32;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{git, now_ms};
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartBuild(pub BuildOrder);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelBuild {
+    pub job: Hash32,
+    pub attempt: u32,
+}
+
+/// What the executor tells the core.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum BuildReport {
+    Progress { job: Hash32, attempt: u32, step: String },
+    Finished(BuildOutcome),
+}
+
+pub struct Executor {
+    data_dir: PathBuf,
+    report: Recipient<BuildReport>,
+    cancels: HashMap<(Hash32, u32), watch::Sender<bool>>,
+    log_limit: u64,
+}
+
+impl Executor {
+    pub fn new(data_dir: PathBuf, report: Recipient<BuildReport>) -> Self {
+        Executor { data_dir, report, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES }
+    }
+}
+
+impl Actor for Executor {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Done(Hash32, u32);
+
+impl Handler<StartBuild> for Executor {
+    type Result = ();
+    fn handle(&mut self, msg: StartBuild, ctx: &mut Context<Self>) {
+        let order = msg.0;
+        let (tx, rx) = watch::channel(false);
+        self.cancels.insert((order.job, order.attempt), tx);
+        let data_dir = self.data_dir.clone();
+        let report = self.report.clone();
+        let me = ctx.address();
+        let limit = self.log_limit;
+        actix::spawn(async move {
+            let key = (order.job, order.attempt);
+            let outcome = run_build(&data_dir, order, rx, &report, limit).await;
+            report.do_send(BuildReport::Finished(outcome));
+            me.do_send(Done(key.0, key.1));
+        });
+    }
+}
+
+impl Handler<CancelBuild> for Executor {
+    type Result = ();
+    fn handle(&mut self, msg: CancelBuild, _: &mut Context<Self>) {
+        if let Some(tx) = self.cancels.get(&(msg.job, msg.attempt)) {
+            info!(job = %msg.job.short(), attempt = msg.attempt, "cancelling build");
+            let _ = tx.send(true);
+        }
+    }
+}
+
+impl Handler<Done> for Executor {
+    type Result = ();
+    fn handle(&mut self, msg: Done, _: &mut Context<Self>) {
+        self.cancels.remove(&(msg.0, msg.1));
+    }
+}
+
+async fn run_build(
+    data_dir: &std::path::Path,
+    order: BuildOrder,
+    mut cancel: watch::Receiver<bool>,
+    report: &Recipient<BuildReport>,
+    log_limit: u64,
+) -> BuildOutcome {
+    let started = now_ms();
+    let mut outcome = BuildOutcome { job: order.job, attempt: order.attempt, started_ms: started, ..Default::default() };
+    let ws = data_dir.join("work").join(format!("{}-{}", order.job.short(), order.attempt));
+    let prepared = async {
+        let mirror = git::fetch_mirror(data_dir, &order.repo).await?;
+        git::checkout(&mirror, &ws, &order.commit).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = prepared {
+        warn!(job = %order.job.short(), "cannot prepare the build: {e:#}");
+        outcome.error = Some(format!("{e:#}"));
+        outcome.ended_ms = now_ms();
+        return outcome;
+    }
+    info!(job = %order.job.short(), builder = %order.builder, commit = %order.commit, "build started");
+    for step in &order.steps {
+        report.do_send(BuildReport::Progress { job: order.job, attempt: order.attempt, step: step.name.clone() });
+        let envs = [
+            ("PEERBOT_JOB", order.job.to_hex()),
+            ("PEERBOT_ATTEMPT", order.attempt.to_string()),
+            ("PEERBOT_REPO", order.repo.clone()),
+            ("PEERBOT_BRANCH", order.branch.clone()),
+            ("PEERBOT_COMMIT", order.commit.clone()),
+            ("PEERBOT_BUILDER", order.builder.clone()),
+            ("PEERBOT_STEP", step.name.clone()),
+        ];
+        let so = run_step(&ws, &step.run, &envs, Duration::from_secs(step.timeout_secs), &mut cancel, log_limit).await;
+        let so = match so {
+            Ok(mut so) => {
+                so.name = step.name.clone();
+                so
+            }
+            Err(e) => StepOutcome {
+                name: step.name.clone(),
+                command: step.run.clone(),
+                log: format!("peerbot: could not run the step: {e:#}\n").into_bytes(),
+                ..Default::default()
+            },
+        };
+        let failed = so.exit_code != Some(0);
+        outcome.steps.push(so);
+        if *cancel.borrow() {
+            outcome.cancelled = true;
+            break;
+        }
+        if failed {
+            break;
+        }
+    }
+    let _ = tokio::fs::remove_dir_all(&ws).await;
+    outcome.ended_ms = now_ms();
+    outcome
+}
+
+fn kill_group(pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    // The step ran in its own process group: take all its children too.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+    }
+}
+
+async fn run_step(
+    ws: &std::path::Path,
+    run: &str,
+    envs: &[(&str, String)],
+    timeout: Duration,
+    cancel: &mut watch::Receiver<bool>,
+    log_limit: u64,
+) -> anyhow::Result<StepOutcome> {
+    let (reader, writer) = std::io::pipe()?;
+    let writer2 = writer.try_clone()?;
+    let mut std_cmd = std::process::Command::new("sh");
+    std_cmd
+        .arg("-c")
+        .arg(run)
+        .current_dir(ws)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0);
+    for (k, v) in envs {
+        std_cmd.env(k, v);
+    }
+    let mut cmd = tokio::process::Command::from(std_cmd);
+    cmd.kill_on_drop(true);
+    let start = Instant::now();
+    let mut child = cmd.spawn()?;
+    // Drop our copies of the pipe's write end so EOF comes when the step ends.
+    drop(cmd);
+    let pid = child.id().unwrap_or(0);
+    let collector = tokio::task::spawn_blocking(move || collect_log(reader, log_limit));
+    let mut timed_out = false;
+    let status = tokio::select! {
+        s = child.wait() => Some(s?),
+        _ = tokio::time::sleep(timeout) => { timed_out = true; None }
+        _ = wait_cancel(cancel) => None,
+    };
+    let status = match status {
+        Some(s) => Some(s),
+        None => {
+            kill_group(pid);
+            Some(child.wait().await?)
+        }
+    };
+    // Background children that keep the pipe open must not hold the build.
+    kill_group(pid);
+    let (mut log, truncated) = match tokio::time::timeout(Duration::from_secs(10), collector).await {
+        Ok(Ok(r)) => r,
+        _ => (b"peerbot: the step's output could not be collected\n".to_vec(), false),
+    };
+    if timed_out {
+        log.extend_from_slice(format!("\npeerbot: step timed out after {}s and was killed\n", timeout.as_secs()).as_bytes());
+    }
+    let exit_code = if timed_out { None } else { status.and_then(|s| s.code()) };
+    Ok(StepOutcome {
+        name: String::new(),
+        command: run.to_string(),
+        exit_code,
+        duration_ms: start.elapsed().as_millis() as u64,
+        timed_out,
+        log,
+        truncated,
+    })
+}
+
+async fn wait_cancel(cancel: &mut watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Reads the whole output, keeping at most `limit` bytes and marking the cut.
+fn collect_log(mut r: std::io::PipeReader, limit: u64) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len() as u64) as usize;
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let truncated = total > limit;
+    if truncated {
+        kept.extend_from_slice(
+            format!("\n[peerbot: log truncated at {limit} bytes; the step wrote {total} bytes]\n").as_bytes(),
+        );
+    }
+    (kept, truncated)
+}

@@ -1,0 +1,353 @@
+//! The HTTP API (JSON) and a small web page. Reads of history go straight
+//! to RocksDB; anything that changes state goes through the Core actor.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{get, post, web, HttpResponse, Responder};
+use peerbot_protocol::core::Announced;
+use peerbot_protocol::record::{self, Body, VerifiedRecord};
+use peerbot_protocol::store::Store;
+use peerbot_protocol::Status;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::core_actor::{Announce, CoreActor, FetchBlob, Query};
+use crate::git;
+use crate::store::RocksStore;
+
+pub struct AppState {
+    pub core: Addr<CoreActor>,
+    pub store: RocksStore,
+    pub data_dir: PathBuf,
+}
+
+type State = web::Data<AppState>;
+
+const MAX_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 100;
+
+fn error(code: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(code).json(json!({ "error": msg.into() }))
+}
+fn bad_request(msg: impl Into<String>) -> HttpResponse {
+    error(actix_web::http::StatusCode::BAD_REQUEST, msg)
+}
+fn not_found(msg: impl Into<String>) -> HttpResponse {
+    error(actix_web::http::StatusCode::NOT_FOUND, msg)
+}
+fn unavailable(msg: impl Into<String>) -> HttpResponse {
+    error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, msg)
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(index)
+        .service(node)
+        .service(peers)
+        .service(list_changes)
+        .service(post_change)
+        .service(list_builds)
+        .service(get_build)
+        .service(get_log)
+        .service(list_jobs)
+        .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _| {
+            actix_web::error::InternalError::from_response(
+                "",
+                bad_request(format!("request body: {e}")),
+            )
+            .into()
+        }))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| {
+            actix_web::error::InternalError::from_response("", bad_request(format!("query: {e}"))).into()
+        }));
+}
+
+fn commit_matches(commit: &str, q: &Option<String>) -> bool {
+    q.as_ref().is_none_or(|q| commit.starts_with(&q.to_ascii_lowercase()))
+}
+
+pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
+    let Body::Result(r) = &rec.body else { return Value::Null };
+    let steps: Vec<Value> = r
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({
+                "index": i,
+                "name": s.name,
+                "command": s.command,
+                "exit_code": s.exit_code,
+                "duration_ms": s.duration_ms,
+                "timed_out": s.timed_out,
+                "warnings": s.warnings,
+                "tests": s.tests,
+                "log": s.log.as_ref().map(|l| json!({"hash": l.hash.to_hex(), "size": l.size, "truncated": l.truncated})),
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "id": rec.id.to_hex(),
+        "job": r.job.to_hex(),
+        "repo": r.repo,
+        "branch": r.branch,
+        "commit": r.commit,
+        "builder": r.builder,
+        "attempt": r.attempt,
+        "status": r.status.as_str(),
+        "failed_step": r.failed_step,
+        "error": r.error,
+        "started_ms": r.started_ms,
+        "ended_ms": r.ended_ms,
+        "duration_ms": r.ended_ms.saturating_sub(r.started_ms),
+        "signer": rec.signer.to_string(),
+        "labels": r.labels,
+        "steps": steps,
+        "metrics": r.metrics,
+    });
+    if detail {
+        v["record_id"] = json!(rec.id.to_hex());
+        v["signature"] = json!(hex::encode(&rec.signature));
+        // Checked again now, on the bytes as stored.
+        v["verified"] = json!(record::verify(&rec.bytes).is_ok());
+    }
+    v
+}
+
+fn change_json(rec: &VerifiedRecord) -> Value {
+    let Body::Change(c) = &rec.body else { return Value::Null };
+    json!({
+        "id": rec.id.to_hex(),
+        "repo": c.repo,
+        "branch": c.branch,
+        "commit": c.commit,
+        "parents": c.parents,
+        "author": c.author,
+        "committer": c.committer,
+        "commit_time": c.commit_time,
+        "title": c.title,
+        "files": c.files,
+        "recipe_error": c.recipe_error,
+        "announced_ms": c.announced_ms,
+        "announced_by": rec.signer.to_string(),
+        "jobs": c.jobs.iter().map(|j| json!({"job": j.id.to_hex(), "builder": j.builder, "requires": j.requires})).collect::<Vec<_>>(),
+    })
+}
+
+#[get("/")]
+async fn index() -> impl Responder {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("ui.html"))
+}
+
+#[get("/api/v1/node")]
+async fn node(st: State) -> HttpResponse {
+    match st.core.send(Query::Node).await {
+        Ok(mut v) => {
+            v["records"] = json!(st.store.record_count());
+            HttpResponse::Ok().json(v)
+        }
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+#[get("/api/v1/peers")]
+async fn peers(st: State) -> HttpResponse {
+    match st.core.send(Query::Peers).await {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    repo: Option<String>,
+    branch: Option<String>,
+    commit: Option<String>,
+    limit: Option<usize>,
+}
+
+#[get("/api/v1/changes")]
+async fn list_changes(st: State, q: web::Query<ChangesQuery>) -> HttpResponse {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let recs = st.store.changes(limit, &mut |rec| match &rec.body {
+        Body::Change(c) => {
+            q.repo.as_ref().is_none_or(|r| *r == c.repo)
+                && q.branch.as_ref().is_none_or(|b| *b == c.branch)
+                && commit_matches(&c.commit, &q.commit)
+        }
+        _ => false,
+    });
+    let mut out = Vec::new();
+    for rec in &recs {
+        let mut v = change_json(rec);
+        if let Body::Change(c) = &rec.body {
+            let ids = c.jobs.iter().map(|j| j.id).collect();
+            if let Ok(states) = st.core.send(Query::JobsOf(ids)).await {
+                v["jobs"] = states;
+            }
+        }
+        out.push(v);
+    }
+    HttpResponse::Ok().json(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnnounceBody {
+    repo: String,
+    branch: Option<String>,
+    commit: String,
+}
+
+#[post("/api/v1/changes")]
+async fn post_change(st: State, body: web::Json<AnnounceBody>) -> HttpResponse {
+    let b = body.into_inner();
+    if let Err(e) = git::check_repo(&b.repo) {
+        return bad_request(e.to_string());
+    }
+    let mirror = match git::fetch_mirror(&st.data_dir, &b.repo).await {
+        Ok(m) => m,
+        Err(e) => return bad_request(format!("{e:#}")),
+    };
+    let commit = match git::resolve(&mirror, &b.commit).await {
+        Ok(c) => c,
+        Err(e) => return bad_request(format!("{e:#}")),
+    };
+    let branch = match b.branch {
+        Some(br) => br,
+        None => match git::default_branch(&b.repo).await {
+            Ok(br) => br,
+            Err(e) => return bad_request(format!("{e:#}")),
+        },
+    };
+    let info = match git::commit_info(&mirror, &b.repo, &branch, &commit).await {
+        Ok(i) => i,
+        Err(e) => return bad_request(format!("{e:#}")),
+    };
+    match st.core.send(Announce(info)).await {
+        Ok(Ok(a)) => {
+            let (id, known) = match a {
+                Announced::New(id) => (id, false),
+                Announced::Known(id) => (id, true),
+            };
+            let rec = st.store.record(&id);
+            let mut v = rec.as_ref().map(change_json).unwrap_or(json!({"id": id.to_hex()}));
+            v["already_known"] = json!(known);
+            if known {
+                HttpResponse::Ok().json(v)
+            } else {
+                HttpResponse::Created().json(v)
+            }
+        }
+        Ok(Err(e)) => bad_request(e),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildsQuery {
+    repo: Option<String>,
+    branch: Option<String>,
+    commit: Option<String>,
+    builder: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+#[get("/api/v1/builds")]
+async fn list_builds(st: State, q: web::Query<BuildsQuery>) -> HttpResponse {
+    let status = match q.status.as_deref().map(|s| (s, Status::parse(s))) {
+        Some((s, None)) => {
+            return bad_request(format!(
+                "status {s:?} is not one of success, warnings, failure, exception, cancelled"
+            ))
+        }
+        Some((_, st)) => st,
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let recs = st.store.results(limit, &mut |rec| match &rec.body {
+        Body::Result(r) => {
+            q.repo.as_ref().is_none_or(|x| *x == r.repo)
+                && q.branch.as_ref().is_none_or(|x| *x == r.branch)
+                && q.builder.as_ref().is_none_or(|x| *x == r.builder)
+                && status.is_none_or(|s| s == r.status)
+                && commit_matches(&r.commit, &q.commit)
+        }
+        _ => false,
+    });
+    HttpResponse::Ok().json(recs.iter().map(|r| result_json(r, false)).collect::<Vec<_>>())
+}
+
+fn find_result(st: &AppState, id: &str) -> Result<VerifiedRecord, HttpResponse> {
+    match st.store.record_by_prefix(id) {
+        Ok(Some(rec)) if matches!(rec.body, Body::Result(_)) => Ok(rec),
+        Ok(_) => Err(not_found(format!("no build result {id}"))),
+        Err(e) => Err(bad_request(e)),
+    }
+}
+
+#[get("/api/v1/builds/{id}")]
+async fn get_build(st: State, id: web::Path<String>) -> HttpResponse {
+    match find_result(&st, &id) {
+        Ok(rec) => HttpResponse::Ok().json(result_json(&rec, true)),
+        Err(r) => r,
+    }
+}
+
+#[get("/api/v1/builds/{id}/steps/{step}/log")]
+async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
+    let (id, step) = path.into_inner();
+    let rec = match find_result(&st, &id) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Body::Result(r) = &rec.body else { return not_found("not a result") };
+    let s = r
+        .steps
+        .iter()
+        .find(|s| s.name == step)
+        .or_else(|| step.parse::<usize>().ok().and_then(|i| r.steps.get(i)));
+    let Some(s) = s else {
+        let names: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
+        return not_found(format!("build {id} has no step {step:?}; its steps are {names:?}"));
+    };
+    let Some(blob) = &s.log else { return not_found(format!("step {step:?} has no log")) };
+    if !st.store.has_blob(&blob.hash) {
+        let fetch = st.core.send(FetchBlob { hash: blob.hash, hint: Some(rec.signer) });
+        match tokio::time::timeout(Duration::from_secs(60), fetch).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return unavailable(format!("log {} is not on this node and could not be fetched: {e}", blob.hash.short())),
+            Ok(Err(e)) => return unavailable(e.to_string()),
+            Err(_) => return unavailable("timed out fetching the log from peers"),
+        }
+    }
+    match st.store.get_blob(&blob.hash) {
+        Some(bytes) => HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(bytes),
+        None => unavailable("log vanished from the store"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+#[get("/api/v1/jobs")]
+async fn list_jobs(st: State, q: web::Query<JobsQuery>) -> HttpResponse {
+    if let Some(s) = &q.state {
+        if !["pending", "claimed", "running", "done"].contains(&s.as_str()) {
+            return bad_request(format!("state {s:?} is not one of pending, claimed, running, done"));
+        }
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    match st.core.send(Query::Jobs { state: q.state.clone(), limit }).await {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => unavailable(e.to_string()),
+    }
+}

@@ -1,0 +1,47 @@
+//! The node's ed25519 key, kept in its data dir; its PeerId is that key.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use libp2p::identity::Keypair;
+
+pub const KEY_FILE: &str = "node.key";
+
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Keypair> {
+    fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let path = data_dir.join(KEY_FILE);
+    if path.exists() {
+        return load(data_dir);
+    }
+    let key = Keypair::generate_ed25519();
+    let bytes = key.to_protobuf_encoding().context("encoding the new key")?;
+    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    Ok(key)
+}
+
+pub fn load(data_dir: &Path) -> anyhow::Result<Keypair> {
+    let path = data_dir.join(KEY_FILE);
+    let meta = fs::metadata(&path).with_context(|| format!("no node key at {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!("{} is readable by others (mode {:o}); chmod 600 it", path.display(), meta.permissions().mode() & 0o777);
+    }
+    let bytes = fs::read(&path)?;
+    let key = Keypair::from_protobuf_encoding(&bytes).with_context(|| format!("{} is not a node key", path.display()))?;
+    if key.key_type() != libp2p::identity::KeyType::Ed25519 {
+        bail!("{} holds a {:?} key; peerbot needs ed25519", path.display(), key.key_type());
+    }
+    Ok(key)
+}

@@ -1,0 +1,291 @@
+//! `peerbot`: build/test automation with no master.
+
+mod client;
+mod core_actor;
+mod executor;
+mod git;
+mod http;
+mod identity;
+mod net;
+mod store;
+mod watcher;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+use peerbot_protocol::core::{Config, NodeCore};
+use peerbot_protocol::labels::{parse_label, platform_labels};
+use serde_json::json;
+use tracing::info;
+
+use crate::core_actor::{load_peer_addrs, CoreActor, SetHttp};
+use crate::watcher::{WatchSpec, Watcher};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[derive(Parser)]
+#[command(name = "peerbot", version, about = "Build/test automation with no master: every machine runs the same node.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node: join the cluster, watch repositories, claim and run builds, serve results.
+    Node(NodeArgs),
+    /// Print this node's PeerId (creating its key if the data dir has none).
+    Id {
+        /// The node's data directory.
+        #[arg(long, env = "PEERBOT_DATA_DIR", default_value = ".peerbot")]
+        data_dir: PathBuf,
+    },
+    /// Announce a commit through a node's HTTP API (like Buildbot's sendchange).
+    Announce {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Repository URL or path, as the builders should fetch it.
+        #[arg(long)]
+        repo: String,
+        /// Branch the commit is on [default: the repository's HEAD branch].
+        #[arg(long)]
+        branch: Option<String>,
+        /// Commit id (a unique prefix works).
+        #[arg(long)]
+        commit: String,
+    },
+    /// List build results from any node.
+    Results {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Only this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only this commit (a prefix works).
+        #[arg(long)]
+        commit: Option<String>,
+        /// Only this builder.
+        #[arg(long)]
+        builder: Option<String>,
+        /// Only this status: success, warnings, failure, exception, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the log of one step of a build.
+    Log {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Build result id (a unique prefix of at least 4 hex digits works).
+        build_id: String,
+        /// Step name, or its 0-based index.
+        step: String,
+    },
+    /// List the peers a node knows, with their labels and load.
+    Peers {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct NodeUrl {
+    /// Base URL of any node's HTTP API.
+    #[arg(long = "node", env = "PEERBOT_NODE", default_value = "http://127.0.0.1:7401")]
+    url: String,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Where the node keeps its key, database, repository mirrors and build dirs.
+    #[arg(long, env = "PEERBOT_DATA_DIR", default_value = ".peerbot")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API and web page (port 0: any free port, see node.json).
+    #[arg(long, env = "PEERBOT_HTTP", default_value = "127.0.0.1:7401")]
+    http: String,
+    /// libp2p listen multiaddr; repeatable.
+    #[arg(long, env = "PEERBOT_LISTEN", value_delimiter = ',', default_value = "/ip4/0.0.0.0/tcp/7400")]
+    listen: Vec<Multiaddr>,
+    /// Multiaddr of a node to join through (with /p2p/<id>); repeatable. Retried with backoff.
+    #[arg(long, env = "PEERBOT_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
+    /// Repository to watch, PATH_OR_URL[#branch] (default branch: the remote's HEAD); repeatable.
+    #[arg(long, env = "PEERBOT_WATCH", value_delimiter = ',')]
+    watch: Vec<WatchSpec>,
+    /// Seconds between polls of watched repositories.
+    #[arg(long, env = "PEERBOT_POLL_SECS", default_value_t = 30)]
+    poll_secs: u64,
+    /// Extra label key=value, beside os=<os> and arch=<arch>; repeatable.
+    #[arg(long, env = "PEERBOT_LABEL", value_delimiter = ',')]
+    label: Vec<String>,
+    /// Builds this node runs at once.
+    #[arg(long, env = "PEERBOT_EXECUTORS", default_value_t = 1)]
+    executors: u32,
+    /// Milliseconds between heartbeats (labels, free slots, lease renewals).
+    #[arg(long, env = "PEERBOT_HEARTBEAT_MS", default_value_t = 2000)]
+    heartbeat_ms: u64,
+    /// Milliseconds the node at rank r waits, times r, before claiming a job.
+    #[arg(long, env = "PEERBOT_CLAIM_STAGGER_MS", default_value_t = 2000)]
+    claim_stagger_ms: u64,
+    /// Seconds a claim's lease lasts without renewal.
+    #[arg(long, env = "PEERBOT_LEASE_SECS", default_value_t = 30)]
+    lease_secs: u64,
+    /// Seconds between reconciliations with a random peer.
+    #[arg(long, env = "PEERBOT_SYNC_SECS", default_value_t = 15)]
+    sync_secs: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Node(args) => run_node(args),
+        Cmd::Id { data_dir } => identity::load_or_create(&data_dir).map(|k| println!("{}", k.public().to_peer_id())),
+        Cmd::Announce { node, repo, branch, commit } => {
+            let repo = match std::fs::canonicalize(&repo) {
+                Ok(p) if !repo.contains("://") => p.to_string_lossy().into_owned(),
+                _ => repo,
+            };
+            client::post_json(&node.url, "/api/v1/changes", &json!({"repo": repo, "branch": branch, "commit": commit}))
+                .map(|v| {
+                    let jobs: Vec<&str> = v["jobs"].as_array().map(|a| a.iter().filter_map(|j| j["builder"].as_str()).collect()).unwrap_or_default();
+                    let known = if v["already_known"].as_bool().unwrap_or(false) { " (already known)" } else { "" };
+                    println!("change {}{} for commit {}: builders {:?}", v["id"].as_str().unwrap_or("?"), known, v["commit"].as_str().unwrap_or("?"), jobs);
+                    if let Some(e) = v["recipe_error"].as_str() {
+                        println!("recipe error: {e}");
+                    }
+                })
+        }
+        Cmd::Results { node, repo, branch, commit, builder, status, limit, json } => {
+            let limit = limit.to_string();
+            client::get_json(
+                &node.url,
+                "/api/v1/builds",
+                &[
+                    ("repo", repo.as_deref()),
+                    ("branch", branch.as_deref()),
+                    ("commit", commit.as_deref()),
+                    ("builder", builder.as_deref()),
+                    ("status", status.as_deref()),
+                    ("limit", Some(&limit)),
+                ],
+            )
+            .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_results(&v) })
+        }
+        Cmd::Log { node, build_id, step } => client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| print!("{t}")),
+        Cmd::Peers { node, json } => client::get_json(&node.url, "/api/v1/peers", &[])
+            .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_peers(&v) }),
+    };
+    if let Err(e) = r {
+        eprintln!("peerbot: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEERBOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn,libp2p_kad=warn,libp2p_swarm=warn,actix_server=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run_node(a: NodeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut labels = platform_labels(std::env::consts::OS, std::env::consts::ARCH);
+    for l in &a.label {
+        let l = parse_label(l).map_err(|e| anyhow::anyhow!("--label: {e}"))?;
+        let key = l.split('=').next().unwrap_or_default().to_string();
+        labels.retain(|x| !x.starts_with(&format!("{key}=")));
+        labels.push(l);
+    }
+    if a.executors == 0 || a.executors > 1024 {
+        anyhow::bail!("--executors must be 1 to 1024");
+    }
+    if a.heartbeat_ms < 50 || a.poll_secs == 0 || a.lease_secs == 0 || a.sync_secs == 0 {
+        anyhow::bail!("--heartbeat-ms must be at least 50, and --poll-secs, --lease-secs, --sync-secs at least 1");
+    }
+    let key = identity::load_or_create(&a.data_dir)?;
+    let store = store::RocksStore::open(&a.data_dir.join("db"))?;
+    let known: Vec<(libp2p::PeerId, Vec<Multiaddr>)> = load_peer_addrs(&store)
+        .into_iter()
+        .filter_map(|(p, addrs)| Some((p.parse().ok()?, addrs.iter().filter_map(|a| a.parse().ok()).collect())))
+        .collect();
+    let mut cfg = Config::new(labels.clone(), a.executors);
+    cfg.heartbeat_ms = a.heartbeat_ms;
+    cfg.liveness_ms = 3 * a.heartbeat_ms + 1000;
+    cfg.warmup_ms = 2 * a.heartbeat_ms;
+    cfg.claim_stagger_ms = a.claim_stagger_ms;
+    cfg.lease_ms = a.lease_secs * 1000;
+    cfg.sync_interval_ms = a.sync_secs * 1000;
+    cfg.seed = rand::random();
+    let peer_id = key.public().to_peer_id();
+    info!(%peer_id, labels = ?labels, data_dir = %a.data_dir.display(), "starting node");
+
+    let sys = actix_rt::System::new();
+    let data_dir = a.data_dir.clone();
+    sys.block_on(async move {
+        let (net_tx, net_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+        let core = NodeCore::new(cfg, key.clone(), store.clone(), now_ms());
+        let core_addr = CoreActor::create(|ctx| {
+            ctx.add_stream(tokio_stream(ev_rx));
+            CoreActor::new(core, net_tx, data_dir.clone())
+        });
+        let net_cfg = net::NetConfig { listen: a.listen.clone(), bootstrap: a.bootstrap.clone(), known };
+        actix_rt::spawn(async move {
+            if let Err(e) = net::run(key, net_cfg, net_rx, ev_tx).await {
+                tracing::error!("network: {e:#}");
+                System::current().stop_with_code(1);
+            }
+        });
+        if !a.watch.is_empty() {
+            Watcher::new(a.watch.clone(), Duration::from_secs(a.poll_secs), data_dir.clone(), store.clone(), core_addr.clone()).start();
+        }
+        let state = actix_web::web::Data::new(http::AppState { core: core_addr.clone(), store: store.clone(), data_dir: data_dir.clone() });
+        let server = actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))
+            .workers(2)
+            .disable_signals()
+            .bind(&a.http)
+            .with_context(|| format!("cannot serve HTTP on {}", a.http))?;
+        let bound = server.addrs().first().map(|s| s.to_string()).unwrap_or_default();
+        info!(http = %bound, "HTTP API listening");
+        core_addr.do_send(SetHttp(bound));
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("shutting down");
+        handle.stop(true).await;
+        System::current().stop();
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+fn tokio_stream<T: 'static>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

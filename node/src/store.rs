@@ -1,0 +1,240 @@
+//! RocksDB storage: the core's `Store`, plus the read paths the HTTP API
+//! uses directly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::record::{decode_stored, VerifiedRecord};
+use peerbot_protocol::store::{Store, StoreError};
+use peerbot_protocol::sync::SyncKey;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+const CF_RECORDS: &str = "records";
+const CF_ORDER: &str = "order";
+const CF_CHANGES: &str = "idx_changes";
+const CF_RESULTS: &str = "idx_results";
+const CF_BLOBS: &str = "blobs";
+const CF_STATE: &str = "state";
+const CF_META: &str = "meta";
+const SCHEMA_VERSION: &[u8] = b"1";
+
+#[derive(Clone)]
+pub struct RocksStore {
+    db: Arc<DB>,
+}
+
+fn order_key(k: &SyncKey) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&k.time.to_be_bytes());
+    out[8..].copy_from_slice(&k.id.0);
+    out
+}
+
+fn parse_order_key(b: &[u8]) -> Option<SyncKey> {
+    if b.len() != 40 {
+        return None;
+    }
+    let time = u64::from_be_bytes(b[..8].try_into().ok()?);
+    let id = Hash32(b[8..].try_into().ok()?);
+    Some(SyncKey { time, id })
+}
+
+fn err(e: rocksdb::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl RocksStore {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_open_files(256);
+        let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)
+            .map_err(|e| anyhow::anyhow!("opening the database in {}: {e}", dir.display()))?;
+        let meta = db.cf_handle(CF_META).expect("meta column family");
+        match db.get_cf(meta, b"schema")? {
+            None => db.put_cf(meta, b"schema", SCHEMA_VERSION)?,
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => anyhow::bail!(
+                "database in {} has schema {:?}, this peerbot reads schema {:?}",
+                dir.display(),
+                String::from_utf8_lossy(&v),
+                String::from_utf8_lossy(SCHEMA_VERSION)
+            ),
+        }
+        Ok(RocksStore { db: Arc::new(db) })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    fn sync_write() -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        w
+    }
+
+    /// Records of one kind, newest first, passing `keep`, at most `limit`.
+    fn newest(&self, cf: &str, limit: usize, keep: &mut dyn FnMut(&VerifiedRecord) -> bool) -> Vec<VerifiedRecord> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::End) {
+            let Ok((k, _)) = item else { break };
+            let Some(key) = parse_order_key(&k) else { continue };
+            let Some(rec) = self.record(&key.id) else { continue };
+            if keep(&rec) {
+                out.push(rec);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn results(&self, limit: usize, keep: &mut dyn FnMut(&VerifiedRecord) -> bool) -> Vec<VerifiedRecord> {
+        self.newest(CF_RESULTS, limit, keep)
+    }
+
+    pub fn changes(&self, limit: usize, keep: &mut dyn FnMut(&VerifiedRecord) -> bool) -> Vec<VerifiedRecord> {
+        self.newest(CF_CHANGES, limit, keep)
+    }
+
+    pub fn record(&self, id: &Hash32) -> Option<VerifiedRecord> {
+        let b = self.get_record(id)?;
+        decode_stored(&b).ok()
+    }
+
+    /// Finds a record by a unique hex prefix of its id.
+    pub fn record_by_prefix(&self, prefix: &str) -> Result<Option<VerifiedRecord>, String> {
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("{prefix:?} is not a record id (at least 4 hex digits)"));
+        }
+        if let Ok(h) = prefix.parse::<Hash32>() {
+            return Ok(self.record(&h));
+        }
+        // Whole hex bytes of the prefix bound the scan.
+        let even = &prefix[..prefix.len() & !1];
+        let start = hex::decode(even).map_err(|e| e.to_string())?;
+        let mut found = None;
+        let iter = self.db.iterator_cf(self.cf(CF_RECORDS), IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let Ok((k, _)) = item else { break };
+            if !k.starts_with(&start) {
+                break;
+            }
+            if hex::encode(&k).starts_with(&prefix) {
+                if found.is_some() {
+                    return Err(format!("record id prefix {prefix:?} is ambiguous"));
+                }
+                found = Some(Hash32(k.as_ref().try_into().map_err(|_| "bad key".to_string())?));
+            }
+        }
+        Ok(found.and_then(|h| self.record(&h)))
+    }
+}
+
+impl Store for RocksStore {
+    fn put_record(&mut self, rec: &VerifiedRecord) -> Result<bool, StoreError> {
+        if self.has_record(&rec.id) {
+            return Ok(false);
+        }
+        let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
+        batch.put_cf(self.cf(CF_ORDER), key, b"");
+        let idx = match rec.body {
+            peerbot_protocol::Body::Change(_) => CF_CHANGES,
+            peerbot_protocol::Body::Result(_) => CF_RESULTS,
+        };
+        batch.put_cf(self.cf(idx), key, b"");
+        self.db.write_opt(batch, &Self::sync_write()).map_err(err)?;
+        Ok(true)
+    }
+
+    fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {
+        self.db.get_cf(self.cf(CF_RECORDS), id.0).ok().flatten()
+    }
+
+    fn has_record(&self, id: &Hash32) -> bool {
+        matches!(self.db.get_pinned_cf(self.cf(CF_RECORDS), id.0), Ok(Some(_)))
+    }
+
+    fn record_count(&self) -> u64 {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_ORDER), IteratorMode::Start) {
+            if item.is_err() {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn keys_in(&self, lo: &SyncKey, hi: Option<&SyncKey>, limit: usize) -> Vec<SyncKey> {
+        let start = order_key(lo);
+        let end = hi.map(order_key);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_ORDER), IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let Ok((k, _)) = item else { break };
+            if let Some(e) = &end {
+                if k.as_ref() >= e.as_slice() {
+                    break;
+                }
+            }
+            if let Some(key) = parse_order_key(&k) {
+                out.push(key);
+            }
+        }
+        out
+    }
+
+    fn for_each_record(&self, f: &mut dyn FnMut(&[u8])) {
+        for item in self.db.iterator_cf(self.cf(CF_ORDER), IteratorMode::Start) {
+            let Ok((k, _)) = item else { break };
+            if let Some(key) = parse_order_key(&k) {
+                if let Some(b) = self.get_record(&key.id) {
+                    f(&b);
+                }
+            }
+        }
+    }
+
+    fn put_blob(&mut self, hash: &Hash32, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.has_blob(hash) {
+            return Ok(());
+        }
+        let z = zstd::encode_all(bytes, 3).map_err(|e| StoreError(e.to_string()))?;
+        self.db.put_cf_opt(self.cf(CF_BLOBS), hash.0, z, &Self::sync_write()).map_err(err)
+    }
+
+    fn get_blob(&self, hash: &Hash32) -> Option<Vec<u8>> {
+        let z = self.db.get_cf(self.cf(CF_BLOBS), hash.0).ok().flatten()?;
+        zstd::decode_all(z.as_slice()).ok()
+    }
+
+    fn has_blob(&self, hash: &Hash32) -> bool {
+        matches!(self.db.get_pinned_cf(self.cf(CF_BLOBS), hash.0), Ok(Some(_)))
+    }
+
+    fn put_state(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.put_cf_opt(self.cf(CF_STATE), key, value, &Self::sync_write()).map_err(err)
+    }
+
+    fn get_state(&self, key: &str) -> Option<Vec<u8>> {
+        self.db.get_cf(self.cf(CF_STATE), key).ok().flatten()
+    }
+
+    fn delete_state(&mut self, key: &str) -> Result<(), StoreError> {
+        self.db.delete_cf_opt(self.cf(CF_STATE), key, &Self::sync_write()).map_err(err)
+    }
+}

@@ -1,0 +1,1119 @@
+//! `NodeCore`: the whole decision-making of one node, as a state machine.
+//!
+//! The runtime (the `peerbot` node, or the simulator) calls
+//! [`NodeCore::handle`] with the current time and an input, drains
+//! [`NodeCore::poll_output`], and calls `handle(now, Input::Tick)` again no
+//! later than [`NodeCore::next_timeout`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use libp2p_identity::{Keypair, PeerId};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_bytes::ByteBuf;
+
+use crate::codec::{decode, encode};
+use crate::ids::Hash32;
+use crate::labels::{satisfies, MAX_LABELS};
+use crate::logparse::{count_tests, count_warnings};
+use crate::recipe::{parse_recipe, JobSpec, StepSpec};
+use crate::record::{self, BlobRef, Body, BuildResult, Change, Status, StepResult, VerifiedRecord};
+use crate::store::Store;
+use crate::sync;
+use crate::wire::{self, Claim, Gossip, Heartbeat, Lease, Request, Response};
+use crate::Millis;
+
+/// Step logs are cut at this size, with a marker at the cut.
+pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_SYNC_ROUNDS: u32 = 64;
+const RECORD_BATCH_BYTES: usize = 2 * 1024 * 1024;
+const OWN_CLAIMS_KEY: &str = "own_claims";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// All of this node's labels, platform ones included.
+    pub labels: Vec<String>,
+    pub executors: u32,
+    pub heartbeat_ms: u64,
+    /// A peer not heard from for this long is not live.
+    pub liveness_ms: u64,
+    /// The node at rank r waits r times this before claiming.
+    pub claim_stagger_ms: u64,
+    pub lease_ms: u64,
+    pub sync_interval_ms: u64,
+    /// No claims until the node has been up this long and heard its peers.
+    pub warmup_ms: u64,
+    /// Seed of the node's random choices (sync partner, blob source order).
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn new(labels: Vec<String>, executors: u32) -> Self {
+        let heartbeat_ms = 2_000;
+        Config {
+            labels,
+            executors,
+            heartbeat_ms,
+            liveness_ms: 3 * heartbeat_ms + 1_000,
+            claim_stagger_ms: 2_000,
+            lease_ms: 30_000,
+            sync_interval_ms: 15_000,
+            warmup_ms: 2 * heartbeat_ms,
+            seed: 0,
+        }
+    }
+}
+
+/// What the runtime feeds the core.
+#[derive(Debug)]
+pub enum Input {
+    Tick,
+    /// A gossip message; `token` identifies it for the verdict.
+    Gossip { from: PeerId, token: u64, bytes: Vec<u8> },
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+    Request { from: PeerId, id: u64, bytes: Vec<u8> },
+    Response { id: u64, bytes: Vec<u8> },
+    RequestFailed { id: u64, reason: String },
+    BuildProgress { job: Hash32, attempt: u32, step: String },
+    BuildFinished(BuildOutcome),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and new: forward it.
+    Accept,
+    /// Valid but nothing new: do not forward.
+    Ignore,
+    /// Invalid: do not forward, penalise the sender.
+    Reject,
+}
+
+/// What the core asks the runtime to do.
+#[derive(Debug)]
+pub enum Output {
+    Broadcast(Vec<u8>),
+    Request { peer: PeerId, id: u64, bytes: Vec<u8> },
+    Reply { id: u64, bytes: Vec<u8> },
+    Verdict { token: u64, verdict: Verdict },
+    StartBuild(BuildOrder),
+    CancelBuild { job: Hash32, attempt: u32 },
+    Event(Event),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildOrder {
+    pub job: Hash32,
+    pub attempt: u32,
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+    pub builder: String,
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StepOutcome {
+    pub name: String,
+    pub command: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+    pub log: Vec<u8>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOutcome {
+    pub job: Hash32,
+    pub attempt: u32,
+    pub started_ms: Millis,
+    pub ended_ms: Millis,
+    pub steps: Vec<StepOutcome>,
+    /// The build could not run (fetch or checkout failed, ...).
+    pub error: Option<String>,
+    pub cancelled: bool,
+}
+
+/// What happened, for logs, metrics and the UI.
+#[derive(Debug, Clone)]
+pub enum Event {
+    RecordStored { id: Hash32, kind: &'static str, signer: PeerId, from: Option<PeerId> },
+    RecordRejected { from: PeerId, reason: String },
+    MessageRejected { from: PeerId, reason: String },
+    Claimed { job: Hash32, attempt: u32, by: PeerId },
+    ClaimConflict { job: Hash32, attempt: u32, winner: PeerId, loser: PeerId },
+    LeaseExpired { job: Hash32, attempt: u32, holder: PeerId },
+    Released { job: Hash32, attempt: u32, by: PeerId, reason: String },
+    BuildStarted { job: Hash32, attempt: u32 },
+    BuildPublished { job: Hash32, attempt: u32, status: Status, record: Hash32 },
+    BlobFetched { token: u64, hash: Hash32, ok: bool, detail: String },
+    SyncFinished { peer: PeerId, rounds: u32, need: usize, have: usize },
+    SyncFailed { peer: PeerId, reason: String },
+    StoreFailed { reason: String },
+}
+
+/// What a watcher or an announce request saw at a commit.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+    pub parents: Vec<String>,
+    pub author: String,
+    pub committer: String,
+    pub commit_time: i64,
+    pub title: String,
+    pub files: Vec<String>,
+    /// The text of `.peerbot.toml` at the commit, or why it could not be read.
+    pub recipe: Result<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Announced {
+    New(Hash32),
+    Known(Hash32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimView {
+    pub by: PeerId,
+    pub attempt: u32,
+    pub claimed_ms: Millis,
+    pub lease_until: Millis,
+    pub step: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobView {
+    pub spec: JobSpec,
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+    pub change: Hash32,
+    pub attempt: u32,
+    /// When the current attempt opened here; ranks count stagger from it.
+    pub opened_ms: Millis,
+    pub claim: Option<ClaimView>,
+    /// Attempts whose claimant went silent or gave up, with who held them.
+    pub lost: Vec<(u32, PeerId, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Pending,
+    Claimed,
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub labels: Vec<String>,
+    pub executors: u32,
+    pub busy: u32,
+    pub last_heard: Millis,
+    /// Held a lease that ran out; out of the ranking until heard again.
+    pub suspect: bool,
+    pub connected: bool,
+}
+
+enum Pending {
+    Sync { peer: PeerId, round: u32 },
+    Fetch { peer: PeerId },
+    Push,
+    Blob { token: u64, hash: Hash32, rest: Vec<PeerId> },
+}
+
+#[derive(Default)]
+struct SyncTally {
+    need: usize,
+    have: usize,
+}
+
+pub struct NodeCore<S: Store> {
+    cfg: Config,
+    key: Keypair,
+    me: PeerId,
+    store: S,
+    rng: ChaCha8Rng,
+    started_ms: Millis,
+    out: VecDeque<Output>,
+    peers: BTreeMap<PeerId, PeerView>,
+    jobs: BTreeMap<Hash32, JobView>,
+    /// Jobs with no result yet.
+    open: BTreeSet<Hash32>,
+    results_by_job: BTreeMap<Hash32, Vec<Hash32>>,
+    changes_by_commit: BTreeMap<(String, String), Hash32>,
+    /// Claims heard before the change that defines the job.
+    early_claims: BTreeMap<Hash32, (PeerId, Claim, Millis)>,
+    running: BTreeMap<Hash32, (u32, Option<String>)>,
+    pending: BTreeMap<u64, Pending>,
+    syncing: BTreeMap<PeerId, SyncTally>,
+    next_request: u64,
+    heartbeat_seq: u64,
+    next_heartbeat: Millis,
+    next_sync: Millis,
+    next_due: Millis,
+}
+
+fn score(job: &Hash32, peer: &PeerId) -> u64 {
+    Hash32::of_fields("peerbot.rank.v1", &[&job.0, &peer.to_bytes()]).prefix_u64()
+}
+
+/// Rendezvous order: higher score first, PeerId breaks ties. Every node
+/// computes the same order from the same set of peers.
+pub fn rank(job: &Hash32, peers: &mut [PeerId]) {
+    peers.sort_by(|a, b| score(job, b).cmp(&score(job, a)).then_with(|| a.cmp(b)));
+}
+
+/// The winner of two claims for one job and attempt.
+pub fn claim_winner(job: &Hash32, a: PeerId, b: PeerId) -> PeerId {
+    let mut both = [a, b];
+    rank(job, &mut both);
+    both[0]
+}
+
+impl<S: Store> NodeCore<S> {
+    pub fn new(cfg: Config, key: Keypair, store: S, now: Millis) -> Self {
+        let me = key.public().to_peer_id();
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut core = NodeCore {
+            me,
+            key,
+            store,
+            rng,
+            started_ms: now,
+            out: VecDeque::new(),
+            peers: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            open: BTreeSet::new(),
+            results_by_job: BTreeMap::new(),
+            changes_by_commit: BTreeMap::new(),
+            early_claims: BTreeMap::new(),
+            running: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            syncing: BTreeMap::new(),
+            next_request: 1,
+            heartbeat_seq: 0,
+            next_heartbeat: now,
+            next_sync: now + cfg.sync_interval_ms,
+            next_due: now,
+            cfg,
+        };
+        let mut stored = Vec::new();
+        core.store.for_each_record(&mut |b| {
+            if let Ok(r) = record::decode_stored(b) {
+                stored.push(r)
+            }
+        });
+        for r in stored {
+            core.apply(now, &r);
+        }
+        // Claims held when the node stopped: their builds died with it.
+        // Say so rather than let the leases run out silently.
+        for (job, attempt) in core.load_own_claims() {
+            if core.open.contains(&job) {
+                core.broadcast(&Gossip::Release { job, attempt, reason: "claimant restarted".into() });
+                if let Some(j) = core.jobs.get_mut(&job) {
+                    if j.attempt <= attempt {
+                        j.lost.push((attempt, me, "claimant restarted".into()));
+                        j.attempt = attempt + 1;
+                        j.claim = None;
+                        j.opened_ms = now;
+                    }
+                }
+            }
+        }
+        core.save_own_claims();
+        core
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.me
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+    pub fn jobs(&self) -> &BTreeMap<Hash32, JobView> {
+        &self.jobs
+    }
+    pub fn results_of(&self, job: &Hash32) -> &[Hash32] {
+        self.results_by_job.get(job).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+    pub fn job_state(&self, job: &Hash32) -> JobState {
+        if self.results_by_job.contains_key(job) {
+            JobState::Done
+        } else if self.jobs.get(job).is_some_and(|j| j.claim.is_some()) {
+            JobState::Claimed
+        } else {
+            JobState::Pending
+        }
+    }
+    pub fn peers(&self) -> &BTreeMap<PeerId, PeerView> {
+        &self.peers
+    }
+    pub fn running(&self) -> &BTreeMap<Hash32, (u32, Option<String>)> {
+        &self.running
+    }
+    pub fn is_live(&self, now: Millis, p: &PeerId) -> bool {
+        if *p == self.me {
+            return true;
+        }
+        self.peers.get(p).is_some_and(|v| !v.suspect && now.saturating_sub(v.last_heard) <= self.cfg.liveness_ms)
+    }
+    /// Live peers (this node included) that have every required label.
+    pub fn eligible(&self, now: Millis, requires: &[String]) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(p, view)| self.is_live(now, p) && satisfies(&view.labels, requires))
+            .map(|(p, _)| *p)
+            .collect();
+        if satisfies(&self.cfg.labels, requires) {
+            v.push(self.me);
+        }
+        v
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn next_timeout(&self) -> Millis {
+        self.next_heartbeat.min(self.next_sync).min(self.next_due)
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn broadcast(&mut self, g: &Gossip) {
+        self.out.push_back(Output::Broadcast(wire::encode_gossip(g)));
+    }
+
+    fn request(&mut self, peer: PeerId, req: &Request, p: Pending) {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.pending.insert(id, p);
+        self.out.push_back(Output::Request { peer, id, bytes: wire::encode_request(req) });
+    }
+
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        match input {
+            Input::Tick => {}
+            Input::Gossip { from, token, bytes } => {
+                let verdict = self.on_gossip(now, from, &bytes);
+                self.out.push_back(Output::Verdict { token, verdict });
+            }
+            Input::PeerConnected(p) => {
+                self.peers
+                    .entry(p)
+                    .or_insert_with(|| PeerView {
+                        labels: vec![],
+                        executors: 0,
+                        busy: 0,
+                        last_heard: 0,
+                        suspect: false,
+                        connected: true,
+                    })
+                    .connected = true;
+                self.start_sync(p);
+            }
+            Input::PeerDisconnected(p) => {
+                if let Some(v) = self.peers.get_mut(&p) {
+                    v.connected = false;
+                }
+            }
+            Input::Request { from, id, bytes } => {
+                let resp = self.on_request(now, from, &bytes);
+                self.out.push_back(Output::Reply { id, bytes: wire::encode_response(&resp) });
+            }
+            Input::Response { id, bytes } => self.on_response(now, id, &bytes),
+            Input::RequestFailed { id, reason } => self.on_request_failed(id, reason),
+            Input::BuildProgress { job, attempt, step } => {
+                if let Some(r) = self.running.get_mut(&job) {
+                    if r.0 == attempt {
+                        r.1 = Some(step.clone());
+                    }
+                }
+                if let Some(c) = self.jobs.get_mut(&job).and_then(|j| j.claim.as_mut()) {
+                    if c.by == self.me && c.attempt == attempt {
+                        c.step = Some(step);
+                    }
+                }
+            }
+            Input::BuildFinished(o) => self.on_build_finished(now, o),
+        }
+        self.timers(now);
+    }
+
+    fn timers(&mut self, now: Millis) {
+        if now >= self.next_heartbeat {
+            self.send_heartbeat(now);
+            self.next_heartbeat = now + self.cfg.heartbeat_ms;
+        }
+        if now >= self.next_sync {
+            let connected: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
+            if let Some(p) = connected.choose(&mut self.rng).copied() {
+                self.start_sync(p);
+            }
+            self.next_sync = now + self.cfg.sync_interval_ms;
+        }
+        self.check_leases(now);
+        self.consider_claims(now);
+    }
+
+    fn send_heartbeat(&mut self, now: Millis) {
+        self.heartbeat_seq += 1;
+        let running: Vec<Lease> = self
+            .running
+            .iter()
+            .take(wire::MAX_RUNNING_IN_HEARTBEAT)
+            .map(|(job, (attempt, step))| Lease { job: *job, attempt: *attempt, step: step.clone() })
+            .collect();
+        for l in &running {
+            if let Some(c) = self.jobs.get_mut(&l.job).and_then(|j| j.claim.as_mut()) {
+                if c.by == self.me {
+                    c.lease_until = now + self.cfg.lease_ms;
+                }
+            }
+        }
+        let hb = Heartbeat {
+            seq: self.heartbeat_seq,
+            sent_ms: now,
+            labels: self.cfg.labels.clone(),
+            executors: self.cfg.executors,
+            busy: self.running.len() as u32,
+            running,
+        };
+        self.broadcast(&Gossip::Heartbeat(hb));
+    }
+
+    // ---- gossip ----
+
+    fn on_gossip(&mut self, now: Millis, from: PeerId, bytes: &[u8]) -> Verdict {
+        if from == self.me {
+            return Verdict::Ignore;
+        }
+        let msg = match wire::decode_gossip(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.emit(Event::MessageRejected { from, reason: e.to_string() });
+                return Verdict::Reject;
+            }
+        };
+        match msg {
+            Gossip::Record(b) => self.accept_record(now, &b, Some(from)),
+            Gossip::Heartbeat(h) => self.on_heartbeat(now, from, h),
+            Gossip::Claim(c) => {
+                self.on_claim(now, from, c);
+                Verdict::Accept
+            }
+            Gossip::Release { job, attempt, reason } => {
+                self.on_release(now, from, job, attempt, reason);
+                Verdict::Accept
+            }
+        }
+    }
+
+    /// Verifies and stores a record from the network; applies it if new.
+    fn accept_record(&mut self, now: Millis, bytes: &[u8], from: Option<PeerId>) -> Verdict {
+        let rec = match record::verify(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(from) = from {
+                    self.emit(Event::RecordRejected { from, reason: e.to_string() });
+                }
+                return Verdict::Reject;
+            }
+        };
+        if self.store.has_record(&rec.id) {
+            return Verdict::Ignore;
+        }
+        match self.store.put_record(&rec) {
+            Ok(true) => {}
+            Ok(false) => return Verdict::Ignore,
+            Err(e) => {
+                self.emit(Event::StoreFailed { reason: e.to_string() });
+                return Verdict::Ignore;
+            }
+        }
+        self.emit(Event::RecordStored { id: rec.id, kind: rec.body.kind(), signer: rec.signer, from });
+        self.apply(now, &rec);
+        Verdict::Accept
+    }
+
+    fn apply(&mut self, now: Millis, rec: &VerifiedRecord) {
+        match &rec.body {
+            Body::Change(c) => {
+                self.changes_by_commit.entry((c.repo.clone(), c.commit.clone())).or_insert(rec.id);
+                for spec in &c.jobs {
+                    if self.jobs.contains_key(&spec.id) {
+                        continue;
+                    }
+                    self.jobs.insert(
+                        spec.id,
+                        JobView {
+                            spec: spec.clone(),
+                            repo: c.repo.clone(),
+                            branch: c.branch.clone(),
+                            commit: c.commit.clone(),
+                            change: rec.id,
+                            attempt: 0,
+                            opened_ms: now,
+                            claim: None,
+                            lost: vec![],
+                        },
+                    );
+                    if !self.results_by_job.contains_key(&spec.id) {
+                        self.open.insert(spec.id);
+                    }
+                    if let Some((by, claim, at)) = self.early_claims.remove(&spec.id) {
+                        self.on_claim(at, by, claim);
+                    }
+                }
+            }
+            Body::Result(r) => {
+                self.results_by_job.entry(r.job).or_default().push(rec.id);
+                self.open.remove(&r.job);
+                self.early_claims.remove(&r.job);
+                if let Some((attempt, _)) = self.running.get(&r.job).cloned() {
+                    if rec.signer != self.me {
+                        // Someone else finished it: our build is now redundant.
+                        self.running.remove(&r.job);
+                        self.out.push_back(Output::CancelBuild { job: r.job, attempt });
+                        self.save_own_claims();
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self, now: Millis, from: PeerId, h: Heartbeat) -> Verdict {
+        if h.labels.len() > MAX_LABELS || h.running.len() > wire::MAX_RUNNING_IN_HEARTBEAT {
+            self.emit(Event::MessageRejected { from, reason: "heartbeat over its limits".into() });
+            return Verdict::Reject;
+        }
+        let view = self.peers.entry(from).or_insert_with(|| PeerView {
+            labels: vec![],
+            executors: 0,
+            busy: 0,
+            last_heard: 0,
+            suspect: false,
+            connected: false,
+        });
+        view.labels = h.labels;
+        view.executors = h.executors;
+        view.busy = h.busy;
+        view.last_heard = now;
+        view.suspect = false;
+        let lease_ms = self.cfg.lease_ms;
+        for l in h.running {
+            let Some(job) = self.jobs.get_mut(&l.job) else { continue };
+            if self.results_by_job.contains_key(&l.job) || l.attempt < job.attempt {
+                continue;
+            }
+            match &mut job.claim {
+                Some(c) if c.by == from && c.attempt == l.attempt => {
+                    c.lease_until = now + lease_ms;
+                    c.step = l.step;
+                }
+                Some(_) => {}
+                None => {
+                    // We missed the claim itself; the heartbeat carries it.
+                    job.attempt = l.attempt;
+                    job.claim = Some(ClaimView {
+                        by: from,
+                        attempt: l.attempt,
+                        claimed_ms: now,
+                        lease_until: now + lease_ms,
+                        step: l.step,
+                    });
+                }
+            }
+        }
+        Verdict::Accept
+    }
+
+    fn on_claim(&mut self, now: Millis, from: PeerId, c: Claim) {
+        if self.results_by_job.contains_key(&c.job) {
+            return;
+        }
+        let lease_ms = c.lease_ms.min(self.cfg.lease_ms.saturating_mul(4));
+        let Some(job) = self.jobs.get_mut(&c.job) else {
+            self.early_claims.insert(c.job, (from, c, now));
+            return;
+        };
+        if c.attempt < job.attempt {
+            return;
+        }
+        if c.attempt > job.attempt {
+            job.attempt = c.attempt;
+            job.claim = None;
+        }
+        let fresh = ClaimView { by: from, attempt: c.attempt, claimed_ms: now, lease_until: now + lease_ms, step: None };
+        match job.claim.clone() {
+            None => {
+                job.claim = Some(fresh);
+                self.emit(Event::Claimed { job: c.job, attempt: c.attempt, by: from });
+            }
+            Some(cur) if cur.by == from => {
+                if let Some(cl) = job.claim.as_mut() {
+                    cl.lease_until = now + lease_ms;
+                }
+            }
+            Some(cur) => {
+                let winner = claim_winner(&c.job, cur.by, from);
+                let loser = if winner == from { cur.by } else { from };
+                if winner == from {
+                    job.claim = Some(fresh);
+                }
+                self.emit(Event::ClaimConflict { job: c.job, attempt: c.attempt, winner, loser });
+                if loser == self.me {
+                    if let Some((attempt, _)) = self.running.remove(&c.job) {
+                        self.out.push_back(Output::CancelBuild { job: c.job, attempt });
+                        self.save_own_claims();
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_release(&mut self, now: Millis, from: PeerId, job_id: Hash32, attempt: u32, reason: String) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let holds = job.claim.as_ref().is_some_and(|c| c.by == from && c.attempt == attempt);
+        if !holds || self.results_by_job.contains_key(&job_id) {
+            return;
+        }
+        job.lost.push((attempt, from, reason.clone()));
+        job.attempt = attempt + 1;
+        job.claim = None;
+        job.opened_ms = now;
+        self.emit(Event::Released { job: job_id, attempt, by: from, reason });
+    }
+
+    // ---- claims ----
+
+    fn check_leases(&mut self, now: Millis) {
+        let mut expired = Vec::new();
+        for id in &self.open {
+            if let Some(j) = self.jobs.get(id) {
+                if let Some(c) = &j.claim {
+                    if c.by != self.me && now > c.lease_until {
+                        expired.push((*id, c.by, c.attempt));
+                    }
+                }
+            }
+        }
+        for (id, holder, attempt) in expired {
+            if let Some(j) = self.jobs.get_mut(&id) {
+                j.lost.push((attempt, holder, "lease expired".into()));
+                j.attempt = attempt + 1;
+                j.claim = None;
+                j.opened_ms = now;
+            }
+            if let Some(p) = self.peers.get_mut(&holder) {
+                p.suspect = true;
+            }
+            self.emit(Event::LeaseExpired { job: id, attempt, holder });
+        }
+    }
+
+    fn consider_claims(&mut self, now: Millis) {
+        let mut next_due = now + self.cfg.heartbeat_ms;
+        // Leases of others' claims run out on their own clock.
+        for id in &self.open {
+            if let Some(c) = self.jobs.get(id).and_then(|j| j.claim.as_ref()) {
+                if c.by != self.me {
+                    next_due = next_due.min(c.lease_until + 1);
+                }
+            }
+        }
+        if now < self.started_ms + self.cfg.warmup_ms {
+            self.next_due = next_due.min(self.started_ms + self.cfg.warmup_ms);
+            return;
+        }
+        let mut free = self.cfg.executors.saturating_sub(self.running.len() as u32);
+        let candidates: Vec<Hash32> = self
+            .open
+            .iter()
+            .filter(|id| !self.running.contains_key(id))
+            .filter(|id| {
+                self.jobs
+                    .get(id)
+                    .is_some_and(|j| j.claim.is_none() && satisfies(&self.cfg.labels, &j.spec.requires))
+            })
+            .copied()
+            .collect();
+        let mut ready = Vec::new();
+        for id in candidates {
+            let j = &self.jobs[&id];
+            let mut elig = self.eligible(now, &j.spec.requires);
+            rank(&id, &mut elig);
+            let r = elig.iter().position(|p| *p == self.me).unwrap_or(elig.len()) as u64;
+            let at = j.opened_ms + r * self.cfg.claim_stagger_ms;
+            if now >= at {
+                ready.push((at, id));
+            } else {
+                next_due = next_due.min(at);
+            }
+        }
+        ready.sort();
+        for (_, id) in ready {
+            if free == 0 {
+                break;
+            }
+            free -= 1;
+            self.claim(now, id);
+        }
+        self.next_due = next_due;
+    }
+
+    fn claim(&mut self, now: Millis, id: Hash32) {
+        let Some(j) = self.jobs.get_mut(&id) else { return };
+        let attempt = j.attempt;
+        j.claim = Some(ClaimView {
+            by: self.me,
+            attempt,
+            claimed_ms: now,
+            lease_until: now + self.cfg.lease_ms,
+            step: None,
+        });
+        let order = BuildOrder {
+            job: id,
+            attempt,
+            repo: j.repo.clone(),
+            branch: j.branch.clone(),
+            commit: j.commit.clone(),
+            builder: j.spec.builder.clone(),
+            steps: j.spec.steps.clone(),
+        };
+        self.running.insert(id, (attempt, None));
+        self.save_own_claims();
+        self.broadcast(&Gossip::Claim(Claim { job: id, attempt, lease_ms: self.cfg.lease_ms }));
+        self.emit(Event::Claimed { job: id, attempt, by: self.me });
+        self.emit(Event::BuildStarted { job: id, attempt });
+        self.out.push_back(Output::StartBuild(order));
+    }
+
+    fn load_own_claims(&self) -> Vec<(Hash32, u32)> {
+        self.store
+            .get_state(OWN_CLAIMS_KEY)
+            .and_then(|b| decode::<Vec<(Hash32, u32)>>(&b, 1 << 20).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_own_claims(&mut self) {
+        let v: Vec<(Hash32, u32)> = self.running.iter().map(|(j, (a, _))| (*j, *a)).collect();
+        if let Err(e) = self.store.put_state(OWN_CLAIMS_KEY, &encode(&v)) {
+            self.emit(Event::StoreFailed { reason: e.to_string() });
+        }
+    }
+
+    // ---- builds ----
+
+    fn on_build_finished(&mut self, now: Millis, o: BuildOutcome) {
+        let still_ours = self.running.get(&o.job).is_some_and(|(a, _)| *a == o.attempt);
+        self.running.remove(&o.job);
+        self.save_own_claims();
+        if !still_ours && o.cancelled {
+            // We lost the claim or someone else finished first: nothing to publish.
+            return;
+        }
+        let Some(job) = self.jobs.get(&o.job).cloned() else { return };
+        let mut steps = Vec::with_capacity(o.steps.len());
+        let mut failed_step = None;
+        let mut warnings = 0;
+        let mut tests: Option<record::TestCounts> = None;
+        for s in &o.steps {
+            let text = String::from_utf8_lossy(&s.log);
+            let w = count_warnings(&text);
+            let t = count_tests(&text);
+            warnings += w;
+            if let Some(t) = &t {
+                let acc = tests.get_or_insert_with(Default::default);
+                acc.passed += t.passed;
+                acc.failed += t.failed;
+                acc.skipped += t.skipped;
+            }
+            let hash = Hash32::of(&s.log);
+            if let Err(e) = self.store.put_blob(&hash, &s.log) {
+                self.emit(Event::StoreFailed { reason: e.to_string() });
+            }
+            if failed_step.is_none() && (s.exit_code != Some(0)) {
+                failed_step = Some(s.name.clone());
+            }
+            steps.push(StepResult {
+                name: s.name.clone(),
+                command: s.command.clone(),
+                exit_code: s.exit_code,
+                duration_ms: s.duration_ms,
+                timed_out: s.timed_out,
+                log: Some(BlobRef { hash, size: s.log.len() as u64, truncated: s.truncated }),
+                warnings: w,
+                tests: t,
+            });
+        }
+        let status = if o.error.is_some() {
+            Status::Exception
+        } else if o.cancelled {
+            Status::Cancelled
+        } else if failed_step.is_some() {
+            Status::Failure
+        } else if warnings > 0 {
+            Status::Warnings
+        } else {
+            Status::Success
+        };
+        let mut metrics = BTreeMap::new();
+        metrics.insert("build_secs".to_string(), o.ended_ms.saturating_sub(o.started_ms) as f64 / 1000.0);
+        metrics.insert("warnings".to_string(), warnings as f64);
+        if let Some(t) = &tests {
+            metrics.insert("tests_passed".to_string(), t.passed as f64);
+            metrics.insert("tests_failed".to_string(), t.failed as f64);
+            metrics.insert("tests_skipped".to_string(), t.skipped as f64);
+        }
+        let result = BuildResult {
+            job: o.job,
+            repo: job.repo.clone(),
+            branch: job.branch.clone(),
+            commit: job.commit.clone(),
+            builder: job.spec.builder.clone(),
+            attempt: o.attempt,
+            labels: self.cfg.labels.clone(),
+            started_ms: o.started_ms,
+            ended_ms: o.ended_ms.max(o.started_ms),
+            status,
+            steps,
+            metrics,
+            failed_step: if status == Status::Failure { failed_step } else { None },
+            error: o.error.clone(),
+        };
+        let rec = record::sign(&self.key, &Body::Result(result));
+        if let Err(e) = self.store.put_record(&rec) {
+            self.emit(Event::StoreFailed { reason: e.to_string() });
+            return;
+        }
+        self.emit(Event::RecordStored { id: rec.id, kind: "result", signer: self.me, from: None });
+        self.apply(now, &rec);
+        self.broadcast(&Gossip::Record(rec.bytes.clone()));
+        self.emit(Event::BuildPublished { job: o.job, attempt: o.attempt, status, record: rec.id });
+    }
+
+    // ---- announcing ----
+
+    /// Turns a commit into a signed change, unless one is known already.
+    pub fn announce(&mut self, now: Millis, info: CommitInfo) -> Result<Announced, String> {
+        if info.repo.is_empty() || info.repo.len() > 4096 {
+            return Err("repo must be 1 to 4096 bytes".into());
+        }
+        if info.commit.len() < 4 || info.commit.len() > 64 || !info.commit.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("commit {:?} is not a hex object id", info.commit));
+        }
+        if let Some(id) = self.changes_by_commit.get(&(info.repo.clone(), info.commit.clone())) {
+            return Ok(Announced::Known(*id));
+        }
+        let (jobs, recipe_error) = match &info.recipe {
+            Ok(text) => match parse_recipe(&info.repo, &info.commit, text) {
+                Ok(j) => (j, None),
+                Err(e) => (vec![], Some(e.to_string())),
+            },
+            Err(e) => (vec![], Some(e.clone())),
+        };
+        let change = Change {
+            repo: info.repo,
+            branch: info.branch,
+            commit: info.commit,
+            parents: info.parents,
+            author: info.author,
+            committer: info.committer,
+            commit_time: info.commit_time,
+            title: info.title,
+            files: info.files.into_iter().take(1000).collect(),
+            jobs,
+            recipe_error,
+            announced_ms: now,
+        };
+        let rec = record::sign(&self.key, &Body::Change(change));
+        self.store.put_record(&rec).map_err(|e| e.to_string())?;
+        self.emit(Event::RecordStored { id: rec.id, kind: "change", signer: self.me, from: None });
+        self.apply(now, &rec);
+        self.broadcast(&Gossip::Record(rec.bytes.clone()));
+        self.timers(now);
+        Ok(Announced::New(rec.id))
+    }
+
+    // ---- blobs ----
+
+    /// Fetches a blob this node lacks; `BlobFetched { token }` tells the end.
+    pub fn fetch_blob(&mut self, now: Millis, token: u64, hash: Hash32, hint: Option<PeerId>) {
+        let _ = now;
+        if self.store.has_blob(&hash) {
+            self.emit(Event::BlobFetched { token, hash, ok: true, detail: "local".into() });
+            return;
+        }
+        let mut rest: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
+        rest.shuffle(&mut self.rng);
+        if let Some(h) = hint {
+            if let Some(pos) = rest.iter().position(|p| *p == h) {
+                rest.remove(pos);
+                rest.insert(0, h);
+            }
+        }
+        self.next_blob_source(token, hash, rest, "no connected peer has it".into());
+    }
+
+    fn next_blob_source(&mut self, token: u64, hash: Hash32, mut rest: Vec<PeerId>, why: String) {
+        if rest.is_empty() {
+            self.emit(Event::BlobFetched { token, hash, ok: false, detail: why });
+            return;
+        }
+        let peer = rest.remove(0);
+        self.request(peer, &Request::GetBlob { hash }, Pending::Blob { token, hash, rest });
+    }
+
+    // ---- requests ----
+
+    fn on_request(&mut self, now: Millis, from: PeerId, bytes: &[u8]) -> Response {
+        let req = match wire::decode_request(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.emit(Event::MessageRejected { from, reason: format!("request: {e}") });
+                return Response::Error { message: e.to_string() };
+            }
+        };
+        match req {
+            Request::Reconcile { ranges } => match sync::process(&self.store, &ranges, false) {
+                Ok(out) => Response::Reconcile { ranges: out.reply },
+                Err(e) => {
+                    self.emit(Event::MessageRejected { from, reason: format!("sync: {e}") });
+                    Response::Error { message: e.to_string() }
+                }
+            },
+            Request::GetRecords { ids } => {
+                let mut records = Vec::new();
+                let mut size = 0;
+                for id in ids.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
+                    if let Some(b) = self.store.get_record(id) {
+                        size += b.len();
+                        records.push(ByteBuf::from(b));
+                        if size > RECORD_BATCH_BYTES {
+                            break;
+                        }
+                    }
+                }
+                Response::Records { records }
+            }
+            Request::PushRecords { records } => {
+                let mut accepted = 0;
+                for r in records.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
+                    if self.accept_record(now, r, Some(from)) == Verdict::Accept {
+                        accepted += 1;
+                    }
+                }
+                Response::Ack { accepted }
+            }
+            Request::GetBlob { hash } => Response::Blob { bytes: self.store.get_blob(&hash).map(ByteBuf::from) },
+        }
+    }
+
+    fn on_request_failed(&mut self, id: u64, reason: String) {
+        match self.pending.remove(&id) {
+            Some(Pending::Sync { peer, .. }) => {
+                self.syncing.remove(&peer);
+                self.emit(Event::SyncFailed { peer, reason });
+            }
+            Some(Pending::Blob { token, hash, rest }) => self.next_blob_source(token, hash, rest, reason),
+            Some(Pending::Fetch { .. }) | Some(Pending::Push) | None => {}
+        }
+    }
+
+    fn on_response(&mut self, now: Millis, id: u64, bytes: &[u8]) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        let resp = wire::decode_response(bytes);
+        match p {
+            Pending::Sync { peer, round } => match resp {
+                Ok(Response::Reconcile { ranges }) => self.sync_round(peer, round, &ranges),
+                Ok(other) => self.sync_failed(peer, format!("unexpected reply {other:?}")),
+                Err(e) => self.sync_failed(peer, e.to_string()),
+            },
+            Pending::Fetch { peer } => {
+                if let Ok(Response::Records { records }) = resp {
+                    for r in records.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
+                        self.accept_record(now, r, Some(peer));
+                    }
+                }
+            }
+            Pending::Push => {}
+            Pending::Blob { token, hash, rest } => match resp {
+                Ok(Response::Blob { bytes: Some(b) }) if Hash32::of(&b) == hash => {
+                    match self.store.put_blob(&hash, &b) {
+                        Ok(()) => self.emit(Event::BlobFetched { token, hash, ok: true, detail: "fetched".into() }),
+                        Err(e) => self.emit(Event::BlobFetched { token, hash, ok: false, detail: e.to_string() }),
+                    }
+                }
+                Ok(Response::Blob { bytes: Some(_) }) => {
+                    self.next_blob_source(token, hash, rest, "a peer sent bytes that do not match the hash".into())
+                }
+                _ => self.next_blob_source(token, hash, rest, "no connected peer has it".into()),
+            },
+        }
+    }
+
+    // ---- anti-entropy ----
+
+    fn start_sync(&mut self, peer: PeerId) {
+        if self.syncing.contains_key(&peer) || peer == self.me {
+            return;
+        }
+        self.syncing.insert(peer, SyncTally::default());
+        let ranges = sync::initial(&self.store);
+        self.request(peer, &Request::Reconcile { ranges }, Pending::Sync { peer, round: 1 });
+    }
+
+    fn sync_failed(&mut self, peer: PeerId, reason: String) {
+        self.syncing.remove(&peer);
+        self.emit(Event::SyncFailed { peer, reason });
+    }
+
+    fn sync_round(&mut self, peer: PeerId, round: u32, ranges: &[sync::SyncRange]) {
+        let out = match sync::process(&self.store, ranges, true) {
+            Ok(o) => o,
+            Err(e) => return self.sync_failed(peer, e.to_string()),
+        };
+        for chunk in out.need.chunks(wire::MAX_RECORDS_PER_REQUEST) {
+            self.request(peer, &Request::GetRecords { ids: chunk.to_vec() }, Pending::Fetch { peer });
+        }
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for id in &out.have {
+            if let Some(b) = self.store.get_record(id) {
+                size += b.len();
+                batch.push(ByteBuf::from(b));
+            }
+            if batch.len() >= wire::MAX_RECORDS_PER_REQUEST || size > RECORD_BATCH_BYTES {
+                self.request(peer, &Request::PushRecords { records: std::mem::take(&mut batch) }, Pending::Push);
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.request(peer, &Request::PushRecords { records: batch }, Pending::Push);
+        }
+        let tally = self.syncing.entry(peer).or_default();
+        tally.need += out.need.len();
+        tally.have += out.have.len();
+        if out.finished() || round >= MAX_SYNC_ROUNDS {
+            let t = self.syncing.remove(&peer).unwrap_or_default();
+            self.emit(Event::SyncFinished { peer, rounds: round, need: t.need, have: t.have });
+        } else {
+            self.request(peer, &Request::Reconcile { ranges: out.reply }, Pending::Sync { peer, round: round + 1 });
+        }
+    }
+}

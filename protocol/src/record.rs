@@ -1,0 +1,330 @@
+//! Signed, immutable, replicated records: changes and build results.
+//!
+//! The signer signs the encoded bytes of the body; the record id is the
+//! blake3 hash of the whole encoded envelope. Verification works on the bytes
+//! as received and never re-encodes.
+
+use std::collections::BTreeMap;
+
+use libp2p_identity::{Keypair, PeerId, PublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::ids::Hash32;
+use crate::recipe::JobSpec;
+use crate::Millis;
+
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+const SIGN_DOMAIN: &[u8] = b"peerbot-record-v1\0";
+const ENVELOPE_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+    pub parents: Vec<String>,
+    pub author: String,
+    pub committer: String,
+    /// Commit time, seconds since the epoch, as git records it.
+    pub commit_time: i64,
+    pub title: String,
+    pub files: Vec<String>,
+    pub jobs: Vec<JobSpec>,
+    /// Set when the recipe at this commit could not be read or parsed; then
+    /// `jobs` is empty.
+    pub recipe_error: Option<String>,
+    pub announced_ms: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Success,
+    Warnings,
+    Failure,
+    Exception,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Warnings => "warnings",
+            Status::Failure => "failure",
+            Status::Exception => "exception",
+            Status::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "success" => Status::Success,
+            "warnings" => Status::Warnings,
+            "failure" => Status::Failure,
+            "exception" => Status::Exception,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub hash: Hash32,
+    pub size: u64,
+    /// The log hit the size limit and was cut, with a marker at the cut.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub name: String,
+    pub command: String,
+    /// None when the step was killed (timeout, cancel) or never started.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+    pub log: Option<BlobRef>,
+    pub warnings: u64,
+    pub tests: Option<TestCounts>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildResult {
+    pub job: Hash32,
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+    pub builder: String,
+    pub attempt: u32,
+    pub labels: Vec<String>,
+    pub started_ms: Millis,
+    pub ended_ms: Millis,
+    pub status: Status,
+    pub steps: Vec<StepResult>,
+    pub metrics: BTreeMap<String, f64>,
+    pub failed_step: Option<String>,
+    /// Why the build could not run (status `exception`), e.g. a failed fetch.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Body {
+    Change(Change),
+    Result(BuildResult),
+}
+
+impl Body {
+    /// The record's place in (time, id) order, used by reconciliation.
+    pub fn time(&self) -> Millis {
+        match self {
+            Body::Change(c) => c.announced_ms,
+            Body::Result(r) => r.ended_ms,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Change(_) => "change",
+            Body::Result(_) => "result",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    v: u8,
+    #[serde(with = "serde_bytes")]
+    signer: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    sig: Vec<u8>,
+}
+
+/// A record whose signature has been checked, with its bytes as received.
+#[derive(Debug, Clone)]
+pub struct VerifiedRecord {
+    pub id: Hash32,
+    pub signer: PeerId,
+    pub body: Body,
+    pub bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl VerifiedRecord {
+    pub fn time(&self) -> Millis {
+        self.body.time()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record envelope: {0}")]
+    Envelope(crate::codec::CodecError),
+    #[error("unsupported record version {0}")]
+    Version(u8),
+    #[error("signer is not an ed25519 public key")]
+    Signer,
+    #[error("bad signature")]
+    Signature,
+    #[error("record body: {0}")]
+    Body(crate::codec::CodecError),
+    #[error("record body is invalid: {0}")]
+    Invalid(String),
+}
+
+fn signed_message(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGN_DOMAIN.len() + body.len());
+    m.extend_from_slice(SIGN_DOMAIN);
+    m.extend_from_slice(body);
+    m
+}
+
+/// Signs a body with the node's key, giving the record as it goes on the wire.
+pub fn sign(key: &Keypair, body: &Body) -> VerifiedRecord {
+    let body_bytes = encode(body);
+    let ed = key.clone().try_into_ed25519().expect("node keys are ed25519");
+    let signature = ed.sign(&signed_message(&body_bytes));
+    let env = Envelope {
+        v: ENVELOPE_VERSION,
+        signer: ed.public().to_bytes().to_vec(),
+        body: body_bytes,
+        sig: signature.clone(),
+    };
+    let bytes = encode(&env);
+    VerifiedRecord { id: Hash32::of(&bytes), signer: key.public().to_peer_id(), body: body.clone(), bytes, signature }
+}
+
+/// Checks a record as received: size, envelope, signature, then body.
+pub fn verify(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
+    let env: Envelope = decode(bytes, MAX_RECORD_BYTES).map_err(RecordError::Envelope)?;
+    if env.v != ENVELOPE_VERSION {
+        return Err(RecordError::Version(env.v));
+    }
+    let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(&env.signer).map_err(|_| RecordError::Signer)?;
+    if !ed.verify(&signed_message(&env.body), &env.sig) {
+        return Err(RecordError::Signature);
+    }
+    let body: Body = decode(&env.body, MAX_RECORD_BYTES).map_err(RecordError::Body)?;
+    validate_body(&body)?;
+    let signer = PublicKey::from(ed).to_peer_id();
+    Ok(VerifiedRecord { id: Hash32::of(bytes), signer, body, bytes: bytes.to_vec(), signature: env.sig })
+}
+
+fn validate_body(body: &Body) -> Result<(), RecordError> {
+    let bad = |s: &str| Err(RecordError::Invalid(s.to_string()));
+    match body {
+        Body::Change(c) => {
+            if c.repo.is_empty() || c.commit.is_empty() {
+                return bad("change without repo or commit");
+            }
+            for j in &c.jobs {
+                if j.id != crate::recipe::job_id(&c.repo, &c.commit, &j.builder) {
+                    return bad("change lists a job whose id does not match its repo, commit and builder");
+                }
+            }
+        }
+        Body::Result(r) => {
+            if r.job != crate::recipe::job_id(&r.repo, &r.commit, &r.builder) {
+                return bad("result's job id does not match its repo, commit and builder");
+            }
+            if r.ended_ms < r.started_ms {
+                return bad("result ends before it starts");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_change() -> Body {
+        let jobs = crate::recipe::parse_recipe(
+            "/r",
+            "abc",
+            "[[builder]]\nname='t'\nrequires=['os=linux']\n[[builder.step]]\nrun='true'",
+        )
+        .unwrap();
+        Body::Change(Change {
+            repo: "/r".into(),
+            branch: "main".into(),
+            commit: "abc".into(),
+            parents: vec!["p".into()],
+            author: "A <a@x>".into(),
+            committer: "A <a@x>".into(),
+            commit_time: 1,
+            title: "t".into(),
+            files: vec!["f".into()],
+            jobs,
+            recipe_error: None,
+            announced_ms: 5,
+        })
+    }
+
+    #[test]
+    fn round_trip_and_id() {
+        let key = crate::deterministic_key(1);
+        let rec = sign(&key, &sample_change());
+        let back = verify(&rec.bytes).unwrap();
+        assert_eq!(back.id, rec.id);
+        assert_eq!(back.signer, key.public().to_peer_id());
+        assert_eq!(back.body, rec.body);
+        assert_eq!(rec.id, Hash32::of(&rec.bytes));
+    }
+
+    #[test]
+    fn forged_signer_rejected() {
+        let key = crate::deterministic_key(1);
+        let other = crate::deterministic_key(2);
+        let rec = sign(&key, &sample_change());
+        let mut env: Envelope = decode(&rec.bytes, MAX_RECORD_BYTES).unwrap();
+        env.signer = other.clone().try_into_ed25519().unwrap().public().to_bytes().to_vec();
+        assert!(matches!(verify(&encode(&env)), Err(RecordError::Signature)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn any_flipped_bit_is_rejected(bit in 0usize..100_000) {
+            let key = crate::deterministic_key(1);
+            let rec = sign(&key, &sample_change());
+            let bit = bit % (rec.bytes.len() * 8);
+            let mut bytes = rec.bytes.clone();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            // Either it no longer parses or its signature fails: never accepted.
+            prop_assert!(verify(&bytes).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = verify(&bytes);
+        }
+    }
+}
+
+/// Decodes a record this node stored after verifying it, without checking
+/// the signature again (start-up would otherwise cost a verify per record).
+pub fn decode_stored(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
+    let env: Envelope = decode(bytes, MAX_RECORD_BYTES).map_err(RecordError::Envelope)?;
+    let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(&env.signer).map_err(|_| RecordError::Signer)?;
+    let body: Body = decode(&env.body, MAX_RECORD_BYTES).map_err(RecordError::Body)?;
+    Ok(VerifiedRecord {
+        id: Hash32::of(bytes),
+        signer: PublicKey::from(ed).to_peer_id(),
+        body,
+        bytes: bytes.to_vec(),
+        signature: env.sig,
+    })
+}

@@ -1,0 +1,155 @@
+//! Messages between nodes: gossip on one topic, and request-response pairs.
+//! Everything is CBOR; sizes are checked before decoding.
+
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode, CodecError};
+use crate::ids::Hash32;
+use crate::sync::SyncRange;
+use crate::Millis;
+
+/// The gossipsub topic every node subscribes to.
+pub const TOPIC: &str = "peerbot/v1";
+/// The request-response protocol name.
+pub const REQUEST_PROTOCOL: &str = "/peerbot/req/1";
+
+pub const MAX_GOSSIP_BYTES: usize = 1024 * 1024 + 4096;
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// A response may carry one whole log blob.
+pub const MAX_RESPONSE_BYTES: usize = crate::core::MAX_LOG_BYTES as usize + 1024 * 1024;
+pub const MAX_RECORDS_PER_REQUEST: usize = 512;
+pub const MAX_RUNNING_IN_HEARTBEAT: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub job: Hash32,
+    pub attempt: u32,
+    pub step: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub seq: u64,
+    pub sent_ms: Millis,
+    pub labels: Vec<String>,
+    pub executors: u32,
+    pub busy: u32,
+    /// Jobs this node is building; each entry renews that claim's lease.
+    pub running: Vec<Lease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub job: Hash32,
+    pub attempt: u32,
+    pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gossip {
+    /// A signed record envelope, bytes as signed.
+    Record(#[serde(with = "serde_bytes")] Vec<u8>),
+    Heartbeat(Heartbeat),
+    Claim(Claim),
+    /// The claimant gives a job up without a result (it lost a conflict,
+    /// could not start, or restarted); the job reopens as the next attempt.
+    Release { job: Hash32, attempt: u32, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// One round of range-based set reconciliation.
+    Reconcile { ranges: Vec<SyncRange> },
+    GetRecords { ids: Vec<Hash32> },
+    PushRecords { records: Vec<serde_bytes::ByteBuf> },
+    GetBlob { hash: Hash32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Reconcile { ranges: Vec<SyncRange> },
+    Records { records: Vec<serde_bytes::ByteBuf> },
+    Ack { accepted: u32 },
+    Blob { bytes: Option<serde_bytes::ByteBuf> },
+    Error { message: String },
+}
+
+pub fn encode_gossip(g: &Gossip) -> Vec<u8> {
+    encode(g)
+}
+pub fn decode_gossip(b: &[u8]) -> Result<Gossip, CodecError> {
+    decode(b, MAX_GOSSIP_BYTES)
+}
+pub fn encode_request(r: &Request) -> Vec<u8> {
+    encode(r)
+}
+pub fn decode_request(b: &[u8]) -> Result<Request, CodecError> {
+    decode(b, MAX_REQUEST_BYTES)
+}
+pub fn encode_response(r: &Response) -> Vec<u8> {
+    encode(r)
+}
+pub fn decode_response(b: &[u8]) -> Result<Response, CodecError> {
+    decode(b, MAX_RESPONSE_BYTES)
+}
+
+/// Who a message came from, for logs.
+pub fn short_peer(p: &PeerId) -> String {
+    let s = p.to_base58();
+    s[s.len().saturating_sub(8)..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips() {
+        let msgs = vec![
+            Gossip::Record(vec![1, 2, 3]),
+            Gossip::Heartbeat(Heartbeat {
+                seq: 9,
+                sent_ms: 10,
+                labels: vec!["os=linux".into()],
+                executors: 2,
+                busy: 1,
+                running: vec![Lease { job: Hash32::of(b"j"), attempt: 0, step: Some("build".into()) }],
+            }),
+            Gossip::Claim(Claim { job: Hash32::of(b"j"), attempt: 1, lease_ms: 30_000 }),
+            Gossip::Release { job: Hash32::of(b"j"), attempt: 1, reason: "lost".into() },
+        ];
+        for m in msgs {
+            assert_eq!(decode_gossip(&encode_gossip(&m)).unwrap(), m);
+        }
+        let reqs = vec![
+            Request::GetRecords { ids: vec![Hash32::of(b"a")] },
+            Request::GetBlob { hash: Hash32::of(b"b") },
+            Request::PushRecords { records: vec![serde_bytes::ByteBuf::from(vec![7u8; 3])] },
+        ];
+        for r in reqs {
+            assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
+        }
+        let resp = Response::Blob { bytes: Some(serde_bytes::ByteBuf::from(b"log".to_vec())) };
+        assert_eq!(decode_response(&encode_response(&resp)).unwrap(), resp);
+    }
+
+    #[test]
+    fn oversized_is_refused_before_decoding() {
+        let big = vec![0u8; MAX_GOSSIP_BYTES + 1];
+        assert!(matches!(decode_gossip(&big), Err(CodecError::TooLarge { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_gossip(&bytes);
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Three real nodes on loopback build real commits of a real repository,
+//! and every node serves every signed result and its logs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peerbot_tests::{wait_for, GitRepo, Node};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_peerbot");
+const LONG: Duration = Duration::from_secs(120);
+
+const RECIPE_OK: &str = r#"
+[[builder]]
+name = "test"
+requires = ["os=linux"]
+[[builder.step]]
+name = "build"
+run = "echo compiling $PEERBOT_COMMIT; cat hello.txt"
+[[builder.step]]
+name = "check"
+run = "echo 'test result: ok. 4 passed; 0 failed; 1 ignored'"
+
+[[builder]]
+name = "cuda"
+requires = ["gpu=yes"]
+[[builder.step]]
+name = "kernels"
+run = "echo gpu kernels for $PEERBOT_BUILDER"
+"#;
+
+fn builds(n: &Node, commit: &str) -> Vec<Value> {
+    n.get(&format!("/api/v1/builds?commit={commit}")).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+fn wait_builds(nodes: &[&Node], commit: &str, count: usize) -> Vec<Vec<Value>> {
+    nodes
+        .iter()
+        .map(|n| {
+            wait_for(&format!("{} results for {commit} on {}", count, n.name), LONG, || {
+                let b = builds(n, commit);
+                (b.len() >= count).then_some(b)
+            })
+            .unwrap_or_else(|e| panic!("{e}\n--- {} log ---\n{}", n.name, n.log_tail()))
+        })
+        .collect()
+}
+
+fn by_builder<'a>(results: &'a [Value], builder: &str) -> &'a Value {
+    results.iter().find(|r| r["builder"] == builder).unwrap_or_else(|| panic!("no {builder} result in {results:?}"))
+}
+
+fn wait_peers(n: &Node, live: usize) {
+    wait_for(&format!("{} to see {live} live peers", n.name), LONG, || {
+        let v = n.get("/api/v1/node").ok()?;
+        (v["peers_live"].as_u64()? as usize >= live).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()));
+}
+
+fn dirs(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (root.join("a"), root.join("b"), root.join("c"))
+}
+
+#[test]
+fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
+    let root = tempfile::Builder::new().prefix("peerbot-cluster-").tempdir().unwrap();
+    let repo = GitRepo::new().unwrap();
+    // A commit with no recipe: announced, with the error shown, and nothing built.
+    let c0 = repo.commit(&[("hello.txt", "hello from the first commit\n")], "initial import").unwrap();
+
+    let (da, db, dc) = dirs(root.path());
+    let watch = format!("{}#main", repo.path().display());
+    let a = Node::start(Path::new(BIN), "A", &da, &["--watch".into(), watch]).unwrap();
+    let boot = a.multiaddr();
+    let b = Node::start(Path::new(BIN), "B", &db, &["--bootstrap".into(), boot.clone()]).unwrap();
+    let mut c = Node::start(Path::new(BIN), "C", &dc, &["--bootstrap".into(), boot, "--label".into(), "gpu=yes".into()]).unwrap();
+
+    // Identity: a key in the data dir, mode 0600, whose PeerId the node uses.
+    let id_out = a.cli(&["id", "--data-dir", da.to_str().unwrap()]).unwrap();
+    assert_eq!(id_out.trim(), a.peer_id());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(da.join("node.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    for n in [&a, &b, &c] {
+        wait_peers(n, 2);
+    }
+    // B and C joined through A only; they found each other by discovery.
+    wait_for("B to connect to C directly", LONG, || {
+        let peers = b.get("/api/v1/peers").ok()?;
+        peers.as_array()?.iter().any(|p| p["peer_id"] == c.peer_id().as_str() && p["connected"] == true).then_some(())
+    })
+    .unwrap();
+
+    let change0 = wait_for("the recipe-less change on B", LONG, || {
+        let v = b.get(&format!("/api/v1/changes?commit={}", &c0[..8])).ok()?;
+        v.as_array()?.first().cloned()
+    })
+    .unwrap();
+    assert!(change0["recipe_error"].as_str().unwrap().contains("no .peerbot.toml"), "{change0}");
+    assert_eq!(change0["jobs"].as_array().unwrap().len(), 0);
+
+    // Commit 1: two builders, one any Linux node can build, one only C.
+    let c1 = repo.commit(&[(".peerbot.toml", RECIPE_OK), ("hello.txt", "hello, world\n")], "add a recipe").unwrap();
+    let all = wait_builds(&[&a, &b, &c], &c1, 2);
+    for (n, results) in [&a, &b, &c].iter().zip(&all) {
+        assert_eq!(results.len(), 2, "{} serves {results:?}", n.name);
+        let gpu = by_builder(results, "cuda");
+        assert_eq!(gpu["signer"], c.peer_id().as_str(), "the gpu=yes job must be built by C");
+        assert_eq!(gpu["status"], "success");
+        let test = by_builder(results, "test");
+        assert_eq!(test["status"], "success");
+        assert_eq!(test["metrics"]["tests_passed"], 4.0);
+        assert_eq!(test["metrics"]["tests_skipped"], 1.0);
+    }
+    // Every node serves the same records, and each log, fetching it if need be.
+    let test1 = by_builder(&all[0], "test").clone();
+    let gpu1 = by_builder(&all[0], "cuda").clone();
+    for n in [&a, &b, &c] {
+        for r in [&test1, &gpu1] {
+            let id = r["id"].as_str().unwrap();
+            let detail = n.get(&format!("/api/v1/builds/{}", &id[..12])).unwrap();
+            assert_eq!(detail["record_id"], id);
+            assert_eq!(detail["signer"], r["signer"]);
+            assert_eq!(detail["verified"], true);
+            assert!(detail["signature"].as_str().unwrap().len() == 128);
+        }
+        let log = n.get_text(&format!("/api/v1/builds/{}/steps/build/log", test1["id"].as_str().unwrap())).unwrap();
+        assert!(log.contains(&format!("compiling {c1}")) && log.contains("hello, world"), "{}: {log}", n.name);
+        let log = n.get_text(&format!("/api/v1/builds/{}/steps/0/log", gpu1["id"].as_str().unwrap())).unwrap();
+        assert_eq!(log, "gpu kernels for cuda\n");
+    }
+    // The CLI, with a short commit prefix.
+    let table = b.cli(&["results", "--commit", &c1[..7]]).unwrap();
+    assert!(table.contains(&test1["id"].as_str().unwrap()[..12]) && table.contains("cuda"), "{table}");
+    let log = c.cli(&["log", &test1["id"].as_str().unwrap()[..10], "check"]).unwrap();
+    assert!(log.contains("4 passed"), "{log}");
+    let peers = a.cli(&["peers"]).unwrap();
+    assert!(peers.contains(&c.peer_id()) && peers.contains("gpu=yes"), "{peers}");
+
+    // Commit 2: a failing step gives a failure naming it.
+    let failing = RECIPE_OK.replace("echo 'test result: ok. 4 passed; 0 failed; 1 ignored'", "echo broken; exit 3");
+    let c2 = repo.commit(&[(".peerbot.toml", &failing)], "break the check").unwrap();
+    let all2 = wait_builds(&[&a, &b, &c], &c2, 2);
+    for results in &all2 {
+        assert_eq!(results.len(), 2);
+        let t = by_builder(results, "test");
+        assert_eq!(t["status"], "failure", "{t}");
+        assert_eq!(t["failed_step"], "check");
+        assert_eq!(t["steps"][1]["exit_code"], 3);
+        assert_eq!(by_builder(results, "cuda")["status"], "success");
+    }
+
+    // Announcing through another node's API (like sendchange) builds nothing twice.
+    let again = b.cli(&["announce", "--repo", repo.path().to_str().unwrap(), "--branch", "main", "--commit", &c2[..8]]).unwrap();
+    assert!(again.contains("already known"), "{again}");
+
+    // A broken recipe is an error on the change, not a crash.
+    let c3 = repo.commit(&[(".peerbot.toml", "[[builder]\nname = ")], "garble the recipe").unwrap();
+    let change3 = wait_for("the broken-recipe change on C", LONG, || {
+        let v = c.get(&format!("/api/v1/changes?commit={c3}")).ok()?;
+        v.as_array()?.first().cloned()
+    })
+    .unwrap();
+    assert!(change3["recipe_error"].as_str().unwrap().contains("not valid TOML"), "{change3}");
+    for n in [&a, &b, &c] {
+        assert!(n.get("/api/v1/node").is_ok(), "{} must still be up", n.name);
+    }
+
+    // Bad requests get a clear error.
+    let (code, body) = a.request("POST", "/api/v1/changes", Some("{\"repo\": 5}"));
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = a.request("POST", "/api/v1/changes", Some(&format!("{{\"repo\":\"{}\",\"commit\":\"0000000\"}}", repo.path().display())));
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("no commit"), "{body}");
+    let (code, body) = a.request("GET", "/api/v1/builds?status=great", None);
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("great"), "{body}");
+
+    // C built the gpu job; kill it, and A and B still serve that result.
+    let c_peer = c.peer_id();
+    c.kill();
+    for n in [&a, &b] {
+        let d = n.get(&format!("/api/v1/builds/{}", gpu1["id"].as_str().unwrap())).unwrap();
+        assert_eq!(d["signer"], c_peer.as_str());
+        assert_eq!(builds(n, &c1).len(), 2);
+    }
+
+    // C restarts: same identity, same history, back in the cluster.
+    c.restart().unwrap();
+    assert_eq!(c.peer_id(), c_peer);
+    assert_eq!(builds(&c, &c1).len(), 2);
+    assert_eq!(builds(&c, &c2).len(), 2);
+    wait_peers(&c, 2);
+}
