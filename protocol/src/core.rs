@@ -35,8 +35,13 @@ pub struct Config {
     /// All of this node's labels, platform ones included.
     pub labels: Vec<String>,
     pub executors: u32,
+    /// Shortest interval between this node's heartbeats. The interval grows
+    /// with the cluster so that all nodes together send about
+    /// `cluster_heartbeats_per_sec` heartbeats a second.
     pub heartbeat_ms: u64,
-    /// A peer not heard from for this long is not live.
+    pub cluster_heartbeats_per_sec: u64,
+    /// A peer is live while heard within max(this, 3 of its heartbeat
+    /// intervals + 1 s).
     pub liveness_ms: u64,
     /// The node at rank r waits r times this before claiming.
     pub claim_stagger_ms: u64,
@@ -55,6 +60,7 @@ impl Config {
             labels,
             executors,
             heartbeat_ms,
+            cluster_heartbeats_per_sec: 20,
             liveness_ms: 3 * heartbeat_ms + 1_000,
             claim_stagger_ms: 2_000,
             lease_ms: 30_000,
@@ -216,6 +222,41 @@ pub struct PeerView {
     /// Held a lease that ran out; out of the ranking until heard again.
     pub suspect: bool,
     pub connected: bool,
+    /// The heartbeat interval the peer announced.
+    pub interval_ms: u64,
+    /// Liveness as of the last sweep; changes bump the membership generation.
+    pub live: bool,
+    key: u64,
+}
+
+impl PeerView {
+    fn new(peer: &PeerId) -> Self {
+        PeerView {
+            labels: vec![],
+            executors: 0,
+            busy: 0,
+            last_heard: 0,
+            suspect: false,
+            connected: false,
+            interval_ms: 0,
+            live: false,
+            key: peer_key(peer),
+        }
+    }
+}
+
+/// Checks a record's signature; the simulator shares one cache of results
+/// across its many nodes, the node checks every time.
+pub trait Verify: Send + Sync {
+    fn verify(&self, bytes: &[u8]) -> Result<VerifiedRecord, record::RecordError>;
+}
+
+pub struct SignatureCheck;
+
+impl Verify for SignatureCheck {
+    fn verify(&self, bytes: &[u8]) -> Result<VerifiedRecord, record::RecordError> {
+        record::verify(bytes)
+    }
 }
 
 enum Pending {
@@ -253,18 +294,43 @@ pub struct NodeCore<S: Store> {
     next_request: u64,
     heartbeat_seq: u64,
     next_heartbeat: Millis,
+    next_renew: Millis,
     next_sync: Millis,
+    next_sweep: Millis,
     next_due: Millis,
+    /// Something happened that may change what to claim.
+    dirty: bool,
+    /// Bumped when the live peers or their labels change.
+    generation: u64,
+    live_peers: usize,
+    eligible_cache: BTreeMap<Vec<String>, (u64, Vec<(u64, PeerId)>)>,
+    my_key: u64,
+    verifier: std::sync::Arc<dyn Verify>,
 }
 
-fn score(job: &Hash32, peer: &PeerId) -> u64 {
-    Hash32::of_fields("peerbot.rank.v1", &[&job.0, &peer.to_bytes()]).prefix_u64()
+/// A peer's fixed rendezvous key, hashed once.
+pub fn peer_key(peer: &PeerId) -> u64 {
+    Hash32::of_fields("peerbot.rank.v1", &[&peer.to_bytes()]).prefix_u64()
+}
+
+/// 64-bit finaliser (MurmurHash3's fmix64): a cheap, well-mixed function
+/// of (job, peer), evaluated for every eligible peer of every job.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+pub fn score(job: &Hash32, key: u64) -> u64 {
+    mix(job.prefix_u64() ^ key)
 }
 
 /// Rendezvous order: higher score first, PeerId breaks ties. Every node
 /// computes the same order from the same set of peers.
 pub fn rank(job: &Hash32, peers: &mut [PeerId]) {
-    peers.sort_by(|a, b| score(job, b).cmp(&score(job, a)).then_with(|| a.cmp(b)));
+    peers.sort_by_cached_key(|p| (std::cmp::Reverse(score(job, peer_key(p))), *p));
 }
 
 /// The winner of two claims for one job and attempt.
@@ -297,8 +363,16 @@ impl<S: Store> NodeCore<S> {
             next_request: 1,
             heartbeat_seq: 0,
             next_heartbeat: now,
+            next_renew: Millis::MAX,
             next_sync: now + cfg.sync_interval_ms,
+            next_sweep: now,
             next_due: now,
+            dirty: true,
+            generation: 0,
+            live_peers: 0,
+            eligible_cache: BTreeMap::new(),
+            my_key: peer_key(&me),
+            verifier: std::sync::Arc::new(SignatureCheck),
             cfg,
         };
         let mut stored = Vec::new();
@@ -362,11 +436,71 @@ impl<S: Store> NodeCore<S> {
     pub fn running(&self) -> &BTreeMap<Hash32, (u32, Option<String>)> {
         &self.running
     }
+    pub fn set_verifier(&mut self, v: std::sync::Arc<dyn Verify>) {
+        self.verifier = v;
+    }
+
+    fn peer_live(&self, now: Millis, v: &PeerView) -> bool {
+        let window = self.cfg.liveness_ms.max(3 * v.interval_ms + 1_000);
+        v.last_heard > 0 && !v.suspect && now.saturating_sub(v.last_heard) <= window
+    }
+
     pub fn is_live(&self, now: Millis, p: &PeerId) -> bool {
         if *p == self.me {
             return true;
         }
-        self.peers.get(p).is_some_and(|v| !v.suspect && now.saturating_sub(v.last_heard) <= self.cfg.liveness_ms)
+        self.peers.get(p).is_some_and(|v| self.peer_live(now, v))
+    }
+
+    /// This node's heartbeat interval for the cluster size it sees.
+    pub fn heartbeat_interval(&self) -> u64 {
+        let n = self.live_peers as u64 + 1;
+        self.cfg.heartbeat_ms.max(n * 1000 / self.cfg.cluster_heartbeats_per_sec.max(1))
+    }
+
+    /// Re-reads liveness; a peer going silent or coming back changes the
+    /// membership generation, which the eligibility cache keys on.
+    fn sweep(&mut self, now: Millis) {
+        let mut changed = false;
+        let mut live = 0;
+        let peers: Vec<(PeerId, bool)> = self.peers.iter().map(|(p, v)| (*p, self.peer_live(now, v))).collect();
+        for (p, l) in peers {
+            if let Some(v) = self.peers.get_mut(&p) {
+                if v.live != l {
+                    v.live = l;
+                    changed = true;
+                }
+            }
+            live += l as usize;
+        }
+        self.live_peers = live;
+        if changed {
+            self.generation += 1;
+            self.dirty = true;
+        }
+    }
+
+    /// Live peers with all the labels, as (rendezvous key, id), cached per
+    /// label set until membership changes.
+    fn eligible_keys(&mut self, requires: &[String]) -> &[(u64, PeerId)] {
+        let gen = self.generation;
+        let fresh = self.eligible_cache.get(requires).is_some_and(|(g, _)| *g == gen);
+        if !fresh {
+            let mut v: Vec<(u64, PeerId)> = self
+                .peers
+                .iter()
+                .filter(|(_, view)| view.live && satisfies(&view.labels, requires))
+                .map(|(p, view)| (view.key, *p))
+                .collect();
+            if satisfies(&self.cfg.labels, requires) {
+                v.push((self.my_key, self.me));
+            }
+            if self.eligible_cache.len() > 256 {
+                self.eligible_cache.clear();
+            }
+            self.eligible_cache.insert(requires.to_vec(), (gen, v));
+        }
+        &self.eligible_cache[requires].1
     }
     /// Live peers (this node included) that have every required label.
     pub fn eligible(&self, now: Millis, requires: &[String]) -> Vec<PeerId> {
@@ -387,7 +521,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub fn next_timeout(&self) -> Millis {
-        self.next_heartbeat.min(self.next_sync).min(self.next_due)
+        self.next_heartbeat.min(self.next_sync).min(self.next_due).min(self.next_renew).min(self.next_sweep)
     }
 
     fn emit(&mut self, e: Event) {
@@ -413,17 +547,7 @@ impl<S: Store> NodeCore<S> {
                 self.out.push_back(Output::Verdict { token, verdict });
             }
             Input::PeerConnected(p) => {
-                self.peers
-                    .entry(p)
-                    .or_insert_with(|| PeerView {
-                        labels: vec![],
-                        executors: 0,
-                        busy: 0,
-                        last_heard: 0,
-                        suspect: false,
-                        connected: true,
-                    })
-                    .connected = true;
+                self.peers.entry(p).or_insert_with(|| PeerView::new(&p)).connected = true;
                 self.start_sync(p);
             }
             Input::PeerDisconnected(p) => {
@@ -451,13 +575,23 @@ impl<S: Store> NodeCore<S> {
             }
             Input::BuildFinished(o) => self.on_build_finished(now, o),
         }
-        self.timers(now);
+        if self.dirty || now >= self.next_timeout() {
+            self.timers(now);
+        }
     }
 
     fn timers(&mut self, now: Millis) {
+        self.dirty = false;
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + (self.heartbeat_interval() / 4).max(500);
+        }
         if now >= self.next_heartbeat {
             self.send_heartbeat(now);
-            self.next_heartbeat = now + self.cfg.heartbeat_ms;
+            self.next_heartbeat = now + self.heartbeat_interval();
+        }
+        if now >= self.next_renew {
+            self.send_renewals(now);
         }
         if now >= self.next_sync {
             let connected: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
@@ -488,12 +622,37 @@ impl<S: Store> NodeCore<S> {
         let hb = Heartbeat {
             seq: self.heartbeat_seq,
             sent_ms: now,
+            interval_ms: self.heartbeat_interval(),
             labels: self.cfg.labels.clone(),
             executors: self.cfg.executors,
             busy: self.running.len() as u32,
             running,
         };
         self.broadcast(&Gossip::Heartbeat(hb));
+    }
+
+    /// The claimant renews its leases between heartbeats, which grow
+    /// apart in large clusters.
+    fn send_renewals(&mut self, now: Millis) {
+        if self.running.is_empty() {
+            self.next_renew = Millis::MAX;
+            return;
+        }
+        let leases: Vec<Lease> = self
+            .running
+            .iter()
+            .take(wire::MAX_RUNNING_IN_HEARTBEAT)
+            .map(|(job, (attempt, step))| Lease { job: *job, attempt: *attempt, step: step.clone() })
+            .collect();
+        for l in &leases {
+            if let Some(c) = self.jobs.get_mut(&l.job).and_then(|j| j.claim.as_mut()) {
+                if c.by == self.me {
+                    c.lease_until = now + self.cfg.lease_ms;
+                }
+            }
+        }
+        self.broadcast(&Gossip::Renew { leases });
+        self.next_renew = now + (self.cfg.lease_ms / 3).max(100);
     }
 
     // ---- gossip ----
@@ -512,6 +671,14 @@ impl<S: Store> NodeCore<S> {
         match msg {
             Gossip::Record(b) => self.accept_record(now, &b, Some(from)),
             Gossip::Heartbeat(h) => self.on_heartbeat(now, from, h),
+            Gossip::Renew { leases } => {
+                if leases.len() > wire::MAX_RUNNING_IN_HEARTBEAT {
+                    self.emit(Event::MessageRejected { from, reason: "renewal over its limits".into() });
+                    return Verdict::Reject;
+                }
+                self.renew(now, from, leases);
+                Verdict::Accept
+            }
             Gossip::Claim(c) => {
                 self.on_claim(now, from, c);
                 Verdict::Accept
@@ -525,7 +692,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Verifies and stores a record from the network; applies it if new.
     fn accept_record(&mut self, now: Millis, bytes: &[u8], from: Option<PeerId>) -> Verdict {
-        let rec = match record::verify(bytes) {
+        let rec = match self.verifier.verify(bytes) {
             Ok(r) => r,
             Err(e) => {
                 if let Some(from) = from {
@@ -551,6 +718,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn apply(&mut self, now: Millis, rec: &VerifiedRecord) {
+        self.dirty = true;
         match &rec.body {
             Body::Change(c) => {
                 self.changes_by_commit.entry((c.repo.clone(), c.commit.clone())).or_insert(rec.id);
@@ -601,21 +769,33 @@ impl<S: Store> NodeCore<S> {
             self.emit(Event::MessageRejected { from, reason: "heartbeat over its limits".into() });
             return Verdict::Reject;
         }
-        let view = self.peers.entry(from).or_insert_with(|| PeerView {
-            labels: vec![],
-            executors: 0,
-            busy: 0,
-            last_heard: 0,
-            suspect: false,
-            connected: false,
-        });
-        view.labels = h.labels;
+        let view = self.peers.entry(from).or_insert_with(|| PeerView::new(&from));
+        let was_live = view.live;
+        if view.labels != h.labels {
+            view.labels = h.labels;
+            self.generation += 1;
+        }
         view.executors = h.executors;
         view.busy = h.busy;
         view.last_heard = now;
-        view.suspect = false;
+        let was_suspect = std::mem::replace(&mut view.suspect, false);
+        view.interval_ms = h.interval_ms.clamp(50, 3_600_000);
+        view.live = true;
+        if was_suspect {
+            self.generation += 1;
+        }
+        if !was_live {
+            self.live_peers += 1;
+            self.generation += 1;
+            self.dirty = true;
+        }
+        self.renew(now, from, h.running);
+        Verdict::Accept
+    }
+
+    fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>) {
         let lease_ms = self.cfg.lease_ms;
-        for l in h.running {
+        for l in leases {
             let Some(job) = self.jobs.get_mut(&l.job) else { continue };
             if self.results_by_job.contains_key(&l.job) || l.attempt < job.attempt {
                 continue;
@@ -639,10 +819,10 @@ impl<S: Store> NodeCore<S> {
                 }
             }
         }
-        Verdict::Accept
     }
 
     fn on_claim(&mut self, now: Millis, from: PeerId, c: Claim) {
+        self.dirty = true;
         if self.results_by_job.contains_key(&c.job) {
             return;
         }
@@ -696,6 +876,7 @@ impl<S: Store> NodeCore<S> {
         job.attempt = attempt + 1;
         job.claim = None;
         job.opened_ms = now;
+        self.dirty = true;
         self.emit(Event::Released { job: job_id, attempt, by: from, reason });
     }
 
@@ -721,13 +902,15 @@ impl<S: Store> NodeCore<S> {
             }
             if let Some(p) = self.peers.get_mut(&holder) {
                 p.suspect = true;
+                p.live = false;
+                self.generation += 1;
             }
             self.emit(Event::LeaseExpired { job: id, attempt, holder });
         }
     }
 
     fn consider_claims(&mut self, now: Millis) {
-        let mut next_due = now + self.cfg.heartbeat_ms;
+        let mut next_due = now + self.heartbeat_interval();
         // Leases of others' claims run out on their own clock.
         for id in &self.open {
             if let Some(c) = self.jobs.get(id).and_then(|j| j.claim.as_ref()) {
@@ -754,11 +937,18 @@ impl<S: Store> NodeCore<S> {
             .collect();
         let mut ready = Vec::new();
         for id in candidates {
-            let j = &self.jobs[&id];
-            let mut elig = self.eligible(now, &j.spec.requires);
-            rank(&id, &mut elig);
-            let r = elig.iter().position(|p| *p == self.me).unwrap_or(elig.len()) as u64;
-            let at = j.opened_ms + r * self.cfg.claim_stagger_ms;
+            let (requires, opened) = {
+                let j = &self.jobs[&id];
+                (j.spec.requires.clone(), j.opened_ms)
+            };
+            let me = (std::cmp::Reverse(score(&id, self.my_key)), self.me);
+            // My rank: how many eligible peers order before me.
+            let r = self
+                .eligible_keys(&requires)
+                .iter()
+                .filter(|(k, p)| (std::cmp::Reverse(score(&id, *k)), *p) < me)
+                .count() as u64;
+            let at = opened + r * self.cfg.claim_stagger_ms;
             if now >= at {
                 ready.push((at, id));
             } else {
@@ -796,6 +986,7 @@ impl<S: Store> NodeCore<S> {
             steps: j.spec.steps.clone(),
         };
         self.running.insert(id, (attempt, None));
+        self.next_renew = self.next_renew.min(now + (self.cfg.lease_ms / 3).max(100));
         self.save_own_claims();
         self.broadcast(&Gossip::Claim(Claim { job: id, attempt, lease_ms: self.cfg.lease_ms }));
         self.emit(Event::Claimed { job: id, attempt, by: self.me });
@@ -820,6 +1011,7 @@ impl<S: Store> NodeCore<S> {
     // ---- builds ----
 
     fn on_build_finished(&mut self, now: Millis, o: BuildOutcome) {
+        self.dirty = true;
         let still_ours = self.running.get(&o.job).is_some_and(|(a, _)| *a == o.attempt);
         self.running.remove(&o.job);
         self.save_own_claims();
@@ -1114,6 +1306,162 @@ impl<S: Store> NodeCore<S> {
             self.emit(Event::SyncFinished { peer, rounds: round, need: t.need, have: t.have });
         } else {
             self.request(peer, &Request::Reconcile { ranges: out.reply }, Pending::Sync { peer, round: round + 1 });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deterministic_key;
+    use crate::store::MemStore;
+    use proptest::prelude::*;
+
+    const RECIPE: &str = "[[builder]]\nname='linux'\nrequires=['os=linux']\n[[builder.step]]\nrun='make'\n\
+                          [[builder]]\nname='gpu'\nrequires=['gpu=yes']\n[[builder.step]]\nrun='nvcc'\n";
+
+    fn node(n: u64, labels: &[&str]) -> NodeCore<MemStore> {
+        let mut cfg = Config::new(labels.iter().map(|s| s.to_string()).collect(), 1);
+        cfg.seed = n;
+        NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
+    }
+
+    fn commit(c: &str) -> CommitInfo {
+        CommitInfo {
+            repo: "/repo".into(),
+            branch: "main".into(),
+            commit: c.into(),
+            parents: vec![],
+            author: "A".into(),
+            committer: "A".into(),
+            commit_time: 0,
+            title: "t".into(),
+            files: vec![],
+            recipe: Ok(RECIPE.into()),
+        }
+    }
+
+    /// Delivers every broadcast to every other node until all is quiet;
+    /// returns the builds started, by node index.
+    fn settle(nodes: &mut [NodeCore<MemStore>], now: Millis) -> Vec<(usize, BuildOrder)> {
+        let mut started = Vec::new();
+        let mut token = 0;
+        loop {
+            let mut msgs = Vec::new();
+            for (i, n) in nodes.iter_mut().enumerate() {
+                n.handle(now, Input::Tick);
+                while let Some(o) = n.poll_output() {
+                    match o {
+                        Output::Broadcast(b) => msgs.push((i, b)),
+                        Output::StartBuild(order) => started.push((i, order)),
+                        _ => {}
+                    }
+                }
+            }
+            if msgs.is_empty() {
+                return started;
+            }
+            for (from, b) in msgs {
+                let from_id = nodes[from].peer_id();
+                for (j, n) in nodes.iter_mut().enumerate() {
+                    if j != from {
+                        token += 1;
+                        n.handle(now, Input::Gossip { from: from_id, token, bytes: b.clone() });
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_job_is_claimed_once_by_an_eligible_node() {
+        let mut nodes = vec![
+            node(1, &["os=linux"]),
+            node(2, &["os=linux"]),
+            node(3, &["os=linux", "gpu=yes"]),
+        ];
+        let mut now = 0;
+        settle(&mut nodes, now); // heartbeats: everyone learns everyone's labels
+        now += 10_000;
+        settle(&mut nodes, now);
+        assert!(matches!(nodes[0].announce(now, commit("abcd01")), Ok(Announced::New(_))));
+        let mut started = Vec::new();
+        for _ in 0..10 {
+            started.extend(settle(&mut nodes, now));
+            now += 500;
+        }
+        assert_eq!(started.len(), 2, "{started:?}");
+        let gpu = started.iter().find(|(_, o)| o.builder == "gpu").unwrap();
+        assert_eq!(gpu.0, 2, "only node 3 has gpu=yes");
+        // Every node agrees on who holds each claim.
+        for (i, order) in &started {
+            let holder = nodes[*i].peer_id();
+            for n in &nodes {
+                assert_eq!(n.jobs()[&order.job].claim.as_ref().unwrap().by, holder);
+            }
+        }
+        // A second announcement of the same commit is recognised.
+        assert!(matches!(nodes[1].announce(now, commit("abcd01")), Ok(Announced::Known(_))));
+    }
+
+    #[test]
+    fn job_with_no_eligible_node_stays_pending() {
+        let mut nodes = vec![node(1, &["os=linux"]), node(2, &["os=linux"])];
+        let mut now = 10_000;
+        settle(&mut nodes, now);
+        nodes[0].announce(now, commit("abcd02")).unwrap();
+        let mut started = Vec::new();
+        for _ in 0..20 {
+            started.extend(settle(&mut nodes, now));
+            now += 1_000;
+        }
+        assert!(started.iter().all(|(_, o)| o.builder == "linux"));
+        let gpu = nodes[1].jobs().values().find(|j| j.spec.builder == "gpu").unwrap();
+        assert_eq!(nodes[1].job_state(&gpu.spec.id), JobState::Pending);
+        assert!(nodes[1].eligible(now, &gpu.spec.requires).is_empty());
+    }
+
+    #[test]
+    fn forged_and_garbage_gossip_is_rejected_and_not_stored() {
+        let mut a = node(1, &["os=linux"]);
+        let mut b = node(2, &["os=linux"]);
+        a.announce(1, commit("abcd03")).unwrap();
+        let mut bytes = None;
+        while let Some(o) = a.poll_output() {
+            if let Output::Broadcast(bts) = o {
+                if let Ok(Gossip::Record(r)) = wire::decode_gossip(&bts) {
+                    bytes = Some(r);
+                }
+            }
+        }
+        let mut rec = bytes.unwrap();
+        let n = rec.len();
+        rec[n / 2] ^= 0x40;
+        let forged = wire::encode_gossip(&Gossip::Record(rec));
+        b.handle(2, Input::Gossip { from: a.peer_id(), token: 7, bytes: forged });
+        b.handle(2, Input::Gossip { from: a.peer_id(), token: 8, bytes: vec![0xff, 0x00, 0x13] });
+        let mut verdicts = vec![];
+        while let Some(o) = b.poll_output() {
+            if let Output::Verdict { token, verdict } = o {
+                verdicts.push((token, verdict));
+            }
+        }
+        assert_eq!(verdicts, vec![(7, Verdict::Reject), (8, Verdict::Reject)]);
+        assert_eq!(b.store().record_count(), 0);
+        assert!(b.jobs().is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn ranking_is_the_same_whatever_order_peers_are_known_in(seed in 0u64..1000, n in 1usize..20) {
+            let job = Hash32::of(&seed.to_le_bytes());
+            let peers: Vec<PeerId> = (0..n as u64).map(|i| deterministic_key(i).public().to_peer_id()).collect();
+            let mut a = peers.clone();
+            let mut b: Vec<PeerId> = peers.into_iter().rev().collect();
+            b.rotate_left((seed as usize) % n);
+            rank(&job, &mut a);
+            rank(&job, &mut b);
+            prop_assert_eq!(a, b);
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct MemStore {
     order: BTreeSet<SyncKey>,
     blobs: HashMap<Hash32, Vec<u8>>,
     state: BTreeMap<String, Vec<u8>>,
+    /// Fingerprint of everything, kept up to date: an in-sync peer costs O(1).
+    total: Fingerprint,
 }
 
 impl MemStore {
@@ -64,6 +66,7 @@ impl Store for MemStore {
         }
         self.records.insert(rec.id, rec.bytes.clone());
         self.order.insert(SyncKey { time: rec.time(), id: rec.id });
+        self.total.add(&rec.id);
         Ok(true)
     }
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {
@@ -81,6 +84,18 @@ impl Store for MemStore {
             Some(hi) => it.take_while(|k| *k < hi).take(limit).copied().collect(),
             None => it.take(limit).copied().collect(),
         }
+    }
+    fn summary(&self, lo: &SyncKey, hi: Option<&SyncKey>) -> (u64, Fingerprint) {
+        if *lo == SyncKey::MIN && hi.is_none() {
+            return (self.records.len() as u64, self.total);
+        }
+        let mut fp = Fingerprint::default();
+        let mut n = 0;
+        for k in self.order.range(*lo..).take_while(|k| hi.is_none_or(|h| *k < h)) {
+            fp.add(&k.id);
+            n += 1;
+        }
+        (n, fp)
     }
     fn for_each_record(&self, f: &mut dyn FnMut(&[u8])) {
         for k in &self.order {

@@ -32,6 +32,8 @@ pub struct Lease {
 pub struct Heartbeat {
     pub seq: u64,
     pub sent_ms: Millis,
+    /// When to expect the next one.
+    pub interval_ms: u64,
     pub labels: Vec<String>,
     pub executors: u32,
     pub busy: u32,
@@ -53,6 +55,8 @@ pub enum Gossip {
     Record(#[serde(with = "serde_bytes")] Vec<u8>),
     Heartbeat(Heartbeat),
     Claim(Claim),
+    /// The claimant's leases, renewed between heartbeats.
+    Renew { leases: Vec<Lease> },
     /// The claimant gives a job up without a result (it lost a conflict,
     /// could not start, or restarted); the job reopens as the next attempt.
     Release { job: Hash32, attempt: u32, reason: String },
@@ -115,6 +119,7 @@ mod tests {
             Gossip::Heartbeat(Heartbeat {
                 seq: 9,
                 sent_ms: 10,
+                interval_ms: 2000,
                 labels: vec!["os=linux".into()],
                 executors: 2,
                 busy: 1,
