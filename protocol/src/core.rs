@@ -415,6 +415,10 @@ impl<S: Store> NodeCore<S> {
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
     }
+    /// Gives the store back, as a crash leaves the disk behind.
+    pub fn into_store(self) -> S {
+        self.store
+    }
     pub fn jobs(&self) -> &BTreeMap<Hash32, JobView> {
         &self.jobs
     }
