@@ -188,7 +188,7 @@ impl CoreActor {
             "requires": j.spec.requires,
             "state": state,
             "attempt": j.attempt,
-            "claim": j.claim.as_ref().map(|c| json!({
+            "claim": j.claim.as_ref().filter(|_| state != "done").map(|c| json!({
                 "by": c.by.to_string(),
                 "attempt": c.attempt,
                 "lease_expires_in_ms": c.lease_until.saturating_sub(now),
@@ -359,7 +359,9 @@ impl Handler<Query> for CoreActor {
             }
             Query::Jobs { state, limit } => {
                 let mut v = Vec::new();
-                for id in self.core.jobs().keys().rev() {
+                let mut ids: Vec<(u64, Hash32)> = self.core.jobs().iter().map(|(id, j)| (j.seen_ms, *id)).collect();
+                ids.sort_unstable_by(|a, b| b.cmp(a));
+                for (_, id) in &ids {
                     if let Some(j) = self.job_json(id, now) {
                         if state.as_deref().is_none_or(|s| j["state"] == s) {
                             v.push(j);

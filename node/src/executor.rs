@@ -155,6 +155,20 @@ async fn run_build(
     outcome
 }
 
+/// Process groups of steps running now, so a stopping node takes them along.
+fn live_groups() -> &'static std::sync::Mutex<std::collections::HashSet<u32>> {
+    static G: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u32>>> = std::sync::OnceLock::new();
+    G.get_or_init(Default::default)
+}
+
+/// Kills every running step; called when the node shuts down.
+pub fn kill_all_steps() {
+    let groups: Vec<u32> = live_groups().lock().map(|g| g.iter().copied().collect()).unwrap_or_default();
+    for pid in groups {
+        kill_group(pid);
+    }
+}
+
 fn kill_group(pid: u32) {
     if pid == 0 {
         return;
@@ -194,6 +208,9 @@ async fn run_step(
     // Drop our copies of the pipe's write end so EOF comes when the step ends.
     drop(cmd);
     let pid = child.id().unwrap_or(0);
+    if let Ok(mut g) = live_groups().lock() {
+        g.insert(pid);
+    }
     let collector = tokio::task::spawn_blocking(move || collect_log(reader, log_limit));
     let mut timed_out = false;
     let status = tokio::select! {
@@ -210,6 +227,9 @@ async fn run_step(
     };
     // Background children that keep the pipe open must not hold the build.
     kill_group(pid);
+    if let Ok(mut g) = live_groups().lock() {
+        g.remove(&pid);
+    }
     let (mut log, truncated) = match tokio::time::timeout(Duration::from_secs(10), collector).await {
         Ok(Ok(r)) => r,
         _ => (b"peerbot: the step's output could not be collected\n".to_vec(), false),

@@ -279,6 +279,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
         info!("shutting down");
+        executor::kill_all_steps();
         handle.stop(true).await;
         System::current().stop();
         anyhow::Ok(())

@@ -112,8 +112,16 @@ fn build_swarm(key: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
                 .validation_mode(ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(MAX_GOSSIP_BYTES)
-                // Identical payloads are one message, whoever forwards them.
-                .message_id_fn(|m: &gossipsub::Message| MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
+                // One author's identical payloads are one message, whoever
+                // forwards them; two authors' are two (rival claims must both arrive).
+                .message_id_fn(|m: &gossipsub::Message| {
+                    let mut h = blake3::Hasher::new();
+                    if let Some(src) = &m.source {
+                        h.update(&src.to_bytes());
+                    }
+                    h.update(&m.data);
+                    MessageId::from(h.finalize().as_bytes().to_vec())
+                })
                 .build()
                 .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
             let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gcfg)

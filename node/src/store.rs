@@ -22,6 +22,8 @@ const SCHEMA_VERSION: &[u8] = b"1";
 #[derive(Clone)]
 pub struct RocksStore {
     db: Arc<DB>,
+    /// Counted once at open, then kept up to date.
+    count: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn order_key(k: &SyncKey) -> [u8; 40] {
@@ -66,7 +68,12 @@ impl RocksStore {
                 String::from_utf8_lossy(SCHEMA_VERSION)
             ),
         }
-        Ok(RocksStore { db: Arc::new(db) })
+        let mut n = 0u64;
+        for item in db.iterator_cf(db.cf_handle(CF_ORDER).expect("order column family"), IteratorMode::Start) {
+            item?;
+            n += 1;
+        }
+        Ok(RocksStore { db: Arc::new(db), count: Arc::new(std::sync::atomic::AtomicU64::new(n)) })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -154,6 +161,7 @@ impl Store for RocksStore {
         };
         batch.put_cf(self.cf(idx), key, b"");
         self.db.write_opt(batch, &Self::sync_write()).map_err(err)?;
+        self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
     }
 
@@ -166,14 +174,7 @@ impl Store for RocksStore {
     }
 
     fn record_count(&self) -> u64 {
-        let mut n = 0;
-        for item in self.db.iterator_cf(self.cf(CF_ORDER), IteratorMode::Start) {
-            if item.is_err() {
-                break;
-            }
-            n += 1;
-        }
-        n
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn keys_in(&self, lo: &SyncKey, hi: Option<&SyncKey>, limit: usize) -> Vec<SyncKey> {

@@ -5,7 +5,7 @@
 //! [`NodeCore::poll_output`], and calls `handle(now, Input::Tick)` again no
 //! later than [`NodeCore::next_timeout`].
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use libp2p_identity::{Keypair, PeerId};
 use rand::seq::SliceRandom;
@@ -29,6 +29,8 @@ pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_SYNC_ROUNDS: u32 = 64;
 const RECORD_BATCH_BYTES: usize = 2 * 1024 * 1024;
 const OWN_CLAIMS_KEY: &str = "own_claims";
+/// Claims for jobs not yet known are kept up to this many.
+const MAX_EARLY_CLAIMS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -47,7 +49,8 @@ pub struct Config {
     pub claim_stagger_ms: u64,
     pub lease_ms: u64,
     pub sync_interval_ms: u64,
-    /// No claims until the node has been up this long and heard its peers.
+    /// No claims until the node has been up this long, so that it has had
+    /// time to hear its peers' heartbeats before it ranks anyone.
     pub warmup_ms: u64,
     /// Seed of the node's random choices (sync partner, blob source order).
     pub seed: u64,
@@ -60,7 +63,7 @@ impl Config {
             labels,
             executors,
             heartbeat_ms,
-            cluster_heartbeats_per_sec: 20,
+            cluster_heartbeats_per_sec: 2,
             liveness_ms: 3 * heartbeat_ms + 1_000,
             claim_stagger_ms: 2_000,
             lease_ms: 30_000,
@@ -204,6 +207,11 @@ pub struct JobView {
     pub claim: Option<ClaimView>,
     /// Attempts whose claimant went silent or gave up, with who held them.
     pub lost: Vec<(u32, PeerId, String)>,
+    /// When this node first learned of the job.
+    pub seen_ms: Millis,
+    /// This node's rank for the job, and the membership generation it was
+    /// computed at.
+    my_rank: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,11 +288,12 @@ pub struct NodeCore<S: Store> {
     rng: ChaCha8Rng,
     started_ms: Millis,
     out: VecDeque<Output>,
-    peers: BTreeMap<PeerId, PeerView>,
-    jobs: BTreeMap<Hash32, JobView>,
+    /// Hashed with fixed keys: iteration order must not vary between runs.
+    peers: HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher>,
+    jobs: HashMap<Hash32, JobView, rustc_hash::FxBuildHasher>,
     /// Jobs with no result yet.
     open: BTreeSet<Hash32>,
-    results_by_job: BTreeMap<Hash32, Vec<Hash32>>,
+    results_by_job: HashMap<Hash32, Vec<Hash32>, rustc_hash::FxBuildHasher>,
     changes_by_commit: BTreeMap<(String, String), Hash32>,
     /// Claims heard before the change that defines the job.
     early_claims: BTreeMap<Hash32, (PeerId, Claim, Millis)>,
@@ -300,6 +309,9 @@ pub struct NodeCore<S: Store> {
     next_due: Millis,
     /// Something happened that may change what to claim.
     dirty: bool,
+    /// Claims this node gave up at restart, repeated with early heartbeats.
+    pending_releases: Vec<(Hash32, u32)>,
+    release_repeats: u8,
     /// Bumped when the live peers or their labels change.
     generation: u64,
     live_peers: usize,
@@ -351,10 +363,10 @@ impl<S: Store> NodeCore<S> {
             rng,
             started_ms: now,
             out: VecDeque::new(),
-            peers: BTreeMap::new(),
-            jobs: BTreeMap::new(),
+            peers: HashMap::default(),
+            jobs: HashMap::default(),
             open: BTreeSet::new(),
-            results_by_job: BTreeMap::new(),
+            results_by_job: HashMap::default(),
             changes_by_commit: BTreeMap::new(),
             early_claims: BTreeMap::new(),
             running: BTreeMap::new(),
@@ -368,6 +380,8 @@ impl<S: Store> NodeCore<S> {
             next_sweep: now,
             next_due: now,
             dirty: true,
+            pending_releases: Vec::new(),
+            release_repeats: 3,
             generation: 0,
             live_peers: 0,
             eligible_cache: BTreeMap::new(),
@@ -388,7 +402,9 @@ impl<S: Store> NodeCore<S> {
         // Say so rather than let the leases run out silently.
         for (job, attempt) in core.load_own_claims() {
             if core.open.contains(&job) {
-                core.broadcast(&Gossip::Release { job, attempt, reason: "claimant restarted".into() });
+                // Sent with the next few heartbeats: right after a start
+                // there is nobody to hear a broadcast yet.
+                core.pending_releases.push((job, attempt));
                 if let Some(j) = core.jobs.get_mut(&job) {
                     if j.attempt <= attempt {
                         j.lost.push((attempt, me, "claimant restarted".into()));
@@ -419,7 +435,7 @@ impl<S: Store> NodeCore<S> {
     pub fn into_store(self) -> S {
         self.store
     }
-    pub fn jobs(&self) -> &BTreeMap<Hash32, JobView> {
+    pub fn jobs(&self) -> &HashMap<Hash32, JobView, rustc_hash::FxBuildHasher> {
         &self.jobs
     }
     pub fn results_of(&self, job: &Hash32) -> &[Hash32] {
@@ -434,7 +450,7 @@ impl<S: Store> NodeCore<S> {
             JobState::Pending
         }
     }
-    pub fn peers(&self) -> &BTreeMap<PeerId, PeerView> {
+    pub fn peers(&self) -> &HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher> {
         &self.peers
     }
     pub fn running(&self) -> &BTreeMap<Hash32, (u32, Option<String>)> {
@@ -598,7 +614,8 @@ impl<S: Store> NodeCore<S> {
             self.send_renewals(now);
         }
         if now >= self.next_sync {
-            let connected: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
+            let mut connected: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
+            connected.sort_unstable();
             if let Some(p) = connected.choose(&mut self.rng).copied() {
                 self.start_sync(p);
             }
@@ -633,6 +650,15 @@ impl<S: Store> NodeCore<S> {
             running,
         };
         self.broadcast(&Gossip::Heartbeat(hb));
+        if !self.pending_releases.is_empty() && self.release_repeats > 0 {
+            self.release_repeats -= 1;
+            for (job, attempt) in self.pending_releases.clone() {
+                self.broadcast(&Gossip::Release { job, attempt, reason: "claimant restarted".into(), sent_ms: now });
+            }
+            if self.release_repeats == 0 {
+                self.pending_releases.clear();
+            }
+        }
     }
 
     /// The claimant renews its leases between heartbeats, which grow
@@ -655,7 +681,7 @@ impl<S: Store> NodeCore<S> {
                 }
             }
         }
-        self.broadcast(&Gossip::Renew { leases });
+        self.broadcast(&Gossip::Renew { sent_ms: now, leases });
         self.next_renew = now + (self.cfg.lease_ms / 3).max(100);
     }
 
@@ -675,7 +701,7 @@ impl<S: Store> NodeCore<S> {
         match msg {
             Gossip::Record(b) => self.accept_record(now, &b, Some(from)),
             Gossip::Heartbeat(h) => self.on_heartbeat(now, from, h),
-            Gossip::Renew { leases } => {
+            Gossip::Renew { leases, .. } => {
                 if leases.len() > wire::MAX_RUNNING_IN_HEARTBEAT {
                     self.emit(Event::MessageRejected { from, reason: "renewal over its limits".into() });
                     return Verdict::Reject;
@@ -687,7 +713,7 @@ impl<S: Store> NodeCore<S> {
                 self.on_claim(now, from, c);
                 Verdict::Accept
             }
-            Gossip::Release { job, attempt, reason } => {
+            Gossip::Release { job, attempt, reason, .. } => {
                 self.on_release(now, from, job, attempt, reason);
                 Verdict::Accept
             }
@@ -742,6 +768,8 @@ impl<S: Store> NodeCore<S> {
                             opened_ms: now,
                             claim: None,
                             lost: vec![],
+                            seen_ms: now,
+                            my_rank: None,
                         },
                     );
                     if !self.results_by_job.contains_key(&spec.id) {
@@ -832,7 +860,9 @@ impl<S: Store> NodeCore<S> {
         }
         let lease_ms = c.lease_ms.min(self.cfg.lease_ms.saturating_mul(4));
         let Some(job) = self.jobs.get_mut(&c.job) else {
-            self.early_claims.insert(c.job, (from, c, now));
+            if self.early_claims.len() < MAX_EARLY_CLAIMS {
+                self.early_claims.insert(c.job, (from, c, now));
+            }
             return;
         };
         if c.attempt < job.attempt {
@@ -941,17 +971,27 @@ impl<S: Store> NodeCore<S> {
             .collect();
         let mut ready = Vec::new();
         for id in candidates {
-            let (requires, opened) = {
+            let (requires, opened, cached) = {
                 let j = &self.jobs[&id];
-                (j.spec.requires.clone(), j.opened_ms)
+                (j.spec.requires.clone(), j.opened_ms, j.my_rank)
             };
-            let me = (std::cmp::Reverse(score(&id, self.my_key)), self.me);
-            // My rank: how many eligible peers order before me.
-            let r = self
-                .eligible_keys(&requires)
-                .iter()
-                .filter(|(k, p)| (std::cmp::Reverse(score(&id, *k)), *p) < me)
-                .count() as u64;
+            let gen = self.generation;
+            let r = match cached {
+                Some((g, r)) if g == gen => r,
+                _ => {
+                    let me = (std::cmp::Reverse(score(&id, self.my_key)), self.me);
+                    // My rank: how many eligible peers order before me.
+                    let r = self
+                        .eligible_keys(&requires)
+                        .iter()
+                        .filter(|(k, p)| (std::cmp::Reverse(score(&id, *k)), *p) < me)
+                        .count() as u64;
+                    if let Some(j) = self.jobs.get_mut(&id) {
+                        j.my_rank = Some((gen, r));
+                    }
+                    r
+                }
+            };
             let at = opened + r * self.cfg.claim_stagger_ms;
             if now >= at {
                 ready.push((at, id));
@@ -992,7 +1032,7 @@ impl<S: Store> NodeCore<S> {
         self.running.insert(id, (attempt, None));
         self.next_renew = self.next_renew.min(now + (self.cfg.lease_ms / 3).max(100));
         self.save_own_claims();
-        self.broadcast(&Gossip::Claim(Claim { job: id, attempt, lease_ms: self.cfg.lease_ms }));
+        self.broadcast(&Gossip::Claim(Claim { job: id, attempt, lease_ms: self.cfg.lease_ms, sent_ms: now }));
         self.emit(Event::Claimed { job: id, attempt, by: self.me });
         self.emit(Event::BuildStarted { job: id, attempt });
         self.out.push_back(Output::StartBuild(order));
@@ -1156,6 +1196,7 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         let mut rest: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
+        rest.sort_unstable();
         rest.shuffle(&mut self.rng);
         if let Some(h) = hint {
             if let Some(pos) = rest.iter().position(|p| *p == h) {

@@ -176,6 +176,8 @@ pub enum RecordError {
     Signer,
     #[error("bad signature")]
     Signature,
+    #[error("record envelope is not in canonical encoding")]
+    NonCanonical,
     #[error("record body: {0}")]
     Body(crate::codec::CodecError),
     #[error("record body is invalid: {0}")]
@@ -209,6 +211,11 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
     let env: Envelope = decode(bytes, MAX_RECORD_BYTES).map_err(RecordError::Envelope)?;
     if env.v != ENVELOPE_VERSION {
         return Err(RecordError::Version(env.v));
+    }
+    // One record, one encoding, one id: another encoding of the same
+    // envelope would be the same signed content under a second id.
+    if encode(&env) != bytes {
+        return Err(RecordError::NonCanonical);
     }
     let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(&env.signer).map_err(|_| RecordError::Signer)?;
     if !ed.verify(&signed_message(&env.body), &env.sig) {
@@ -246,11 +253,11 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample_change() -> Body {
+    pub(super) fn sample_change() -> Body {
         let jobs = crate::recipe::parse_recipe(
             "/r",
             "abc",
@@ -294,6 +301,17 @@ mod tests {
         assert!(matches!(verify(&encode(&env)), Err(RecordError::Signature)));
     }
 
+    #[test]
+    fn every_single_bit_flip_is_rejected() {
+        let key = crate::deterministic_key(3);
+        let rec = sign(&key, &sample_change());
+        for bit in 0..rec.bytes.len() * 8 {
+            let mut bytes = rec.bytes.clone();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            assert!(verify(&bytes).is_err(), "bit {bit} flipped was accepted");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
@@ -318,6 +336,9 @@ mod tests {
 /// the signature again (start-up would otherwise cost a verify per record).
 pub fn decode_stored(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
     let env: Envelope = decode(bytes, MAX_RECORD_BYTES).map_err(RecordError::Envelope)?;
+    if env.v != ENVELOPE_VERSION {
+        return Err(RecordError::Version(env.v));
+    }
     let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(&env.signer).map_err(|_| RecordError::Signer)?;
     let body: Body = decode(&env.body, MAX_RECORD_BYTES).map_err(RecordError::Body)?;
     Ok(VerifiedRecord {

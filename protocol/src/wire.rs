@@ -33,6 +33,7 @@ pub struct Heartbeat {
     pub seq: u64,
     pub sent_ms: Millis,
     /// When to expect the next one.
+    #[serde(default)]
     pub interval_ms: u64,
     pub labels: Vec<String>,
     pub executors: u32,
@@ -46,6 +47,9 @@ pub struct Claim {
     pub job: Hash32,
     pub attempt: u32,
     pub lease_ms: u64,
+    /// Makes every message distinct, so gossip never drops one as a repeat.
+    #[serde(default)]
+    pub sent_ms: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,10 +60,10 @@ pub enum Gossip {
     Heartbeat(Heartbeat),
     Claim(Claim),
     /// The claimant's leases, renewed between heartbeats.
-    Renew { leases: Vec<Lease> },
-    /// The claimant gives a job up without a result (it lost a conflict,
-    /// could not start, or restarted); the job reopens as the next attempt.
-    Release { job: Hash32, attempt: u32, reason: String },
+    Renew { sent_ms: Millis, leases: Vec<Lease> },
+    /// The claimant gives a job up without a result (today: it restarted
+    /// while holding the claim); the job reopens as the next attempt.
+    Release { job: Hash32, attempt: u32, reason: String, sent_ms: Millis },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,8 +129,9 @@ mod tests {
                 busy: 1,
                 running: vec![Lease { job: Hash32::of(b"j"), attempt: 0, step: Some("build".into()) }],
             }),
-            Gossip::Claim(Claim { job: Hash32::of(b"j"), attempt: 1, lease_ms: 30_000 }),
-            Gossip::Release { job: Hash32::of(b"j"), attempt: 1, reason: "lost".into() },
+            Gossip::Claim(Claim { job: Hash32::of(b"j"), attempt: 1, lease_ms: 30_000, sent_ms: 5 }),
+            Gossip::Renew { sent_ms: 6, leases: vec![] },
+            Gossip::Release { job: Hash32::of(b"j"), attempt: 1, reason: "lost".into(), sent_ms: 7 },
         ];
         for m in msgs {
             assert_eq!(decode_gossip(&encode_gossip(&m)).unwrap(), m);

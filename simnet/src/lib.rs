@@ -108,7 +108,7 @@ impl Default for SimConfig {
             crash_claimants: 0,
             forge_per_min: 0.0,
             heartbeat_ms: 2_000,
-            cluster_heartbeats_per_sec: 5,
+            cluster_heartbeats_per_sec: 2,
             claim_stagger_ms: 2_000,
             lease_ms: 30_000,
             sync_ms: 15_000,

@@ -97,7 +97,7 @@ struct Args {
     #[arg(long, default_value = "15s", value_parser = parse_ms)]
     sync: u64,
     /// Cluster-wide heartbeats per second the nodes aim for.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 2)]
     cluster_heartbeats_per_sec: u64,
     /// Print the figures as JSON.
     #[arg(long)]

@@ -43,7 +43,9 @@ impl Verify for SharedVerify {
 #[derive(Debug)]
 enum Ev {
     Tick { node: usize, inc: u32 },
-    Gossip { to: usize, from: PeerId, bytes: Rc<Vec<u8>> },
+    /// The next arrivals of one broadcast; one queue entry per broadcast
+    /// in flight keeps the queue small.
+    Wave { wave: u32 },
     Request { to: usize, from: usize, from_inc: u32, id: u64, bytes: Vec<u8> },
     Response { to: usize, inc: u32, id: u64, bytes: Vec<u8> },
     RequestFailed { to: usize, inc: u32, id: u64 },
@@ -60,10 +62,11 @@ enum Ev {
     Forge,
 }
 
+/// The heap holds small keys; events wait in a slab beside it.
 struct Queued {
     at: u64,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
 impl PartialEq for Queued {
@@ -204,6 +207,8 @@ pub struct Sim {
     now: u64,
     seq: u64,
     queue: BinaryHeap<Queued>,
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
     nodes: Vec<SimNode>,
     by_peer: HashMap<PeerId, usize>,
     verifier: Arc<SharedVerify>,
@@ -222,6 +227,15 @@ pub struct Sim {
     max_hops: u32,
     pending_violation: Option<Violation>,
     quiet: bool,
+    waves: Vec<Option<Wave>>,
+    free_waves: Vec<u32>,
+}
+
+struct Wave {
+    from: PeerId,
+    bytes: Rc<Vec<u8>>,
+    /// (arrival, node), latest first: arrivals are popped off the end.
+    arrivals: Vec<(u64, usize)>,
 }
 
 const RING: usize = 20_000;
@@ -326,6 +340,8 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             nodes,
             by_peer,
             verifier: Arc::new(SharedVerify::default()),
@@ -343,6 +359,8 @@ impl Sim {
             max_hops: 0,
             pending_violation: None,
             quiet: false,
+            waves: Vec::new(),
+            free_waves: Vec::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.boot(i);
@@ -388,7 +406,17 @@ impl Sim {
 
     fn push(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Queued { at, seq: self.seq, ev });
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = Some(ev);
+                s
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.queue.push(Queued { at, seq: self.seq, slot });
     }
 
     fn local(&self, i: usize, t: u64) -> Millis {
@@ -622,17 +650,35 @@ impl Sim {
             }
             self.nodes[u].neighbours = nb;
         }
+        let mut arrivals = Vec::with_capacity(n);
         for v in 0..n {
             if v == src || dist[v] == u64::MAX {
                 continue;
             }
             self.max_hops = self.max_hops.max(hops[v]);
-            self.push(self.now + dist[v], Ev::Gossip { to: v, from, bytes: bytes.clone() });
+            arrivals.push((self.now + dist[v], v));
             if self.cfg.duplicate > 0.0 && self.rng.gen::<f64>() < self.cfg.duplicate {
                 let extra = self.latency(v);
-                self.push(self.now + dist[v] + extra, Ev::Gossip { to: v, from, bytes: bytes.clone() });
+                arrivals.push((self.now + dist[v] + extra, v));
             }
         }
+        if arrivals.is_empty() {
+            return;
+        }
+        arrivals.sort_unstable_by(|a, b| b.cmp(a));
+        let first = arrivals[arrivals.len() - 1].0;
+        let wave = Wave { from, bytes, arrivals };
+        let id = match self.free_waves.pop() {
+            Some(w) => {
+                self.waves[w as usize] = Some(wave);
+                w
+            }
+            None => {
+                self.waves.push(Some(wave));
+                (self.waves.len() - 1) as u32
+            }
+        };
+        self.push(first, Ev::Wave { wave: id });
     }
 
     fn send_request(&mut self, i: usize, peer: PeerId, id: u64, bytes: Vec<u8>) {
@@ -713,7 +759,9 @@ impl Sim {
             }
             self.now = q.at;
             self.events += 1;
-            self.step(q.ev);
+            let ev = self.slab[q.slot as usize].take().expect("queued event");
+            self.free.push(q.slot);
+            self.step(ev);
             if let Some(v) = self.pending_violation.take() {
                 return Err(Box::new(v));
             }
@@ -748,12 +796,21 @@ impl Sim {
                 self.nodes[node].timer_at = None;
                 self.input(node, Input::Tick);
             }
-            Ev::Gossip { to, from, bytes } => {
-                if !self.alive(to) {
-                    return;
+            Ev::Wave { wave } => {
+                let Some(w) = self.waves[wave as usize].as_mut() else { return };
+                let (_, to) = w.arrivals.pop().expect("a wave has arrivals left");
+                let (from, bytes) = (w.from, w.bytes.clone());
+                match w.arrivals.last() {
+                    Some(&(next, _)) => self.push(next, Ev::Wave { wave }),
+                    None => {
+                        self.waves[wave as usize] = None;
+                        self.free_waves.push(wave);
+                    }
                 }
-                let token = self.events;
-                self.input(to, Input::Gossip { from, token, bytes: bytes.as_ref().clone() });
+                if self.alive(to) {
+                    let token = self.events;
+                    self.input(to, Input::Gossip { from, token, bytes: bytes.as_ref().clone() });
+                }
             }
             Ev::Request { to, from, from_inc, id, bytes } => {
                 if !self.alive(to) {
