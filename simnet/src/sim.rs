@@ -138,7 +138,9 @@ pub struct Report {
     pub restarts: u64,
     pub partitions: u64,
     pub convergence_after_heal_ms: Vec<Option<u64>>,
+    /// Distinct (job, attempt) whose lease some node saw run out.
     pub lease_expiries: u64,
+    /// Distinct (job, attempt) claimed by two nodes.
     pub claim_conflicts: u64,
     pub forged_sent: u64,
     pub records_rejected: u64,
@@ -229,6 +231,8 @@ pub struct Sim {
     quiet: bool,
     waves: Vec<Option<Wave>>,
     free_waves: Vec<u32>,
+    conflicts_seen: BTreeSet<(Hash32, u32)>,
+    expiries_seen: BTreeSet<(Hash32, u32)>,
 }
 
 struct Wave {
@@ -361,6 +365,8 @@ impl Sim {
             quiet: false,
             waves: Vec::new(),
             free_waves: Vec::new(),
+            conflicts_seen: BTreeSet::new(),
+            expiries_seen: BTreeSet::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.boot(i);
@@ -589,11 +595,15 @@ impl Sim {
                 self.note(i, Some(job), "claimed", attempt as u64);
             }
             Event::ClaimConflict { job, attempt, .. } => {
-                self.report.claim_conflicts += 1;
+                if self.conflicts_seen.insert((job, attempt)) {
+                    self.report.claim_conflicts += 1;
+                }
                 self.note(i, Some(job), "conflict", attempt as u64);
             }
             Event::LeaseExpired { job, attempt, .. } => {
-                self.report.lease_expiries += 1;
+                if self.expiries_seen.insert((job, attempt)) {
+                    self.report.lease_expiries += 1;
+                }
                 self.note(i, Some(job), "lease-expired", attempt as u64);
             }
             Event::BuildPublished { job, attempt, record, .. } => {
