@@ -101,3 +101,36 @@ pub fn print_peers(v: &Value) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub fn print_jobs(v: &Value) -> anyhow::Result<()> {
+    let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
+    println!("{:<12} {:<10} {:<16} {:<10} {:>3} {:>5}  {:<10} {:<12} {}", "JOB", "STATE", "BUILDER", "COMMIT", "ATT", "QUEUE", "CLAIMED BY", "STEP", "NOTE");
+    for j in items {
+        let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
+        let by = j["claim"]["by"].as_str().map(|b| format!("…{}", tail(b, 8))).unwrap_or_default();
+        let note = if let Some(w) = j["waiting_reason"].as_str() {
+            w.to_string()
+        } else if let Some(c) = j["cancelled"]["reason"].as_str() {
+            format!("cancelled: {c}")
+        } else if let Some(n) = j["superseded_by"].as_str() {
+            format!("superseded by {}", short(n, 12))
+        } else if j["disagreeing_results"].as_bool().unwrap_or(false) {
+            "results disagree".to_string()
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<12} {:<10} {:<16} {:<10} {:>3} {:>5}  {:<10} {:<12} {}",
+            short(&s("job"), 12),
+            s("state"),
+            short(&s("builder"), 16),
+            short(&s("commit"), 10),
+            j["attempt"].as_u64().unwrap_or(0),
+            j["queue_position"].as_u64().map(|p| (p + 1).to_string()).unwrap_or_default(),
+            by,
+            j["claim"]["step"].as_str().unwrap_or(""),
+            note
+        );
+    }
+    Ok(())
+}

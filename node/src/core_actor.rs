@@ -170,13 +170,28 @@ impl CoreActor {
         }
     }
 
-    fn job_json(&self, id: &Hash32, now: u64) -> Option<Value> {
+    fn job_json(&self, id: &Hash32, now: u64, queue: &[Hash32]) -> Option<Value> {
         let j = self.core.jobs().get(id)?;
+        let results: Vec<Value> = self
+            .core
+            .results_of(id)
+            .iter()
+            .filter_map(|r| self.core.store().record(r))
+            .map(|r| match &r.body {
+                peerbot_protocol::Body::Result(b) => json!({
+                    "id": r.id.to_hex(), "status": b.status.as_str(), "attempt": b.attempt, "signer": r.signer.to_string()
+                }),
+                _ => Value::Null,
+            })
+            .collect();
+        let statuses: std::collections::BTreeSet<&str> = results.iter().filter_map(|r| r["status"].as_str()).collect();
         let state = match self.core.job_state(id) {
             JobState::Done => "done",
             JobState::Claimed if j.claim.as_ref().is_some_and(|c| c.step.is_some()) => "running",
             JobState::Claimed => "claimed",
             JobState::Pending => "pending",
+            JobState::Superseded => "superseded",
+            JobState::Cancelled => "cancelled",
         };
         let eligible: Vec<String> = self.core.eligible(now, &j.spec.requires).iter().map(|p| p.to_string()).collect();
         Some(json!({
@@ -199,7 +214,16 @@ impl CoreActor {
                 Some(format!("no live node has all of {:?}", j.spec.requires))
             } else { None },
             "lost_attempts": j.lost.iter().map(|(a, p, why)| json!({"attempt": a, "by": p.to_string(), "reason": why})).collect::<Vec<_>>(),
-            "results": self.core.results_of(id).iter().map(|r| r.to_hex()).collect::<Vec<_>>(),
+            "results": results,
+            // Two signed results that disagree: a reproducibility finding.
+            "disagreeing_results": statuses.len() > 1,
+            "queue_position": queue.iter().position(|q| q == id),
+            "priority": j.spec.priority,
+            "not_before_in_ms": j.not_before.saturating_sub(now),
+            "superseded_by": j.superseded_by.map(|h| h.to_hex()),
+            "cancelled": j.cancelled.as_ref().map(|(why, by)| json!({"reason": why, "by": by.to_string()})),
+            "forced": j.forced,
+            "seen_ms": j.seen_ms,
         }))
     }
 }
@@ -278,6 +302,40 @@ impl Handler<Announce> for CoreActor {
 }
 
 #[derive(Message)]
+#[rtype(result = "Result<Hash32, String>")]
+pub struct Force {
+    pub info: CommitInfo,
+    pub builder: Option<String>,
+    pub reason: String,
+}
+
+impl Handler<Force> for CoreActor {
+    type Result = Result<Hash32, String>;
+    fn handle(&mut self, msg: Force, ctx: &mut Context<Self>) -> Self::Result {
+        let r = self.core.force(now_ms(), msg.info, msg.builder.as_deref(), msg.reason);
+        self.drain(ctx);
+        r
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(Hash32, Hash32), String>")]
+pub struct Cancel {
+    pub job: String,
+    pub reason: String,
+}
+
+impl Handler<Cancel> for CoreActor {
+    type Result = Result<(Hash32, Hash32), String>;
+    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
+        let job = self.core.find_job(&msg.job)?;
+        let r = self.core.cancel(now_ms(), job, msg.reason).map(|rec| (job, rec));
+        self.drain(ctx);
+        r
+    }
+}
+
+#[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct FetchBlob {
     pub hash: Hash32,
@@ -305,6 +363,10 @@ pub enum Query {
     Peers,
     Jobs { state: Option<String>, limit: usize },
     JobsOf(Vec<Hash32>),
+    /// One job, by a unique id prefix.
+    Job(String),
+    /// Jobs built more than once, with whether their results disagree.
+    Findings,
 }
 
 impl Handler<Query> for CoreActor {
@@ -361,8 +423,9 @@ impl Handler<Query> for CoreActor {
                 let mut v = Vec::new();
                 let mut ids: Vec<(u64, Hash32)> = self.core.jobs().iter().map(|(id, j)| (j.seen_ms, *id)).collect();
                 ids.sort_unstable_by(|a, b| b.cmp(a));
+                let queue = self.core.queue();
                 for (_, id) in &ids {
-                    if let Some(j) = self.job_json(id, now) {
+                    if let Some(j) = self.job_json(id, now, &queue) {
                         if state.as_deref().is_none_or(|s| j["state"] == s) {
                             v.push(j);
                             if v.len() >= limit {
@@ -373,7 +436,29 @@ impl Handler<Query> for CoreActor {
                 }
                 Value::Array(v)
             }
-            Query::JobsOf(ids) => Value::Array(ids.iter().filter_map(|id| self.job_json(id, now)).collect()),
+            Query::JobsOf(ids) => {
+                let queue = self.core.queue();
+                Value::Array(ids.iter().filter_map(|id| self.job_json(id, now, &queue)).collect())
+            }
+            Query::Job(prefix) => match self.core.find_job(&prefix) {
+                Ok(id) => {
+                    let queue = self.core.queue();
+                    self.job_json(&id, now, &queue).unwrap_or(Value::Null)
+                }
+                Err(e) => json!({ "error": e }),
+            },
+            Query::Findings => {
+                let queue = self.core.queue();
+                let mut v: Vec<Value> = self
+                    .core
+                    .jobs()
+                    .keys()
+                    .filter(|id| self.core.results_of(id).len() > 1)
+                    .filter_map(|id| self.job_json(id, now, &queue))
+                    .collect();
+                v.sort_by(|a, b| b["seen_ms"].as_u64().cmp(&a["seen_ms"].as_u64()));
+                Value::Array(v)
+            }
         };
         MessageResult(v)
     }

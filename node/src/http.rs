@@ -13,7 +13,7 @@ use peerbot_protocol::Status;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::core_actor::{Announce, CoreActor, FetchBlob, Query};
+use crate::core_actor::{Announce, Cancel, CoreActor, FetchBlob, Force, Query};
 use crate::git;
 use crate::store::RocksStore;
 
@@ -51,6 +51,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_build)
         .service(get_log)
         .service(list_jobs)
+        .service(get_job)
+        .service(cancel_job)
+        .service(force)
+        .service(findings)
         .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _| {
             actix_web::error::InternalError::from_response(
                 "",
@@ -131,6 +135,7 @@ fn change_json(rec: &VerifiedRecord) -> Value {
         "recipe_error": c.recipe_error,
         "announced_ms": c.announced_ms,
         "announced_by": rec.signer.to_string(),
+        "force": c.force.as_ref().map(|f| json!({"nonce": f.nonce.to_hex(), "reason": f.reason})),
         "jobs": c.jobs.iter().map(|j| json!({"job": j.id.to_hex(), "builder": j.builder, "requires": j.requires})).collect::<Vec<_>>(),
     })
 }
@@ -204,27 +209,9 @@ struct AnnounceBody {
 #[post("/api/v1/changes")]
 async fn post_change(st: State, body: web::Json<AnnounceBody>) -> HttpResponse {
     let b = body.into_inner();
-    if let Err(e) = git::check_repo(&b.repo) {
-        return bad_request(e.to_string());
-    }
-    let mirror = match git::fetch_mirror(&st.data_dir, &b.repo).await {
-        Ok(m) => m,
-        Err(e) => return bad_request(format!("{e:#}")),
-    };
-    let commit = match git::resolve(&mirror, &b.commit).await {
-        Ok(c) => c,
-        Err(e) => return bad_request(format!("{e:#}")),
-    };
-    let branch = match b.branch {
-        Some(br) => br,
-        None => match git::default_branch(&b.repo).await {
-            Ok(br) => br,
-            Err(e) => return bad_request(format!("{e:#}")),
-        },
-    };
-    let info = match git::commit_info(&mirror, &b.repo, &branch, &commit).await {
+    let info = match commit_info_for(&st, &b.repo, b.branch, &b.commit).await {
         Ok(i) => i,
-        Err(e) => return bad_request(format!("{e:#}")),
+        Err(r) => return r,
     };
     match st.core.send(Announce(info)).await {
         Ok(Ok(a)) => {
@@ -331,6 +318,80 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
     }
 }
 
+#[get("/api/v1/jobs/{id}")]
+async fn get_job(st: State, id: web::Path<String>) -> HttpResponse {
+    match st.core.send(Query::Job(id.into_inner())).await {
+        Ok(v) if v.get("error").is_some() => error(actix_web::http::StatusCode::NOT_FOUND, v["error"].as_str().unwrap_or("")),
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+#[post("/api/v1/jobs/{id}/cancel")]
+async fn cancel_job(st: State, id: web::Path<String>, body: Option<web::Json<CancelBody>>) -> HttpResponse {
+    let reason = body.and_then(|b| b.into_inner().reason).unwrap_or_else(|| "cancelled by a user".into());
+    match st.core.send(Cancel { job: id.into_inner(), reason }).await {
+        Ok(Ok((job, rec))) => HttpResponse::Ok().json(json!({"job": job.to_hex(), "cancel_record": rec.to_hex()})),
+        Ok(Err(e)) => bad_request(e),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceBody {
+    repo: String,
+    branch: Option<String>,
+    commit: String,
+    builder: Option<String>,
+    reason: Option<String>,
+}
+
+/// Resolves a commit of a repository, fetching it first, into what the core needs.
+async fn commit_info_for(st: &AppState, repo: &str, branch: Option<String>, commit: &str) -> Result<peerbot_protocol::core::CommitInfo, HttpResponse> {
+    git::check_repo(repo).map_err(|e| bad_request(e.to_string()))?;
+    let mirror = git::fetch_mirror(&st.data_dir, repo).await.map_err(|e| bad_request(format!("{e:#}")))?;
+    let commit = git::resolve(&mirror, commit).await.map_err(|e| bad_request(format!("{e:#}")))?;
+    let branch = match branch {
+        Some(b) => b,
+        None => git::default_branch(repo).await.map_err(|e| bad_request(format!("{e:#}")))?,
+    };
+    git::commit_info(&mirror, repo, &branch, &commit).await.map_err(|e| bad_request(format!("{e:#}")))
+}
+
+#[post("/api/v1/force")]
+async fn force(st: State, body: web::Json<ForceBody>) -> HttpResponse {
+    let b = body.into_inner();
+    let info = match commit_info_for(&st, &b.repo, b.branch, &b.commit).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let reason = b.reason.unwrap_or_else(|| "forced by a user".into());
+    match st.core.send(Force { info, builder: b.builder, reason }).await {
+        Ok(Ok(id)) => {
+            let mut v = st.store.record(&id).as_ref().map(change_json).unwrap_or(json!({"id": id.to_hex()}));
+            v["forced"] = json!(true);
+            HttpResponse::Created().json(v)
+        }
+        Ok(Err(e)) => bad_request(e),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+#[get("/api/v1/findings")]
+async fn findings(st: State) -> HttpResponse {
+    match st.core.send(Query::Findings).await {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobsQuery {
@@ -341,8 +402,10 @@ struct JobsQuery {
 #[get("/api/v1/jobs")]
 async fn list_jobs(st: State, q: web::Query<JobsQuery>) -> HttpResponse {
     if let Some(s) = &q.state {
-        if !["pending", "claimed", "running", "done"].contains(&s.as_str()) {
-            return bad_request(format!("state {s:?} is not one of pending, claimed, running, done"));
+        if !["pending", "claimed", "running", "done", "superseded", "cancelled"].contains(&s.as_str()) {
+            return bad_request(format!(
+                "state {s:?} is not one of pending, claimed, running, done, superseded, cancelled"
+            ));
         }
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);

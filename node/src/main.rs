@@ -95,6 +95,47 @@ enum Cmd {
         /// Step name, or its 0-based index.
         step: String,
     },
+    /// Force a rebuild of a commit, even one built before (new jobs).
+    Force {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Repository URL or path, as the builders should fetch it.
+        #[arg(long)]
+        repo: String,
+        /// Branch the commit is on [default: the repository's HEAD branch].
+        #[arg(long)]
+        branch: Option<String>,
+        /// Commit id (a unique prefix works).
+        #[arg(long)]
+        commit: String,
+        /// Only this builder [default: every builder of the recipe].
+        #[arg(long)]
+        builder: Option<String>,
+        /// Why, for the record.
+        #[arg(long, default_value = "forced by a user")]
+        reason: String,
+    },
+    /// Cancel a job everywhere: a running build is killed and recorded as cancelled.
+    Cancel {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Job id (a unique prefix of at least 4 hex digits works).
+        job: String,
+        /// Why, for the record.
+        #[arg(long, default_value = "cancelled by a user")]
+        reason: String,
+    },
+    /// List jobs with their state, claimant, lease, current step and queue position.
+    Jobs {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Only jobs in this state: pending, claimed, running, done, superseded, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the peers a node knows, with their labels and load.
     Peers {
         #[command(flatten)]
@@ -112,8 +153,67 @@ struct NodeUrl {
     url: String,
 }
 
+/// Settings a config file may hold: the node flags, by their long names
+/// with `_` for `-`.
+const CONFIG_KEYS: &[&str] = &[
+    "data_dir",
+    "http",
+    "listen",
+    "bootstrap",
+    "watch",
+    "poll_secs",
+    "label",
+    "executors",
+    "heartbeat_ms",
+    "claim_stagger_ms",
+    "lease_secs",
+    "sync_secs",
+];
+
+/// Reads the node's config file into `PEERBOT_*` variables that are not
+/// already set, so that flags beat the environment, which beats the file.
+fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
+    let mut path = std::env::var("PEERBOT_CONFIG").ok();
+    for (i, a) in args.iter().enumerate() {
+        if a == "--config" {
+            path = args.get(i + 1).cloned();
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.to_string());
+        }
+    }
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("config file {path} is not valid TOML"))?;
+    for (key, value) in table {
+        if !CONFIG_KEYS.contains(&key.as_str()) {
+            anyhow::bail!("config file {path}: unknown setting {key:?}; known: {}", CONFIG_KEYS.join(", "));
+        }
+        let text = match &value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => Err(anyhow::anyhow!("config file {path}: {key} must list strings, found {other}")),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .join(","),
+            other => anyhow::bail!("config file {path}: {key} cannot be {other}"),
+        };
+        let var = format!("PEERBOT_{}", key.to_ascii_uppercase());
+        if std::env::var_os(&var).is_none() {
+            std::env::set_var(var, text);
+        }
+    }
+    Ok(())
+}
+
 #[derive(Args)]
 struct NodeArgs {
+    /// TOML file with node settings (keys as the long flags, `_` for `-`); flags and PEERBOT_* variables override it.
+    #[arg(long, env = "PEERBOT_CONFIG")]
+    config: Option<PathBuf>,
     /// Where the node keeps its key, database, repository mirrors and build dirs.
     #[arg(long, env = "PEERBOT_DATA_DIR", default_value = ".peerbot")]
     data_dir: PathBuf,
@@ -153,6 +253,13 @@ struct NodeArgs {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("node") {
+        if let Err(e) = apply_config_file(&args) {
+            eprintln!("peerbot: {e:#}");
+            std::process::exit(2);
+        }
+    }
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Node(args) => run_node(args),
@@ -189,6 +296,33 @@ fn main() {
             .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_results(&v) })
         }
         Cmd::Log { node, build_id, step } => client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| print!("{t}")),
+        Cmd::Force { node, repo, branch, commit, builder, reason } => {
+            let repo = match std::fs::canonicalize(&repo) {
+                Ok(p) if !repo.contains("://") => p.to_string_lossy().into_owned(),
+                _ => repo,
+            };
+            client::post_json(
+                &node.url,
+                "/api/v1/force",
+                &json!({"repo": repo, "branch": branch, "commit": commit, "builder": builder, "reason": reason}),
+            )
+            .map(|v| {
+                let jobs: Vec<String> = v["jobs"]
+                    .as_array()
+                    .map(|a| a.iter().map(|j| format!("{} {}", j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?"))).collect())
+                    .unwrap_or_default();
+                println!("forced change {} for commit {}", v["id"].as_str().unwrap_or("?"), v["commit"].as_str().unwrap_or("?"));
+                for j in jobs {
+                    println!("  job {j}");
+                }
+            })
+        }
+        Cmd::Cancel { node, job, reason } => {
+            client::post_json(&node.url, &format!("/api/v1/jobs/{job}/cancel"), &json!({"reason": reason}))
+                .map(|v| println!("cancelled job {} (record {})", v["job"].as_str().unwrap_or("?"), v["cancel_record"].as_str().unwrap_or("?")))
+        }
+        Cmd::Jobs { node, state, json } => client::get_json(&node.url, "/api/v1/jobs", &[("state", state.as_deref())])
+            .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_jobs(&v) }),
         Cmd::Peers { node, json } => client::get_json(&node.url, "/api/v1/peers", &[])
             .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_peers(&v) }),
     };

@@ -156,10 +156,13 @@ impl Store for RocksStore {
         batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
         batch.put_cf(self.cf(CF_ORDER), key, b"");
         let idx = match rec.body {
-            peerbot_protocol::Body::Change(_) => CF_CHANGES,
-            peerbot_protocol::Body::Result(_) => CF_RESULTS,
+            peerbot_protocol::Body::Change(_) => Some(CF_CHANGES),
+            peerbot_protocol::Body::Result(_) => Some(CF_RESULTS),
+            peerbot_protocol::Body::Cancel(_) => None,
         };
-        batch.put_cf(self.cf(idx), key, b"");
+        if let Some(idx) = idx {
+            batch.put_cf(self.cf(idx), key, b"");
+        }
         self.db.write_opt(batch, &Self::sync_write()).map_err(err)?;
         self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(true)

@@ -209,9 +209,14 @@ pub struct JobView {
     pub lost: Vec<(u32, PeerId, String)>,
     /// When this node first learned of the job.
     pub seen_ms: Millis,
-    /// This node's rank for the job, and the membership generation it was
-    /// computed at.
-    my_rank: Option<(u64, u64)>,
+    /// Not claimable before this (the builder's tree-stable timer).
+    pub not_before: Millis,
+    /// A newer change on the branch took this job's place (collapsing).
+    pub superseded_by: Option<Hash32>,
+    /// A user cancelled the job: why, and through which node.
+    pub cancelled: Option<(String, PeerId)>,
+    pub commit_time: i64,
+    pub forced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +224,8 @@ pub enum JobState {
     Pending,
     Claimed,
     Done,
+    Superseded,
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +316,15 @@ pub struct NodeCore<S: Store> {
     next_due: Millis,
     /// Something happened that may change what to claim.
     dirty: bool,
+    free_sig: u64,
+    free_changed_ms: Millis,
+    /// When this node last finished a build: others learn it is free only
+    /// when its result reaches them, so it waits a little before claiming.
+    freed_ms: Millis,
+    /// Cancel records, by job (the job may not be known yet).
+    cancels: HashMap<Hash32, (String, PeerId), rustc_hash::FxBuildHasher>,
+    /// Open jobs of collapsing builders, by (repo, branch, builder).
+    collapsible: BTreeMap<(String, String, String), Vec<Hash32>>,
     /// Claims this node gave up at restart, repeated with early heartbeats.
     pending_releases: Vec<(Hash32, u32)>,
     release_repeats: u8,
@@ -380,6 +396,11 @@ impl<S: Store> NodeCore<S> {
             next_sweep: now,
             next_due: now,
             dirty: true,
+            free_sig: 0,
+            free_changed_ms: 0,
+            freed_ms: 0,
+            cancels: HashMap::default(),
+            collapsible: BTreeMap::new(),
             pending_releases: Vec::new(),
             release_repeats: 3,
             generation: 0,
@@ -442,8 +463,13 @@ impl<S: Store> NodeCore<S> {
         self.results_by_job.get(job).map(|v| v.as_slice()).unwrap_or(&[])
     }
     pub fn job_state(&self, job: &Hash32) -> JobState {
+        let view = self.jobs.get(job);
         if self.results_by_job.contains_key(job) {
             JobState::Done
+        } else if self.cancels.contains_key(job) {
+            JobState::Cancelled
+        } else if view.is_some_and(|j| j.superseded_by.is_some() && j.claim.is_none()) {
+            JobState::Superseded
         } else if self.jobs.get(job).is_some_and(|j| j.claim.is_some()) {
             JobState::Claimed
         } else {
@@ -751,7 +777,9 @@ impl<S: Store> NodeCore<S> {
         self.dirty = true;
         match &rec.body {
             Body::Change(c) => {
-                self.changes_by_commit.entry((c.repo.clone(), c.commit.clone())).or_insert(rec.id);
+                if c.force.is_none() {
+                    self.changes_by_commit.entry((c.repo.clone(), c.commit.clone())).or_insert(rec.id);
+                }
                 for spec in &c.jobs {
                     if self.jobs.contains_key(&spec.id) {
                         continue;
@@ -769,15 +797,38 @@ impl<S: Store> NodeCore<S> {
                             claim: None,
                             lost: vec![],
                             seen_ms: now,
-                            my_rank: None,
+                            not_before: now + spec.tree_stable_secs * 1000,
+                            superseded_by: None,
+                            cancelled: None,
+                            commit_time: c.commit_time,
+                            forced: c.force.is_some(),
                         },
                     );
-                    if !self.results_by_job.contains_key(&spec.id) {
+                    if !self.results_by_job.contains_key(&spec.id) && !self.cancels.contains_key(&spec.id) {
                         self.open.insert(spec.id);
+                    }
+                    if let Some((reason, by)) = self.cancels.get(&spec.id).cloned() {
+                        if let Some(j) = self.jobs.get_mut(&spec.id) {
+                            j.cancelled = Some((reason, by));
+                        }
                     }
                     if let Some((by, claim, at)) = self.early_claims.remove(&spec.id) {
                         self.on_claim(at, by, claim);
                     }
+                }
+                if c.force.is_none() {
+                    self.branch_activity(now, c, rec.id);
+                }
+            }
+            Body::Cancel(k) => {
+                self.cancels.insert(k.job, (k.reason.clone(), rec.signer));
+                self.open.remove(&k.job);
+                if let Some(j) = self.jobs.get_mut(&k.job) {
+                    j.cancelled = Some((k.reason.clone(), rec.signer));
+                }
+                if let Some((attempt, _)) = self.running.get(&k.job).cloned() {
+                    // Keep it as ours: the build ends as a `cancelled` result.
+                    self.out.push_back(Output::CancelBuild { job: k.job, attempt });
                 }
             }
             Body::Result(r) => {
@@ -943,6 +994,25 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Claims held on open jobs, per holder: how busy each peer is, as
+    /// every node can tell from the same claims and results.
+    fn held_claims(&self, now: Millis) -> HashMap<PeerId, u32, rustc_hash::FxBuildHasher> {
+        let mut held: HashMap<PeerId, u32, rustc_hash::FxBuildHasher> = HashMap::default();
+        for id in &self.open {
+            if let Some(c) = self.jobs.get(id).and_then(|j| j.claim.as_ref()) {
+                if c.lease_until >= now {
+                    *held.entry(c.by).or_default() += 1;
+                }
+            }
+        }
+        held
+    }
+
+    fn peer_has_free_slot(&self, p: &PeerId, held: &HashMap<PeerId, u32, rustc_hash::FxBuildHasher>) -> bool {
+        let executors = self.peers.get(p).map(|v| v.executors).filter(|e| *e > 0).unwrap_or(1);
+        held.get(p).copied().unwrap_or(0) < executors
+    }
+
     fn consider_claims(&mut self, now: Millis) {
         let mut next_due = now + self.heartbeat_interval();
         // Leases of others' claims run out on their own clock.
@@ -958,49 +1028,67 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         let mut free = self.cfg.executors.saturating_sub(self.running.len() as u32);
-        let candidates: Vec<Hash32> = self
-            .open
-            .iter()
-            .filter(|id| !self.running.contains_key(id))
-            .filter(|id| {
-                self.jobs
-                    .get(id)
-                    .is_some_and(|j| j.claim.is_none() && satisfies(&self.cfg.labels, &j.spec.requires))
-            })
-            .copied()
-            .collect();
+        if free == 0 {
+            // A busy node leaves waiting jobs to the next free one.
+            self.next_due = next_due;
+            return;
+        }
+        let mut candidates: Vec<Hash32> = Vec::new();
+        for id in &self.open {
+            if self.running.contains_key(id) {
+                continue;
+            }
+            let Some(j) = self.jobs.get(id) else { continue };
+            if j.claim.is_some() || !satisfies(&self.cfg.labels, &j.spec.requires) {
+                continue;
+            }
+            if now < j.not_before {
+                next_due = next_due.min(j.not_before);
+                continue;
+            }
+            candidates.push(*id);
+        }
+        if candidates.is_empty() {
+            self.next_due = next_due;
+            return;
+        }
+        // Rank among the eligible peers that have a free slot. When that set
+        // changes, everyone's stagger starts again from that moment, so a
+        // job that waited for capacity is not grabbed by all free nodes at once.
+        let held = self.held_claims(now);
+        let mut free_sig = 0u64;
+        for (p, v) in &self.peers {
+            if v.live && self.peer_has_free_slot(p, &held) {
+                free_sig ^= v.key;
+            }
+        }
+        if free_sig != self.free_sig {
+            self.free_sig = free_sig;
+            self.free_changed_ms = now;
+        }
         let mut ready = Vec::new();
         for id in candidates {
-            let (requires, opened, cached) = {
+            let (requires, opened, priority) = {
                 let j = &self.jobs[&id];
-                (j.spec.requires.clone(), j.opened_ms, j.my_rank)
+                (j.spec.requires.clone(), j.opened_ms.max(j.not_before), j.spec.priority)
             };
-            let gen = self.generation;
-            let r = match cached {
-                Some((g, r)) if g == gen => r,
-                _ => {
-                    let me = (std::cmp::Reverse(score(&id, self.my_key)), self.me);
-                    // My rank: how many eligible peers order before me.
-                    let r = self
-                        .eligible_keys(&requires)
-                        .iter()
-                        .filter(|(k, p)| (std::cmp::Reverse(score(&id, *k)), *p) < me)
-                        .count() as u64;
-                    if let Some(j) = self.jobs.get_mut(&id) {
-                        j.my_rank = Some((gen, r));
-                    }
-                    r
-                }
-            };
-            let at = opened + r * self.cfg.claim_stagger_ms;
+            let me = (std::cmp::Reverse(score(&id, self.my_key)), self.me);
+            let elig: Vec<(u64, PeerId)> = self.eligible_keys(&requires).to_vec();
+            let r = elig
+                .iter()
+                .filter(|(_, p)| *p != self.me && self.peer_has_free_slot(p, &held))
+                .filter(|(k, p)| (std::cmp::Reverse(score(&id, *k)), *p) < me)
+                .count() as u64;
+            let at = (opened.max(self.free_changed_ms) + r * self.cfg.claim_stagger_ms)
+                .max(self.freed_ms + self.cfg.claim_stagger_ms / 4);
             if now >= at {
-                ready.push((at, id));
+                ready.push((std::cmp::Reverse(priority), opened, id));
             } else {
                 next_due = next_due.min(at);
             }
         }
         ready.sort();
-        for (_, id) in ready {
+        for (_, _, id) in ready {
             if free == 0 {
                 break;
             }
@@ -1056,6 +1144,7 @@ impl<S: Store> NodeCore<S> {
 
     fn on_build_finished(&mut self, now: Millis, o: BuildOutcome) {
         self.dirty = true;
+        self.freed_ms = now;
         let still_ours = self.running.get(&o.job).is_some_and(|(a, _)| *a == o.attempt);
         self.running.remove(&o.job);
         self.save_own_claims();
@@ -1176,14 +1265,143 @@ impl<S: Store> NodeCore<S> {
             jobs,
             recipe_error,
             announced_ms: now,
+            force: None,
         };
-        let rec = record::sign(&self.key, &Body::Change(change));
+        self.publish(now, Body::Change(change)).map(Announced::New)
+    }
+
+    /// A new change on a branch restarts the tree-stable timers of the
+    /// branch's waiting jobs, and supersedes older unclaimed jobs of
+    /// collapsing builders.
+    fn branch_activity(&mut self, now: Millis, c: &Change, _change: Hash32) {
+        let open_waiting: Vec<Hash32> = self
+            .open
+            .iter()
+            .filter(|id| {
+                self.jobs.get(id).is_some_and(|j| {
+                    j.repo == c.repo && j.branch == c.branch && j.claim.is_none() && j.spec.tree_stable_secs > 0
+                })
+            })
+            .copied()
+            .collect();
+        for id in open_waiting {
+            if let Some(j) = self.jobs.get_mut(&id) {
+                j.not_before = j.not_before.max(now + j.spec.tree_stable_secs * 1000);
+            }
+        }
+        for spec in c.jobs.iter().filter(|s| s.collapse) {
+            let key = (c.repo.clone(), c.branch.clone(), spec.builder.clone());
+            let mut group = self.collapsible.remove(&key).unwrap_or_default();
+            if !group.contains(&spec.id) {
+                group.push(spec.id);
+            }
+            group.retain(|id| self.open.contains(id));
+            // The newest commit of the group stays; older unclaimed ones go.
+            let newest = group
+                .iter()
+                .filter_map(|id| self.jobs.get(id).map(|j| ((j.commit_time, j.seen_ms, *id), *id)))
+                .max()
+                .map(|(_, id)| id);
+            let mut keep = Vec::new();
+            for id in group {
+                let unclaimed = self.jobs.get(&id).is_some_and(|j| j.claim.is_none());
+                if Some(id) != newest && unclaimed {
+                    if let (Some(j), Some(n)) = (self.jobs.get_mut(&id), newest) {
+                        j.superseded_by = Some(n);
+                    }
+                    self.open.remove(&id);
+                } else {
+                    keep.push(id);
+                }
+            }
+            self.collapsible.insert(key, keep);
+        }
+    }
+
+    /// A forced rebuild of a commit: new jobs, built even if the commit was
+    /// built before. `builder` narrows it to one builder.
+    pub fn force(&mut self, now: Millis, info: CommitInfo, builder: Option<&str>, reason: String) -> Result<Hash32, String> {
+        let text = info.recipe.clone()?;
+        let mut jobs = parse_recipe(&info.repo, &info.commit, &text).map_err(|e| e.to_string())?;
+        if let Some(b) = builder {
+            jobs.retain(|j| j.builder == b);
+            if jobs.is_empty() {
+                return Err(format!("the recipe at {} has no builder {b:?}", info.commit));
+            }
+        }
+        let nonce = Hash32::of_fields(
+            "peerbot.force",
+            &[&self.me.to_bytes(), &now.to_le_bytes(), &rand::Rng::gen::<u64>(&mut self.rng).to_le_bytes()],
+        );
+        for j in jobs.iter_mut() {
+            j.id = crate::recipe::forced_job_id(&info.repo, &info.commit, &j.builder, &nonce);
+        }
+        let change = Change {
+            repo: info.repo,
+            branch: info.branch,
+            commit: info.commit,
+            parents: info.parents,
+            author: info.author,
+            committer: info.committer,
+            commit_time: info.commit_time,
+            title: info.title,
+            files: info.files.into_iter().take(1000).collect(),
+            jobs,
+            recipe_error: None,
+            announced_ms: now,
+            force: Some(record::Force { nonce, reason: reason.chars().take(1024).collect() }),
+        };
+        self.publish(now, Body::Change(change))
+    }
+
+    /// Cancels a job everywhere: a signed record every node applies.
+    pub fn cancel(&mut self, now: Millis, job: Hash32, reason: String) -> Result<Hash32, String> {
+        match self.job_state(&job) {
+            JobState::Done => return Err(format!("job {} is already done", job.short())),
+            JobState::Cancelled => return Err(format!("job {} is already cancelled", job.short())),
+            _ => {}
+        }
+        if !self.jobs.contains_key(&job) {
+            return Err(format!("no job {}", job.to_hex()));
+        }
+        let body = Body::Cancel(record::Cancel { job, reason: reason.chars().take(1024).collect(), requested_ms: now });
+        self.publish(now, body)
+    }
+
+    /// Signs, stores, applies and gossips a record of this node's.
+    fn publish(&mut self, now: Millis, body: Body) -> Result<Hash32, String> {
+        let rec = record::sign(&self.key, &body);
         self.store.put_record(&rec).map_err(|e| e.to_string())?;
-        self.emit(Event::RecordStored { id: rec.id, kind: "change", signer: self.me, from: None });
+        self.emit(Event::RecordStored { id: rec.id, kind: rec.body.kind(), signer: self.me, from: None });
         self.apply(now, &rec);
         self.broadcast(&Gossip::Record(rec.bytes.clone()));
         self.timers(now);
-        Ok(Announced::New(rec.id))
+        Ok(rec.id)
+    }
+
+    /// A job by a unique hex prefix of its id.
+    pub fn find_job(&self, prefix: &str) -> Result<Hash32, String> {
+        let p = prefix.to_ascii_lowercase();
+        if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("{prefix:?} is not a job id (at least 4 hex digits)"));
+        }
+        let mut found = self.jobs.keys().filter(|id| id.to_hex().starts_with(&p));
+        match (found.next(), found.next()) {
+            (Some(id), None) => Ok(*id),
+            (None, _) => Err(format!("no job {prefix}")),
+            _ => Err(format!("job id prefix {prefix} is ambiguous")),
+        }
+    }
+
+    /// Waiting jobs in the order nodes take them: priority, then age.
+    pub fn queue(&self) -> Vec<Hash32> {
+        let mut q: Vec<(std::cmp::Reverse<i32>, Millis, Hash32)> = self
+            .open
+            .iter()
+            .filter_map(|id| self.jobs.get(id).filter(|j| j.claim.is_none()).map(|j| (std::cmp::Reverse(j.spec.priority), j.seen_ms, *id)))
+            .collect();
+        q.sort();
+        q.into_iter().map(|(_, _, id)| id).collect()
     }
 
     // ---- blobs ----
@@ -1389,6 +1607,10 @@ mod tests {
     /// Delivers every broadcast to every other node until all is quiet;
     /// returns the builds started, by node index.
     fn settle(nodes: &mut [NodeCore<MemStore>], now: Millis) -> Vec<(usize, BuildOrder)> {
+        settle_full(nodes, now, &mut Vec::new())
+    }
+
+    fn settle_full(nodes: &mut [NodeCore<MemStore>], now: Millis, cancels: &mut Vec<(usize, Hash32)>) -> Vec<(usize, BuildOrder)> {
         let mut started = Vec::new();
         let mut token = 0;
         loop {
@@ -1399,6 +1621,7 @@ mod tests {
                     match o {
                         Output::Broadcast(b) => msgs.push((i, b)),
                         Output::StartBuild(order) => started.push((i, order)),
+                        Output::CancelBuild { job, .. } => cancels.push((i, job)),
                         _ => {}
                     }
                 }
@@ -1494,6 +1717,155 @@ mod tests {
         assert_eq!(verdicts, vec![(7, Verdict::Reject), (8, Verdict::Reject)]);
         assert_eq!(b.store().record_count(), 0);
         assert!(b.jobs().is_empty());
+    }
+
+    fn commit_with(c: &str, time: i64, recipe: &str) -> CommitInfo {
+        CommitInfo { commit_time: time, recipe: Ok(recipe.into()), ..commit(c) }
+    }
+
+    /// Runs the cluster from `from` to `to` in 500 ms steps, finishing
+    /// every build at once when `finish` is set; returns the builds started.
+    fn run_for(nodes: &mut [NodeCore<MemStore>], from: Millis, to: Millis, finish: bool) -> Vec<(usize, BuildOrder)> {
+        let mut all = Vec::new();
+        let mut now = from;
+        while now <= to {
+            let started = settle(nodes, now);
+            for (i, o) in &started {
+                if finish {
+                    let outcome = BuildOutcome {
+                        job: o.job,
+                        attempt: o.attempt,
+                        started_ms: now,
+                        ended_ms: now,
+                        steps: vec![StepOutcome { name: "s".into(), exit_code: Some(0), ..Default::default() }],
+                        ..Default::default()
+                    };
+                    nodes[*i].handle(now, Input::BuildFinished(outcome));
+                }
+            }
+            all.extend(started);
+            now += 500;
+        }
+        settle(nodes, now);
+        all
+    }
+
+    fn cluster() -> Vec<NodeCore<MemStore>> {
+        let mut nodes = vec![node(1, &["os=linux"]), node(2, &["os=linux"]), node(3, &["os=linux"])];
+        settle(&mut nodes, 0);
+        settle(&mut nodes, 10_000);
+        nodes
+    }
+
+    const STABLE: &str = "[[builder]]\nname='slow'\ntree_stable_secs=60\n[[builder.step]]\nrun='make'\n";
+    const COLLAPSE: &str = "[[builder]]\nname='c'\ntree_stable_secs=30\ncollapse=true\n[[builder.step]]\nrun='make'\n";
+
+    #[test]
+    fn tree_stable_timer_waits_for_a_quiet_branch() {
+        let mut nodes = cluster();
+        nodes[0].announce(10_000, commit_with("aaaa01", 1, STABLE)).unwrap();
+        let early = run_for(&mut nodes, 10_000, 40_000, true);
+        assert!(early.is_empty(), "nothing before the branch is quiet: {early:?}");
+        // A second change at 40 s restarts the first job's timer too.
+        nodes[1].announce(40_000, commit_with("aaaa02", 2, STABLE)).unwrap();
+        let mid = run_for(&mut nodes, 40_000, 99_000, true);
+        assert!(mid.is_empty(), "{mid:?}");
+        let late = run_for(&mut nodes, 99_500, 110_000, true);
+        assert_eq!(late.len(), 2, "both commits built once quiet: {late:?}");
+    }
+
+    #[test]
+    fn collapsing_builds_only_the_newest_waiting_change() {
+        let mut nodes = cluster();
+        nodes[0].announce(10_000, commit_with("bbbb01", 1, COLLAPSE)).unwrap();
+        run_for(&mut nodes, 10_000, 12_000, true);
+        nodes[1].announce(12_500, commit_with("bbbb02", 2, COLLAPSE)).unwrap();
+        run_for(&mut nodes, 12_500, 14_000, true);
+        nodes[2].announce(14_500, commit_with("bbbb03", 3, COLLAPSE)).unwrap();
+        let built = run_for(&mut nodes, 14_500, 60_000, true);
+        assert_eq!(built.len(), 1, "{built:?}");
+        assert_eq!(built[0].1.commit, "bbbb03");
+        let newest = built[0].1.job;
+        for n in &nodes {
+            for c in ["bbbb01", "bbbb02"] {
+                let j = n.jobs().values().find(|j| j.commit == c).unwrap();
+                assert_eq!(n.job_state(&j.spec.id), JobState::Superseded);
+                // Recorded, not silently dropped: the chain of supersessions ends at the newest.
+                let mut at = j.superseded_by.expect("superseded_by is set");
+                while let Some(next) = n.jobs()[&at].superseded_by {
+                    at = next;
+                }
+                assert_eq!(at, newest);
+            }
+        }
+    }
+
+    #[test]
+    fn force_builds_a_built_commit_again_as_a_new_job() {
+        let mut nodes = cluster();
+        nodes[0].announce(10_000, commit("cccc01")).unwrap();
+        let first = run_for(&mut nodes, 10_000, 20_000, true);
+        assert_eq!(first.len(), 1, "only the linux builder has nodes: {first:?}");
+        let forced = nodes[1].force(20_000, commit("cccc01"), Some("linux"), "flaky?".into()).unwrap();
+        let again = run_for(&mut nodes, 20_000, 30_000, true);
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_ne!(again[0].1.job, first[0].1.job, "a forced build is a job of its own");
+        for n in &nodes {
+            assert!(n.store().has_record(&forced));
+            assert_eq!(n.results_of(&first[0].1.job).len(), 1);
+            assert_eq!(n.results_of(&again[0].1.job).len(), 1);
+        }
+        assert!(nodes[0].force(30_000, commit("cccc01"), Some("nope"), String::new()).is_err());
+    }
+
+    #[test]
+    fn cancel_stops_waiting_and_running_jobs_everywhere() {
+        let mut nodes = cluster();
+        // Waiting (tree-stable) job: cancelled, never built.
+        nodes[0].announce(10_000, commit_with("dddd01", 1, STABLE)).unwrap();
+        run_for(&mut nodes, 10_000, 11_000, true);
+        let waiting = nodes[0].jobs().values().find(|j| j.commit == "dddd01").unwrap().spec.id;
+        nodes[2].cancel(11_000, waiting, "not needed".into()).unwrap();
+        let built = run_for(&mut nodes, 11_000, 100_000, true);
+        assert!(built.is_empty(), "{built:?}");
+        for n in &nodes {
+            assert_eq!(n.job_state(&waiting), JobState::Cancelled);
+        }
+        // Running job: the claimant is told to stop and records `cancelled`.
+        nodes[0].announce(100_000, commit("dddd02")).unwrap();
+        let started = run_for(&mut nodes, 100_000, 101_000, false);
+        assert_eq!(started.len(), 1);
+        let (who, order) = started[0].clone();
+        nodes[(who + 1) % 3].cancel(101_000, order.job, "wrong branch".into()).unwrap();
+        let mut cancels = Vec::new();
+        settle_full(&mut nodes, 101_500, &mut cancels);
+        assert_eq!(cancels, vec![(who, order.job)], "the claimant, and only it, was told to stop");
+        let outcome = BuildOutcome { job: order.job, attempt: order.attempt, started_ms: 100_500, ended_ms: 101_600, cancelled: true, ..Default::default() };
+        nodes[who].handle(101_600, Input::BuildFinished(outcome));
+        settle(&mut nodes, 101_700);
+        for n in &nodes {
+            let r = n.results_of(&order.job);
+            assert_eq!(r.len(), 1);
+            let rec = record::decode_stored(&n.store().get_record(&r[0]).unwrap()).unwrap();
+            assert!(matches!(rec.body, Body::Result(ref b) if b.status == Status::Cancelled));
+        }
+    }
+
+    #[test]
+    fn busy_node_leaves_the_job_to_the_next_free_one() {
+        let mut nodes = cluster();
+        let mut now = 10_000;
+        let mut running: BTreeMap<usize, usize> = BTreeMap::new();
+        for k in 0..3 {
+            nodes[k % 3].announce(now, commit(&format!("eeee0{k}"))).unwrap();
+            for (i, _) in run_for(&mut nodes, now, now + 1_000, false) {
+                *running.entry(i).or_default() += 1;
+            }
+            now += 1_500;
+        }
+        // Three jobs, three one-slot nodes: each node took one, none waited behind another.
+        assert_eq!(running.len(), 3, "{running:?}");
+        assert!(running.values().all(|n| *n == 1));
     }
 
     proptest! {

@@ -23,6 +23,7 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_COMMAND_LEN: usize = 16 * 1024;
 pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 3600;
 pub const MAX_STEP_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+pub const MAX_TREE_STABLE_SECS: u64 = 24 * 3600;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSpec {
@@ -40,6 +41,15 @@ pub struct JobSpec {
     /// blake3 of this builder's section as parsed, so two announcements of
     /// one commit can be compared.
     pub recipe_hash: Hash32,
+    /// Build only once the branch has had no new change for this long.
+    #[serde(default)]
+    pub tree_stable_secs: u64,
+    /// A newer change on the branch supersedes this job while unclaimed.
+    #[serde(default)]
+    pub collapse: bool,
+    /// Higher goes first when nodes pick among waiting jobs.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -65,6 +75,11 @@ struct RawBuilder {
     name: String,
     #[serde(default)]
     requires: Vec<String>,
+    tree_stable_secs: Option<u64>,
+    #[serde(default)]
+    collapse: bool,
+    #[serde(default)]
+    priority: i32,
     #[serde(default)]
     step: Vec<RawStep>,
 }
@@ -80,6 +95,11 @@ struct RawStep {
 /// The job id every node derives for one builder at one commit.
 pub fn job_id(repo: &str, commit: &str, builder: &str) -> Hash32 {
     Hash32::of_fields("peerbot.job.v1", &[repo.as_bytes(), commit.as_bytes(), builder.as_bytes()])
+}
+
+/// A forced rebuild is a job of its own, named by the force's nonce.
+pub fn forced_job_id(repo: &str, commit: &str, builder: &str, nonce: &Hash32) -> Hash32 {
+    Hash32::of_fields("peerbot.job.forced.v1", &[repo.as_bytes(), commit.as_bytes(), builder.as_bytes(), &nonce.0])
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), RecipeError> {
@@ -154,8 +174,34 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
             }
             steps.push(StepSpec { name, run: s.run.clone(), timeout_secs });
         }
-        let recipe_hash = Hash32::of(&crate::codec::encode(&(&b.name, &requires, &steps)));
-        jobs.push(JobSpec { id: job_id(repo, commit, &b.name), builder: b.name.clone(), requires, steps, recipe_hash });
+        let tree_stable_secs = b.tree_stable_secs.unwrap_or(0);
+        if tree_stable_secs > MAX_TREE_STABLE_SECS {
+            return Err(RecipeError::Invalid(format!(
+                "builder {:?}: tree_stable_secs must be at most {MAX_TREE_STABLE_SECS}",
+                b.name
+            )));
+        }
+        if !(-1000..=1000).contains(&b.priority) {
+            return Err(RecipeError::Invalid(format!("builder {:?}: priority must be -1000 to 1000", b.name)));
+        }
+        let recipe_hash = Hash32::of(&crate::codec::encode(&(
+            &b.name,
+            &requires,
+            &steps,
+            tree_stable_secs,
+            b.collapse,
+            b.priority,
+        )));
+        jobs.push(JobSpec {
+            id: job_id(repo, commit, &b.name),
+            builder: b.name.clone(),
+            requires,
+            steps,
+            recipe_hash,
+            tree_stable_secs,
+            collapse: b.collapse,
+            priority: b.priority,
+        });
     }
     Ok(jobs)
 }
@@ -178,6 +224,9 @@ run = "make test"
 [[builder]]
 name = "gpu"
 requires = ["gpu=yes"]
+tree_stable_secs = 60
+collapse = true
+priority = 5
 [[builder.step]]
 name = "cuda"
 run = "nvidia-smi"
@@ -192,6 +241,8 @@ run = "nvidia-smi"
         assert_eq!(jobs[0].steps[1].name, "step1");
         assert_eq!(jobs[0].steps[1].timeout_secs, DEFAULT_STEP_TIMEOUT_SECS);
         assert_eq!(jobs[1].requires, vec!["gpu=yes".to_string()]);
+        assert_eq!((jobs[1].tree_stable_secs, jobs[1].collapse, jobs[1].priority), (60, true, 5));
+        assert_eq!((jobs[0].tree_stable_secs, jobs[0].collapse, jobs[0].priority), (0, false, 0));
         assert_eq!(jobs[0].id, job_id("r", "c", "test"));
         assert_ne!(jobs[0].id, jobs[1].id);
     }

@@ -35,6 +35,24 @@ pub struct Change {
     /// `jobs` is empty.
     pub recipe_error: Option<String>,
     pub announced_ms: Millis,
+    /// Set on a forced rebuild: its jobs are new jobs named by the nonce.
+    #[serde(default)]
+    pub force: Option<Force>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Force {
+    pub nonce: Hash32,
+    pub reason: String,
+}
+
+/// A user's request to stop a job: the claimant kills the build and
+/// publishes a `cancelled` result; a job not yet claimed is never built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub job: Hash32,
+    pub reason: String,
+    pub requested_ms: Millis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -121,6 +139,7 @@ pub struct BuildResult {
 pub enum Body {
     Change(Change),
     Result(BuildResult),
+    Cancel(Cancel),
 }
 
 impl Body {
@@ -129,12 +148,14 @@ impl Body {
         match self {
             Body::Change(c) => c.announced_ms,
             Body::Result(r) => r.ended_ms,
+            Body::Cancel(c) => c.requested_ms,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Change(_) => "change",
             Body::Result(_) => "result",
+            Body::Cancel(_) => "cancel",
         }
     }
 }
@@ -235,15 +256,21 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
                 return bad("change without repo or commit");
             }
             for j in &c.jobs {
-                if j.id != crate::recipe::job_id(&c.repo, &c.commit, &j.builder) {
+                let want = match &c.force {
+                    None => crate::recipe::job_id(&c.repo, &c.commit, &j.builder),
+                    Some(f) => crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &f.nonce),
+                };
+                if j.id != want {
                     return bad("change lists a job whose id does not match its repo, commit and builder");
                 }
             }
         }
-        Body::Result(r) => {
-            if r.job != crate::recipe::job_id(&r.repo, &r.commit, &r.builder) {
-                return bad("result's job id does not match its repo, commit and builder");
+        Body::Cancel(c) => {
+            if c.reason.len() > 1024 {
+                return bad("cancel reason over 1024 bytes");
             }
+        }
+        Body::Result(r) => {
             if r.ended_ms < r.started_ms {
                 return bad("result ends before it starts");
             }
@@ -277,6 +304,7 @@ pub(crate) mod tests {
             jobs,
             recipe_error: None,
             announced_ms: 5,
+            force: None,
         })
     }
 

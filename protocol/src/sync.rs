@@ -286,6 +286,7 @@ mod tests {
             jobs: vec![],
             recipe_error: None,
             announced_ms: t,
+            force: None,
         }
     }
 

@@ -147,6 +147,9 @@ pub struct Report {
     pub failovers: Vec<FailoverFigure>,
     pub live_nodes_at_end: usize,
     pub records_per_node_at_end: u64,
+    /// Share of the cluster's executor slots busy with builds between the
+    /// first build's start and the last build's end.
+    pub slot_utilisation: f64,
 }
 
 /// A crashed claimant's job: when the crash happened and when another
@@ -233,6 +236,10 @@ pub struct Sim {
     free_waves: Vec<u32>,
     conflicts_seen: BTreeSet<(Hash32, u32)>,
     expiries_seen: BTreeSet<(Hash32, u32)>,
+    build_starts: BTreeMap<(usize, Hash32, u32), u64>,
+    first_build_start: Option<u64>,
+    last_build_end: u64,
+    busy_slot_ms: u64,
 }
 
 struct Wave {
@@ -367,6 +374,10 @@ impl Sim {
             free_waves: Vec::new(),
             conflicts_seen: BTreeSet::new(),
             expiries_seen: BTreeSet::new(),
+            build_starts: BTreeMap::new(),
+            first_build_start: None,
+            last_build_end: 0,
+            busy_slot_ms: 0,
         };
         for i in 0..sim.nodes.len() {
             sim.boot(i);
@@ -519,6 +530,15 @@ impl Sim {
                             Some(i),
                         );
                     }
+                    let running = self.nodes[i].core.as_ref().map(|c| c.running().len()).unwrap_or(0);
+                    if running > self.cfg.executors as usize {
+                        self.violation_now(
+                            "no node runs more builds than its executors",
+                            format!("node {i} runs {running} builds with {} executors", self.cfg.executors),
+                            Some(order.job),
+                            Some(i),
+                        );
+                    }
                     self.report.builds_started += 1;
                     self.note(i, Some(order.job), "build-start", order.attempt as u64);
                     let (lo, hi) = self.cfg.build_ms;
@@ -527,6 +547,8 @@ impl Sim {
                         d = (d as f64 * self.cfg.slow_factor) as u64;
                     }
                     self.nodes[i].builds.insert((order.job, order.attempt), true);
+                    self.build_starts.insert((i, order.job, order.attempt), self.now);
+                    self.first_build_start.get_or_insert(self.now);
                     let inc = self.nodes[i].inc;
                     self.push(self.now + d, Ev::BuildDone { node: i, inc, job: order.job, attempt: order.attempt, cancelled: false });
                     if self.crashed_claims.len() < self.cfg.crash_claimants && !self.faults_over {
@@ -574,7 +596,7 @@ impl Sim {
                     let (is_change, job) = match record::decode_stored(&bytes).map(|r| r.body) {
                         Ok(peerbot_protocol::Body::Change(_)) => (true, None),
                         Ok(peerbot_protocol::Body::Result(r)) => (false, Some(r.job)),
-                        Err(_) => (false, None),
+                        Ok(peerbot_protocol::Body::Cancel(_)) | Err(_) => (false, None),
                     };
                     let mut arrivals = vec![u64::MAX; n];
                     arrivals[i] = now;
@@ -849,6 +871,10 @@ impl Sim {
                     return;
                 }
                 let running = self.nodes[node].builds.remove(&(job, attempt)).is_some();
+                if let Some(t) = self.build_starts.remove(&(node, job, attempt)) {
+                    self.busy_slot_ms += self.now - t;
+                    self.last_build_end = self.now;
+                }
                 if !running && !cancelled {
                     return;
                 }
@@ -999,6 +1025,7 @@ impl Sim {
         self.nodes[i].kept_store = Some(core.into_store());
         self.nodes[i].inc += 1;
         self.nodes[i].builds.clear();
+        self.build_starts.retain(|(n, _, _), _| *n != i);
         self.nodes[i].inbound.clear();
         self.nodes[i].timer_at = None;
         self.note(i, None, "crash", 0);
@@ -1176,6 +1203,12 @@ impl Sim {
                 }
                 continue;
             }
+            let withdrawn = live.first().and_then(|&i| self.nodes[i].core.as_ref()).is_some_and(|c| {
+                matches!(c.job_state(id), peerbot_protocol::core::JobState::Superseded | peerbot_protocol::core::JobState::Cancelled)
+            });
+            if withdrawn {
+                continue;
+            }
             if j.results.is_empty() {
                 let mut views = Vec::new();
                 for &i in live.iter().filter(|&&i| satisfies(&self.nodes[i].labels, &j.requires)).take(8) {
@@ -1286,6 +1319,11 @@ impl Sim {
                 .map(|l| l.at - at);
             r.failovers.push(FailoverFigure { job: job.to_hex(), crashed_ms: *at, rebuilt_by_other: by_other, crash_to_reclaim_ms: reclaim });
         }
+        if let Some(first) = self.first_build_start {
+            let span = self.last_build_end.saturating_sub(first).max(1) as f64;
+            let slots = (self.nodes.len() as f64) * self.cfg.executors as f64;
+            r.slot_utilisation = self.busy_slot_ms as f64 / (span * slots);
+        }
         r.live_nodes_at_end = live.len();
         r.records_per_node_at_end = live.first().and_then(|&i| self.nodes[i].core.as_ref()).map(|c| c.store().record_count()).unwrap_or(0);
         Ok(r)
@@ -1339,7 +1377,8 @@ impl Report {
             ));
         }
         s.push_str(&format!(
-            "live nodes at end {} · records per node {} · {} events in {:.2}s wall · trace {}\n",
+            "slot utilisation {:.1}% · live nodes at end {} · records per node {} · {} events in {:.2}s wall · trace {}\n",
+            self.slot_utilisation * 100.0,
             self.live_nodes_at_end, self.records_per_node_at_end, self.events, self.wall_ms as f64 / 1000.0, &self.trace_hash[..16]
         ));
         s

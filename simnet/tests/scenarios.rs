@@ -112,3 +112,55 @@ fn sweep_of_seeds_with_random_faults_holds_every_invariant() {
     }
     eprintln!("mean duplicate rate over {n} seeds: {:.4}", dup / n as f64);
 }
+
+#[test]
+fn fault_free_five_hundred_nodes_zero_duplicate_builds() {
+    let r = run(base(500, 21));
+    assert_eq!(r.jobs_built_1, r.jobs, "{}", r.to_text());
+    assert_eq!(r.builds_started as usize, r.jobs, "no build started twice: {}", r.to_text());
+    assert_eq!(r.claim_conflicts, 0, "{}", r.to_text());
+}
+
+#[test]
+fn loss_and_crashes_over_two_hundred_seeds_build_every_job_with_few_duplicates() {
+    let (mut jobs, mut dups, mut crashes) = (0usize, 0usize, 0u64);
+    for seed in 5000..5200 {
+        let cfg = SimConfig {
+            nodes: 10 + (seed as usize % 7),
+            seed,
+            duration_ms: 8 * 60_000,
+            loss: 0.10,
+            crash_rate_per_min: 0.02,
+            build_ms: (5_000, 60_000),
+            ..SimConfig::default()
+        };
+        let r = run(cfg);
+        jobs += r.jobs - r.jobs_unbuildable;
+        dups += r.jobs_built_2_plus;
+        crashes += r.crashes;
+    }
+    let rate = dups as f64 / jobs as f64;
+    eprintln!("200 seeds, 10% loss, random crashes: {jobs} jobs, {crashes} crashes, {dups} built twice or more ({:.3}%)", rate * 100.0);
+    assert!(crashes > 100, "the sweep must actually crash nodes");
+    assert!(rate < 0.01, "duplicate rate {rate}");
+}
+
+#[test]
+fn busy_cluster_drains_its_queue_at_close_to_full_capacity() {
+    let cfg = SimConfig {
+        nodes: 20,
+        seed: 31,
+        duration_ms: 20 * 60_000,
+        commits_per_min: 10.0,
+        label_mix: peerbot_simnet::parse_label_mix("os=linux:1").unwrap(),
+        executors: 2,
+        ..SimConfig::default()
+    };
+    // Demand is far above the 40 slots; the run checks at every build start
+    // that no node runs more than its executors, and ends only once the
+    // queue has drained.
+    let r = run(cfg);
+    assert_eq!(r.jobs_built_0, 0, "{}", r.to_text());
+    assert!(r.slot_utilisation > 0.9, "{}", r.to_text());
+    assert_eq!(r.jobs_built_2_plus, 0, "{}", r.to_text());
+}
