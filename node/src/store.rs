@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::record::{decode_stored, VerifiedRecord};
-use peerbot_protocol::store::{Store, StoreError};
-use peerbot_protocol::sync::SyncKey;
+use peerbot_protocol::store::{BucketIndex, Store, StoreError};
+use peerbot_protocol::sync::{Fingerprint, SyncKey};
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 const CF_RECORDS: &str = "records";
@@ -24,6 +24,8 @@ pub struct RocksStore {
     db: Arc<DB>,
     /// Counted once at open, then kept up to date.
     count: Arc<std::sync::atomic::AtomicU64>,
+    /// Range summaries for reconciliation, built at open, kept up to date.
+    index: Arc<std::sync::RwLock<BucketIndex>>,
 }
 
 fn order_key(k: &SyncKey) -> [u8; 40] {
@@ -69,11 +71,19 @@ impl RocksStore {
             ),
         }
         let mut n = 0u64;
+        let mut index = BucketIndex::default();
         for item in db.iterator_cf(db.cf_handle(CF_ORDER).expect("order column family"), IteratorMode::Start) {
-            item?;
+            let (k, _) = item?;
+            if let Some(key) = parse_order_key(&k) {
+                index.add(&key);
+            }
             n += 1;
         }
-        Ok(RocksStore { db: Arc::new(db), count: Arc::new(std::sync::atomic::AtomicU64::new(n)) })
+        Ok(RocksStore {
+            db: Arc::new(db),
+            count: Arc::new(std::sync::atomic::AtomicU64::new(n)),
+            index: Arc::new(std::sync::RwLock::new(index)),
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -165,6 +175,7 @@ impl Store for RocksStore {
         }
         self.db.write_opt(batch, &Self::sync_write()).map_err(err)?;
         self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.index.write().unwrap_or_else(|e| e.into_inner()).add(&SyncKey { time: rec.time(), id: rec.id });
         Ok(true)
     }
 
@@ -200,6 +211,24 @@ impl Store for RocksStore {
             }
         }
         out
+    }
+
+    fn summary(&self, lo: &SyncKey, hi: Option<&SyncKey>) -> (u64, Fingerprint) {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.summary(lo, hi, &|lo, hi| {
+            let mut fp = Fingerprint::default();
+            let keys = self.keys_in(lo, hi, usize::MAX);
+            for k in &keys {
+                fp.add(&k.id);
+            }
+            (keys.len() as u64, fp)
+        })
+    }
+
+    fn split_bounds(&self, lo: &SyncKey, hi: Option<&SyncKey>, parts: usize) -> Vec<SyncKey> {
+        let (count, _) = self.summary(lo, hi);
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.split_bounds(lo, hi, parts, count, &|lo, hi| self.keys_in(lo, hi, usize::MAX))
     }
 
     fn for_each_record(&self, f: &mut dyn FnMut(&[u8])) {

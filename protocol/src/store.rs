@@ -27,6 +27,12 @@ pub trait Store {
         }
         (keys.len() as u64, fp)
     }
+    /// Up to `parts - 1` increasing bounds strictly inside `(lo, hi)` that cut
+    /// the range into pieces of similar size (any bounds are correct; even
+    /// ones only make reconciliation faster).
+    fn split_bounds(&self, lo: &SyncKey, hi: Option<&SyncKey>, parts: usize) -> Vec<SyncKey> {
+        split_by_scan(&self.keys_in(lo, hi, usize::MAX), parts)
+    }
     /// Calls `f` with the bytes of every stored record (used at start-up).
     fn for_each_record(&self, f: &mut dyn FnMut(&[u8]));
 
@@ -46,8 +52,7 @@ pub struct MemStore {
     order: BTreeSet<SyncKey>,
     blobs: HashMap<Hash32, Vec<u8>>,
     state: BTreeMap<String, Vec<u8>>,
-    /// Fingerprint of everything, kept up to date: an in-sync peer costs O(1).
-    total: Fingerprint,
+    index: BucketIndex,
 }
 
 impl MemStore {
@@ -65,8 +70,9 @@ impl Store for MemStore {
             return Ok(false);
         }
         self.records.insert(rec.id, rec.bytes.clone());
-        self.order.insert(SyncKey { time: rec.time(), id: rec.id });
-        self.total.add(&rec.id);
+        let key = SyncKey { time: rec.time(), id: rec.id };
+        self.order.insert(key);
+        self.index.add(&key);
         Ok(true)
     }
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {
@@ -86,16 +92,19 @@ impl Store for MemStore {
         }
     }
     fn summary(&self, lo: &SyncKey, hi: Option<&SyncKey>) -> (u64, Fingerprint) {
-        if *lo == SyncKey::MIN && hi.is_none() {
-            return (self.records.len() as u64, self.total);
-        }
-        let mut fp = Fingerprint::default();
-        let mut n = 0;
-        for k in self.order.range(*lo..).take_while(|k| hi.is_none_or(|h| *k < h)) {
-            fp.add(&k.id);
-            n += 1;
-        }
-        (n, fp)
+        self.index.summary(lo, hi, &|lo, hi| {
+            let mut fp = Fingerprint::default();
+            let mut n = 0;
+            for k in self.order.range(*lo..).take_while(|k| hi.is_none_or(|h| *k < h)) {
+                fp.add(&k.id);
+                n += 1;
+            }
+            (n, fp)
+        })
+    }
+    fn split_bounds(&self, lo: &SyncKey, hi: Option<&SyncKey>, parts: usize) -> Vec<SyncKey> {
+        let (count, _) = self.summary(lo, hi);
+        self.index.split_bounds(lo, hi, parts, count, &|lo, hi| self.keys_in(lo, hi, usize::MAX))
     }
     fn for_each_record(&self, f: &mut dyn FnMut(&[u8])) {
         for k in &self.order {
@@ -124,5 +133,129 @@ impl Store for MemStore {
     fn delete_state(&mut self, key: &str) -> Result<(), StoreError> {
         self.state.remove(key);
         Ok(())
+    }
+}
+
+/// Cuts a sorted run of keys into `parts` pieces at the shortest bounds.
+pub fn split_by_scan(keys: &[SyncKey], parts: usize) -> Vec<SyncKey> {
+    let per = keys.len().div_ceil(parts.max(1)).max(1);
+    let mut out = Vec::new();
+    let mut i = per;
+    while i < keys.len() {
+        out.push(crate::sync::min_bound(&keys[i - 1], &keys[i]));
+        i += per;
+    }
+    out
+}
+
+/// Counts and fingerprints of fixed-width time buckets, kept as records
+/// arrive, so that the summary of any range costs two partial bucket scans
+/// plus a walk over whole buckets, not a scan of the range.
+#[derive(Clone, Debug)]
+pub struct BucketIndex {
+    width: u64,
+    buckets: BTreeMap<u64, (u64, Fingerprint)>,
+    total: (u64, Fingerprint),
+}
+
+/// About 17 minutes of record time per bucket.
+pub const BUCKET_WIDTH_MS: u64 = 1 << 20;
+/// A range with at most this many records is split by reading its keys.
+const SCAN_SPLIT_MAX: u64 = 4096;
+
+impl Default for BucketIndex {
+    fn default() -> Self {
+        BucketIndex::new(BUCKET_WIDTH_MS)
+    }
+}
+
+impl BucketIndex {
+    pub fn new(width: u64) -> Self {
+        BucketIndex { width: width.max(1), buckets: BTreeMap::new(), total: (0, Fingerprint::default()) }
+    }
+
+    pub fn add(&mut self, k: &SyncKey) {
+        let b = self.buckets.entry(k.time / self.width).or_insert((0, Fingerprint::default()));
+        b.0 += 1;
+        b.1.add(&k.id);
+        self.total.0 += 1;
+        self.total.1.add(&k.id);
+    }
+
+    fn start(&self, bucket: u64) -> SyncKey {
+        SyncKey { time: bucket.saturating_mul(self.width), id: Hash32::ZERO }
+    }
+
+    /// `scan(lo, hi)` summarises a range by reading its keys.
+    pub fn summary(
+        &self,
+        lo: &SyncKey,
+        hi: Option<&SyncKey>,
+        scan: &dyn Fn(&SyncKey, Option<&SyncKey>) -> (u64, Fingerprint),
+    ) -> (u64, Fingerprint) {
+        if *lo == SyncKey::MIN && hi.is_none() {
+            return self.total;
+        }
+        let first = lo.time / self.width;
+        // Whole buckets: those starting after lo and ending at or before hi.
+        let whole_from = if *lo == self.start(first) { first } else { first + 1 };
+        let whole_to = match hi {
+            Some(h) => h.time / self.width, // exclusive; the bucket holding hi is partial
+            None => u64::MAX,
+        };
+        if whole_from >= whole_to {
+            return scan(lo, hi);
+        }
+        let mut n = 0;
+        let mut fp = Fingerprint::default();
+        let mut add = |(c, f): (u64, Fingerprint)| {
+            n += c;
+            fp.merge(&f);
+        };
+        if whole_from > first {
+            add(scan(lo, Some(&self.start(whole_from))));
+        }
+        for (_, (c, f)) in self.buckets.range(whole_from..whole_to) {
+            add((*c, *f));
+        }
+        if let Some(h) = hi {
+            if *h != self.start(whole_to) {
+                add(scan(&self.start(whole_to), Some(h)));
+            }
+        }
+        (n, fp)
+    }
+
+    /// Bounds cutting `[lo, hi)` into about `parts` pieces: at bucket starts
+    /// when the range is large, else exactly by its keys.
+    pub fn split_bounds(
+        &self,
+        lo: &SyncKey,
+        hi: Option<&SyncKey>,
+        parts: usize,
+        count: u64,
+        keys: &dyn Fn(&SyncKey, Option<&SyncKey>) -> Vec<SyncKey>,
+    ) -> Vec<SyncKey> {
+        if count <= SCAN_SPLIT_MAX {
+            return split_by_scan(&keys(lo, hi), parts);
+        }
+        let first = lo.time / self.width + 1;
+        let last = hi.map(|h| h.time / self.width + 1).unwrap_or(u64::MAX);
+        let target = count / parts.max(1) as u64;
+        let mut out = Vec::new();
+        let mut acc = 0;
+        for (b, (c, _)) in self.buckets.range(first.min(last)..last) {
+            let bound = self.start(*b);
+            if acc >= target && hi.is_none_or(|h| bound < *h) && bound > *lo {
+                out.push(bound);
+                acc = 0;
+            }
+            acc += c;
+        }
+        if out.is_empty() {
+            // Everything sits in one bucket: read it.
+            return split_by_scan(&keys(lo, hi), parts);
+        }
+        out
     }
 }

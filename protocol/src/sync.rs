@@ -18,7 +18,7 @@ use crate::Millis;
 
 pub const BUCKETS: usize = 16;
 /// A differing range with at most this many items is listed, not split.
-pub const LIST_THRESHOLD: u64 = 32;
+pub const LIST_THRESHOLD: u64 = 16;
 /// The responder answers a listed range with its own list up to this size.
 pub const ANSWER_MAX: usize = 1024;
 /// Items (ids plus ranges) one message may carry; the rest is deferred.
@@ -52,6 +52,15 @@ impl Fingerprint {
             carry = s >> 64;
         }
     }
+    /// Adds another sum (of a disjoint set).
+    pub fn merge(&mut self, other: &Fingerprint) {
+        let mut carry = 0u128;
+        for i in 0..4 {
+            let s = self.lanes[i] as u128 + other.lanes[i] as u128 + carry;
+            self.lanes[i] = s as u64;
+            carry = s >> 64;
+        }
+    }
     pub fn finish(&self, count: u64) -> Vec<u8> {
         let mut h = blake3::Hasher::new();
         for l in self.lanes {
@@ -62,15 +71,11 @@ impl Fingerprint {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RangeMode {
     Skip,
-    Fingerprint {
-        count: u64,
-        #[serde(with = "serde_bytes")]
-        fp: Vec<u8>,
-    },
+    /// Hash of the range's id sum and count.
+    Fingerprint { fp: Vec<u8> },
     IdList {
         ids: Vec<Hash32>,
         /// True when this list answers the peer's list (the last word on the range).
@@ -78,12 +83,93 @@ pub enum RangeMode {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyncRange {
     /// Exclusive upper bound; `None` is the end of the key space. The lower
     /// bound is the previous range's upper bound.
     pub upper: Option<SyncKey>,
     pub mode: RangeMode,
+}
+
+/// The shortest bound `b` with `prev < b <= next`: the time alone when the
+/// times differ, else the shortest id prefix (padded with zeros) that does it.
+pub fn min_bound(prev: &SyncKey, next: &SyncKey) -> SyncKey {
+    if prev.time < next.time {
+        return SyncKey { time: next.time, id: Hash32::ZERO };
+    }
+    let common = prev.id.0.iter().zip(next.id.0.iter()).take_while(|(a, b)| a == b).count();
+    let mut id = [0u8; 32];
+    let n = (common + 1).min(32);
+    id[..n].copy_from_slice(&next.id.0[..n]);
+    SyncKey { time: next.time, id: Hash32(id) }
+}
+
+/// The compact wire form of ranges: each bound as (time delta from the
+/// previous bound, id prefix without trailing zeros); skip as null, a
+/// fingerprint as bytes, a list as [ids, answer]. Sizes grow with the
+/// number of differing ranges, not with the history.
+pub mod wire_ranges {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+    use serde_bytes::ByteBuf;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Skip,
+        Fingerprint(ByteBuf),
+        IdList(Vec<Hash32>, bool),
+    }
+
+    type Wire = (Option<(u64, ByteBuf)>, Mode);
+
+    pub fn serialize<S: Serializer>(ranges: &[SyncRange], s: S) -> Result<S::Ok, S::Error> {
+        let mut prev = 0u64;
+        let mut out: Vec<Wire> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let bound = r.upper.map(|k| {
+                let delta = k.time.saturating_sub(prev);
+                prev = k.time;
+                let len = k.id.0.iter().rposition(|b| *b != 0).map(|i| i + 1).unwrap_or(0);
+                (delta, ByteBuf::from(k.id.0[..len].to_vec()))
+            });
+            let mode = match &r.mode {
+                RangeMode::Skip => Mode::Skip,
+                RangeMode::Fingerprint { fp } => Mode::Fingerprint(ByteBuf::from(fp.clone())),
+                RangeMode::IdList { ids, answer } => Mode::IdList(ids.clone(), *answer),
+            };
+            out.push((bound, mode));
+        }
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SyncRange>, D::Error> {
+        let wire: Vec<Wire> = Deserialize::deserialize(d)?;
+        let mut prev = 0u64;
+        let mut out = Vec::with_capacity(wire.len());
+        for (bound, mode) in wire {
+            let upper = match bound {
+                None => None,
+                Some((delta, prefix)) => {
+                    if prefix.len() > 32 {
+                        return Err(serde::de::Error::custom("sync bound id prefix over 32 bytes"));
+                    }
+                    let time = prev.checked_add(delta).ok_or_else(|| serde::de::Error::custom("sync bound time overflows"))?;
+                    prev = time;
+                    let mut id = [0u8; 32];
+                    id[..prefix.len()].copy_from_slice(&prefix);
+                    Some(SyncKey { time, id: Hash32(id) })
+                }
+            };
+            let mode = match mode {
+                Mode::Skip => RangeMode::Skip,
+                Mode::Fingerprint(fp) => RangeMode::Fingerprint { fp: fp.into_vec() },
+                Mode::IdList(ids, answer) => RangeMode::IdList { ids, answer },
+            };
+            out.push(SyncRange { upper, mode });
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -117,7 +203,7 @@ pub enum SyncError {
 /// The first message of a session: one range, everything, by fingerprint.
 pub fn initial<S: Store + ?Sized>(store: &S) -> Vec<SyncRange> {
     let (count, fp) = store.summary(&SyncKey::MIN, None);
-    vec![SyncRange { upper: None, mode: RangeMode::Fingerprint { count, fp: fp.finish(count) } }]
+    vec![SyncRange { upper: None, mode: RangeMode::Fingerprint { fp: fp.finish(count) } }]
 }
 
 struct Reply {
@@ -145,7 +231,7 @@ impl Reply {
 
     fn fingerprint_of<S: Store + ?Sized>(&mut self, store: &S, lo: &SyncKey, hi: Option<SyncKey>) {
         let (count, fp) = store.summary(lo, hi.as_ref());
-        self.push(hi, RangeMode::Fingerprint { count, fp: fp.finish(count) });
+        self.push(hi, RangeMode::Fingerprint { fp: fp.finish(count) });
     }
 
     /// A range known to differ: list it when small, else split it in buckets.
@@ -155,18 +241,12 @@ impl Reply {
             self.push(hi, RangeMode::IdList { ids, answer: false });
             return;
         }
-        let keys = store.keys_in(lo, hi.as_ref(), usize::MAX);
-        let per = keys.len().div_ceil(BUCKETS).max(1);
-        let chunks: Vec<&[SyncKey]> = keys.chunks(per).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let upper = if i + 1 < chunks.len() { Some(chunks[i + 1][0]) } else { hi };
-            let mut fp = Fingerprint::default();
-            for k in chunk.iter() {
-                fp.add(&k.id);
-            }
-            let n = chunk.len() as u64;
-            self.push(upper, RangeMode::Fingerprint { count: n, fp: fp.finish(n) });
+        let mut sub_lo = *lo;
+        for b in store.split_bounds(lo, hi.as_ref(), BUCKETS) {
+            self.fingerprint_of(store, &sub_lo, Some(b));
+            sub_lo = b;
         }
+        self.fingerprint_of(store, &sub_lo, hi);
     }
 }
 
@@ -201,12 +281,12 @@ pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bo
         }
         match &r.mode {
             RangeMode::Skip => reply.push(hi, RangeMode::Skip),
-            RangeMode::Fingerprint { count, fp } => {
+            RangeMode::Fingerprint { fp } => {
                 if fp.len() != 16 {
                     return Err(SyncError::FingerprintLength);
                 }
                 let (mine, myfp) = store.summary(&lo, hi.as_ref());
-                if mine == *count && myfp.finish(mine) == *fp {
+                if myfp.finish(mine) == *fp {
                     reply.push(hi, RangeMode::Skip);
                 } else if reply.budget < BUCKETS + LIST_THRESHOLD as usize {
                     reply.fingerprint_of(store, &lo, hi);
@@ -340,8 +420,71 @@ mod tests {
             SyncRange { upper: None, mode: RangeMode::Skip },
         ];
         assert_eq!(process(&s, &bad, false).unwrap_err(), SyncError::Order);
-        let short = vec![SyncRange { upper: None, mode: RangeMode::Fingerprint { count: 0, fp: vec![1] } }];
+        let short = vec![SyncRange { upper: None, mode: RangeMode::Fingerprint { fp: vec![1] } }];
         assert_eq!(process(&s, &short, false).unwrap_err(), SyncError::FingerprintLength);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn index_summaries_match_a_scan(
+            times in proptest::collection::vec(0u64..(1u64 << 34), 1..400),
+            cuts in proptest::collection::vec(0u64..(1u64 << 34), 2),
+        ) {
+            let keys: Vec<(u64, u32)> = times.iter().enumerate().map(|(i, t)| (*t, i as u32)).collect();
+            let s = store_with(&keys);
+            let all: Vec<SyncKey> = s.keys_in(&SyncKey::MIN, None, usize::MAX);
+            let (x, y) = (cuts[0].min(cuts[1]), cuts[0].max(cuts[1]));
+            let lo = SyncKey { time: x, id: Hash32::ZERO };
+            let hi = SyncKey { time: y, id: Hash32::of(b"mid") };
+            for (l, h) in [(lo, Some(hi)), (lo, None), (SyncKey::MIN, Some(hi))] {
+                let (n, fp) = s.summary(&l, h.as_ref());
+                prop_assert_eq!((n, fp.finish(n)), brute(&all, &l, h.as_ref()));
+            }
+        }
+    }
+
+    fn brute(keys: &[SyncKey], lo: &SyncKey, hi: Option<&SyncKey>) -> (u64, Vec<u8>) {
+        let mut fp = Fingerprint::default();
+        let mut n = 0;
+        for k in keys.iter().filter(|k| *k >= lo && hi.is_none_or(|h| *k < h)) {
+            fp.add(&k.id);
+            n += 1;
+        }
+        (n, fp.finish(n))
+    }
+
+    #[test]
+    fn large_spread_sets_reconcile_through_the_bucket_index() {
+        // Twenty thousand records over about a year, five missing on each side.
+        let keys: Vec<(u64, u32)> = (0..20_000u32).map(|i| ((i as u64).wrapping_mul(1_576_800_013) % 31_536_000_000, i)).collect();
+        let a_keys: Vec<_> = keys.iter().filter(|(_, n)| n % 4001 != 7).copied().collect();
+        let b_keys: Vec<_> = keys.iter().filter(|(_, n)| n % 3999 != 11).copied().collect();
+        let a = store_with(&a_keys);
+        let b = store_with(&b_keys);
+        let (need, have, rounds) = reconcile(&a, &b);
+        let want_need: BTreeSet<_> = b.ids().difference(&a.ids()).copied().collect();
+        let want_have: BTreeSet<_> = a.ids().difference(&b.ids()).copied().collect();
+        assert_eq!(need, want_need);
+        assert_eq!(have, want_have);
+        assert!(rounds <= 6, "{rounds} rounds");
+    }
+
+    #[test]
+    fn ranges_survive_the_compact_wire_form() {
+        let k1 = SyncKey { time: 1_700_000_000_000, id: Hash32::ZERO };
+        let mut id = [0u8; 32];
+        id[0] = 0xab;
+        let k2 = SyncKey { time: 1_700_000_000_000, id: Hash32(id) };
+        let ranges = vec![
+            SyncRange { upper: Some(k1), mode: RangeMode::Skip },
+            SyncRange { upper: Some(k2), mode: RangeMode::Fingerprint { fp: vec![7; 16] } },
+            SyncRange { upper: None, mode: RangeMode::IdList { ids: vec![Hash32::of(b"x")], answer: true } },
+        ];
+        let req = crate::wire::Request::Reconcile { ranges: ranges.clone() };
+        let bytes = crate::wire::encode_request(&req);
+        assert_eq!(crate::wire::decode_request(&bytes).unwrap(), req);
+        assert!(bytes.len() < 100, "{} bytes", bytes.len());
     }
 
     proptest! {

@@ -70,7 +70,10 @@ pub enum Gossip {
 #[serde(rename_all = "snake_case")]
 pub enum Request {
     /// One round of range-based set reconciliation.
-    Reconcile { ranges: Vec<SyncRange> },
+    Reconcile {
+        #[serde(with = "crate::sync::wire_ranges")]
+        ranges: Vec<SyncRange>,
+    },
     GetRecords { ids: Vec<Hash32> },
     PushRecords { records: Vec<serde_bytes::ByteBuf> },
     GetBlob { hash: Hash32 },
@@ -79,7 +82,10 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Reconcile { ranges: Vec<SyncRange> },
+    Reconcile {
+        #[serde(with = "crate::sync::wire_ranges")]
+        ranges: Vec<SyncRange>,
+    },
     Records { records: Vec<serde_bytes::ByteBuf> },
     Ack { accepted: u32 },
     Blob { bytes: Option<serde_bytes::ByteBuf> },
