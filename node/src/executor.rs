@@ -70,7 +70,9 @@ impl Handler<StartBuild> for Executor {
         actix::spawn(async move {
             let key = (order.job, order.attempt);
             let outcome = run_build(&data_dir, order, rx, &report, limit).await;
-            report.do_send(BuildReport::Finished(outcome));
+            if !SHUTTING_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+                report.do_send(BuildReport::Finished(outcome));
+            }
             me.do_send(Done(key.0, key.1));
         });
     }
@@ -161,8 +163,12 @@ fn live_groups() -> &'static std::sync::Mutex<std::collections::HashSet<u32>> {
     G.get_or_init(Default::default)
 }
 
-/// Kills every running step; called when the node shuts down.
+static SHUTTING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Kills every running step; called when the node shuts down. Builds cut
+/// short this way publish nothing: the claim is released at the next start.
 pub fn kill_all_steps() {
+    SHUTTING_DOWN.store(true, std::sync::atomic::Ordering::SeqCst);
     let groups: Vec<u32> = live_groups().lock().map(|g| g.iter().copied().collect()).unwrap_or_default();
     for pid in groups {
         kill_group(pid);

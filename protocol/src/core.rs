@@ -369,7 +369,10 @@ pub fn claim_winner(job: &Hash32, a: PeerId, b: PeerId) -> PeerId {
 }
 
 impl<S: Store> NodeCore<S> {
-    pub fn new(cfg: Config, key: Keypair, store: S, now: Millis) -> Self {
+    pub fn new(mut cfg: Config, key: Keypair, store: S, now: Millis) -> Self {
+        // Hear at least one round of lease renewals before claiming: a
+        // restarted node must learn what others are building first.
+        cfg.warmup_ms = cfg.warmup_ms.max(cfg.lease_ms / 3 + cfg.heartbeat_ms);
         let me = key.public().to_peer_id();
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut core = NodeCore {
@@ -796,7 +799,7 @@ impl<S: Store> NodeCore<S> {
                             opened_ms: now,
                             claim: None,
                             lost: vec![],
-                            seen_ms: now,
+                            seen_ms: c.announced_ms.min(now),
                             not_before: now + spec.tree_stable_secs * 1000,
                             superseded_by: None,
                             cancelled: None,
@@ -887,6 +890,12 @@ impl<S: Store> NodeCore<S> {
                 Some(c) if c.by == from && c.attempt == l.attempt => {
                     c.lease_until = now + lease_ms;
                     c.step = l.step;
+                }
+                Some(c) if c.attempt == l.attempt || l.attempt > c.attempt => {
+                    // Someone else builds what we took for another's (or our
+                    // own) claim: settle it as two claims are settled.
+                    let claim = Claim { job: l.job, attempt: l.attempt, lease_ms, sent_ms: now };
+                    self.on_claim(now, from, claim);
                 }
                 Some(_) => {}
                 None => {

@@ -1,8 +1,9 @@
 //! Signed, immutable, replicated records: changes and build results.
 //!
 //! The signer signs the encoded bytes of the body; the record id is the
-//! blake3 hash of the whole encoded envelope. Verification works on the bytes
-//! as received and never re-encodes.
+//! blake3 hash of the whole encoded envelope. The signature is checked over
+//! the body bytes as received; the envelope must be in its one canonical
+//! encoding, so that one record has one id.
 
 use std::collections::BTreeMap;
 

@@ -240,6 +240,7 @@ pub struct Sim {
     first_build_start: Option<u64>,
     last_build_end: u64,
     busy_slot_ms: u64,
+    reclaims: BTreeMap<usize, u64>,
 }
 
 struct Wave {
@@ -378,6 +379,7 @@ impl Sim {
             first_build_start: None,
             last_build_end: 0,
             busy_slot_ms: 0,
+            reclaims: BTreeMap::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.boot(i);
@@ -540,6 +542,9 @@ impl Sim {
                         );
                     }
                     self.report.builds_started += 1;
+                    if let Some(k) = self.crashed_claims.iter().position(|(j, n, at)| *j == order.job && *n != i && *at <= self.now) {
+                        self.reclaims.entry(k).or_insert(self.now);
+                    }
                     self.note(i, Some(order.job), "build-start", order.attempt as u64);
                     let (lo, hi) = self.cfg.build_ms;
                     let mut d = if hi > lo { self.rng.gen_range(lo..=hi) } else { lo };
@@ -1305,18 +1310,14 @@ impl Sim {
         r.bytes_per_node_per_sec = self.nodes.iter().map(|x| x.bytes_sent).sum::<u64>() as f64 / n / secs;
         r.max_hops = self.max_hops;
         r.convergence_after_heal_ms = self.heals.iter().map(|h| h.1).collect();
-        for (job, node, at) in &self.crashed_claims {
+        for (k, (job, node, at)) in self.crashed_claims.iter().enumerate() {
             let other = self.jobs.get(job).map(|j| j.results.clone()).unwrap_or_default();
             let crashed_peer = self.nodes[*node].peer;
             let by_other = other.iter().any(|rid| self.records.get(rid).is_some() && {
                 let any = live.first().and_then(|&i| self.nodes[i].core.as_ref()).and_then(|c| c.store().get_record(rid));
                 any.and_then(|b| record::decode_stored(&b).ok()).is_some_and(|rec| rec.signer != crashed_peer)
             });
-            let reclaim = self
-                .ring
-                .iter()
-                .find(|l| l.job == Some(*job) && l.what == "build-start" && l.at > *at)
-                .map(|l| l.at - at);
+            let reclaim = self.reclaims.get(&k).map(|t| t - at);
             r.failovers.push(FailoverFigure { job: job.to_hex(), crashed_ms: *at, rebuilt_by_other: by_other, crash_to_reclaim_ms: reclaim });
         }
         if let Some(first) = self.first_build_start {
