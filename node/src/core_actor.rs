@@ -135,6 +135,8 @@ impl CoreActor {
                 }
             }
             Event::SyncFailed { peer, reason } => debug!(%peer, "sync failed: {reason}"),
+            Event::CatchingUp { to_fetch, fetched } => info!(to_fetch, fetched, "catching up with the cluster's history"),
+            Event::LogsExpired { blobs } => info!(blobs, "dropped logs older than the log horizon"),
             Event::StoreFailed { reason } => warn!("storage error: {reason}"),
         }
     }
@@ -375,6 +377,8 @@ impl Handler<Query> for CoreActor {
         let now = now_ms();
         let v = match q {
             Query::Node => {
+                let p = self.core.sync_progress();
+                let sync = json!({"to_fetch": p.to_fetch, "fetched": p.fetched, "sessions": p.sessions, "caught_up": p.to_fetch == 0 && p.sessions == 0});
                 let cfg = self.core.config();
                 let live = self.core.peers().keys().filter(|p| self.core.is_live(now, p)).count();
                 let connected = self.core.peers().values().filter(|v| v.connected).count();
@@ -391,6 +395,9 @@ impl Handler<Query> for CoreActor {
                     "peers_connected": connected,
                     "jobs_known": self.core.jobs().len(),
                     "records_stored_since_start": self.records_stored,
+                    "sync": sync,
+                    "log_replicas": cfg.log_replicas,
+                    "log_horizon_ms": cfg.log_horizon_ms,
                     "records_rejected_since_start": self.records_rejected,
                 })
             }

@@ -168,6 +168,8 @@ const CONFIG_KEYS: &[&str] = &[
     "claim_stagger_ms",
     "lease_secs",
     "sync_secs",
+    "log_replicas",
+    "log_horizon",
 ];
 
 /// Reads the node's config file into `PEERBOT_*` variables that are not
@@ -250,6 +252,16 @@ struct NodeArgs {
     /// Seconds between reconciliations with a random peer.
     #[arg(long, env = "PEERBOT_SYNC_SECS", default_value_t = 15)]
     sync_secs: u64,
+    /// How many nodes keep a copy of each step log (those ranking highest for its hash).
+    #[arg(long, env = "PEERBOT_LOG_REPLICAS", default_value_t = 3)]
+    log_replicas: usize,
+    /// Drop this node's copies of logs of results older than this (e.g. 180d); records stay. Default: keep all.
+    #[arg(long, env = "PEERBOT_LOG_HORIZON", value_parser = parse_duration_ms)]
+    log_horizon: Option<u64>,
+}
+
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    humantime::parse_duration(s).map(|d| d.as_millis() as u64).map_err(|e| format!("{s:?}: {e} (try 180d, 12h, 30m)"))
 }
 
 fn main() {
@@ -372,6 +384,8 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     cfg.lease_ms = a.lease_secs * 1000;
     cfg.sync_interval_ms = a.sync_secs * 1000;
     cfg.seed = rand::random();
+    cfg.log_replicas = a.log_replicas;
+    cfg.log_horizon_ms = a.log_horizon;
     let peer_id = key.public().to_peer_id();
     info!(%peer_id, labels = ?labels, data_dir = %a.data_dir.display(), "starting node");
 

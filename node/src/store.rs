@@ -259,6 +259,10 @@ impl Store for RocksStore {
         matches!(self.db.get_pinned_cf(self.cf(CF_BLOBS), hash.0), Ok(Some(_)))
     }
 
+    fn delete_blob(&mut self, hash: &Hash32) -> Result<(), StoreError> {
+        self.db.delete_cf_opt(self.cf(CF_BLOBS), hash.0, &Self::sync_write()).map_err(err)
+    }
+
     fn put_state(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.db.put_cf_opt(self.cf(CF_STATE), key, value, &Self::sync_write()).map_err(err)
     }

@@ -31,6 +31,13 @@ const RECORD_BATCH_BYTES: usize = 2 * 1024 * 1024;
 const OWN_CLAIMS_KEY: &str = "own_claims";
 /// Claims for jobs not yet known are kept up to this many.
 const MAX_EARLY_CLAIMS: usize = 10_000;
+/// Record fetches, pushes and log copies in flight at once; the rest wait.
+const MAX_TRANSFERS: usize = 4;
+/// Tokens of blob fetches the core makes for itself (replication).
+const REPLICATION_TOKEN: u64 = 1 << 63;
+const RETENTION_KEY: &str = "retention_cursor";
+const RETENTION_EVERY_MS: u64 = 60_000;
+const RETENTION_BATCH: usize = 500;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -54,6 +61,11 @@ pub struct Config {
     pub warmup_ms: u64,
     /// Seed of the node's random choices (sync partner, blob source order).
     pub seed: u64,
+    /// Every step log is kept by the this many live nodes that rank highest
+    /// for its hash (besides its builder and anyone who asked for it).
+    pub log_replicas: usize,
+    /// Logs of results older than this are dropped locally; records stay.
+    pub log_horizon_ms: Option<u64>,
 }
 
 impl Config {
@@ -70,6 +82,8 @@ impl Config {
             sync_interval_ms: 15_000,
             warmup_ms: 2 * heartbeat_ms,
             seed: 0,
+            log_replicas: 3,
+            log_horizon_ms: None,
         }
     }
 }
@@ -160,6 +174,9 @@ pub enum Event {
     BlobFetched { token: u64, hash: Hash32, ok: bool, detail: String },
     SyncFinished { peer: PeerId, rounds: u32, need: usize, have: usize },
     SyncFailed { peer: PeerId, reason: String },
+    /// Catching up: records still to fetch, and fetched so far.
+    CatchingUp { to_fetch: usize, fetched: u64 },
+    LogsExpired { blobs: usize },
     StoreFailed { reason: String },
 }
 
@@ -276,9 +293,20 @@ impl Verify for SignatureCheck {
 
 enum Pending {
     Sync { peer: PeerId, round: u32 },
-    Fetch { peer: PeerId },
+    Fetch { peer: PeerId, count: usize },
     Push,
-    Blob { token: u64, hash: Hash32, rest: Vec<PeerId> },
+    Blob { token: u64, hash: Hash32, rest: Vec<PeerId>, peer: PeerId, buf: Vec<u8> },
+}
+
+/// How a late or returning node is doing at catching up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Records known to be missing and not yet fetched.
+    pub to_fetch: usize,
+    /// Records fetched by reconciliation since start.
+    pub fetched: u64,
+    /// Reconciliation sessions under way.
+    pub sessions: usize,
 }
 
 #[derive(Default)]
@@ -325,6 +353,14 @@ pub struct NodeCore<S: Store> {
     cancels: HashMap<Hash32, (String, PeerId), rustc_hash::FxBuildHasher>,
     /// Open jobs of collapsing builders, by (repo, branch, builder).
     collapsible: BTreeMap<(String, String, String), Vec<Hash32>>,
+    transfers: VecDeque<(PeerId, Request, Pending)>,
+    transfers_in_flight: usize,
+    progress: SyncProgress,
+    progress_said_ms: Millis,
+    next_replication: u64,
+    serving_blob: Option<(Hash32, Vec<u8>)>,
+    next_retention: Millis,
+    replaying: bool,
     /// Claims this node gave up at restart, repeated with early heartbeats.
     pending_releases: Vec<(Hash32, u32)>,
     release_repeats: u8,
@@ -404,6 +440,14 @@ impl<S: Store> NodeCore<S> {
             freed_ms: 0,
             cancels: HashMap::default(),
             collapsible: BTreeMap::new(),
+            transfers: VecDeque::new(),
+            transfers_in_flight: 0,
+            progress: SyncProgress::default(),
+            progress_said_ms: 0,
+            next_replication: 0,
+            serving_blob: None,
+            next_retention: now + RETENTION_EVERY_MS,
+            replaying: true,
             pending_releases: Vec::new(),
             release_repeats: 3,
             generation: 0,
@@ -422,6 +466,7 @@ impl<S: Store> NodeCore<S> {
         for r in stored {
             core.apply(now, &r);
         }
+        core.replaying = false;
         // Claims held when the node stopped: their builds died with it.
         // Say so rather than let the leases run out silently.
         for (job, attempt) in core.load_own_claims() {
@@ -570,7 +615,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub fn next_timeout(&self) -> Millis {
-        self.next_heartbeat.min(self.next_sync).min(self.next_due).min(self.next_renew).min(self.next_sweep)
+        self.next_heartbeat
+            .min(self.next_sync)
+            .min(self.next_due)
+            .min(self.next_renew)
+            .min(self.next_sweep)
+            .min(self.next_retention)
     }
 
     fn emit(&mut self, e: Event) {
@@ -641,6 +691,10 @@ impl<S: Store> NodeCore<S> {
         }
         if now >= self.next_renew {
             self.send_renewals(now);
+        }
+        if now >= self.next_retention {
+            self.next_retention = now + RETENTION_EVERY_MS;
+            self.expire_logs(now);
         }
         if now >= self.next_sync {
             let mut connected: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
@@ -835,6 +889,9 @@ impl<S: Store> NodeCore<S> {
                 }
             }
             Body::Result(r) => {
+                if !self.replaying {
+                    self.replicate_logs(now, r, rec.signer);
+                }
                 self.results_by_job.entry(r.job).or_default().push(rec.id);
                 self.open.remove(&r.job);
                 self.early_claims.remove(&r.job);
@@ -1429,6 +1486,9 @@ impl<S: Store> NodeCore<S> {
             if let Some(pos) = rest.iter().position(|p| *p == h) {
                 rest.remove(pos);
                 rest.insert(0, h);
+            } else if self.peers.get(&h).is_some_and(|v| v.live) {
+                // Not a direct peer, but live: ask it first all the same.
+                rest.insert(0, h);
             }
         }
         self.next_blob_source(token, hash, rest, "no connected peer has it".into());
@@ -1440,7 +1500,115 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         let peer = rest.remove(0);
-        self.request(peer, &Request::GetBlob { hash }, Pending::Blob { token, hash, rest });
+        let p = Pending::Blob { token, hash, rest, peer, buf: Vec::new() };
+        self.request(peer, &Request::GetBlob { hash, offset: 0 }, p);
+    }
+
+    /// Keeps a copy of each log of a new result when this node is among the
+    /// `log_replicas` live nodes ranking highest for the log's hash.
+    fn replicate_logs(&mut self, now: Millis, r: &BuildResult, signer: PeerId) {
+        if self.cfg.log_replicas == 0 || signer == self.me {
+            return;
+        }
+        if let Some(h) = self.cfg.log_horizon_ms {
+            if r.ended_ms + h < now {
+                return;
+            }
+        }
+        for step in &r.steps {
+            let Some(blob) = &step.log else { continue };
+            if self.store.has_blob(&blob.hash) {
+                continue;
+            }
+            let mine = score(&blob.hash, self.my_key);
+            // Count better-ranked live nodes, stopping once there are enough.
+            let mut better = 0;
+            for v in self.peers.values() {
+                if v.live && score(&blob.hash, v.key) > mine {
+                    better += 1;
+                    if better >= self.cfg.log_replicas {
+                        break;
+                    }
+                }
+            }
+            if better < self.cfg.log_replicas {
+                self.next_replication += 1;
+                let token = REPLICATION_TOKEN | self.next_replication;
+                let p = Pending::Blob { token, hash: blob.hash, rest: vec![], peer: signer, buf: Vec::new() };
+                self.transfers.push_back((signer, Request::GetBlob { hash: blob.hash, offset: 0 }, p));
+            }
+        }
+        self.pump_transfers();
+    }
+
+    /// Drops the logs of results older than the horizon, a batch at a time,
+    /// from where the last batch stopped.
+    fn expire_logs(&mut self, now: Millis) {
+        let Some(h) = self.cfg.log_horizon_ms else { return };
+        let cutoff = sync::SyncKey { time: now.saturating_sub(h), id: Hash32::ZERO };
+        let from = self
+            .store
+            .get_state(RETENTION_KEY)
+            .and_then(|b| decode::<sync::SyncKey>(&b, 1024).ok())
+            .unwrap_or(sync::SyncKey::MIN);
+        if from >= cutoff {
+            return;
+        }
+        let keys = self.store.keys_in(&from, Some(&cutoff), RETENTION_BATCH);
+        let mut dropped = 0;
+        for k in &keys {
+            let Some(bytes) = self.store.get_record(&k.id) else { continue };
+            if let Ok(rec) = record::decode_stored(&bytes) {
+                if let Body::Result(r) = rec.body {
+                    for s in r.steps.iter().filter_map(|s| s.log.as_ref()) {
+                        if self.store.has_blob(&s.hash) && self.store.delete_blob(&s.hash).is_ok() {
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let next = match keys.last() {
+            Some(k) if keys.len() == RETENTION_BATCH => {
+                let mut id = k.id.0;
+                // The key right after the last one done.
+                for b in id.iter_mut().rev() {
+                    *b = b.wrapping_add(1);
+                    if *b != 0 {
+                        break;
+                    }
+                }
+                sync::SyncKey { time: k.time, id: Hash32(id) }
+            }
+            _ => cutoff,
+        };
+        if let Err(e) = self.store.put_state(RETENTION_KEY, &encode(&next)) {
+            self.emit(Event::StoreFailed { reason: e.to_string() });
+        }
+        if dropped > 0 {
+            self.emit(Event::LogsExpired { blobs: dropped });
+        }
+        if keys.len() == RETENTION_BATCH {
+            self.next_retention = now;
+        }
+    }
+
+    pub fn sync_progress(&self) -> SyncProgress {
+        SyncProgress { sessions: self.syncing.len(), ..self.progress }
+    }
+
+    /// Sends queued transfers while fewer than `MAX_TRANSFERS` are out.
+    fn pump_transfers(&mut self) {
+        while self.transfers_in_flight < MAX_TRANSFERS {
+            let Some((peer, req, p)) = self.transfers.pop_front() else { break };
+            self.transfers_in_flight += 1;
+            self.request(peer, &req, p);
+        }
+    }
+
+    fn transfer_done(&mut self) {
+        self.transfers_in_flight = self.transfers_in_flight.saturating_sub(1);
+        self.pump_transfers();
     }
 
     // ---- requests ----
@@ -1484,7 +1652,19 @@ impl<S: Store> NodeCore<S> {
                 }
                 Response::Ack { accepted }
             }
-            Request::GetBlob { hash } => Response::Blob { bytes: self.store.get_blob(&hash).map(ByteBuf::from) },
+            Request::GetBlob { hash, offset } => {
+                if self.serving_blob.as_ref().is_none_or(|(h, _)| *h != hash) {
+                    self.serving_blob = self.store.get_blob(&hash).map(|b| (hash, b));
+                }
+                match &self.serving_blob {
+                    Some((h, b)) if *h == hash => {
+                        let start = (offset as usize).min(b.len());
+                        let end = (start + wire::BLOB_CHUNK).min(b.len());
+                        Response::Blob { bytes: Some(ByteBuf::from(b[start..end].to_vec())), total: b.len() as u64 }
+                    }
+                    _ => Response::Blob { bytes: None, total: 0 },
+                }
+            }
         }
     }
 
@@ -1494,8 +1674,18 @@ impl<S: Store> NodeCore<S> {
                 self.syncing.remove(&peer);
                 self.emit(Event::SyncFailed { peer, reason });
             }
-            Some(Pending::Blob { token, hash, rest }) => self.next_blob_source(token, hash, rest, reason),
-            Some(Pending::Fetch { .. }) | Some(Pending::Push) | None => {}
+            Some(Pending::Blob { token, hash, rest, .. }) => {
+                if token & REPLICATION_TOKEN != 0 {
+                    self.transfer_done();
+                }
+                self.next_blob_source(token, hash, rest, reason)
+            }
+            Some(Pending::Fetch { count, .. }) => {
+                self.progress.to_fetch = self.progress.to_fetch.saturating_sub(count);
+                self.transfer_done();
+            }
+            Some(Pending::Push) => self.transfer_done(),
+            None => {}
         }
     }
 
@@ -1508,26 +1698,55 @@ impl<S: Store> NodeCore<S> {
                 Ok(other) => self.sync_failed(peer, format!("unexpected reply {other:?}")),
                 Err(e) => self.sync_failed(peer, e.to_string()),
             },
-            Pending::Fetch { peer } => {
+            Pending::Fetch { peer, count } => {
                 if let Ok(Response::Records { records }) = resp {
                     for r in records.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
-                        self.accept_record(now, r, Some(peer));
+                        if self.accept_record(now, r, Some(peer)) == Verdict::Accept {
+                            self.progress.fetched += 1;
+                        }
+                    }
+                }
+                self.progress.to_fetch = self.progress.to_fetch.saturating_sub(count);
+                if self.progress.to_fetch > 0 && now >= self.progress_said_ms + 2_000 {
+                    self.progress_said_ms = now;
+                    self.emit(Event::CatchingUp { to_fetch: self.progress.to_fetch, fetched: self.progress.fetched });
+                }
+                self.transfer_done();
+            }
+            Pending::Push => self.transfer_done(),
+            Pending::Blob { token, hash, rest, peer, mut buf } => {
+                let done = |core: &mut Self| {
+                    if token & REPLICATION_TOKEN != 0 {
+                        core.transfer_done();
+                    }
+                };
+                match resp {
+                    Ok(Response::Blob { bytes: Some(b), total }) if total <= MAX_LOG_BYTES + 4096 && buf.len() + b.len() <= total as usize => {
+                        buf.extend_from_slice(&b);
+                        if (buf.len() as u64) < total && !b.is_empty() {
+                            let offset = buf.len() as u64;
+                            self.request(peer, &Request::GetBlob { hash, offset }, Pending::Blob { token, hash, rest, peer, buf });
+                        } else if Hash32::of(&buf) == hash {
+                            done(self);
+                            match self.store.put_blob(&hash, &buf) {
+                                Ok(()) => self.emit(Event::BlobFetched { token, hash, ok: true, detail: "fetched".into() }),
+                                Err(e) => self.emit(Event::BlobFetched { token, hash, ok: false, detail: e.to_string() }),
+                            }
+                        } else {
+                            done(self);
+                            self.next_blob_source(token, hash, rest, "a peer sent bytes that do not match the hash".into())
+                        }
+                    }
+                    Ok(Response::Blob { bytes: Some(_), .. }) => {
+                        done(self);
+                        self.next_blob_source(token, hash, rest, "a peer sent a malformed log chunk".into())
+                    }
+                    _ => {
+                        done(self);
+                        self.next_blob_source(token, hash, rest, "no connected peer has it".into())
                     }
                 }
             }
-            Pending::Push => {}
-            Pending::Blob { token, hash, rest } => match resp {
-                Ok(Response::Blob { bytes: Some(b) }) if Hash32::of(&b) == hash => {
-                    match self.store.put_blob(&hash, &b) {
-                        Ok(()) => self.emit(Event::BlobFetched { token, hash, ok: true, detail: "fetched".into() }),
-                        Err(e) => self.emit(Event::BlobFetched { token, hash, ok: false, detail: e.to_string() }),
-                    }
-                }
-                Ok(Response::Blob { bytes: Some(_) }) => {
-                    self.next_blob_source(token, hash, rest, "a peer sent bytes that do not match the hash".into())
-                }
-                _ => self.next_blob_source(token, hash, rest, "no connected peer has it".into()),
-            },
         }
     }
 
@@ -1553,7 +1772,9 @@ impl<S: Store> NodeCore<S> {
             Err(e) => return self.sync_failed(peer, e.to_string()),
         };
         for chunk in out.need.chunks(wire::MAX_RECORDS_PER_REQUEST) {
-            self.request(peer, &Request::GetRecords { ids: chunk.to_vec() }, Pending::Fetch { peer });
+            self.progress.to_fetch += chunk.len();
+            let p = Pending::Fetch { peer, count: chunk.len() };
+            self.transfers.push_back((peer, Request::GetRecords { ids: chunk.to_vec() }, p));
         }
         let mut batch = Vec::new();
         let mut size = 0;
@@ -1563,13 +1784,15 @@ impl<S: Store> NodeCore<S> {
                 batch.push(ByteBuf::from(b));
             }
             if batch.len() >= wire::MAX_RECORDS_PER_REQUEST || size > RECORD_BATCH_BYTES {
-                self.request(peer, &Request::PushRecords { records: std::mem::take(&mut batch) }, Pending::Push);
+                let req = Request::PushRecords { records: std::mem::take(&mut batch) };
+                self.transfers.push_back((peer, req, Pending::Push));
                 size = 0;
             }
         }
         if !batch.is_empty() {
-            self.request(peer, &Request::PushRecords { records: batch }, Pending::Push);
+            self.transfers.push_back((peer, Request::PushRecords { records: batch }, Pending::Push));
         }
+        self.pump_transfers();
         let tally = self.syncing.entry(peer).or_default();
         tally.need += out.need.len();
         tally.have += out.have.len();

@@ -39,6 +39,7 @@ pub trait Store {
     fn put_blob(&mut self, hash: &Hash32, bytes: &[u8]) -> Result<(), StoreError>;
     fn get_blob(&self, hash: &Hash32) -> Option<Vec<u8>>;
     fn has_blob(&self, hash: &Hash32) -> bool;
+    fn delete_blob(&mut self, hash: &Hash32) -> Result<(), StoreError>;
 
     /// Small node-local state (own claims, watcher positions).
     fn put_state(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
@@ -122,6 +123,10 @@ impl Store for MemStore {
     }
     fn has_blob(&self, hash: &Hash32) -> bool {
         self.blobs.contains_key(hash)
+    }
+    fn delete_blob(&mut self, hash: &Hash32) -> Result<(), StoreError> {
+        self.blobs.remove(hash);
+        Ok(())
     }
     fn put_state(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.state.insert(key.to_string(), value.to_vec());

@@ -16,8 +16,10 @@ pub const REQUEST_PROTOCOL: &str = "/peerbot/req/1";
 
 pub const MAX_GOSSIP_BYTES: usize = 1024 * 1024 + 4096;
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-/// A response may carry one whole log blob.
-pub const MAX_RESPONSE_BYTES: usize = crate::core::MAX_LOG_BYTES as usize + 1024 * 1024;
+/// Logs travel in chunks of this size.
+pub const BLOB_CHUNK: usize = 1024 * 1024;
+/// A response carries at most a chunk or a batch of records, with room to spare.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_RECORDS_PER_REQUEST: usize = 512;
 pub const MAX_RUNNING_IN_HEARTBEAT: usize = 256;
 
@@ -76,7 +78,12 @@ pub enum Request {
     },
     GetRecords { ids: Vec<Hash32> },
     PushRecords { records: Vec<serde_bytes::ByteBuf> },
-    GetBlob { hash: Hash32 },
+    /// Up to `BLOB_CHUNK` bytes of a blob from `offset` on.
+    GetBlob {
+        hash: Hash32,
+        #[serde(default)]
+        offset: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +95,12 @@ pub enum Response {
     },
     Records { records: Vec<serde_bytes::ByteBuf> },
     Ack { accepted: u32 },
-    Blob { bytes: Option<serde_bytes::ByteBuf> },
+    /// A chunk of the blob, and the blob's whole size.
+    Blob {
+        bytes: Option<serde_bytes::ByteBuf>,
+        #[serde(default)]
+        total: u64,
+    },
     Error { message: String },
 }
 
@@ -144,13 +156,13 @@ mod tests {
         }
         let reqs = vec![
             Request::GetRecords { ids: vec![Hash32::of(b"a")] },
-            Request::GetBlob { hash: Hash32::of(b"b") },
+            Request::GetBlob { hash: Hash32::of(b"b"), offset: 5 },
             Request::PushRecords { records: vec![serde_bytes::ByteBuf::from(vec![7u8; 3])] },
         ];
         for r in reqs {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
         }
-        let resp = Response::Blob { bytes: Some(serde_bytes::ByteBuf::from(b"log".to_vec())) };
+        let resp = Response::Blob { bytes: Some(serde_bytes::ByteBuf::from(b"log".to_vec())), total: 3 };
         assert_eq!(decode_response(&encode_response(&resp)).unwrap(), resp);
     }
 

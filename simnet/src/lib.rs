@@ -68,6 +68,9 @@ pub struct SimConfig {
     pub crash_claimants: usize,
     /// Forged records injected per minute (a peer flips bits in a record).
     pub forge_per_min: f64,
+    /// Scheduled outages: (node, start, length); the node keeps its store.
+    pub outages: Vec<(usize, u64, u64)>,
+    pub log_replicas: usize,
     pub heartbeat_ms: u64,
     pub cluster_heartbeats_per_sec: u64,
     pub claim_stagger_ms: u64,
@@ -107,6 +110,8 @@ impl Default for SimConfig {
             slow_factor: 3.0,
             crash_claimants: 0,
             forge_per_min: 0.0,
+            outages: vec![],
+            log_replicas: 3,
             heartbeat_ms: 2_000,
             cluster_heartbeats_per_sec: 2,
             claim_stagger_ms: 2_000,
@@ -126,6 +131,7 @@ impl SimConfig {
             && self.random_partitions_per_hour == 0.0
             && self.crash_rate_per_min == 0.0
             && self.crash_claimants == 0
+            && self.outages.is_empty()
     }
 
     /// The labels builder `i` requires: the mix's labels, most common first.
@@ -201,6 +207,13 @@ pub fn parse_partition(s: &str) -> Result<Partition, String> {
         return Err(format!("partition fraction in {s:?} must be between 0 and 1"));
     }
     Ok(Partition { at_ms: parse_ms(at)?, dur_ms: parse_ms(dur)?, fraction })
+}
+
+/// `NODE@START+LENGTH`, e.g. `3@10m+24h`.
+pub fn parse_outage(s: &str) -> Result<(usize, u64, u64), String> {
+    let (node, rest) = s.split_once('@').ok_or_else(|| format!("outage {s:?} is not NODE@START+LENGTH"))?;
+    let (at, dur) = rest.split_once('+').ok_or_else(|| format!("outage {s:?} is not NODE@START+LENGTH"))?;
+    Ok((node.parse().map_err(|_| format!("bad node in {s:?}"))?, parse_ms(at)?, parse_ms(dur)?))
 }
 
 /// `0.01/min`, `0.5/h`, or a bare number per minute.

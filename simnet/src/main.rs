@@ -84,6 +84,12 @@ struct Args {
     /// Crash the claimant of each of the first N builds half-way through.
     #[arg(long, default_value_t = 0)]
     crash_claimants: usize,
+    /// Take node N down at START for LENGTH, keeping its store: N@START+LENGTH; repeatable.
+    #[arg(long, value_parser = peerbot_simnet::parse_outage)]
+    outage: Vec<(usize, u64, u64)>,
+    /// Nodes that keep a copy of each step log.
+    #[arg(long, default_value_t = 3)]
+    log_replicas: usize,
     /// Forged (bit-flipped) records injected per simulated minute.
     #[arg(long, default_value_t = 0.0)]
     forge_per_min: f64,
@@ -141,6 +147,8 @@ fn main() {
         slow_factor: a.slow_factor,
         crash_claimants: a.crash_claimants,
         forge_per_min: a.forge_per_min,
+        outages: a.outage,
+        log_replicas: a.log_replicas,
         claim_stagger_ms: a.claim_stagger,
         lease_ms: a.lease,
         sync_ms: a.sync,

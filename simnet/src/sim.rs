@@ -53,6 +53,7 @@ enum Ev {
     Commit,
     Crash { node: usize },
     Restart { node: usize },
+    Outage { node: usize, dur: u64 },
     RandomCrash,
     PartitionStart { dur: u64, fraction: f64 },
     PartitionEnd,
@@ -137,6 +138,7 @@ pub struct Report {
     pub crashes: u64,
     pub restarts: u64,
     pub partitions: u64,
+    /// After each partition heal, and each scheduled outage's end.
     pub convergence_after_heal_ms: Vec<Option<u64>>,
     /// Distinct (job, attempt) whose lease some node saw run out.
     pub lease_expiries: u64,
@@ -147,6 +149,10 @@ pub struct Report {
     pub failovers: Vec<FailoverFigure>,
     pub live_nodes_at_end: usize,
     pub records_per_node_at_end: u64,
+    /// Reconciliation and record-transfer traffic, per node per second.
+    pub sync_bytes_per_node_per_sec: f64,
+    /// Log-chunk traffic (replication and on-demand fetches), per node per second.
+    pub log_bytes_per_node_per_sec: f64,
     /// Share of the cluster's executor slots busy with builds between the
     /// first build's start and the last build's end.
     pub slot_utilisation: f64,
@@ -241,6 +247,9 @@ pub struct Sim {
     last_build_end: u64,
     busy_slot_ms: u64,
     reclaims: BTreeMap<usize, u64>,
+    outage_until: BTreeMap<usize, u64>,
+    sync_bytes: u64,
+    log_bytes: u64,
 }
 
 struct Wave {
@@ -380,6 +389,9 @@ impl Sim {
             last_build_end: 0,
             busy_slot_ms: 0,
             reclaims: BTreeMap::new(),
+            outage_until: BTreeMap::new(),
+            sync_bytes: 0,
+            log_bytes: 0,
         };
         for i in 0..sim.nodes.len() {
             sim.boot(i);
@@ -396,6 +408,11 @@ impl Sim {
         let first = sim.cfg.heartbeat_ms * 3 + sim.next_exp(sim.cfg.commits_per_min / 60_000.0);
         if sim.cfg.commits_per_min > 0.0 {
             sim.push(first, Ev::Commit);
+        }
+        for (node, at, dur) in sim.cfg.outages.clone() {
+            if node < sim.nodes.len() {
+                sim.push(at, Ev::Outage { node, dur });
+            }
         }
         for p in sim.cfg.partitions.clone() {
             sim.push(p.at_ms, Ev::PartitionStart { dur: p.dur_ms, fraction: p.fraction });
@@ -471,6 +488,7 @@ impl Sim {
         c.lease_ms = self.cfg.lease_ms;
         c.sync_interval_ms = self.cfg.sync_ms;
         c.seed = self.cfg.seed ^ ((i as u64) << 20) ^ ((self.nodes[i].inc as u64) << 40);
+        c.log_replicas = self.cfg.log_replicas;
         c
     }
 
@@ -644,7 +662,9 @@ impl Sim {
             Event::BuildStarted { .. }
             | Event::BlobFetched { .. }
             | Event::SyncFailed { .. }
-            | Event::StoreFailed { .. } => {}
+            | Event::StoreFailed { .. }
+            | Event::CatchingUp { .. }
+            | Event::LogsExpired { .. } => {}
         }
     }
 
@@ -718,7 +738,23 @@ impl Sim {
         self.push(first, Ev::Wave { wave: id });
     }
 
+    fn count_transfer(&mut self, bytes: &[u8], request: bool) {
+        use peerbot_protocol::wire::{decode_request, decode_response, Request, Response};
+        let n = bytes.len() as u64 + 64;
+        let is_log = if request {
+            matches!(decode_request(bytes), Ok(Request::GetBlob { .. }))
+        } else {
+            matches!(decode_response(bytes), Ok(Response::Blob { .. }))
+        };
+        if is_log {
+            self.log_bytes += n;
+        } else {
+            self.sync_bytes += n;
+        }
+    }
+
     fn send_request(&mut self, i: usize, peer: PeerId, id: u64, bytes: Vec<u8>) {
+        self.count_transfer(&bytes, true);
         let inc = self.nodes[i].inc;
         self.nodes[i].msgs_sent += 1;
         self.nodes[i].bytes_sent += bytes.len() as u64 + 64;
@@ -738,6 +774,7 @@ impl Sim {
 
     fn send_reply(&mut self, i: usize, inbound: u64, bytes: Vec<u8>) {
         let Some((to, inc, id)) = self.nodes[i].inbound.remove(&inbound) else { return };
+        self.count_transfer(&bytes, false);
         self.nodes[i].msgs_sent += 1;
         self.nodes[i].bytes_sent += bytes.len() as u64 + 64;
         let lost = self.cfg.loss > 0.0 && self.rng.gen::<f64>() < self.cfg.loss;
@@ -914,8 +951,16 @@ impl Sim {
                 self.push(self.now + t, Ev::Commit);
             }
             Ev::Crash { node } => self.crash(node),
-            Ev::Restart { node } => {
+            Ev::Outage { node, dur } => {
                 if self.alive(node) {
+                    self.crash(node);
+                    // crash() scheduled a restart; this one replaces it.
+                    self.outage_until.insert(node, self.now + dur);
+                    self.push(self.now + dur, Ev::Restart { node });
+                }
+            }
+            Ev::Restart { node } => {
+                if self.alive(node) || self.outage_until.get(&node).is_some_and(|t| *t > self.now) {
                     return;
                 }
                 if self.rng.gen::<f64>() < self.cfg.lose_store {
@@ -923,6 +968,12 @@ impl Sim {
                 }
                 self.report.restarts += 1;
                 self.boot(node);
+                if self.outage_until.remove(&node).is_some() && self.converging.is_none() {
+                    // Time for the returning node to hold what everyone holds.
+                    self.heals.push((self.now, None));
+                    self.converging = Some(self.heals.len() - 1);
+                    self.push(self.now + 1_000, Ev::ConvergenceCheck);
+                }
                 let nb = self.nodes[node].neighbours.clone();
                 for j in nb {
                     if self.linked(node, j) {
@@ -1309,6 +1360,8 @@ impl Sim {
         r.msgs_per_node_per_sec = self.nodes.iter().map(|x| x.msgs_sent).sum::<u64>() as f64 / n / secs;
         r.bytes_per_node_per_sec = self.nodes.iter().map(|x| x.bytes_sent).sum::<u64>() as f64 / n / secs;
         r.max_hops = self.max_hops;
+        r.sync_bytes_per_node_per_sec = self.sync_bytes as f64 / n / secs;
+        r.log_bytes_per_node_per_sec = self.log_bytes as f64 / n / secs;
         r.convergence_after_heal_ms = self.heals.iter().map(|h| h.1).collect();
         for (k, (job, node, at)) in self.crashed_claims.iter().enumerate() {
             let other = self.jobs.get(job).map(|j| j.results.clone()).unwrap_or_default();
@@ -1360,8 +1413,8 @@ impl Report {
             ms(self.change_to_result_everywhere_p50_ms), ms(self.change_to_result_everywhere_p99_ms)
         ));
         s.push_str(&format!(
-            "traffic per node: {:.1} msgs/s, {:.0} bytes/s\n",
-            self.msgs_per_node_per_sec, self.bytes_per_node_per_sec
+            "traffic per node: {:.1} msgs/s, {:.0} bytes/s (of which sync {:.0} B/s, logs {:.0} B/s)\n",
+            self.msgs_per_node_per_sec, self.bytes_per_node_per_sec, self.sync_bytes_per_node_per_sec, self.log_bytes_per_node_per_sec
         ));
         s.push_str(&format!(
             "faults: {} crashes, {} restarts, {} partitions, {} lease expiries, {} claim conflicts, {} forged records sent, {} rejected\n",

@@ -164,3 +164,21 @@ fn busy_cluster_drains_its_queue_at_close_to_full_capacity() {
     assert!(r.slot_utilisation > 0.9, "{}", r.to_text());
     assert_eq!(r.jobs_built_2_plus, 0, "{}", r.to_text());
 }
+
+#[test]
+fn node_down_for_a_simulated_day_catches_up() {
+    let cfg = SimConfig {
+        nodes: 12,
+        seed: 41,
+        duration_ms: 26 * 3_600_000,
+        commits_per_min: 0.5,
+        build_ms: (10_000, 60_000),
+        outages: vec![(4, 3_600_000, 24 * 3_600_000)],
+        ..SimConfig::default()
+    };
+    let r = run(cfg);
+    // The run itself checks that every live node ends with the same records.
+    let caught_up = r.convergence_after_heal_ms[0].expect("the returning node caught up");
+    assert!(caught_up < 120_000, "{}", r.to_text());
+    assert!(r.records_per_node_at_end > 3000, "{}", r.to_text());
+}
