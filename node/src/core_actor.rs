@@ -135,6 +135,11 @@ impl CoreActor {
                 }
             }
             Event::SyncFailed { peer, reason } => debug!(%peer, "sync failed: {reason}"),
+            Event::PeerAddrs { peer, addrs } => {
+                let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                self.send_net(NetCommand::AddAddrs { peer, addrs: addrs.clone() });
+                self.remember_peer(peer, addrs);
+            }
             Event::CatchingUp { to_fetch, fetched } => info!(to_fetch, fetched, "catching up with the cluster's history"),
             Event::LogsExpired { blobs } => info!(blobs, "dropped logs older than the log horizon"),
             Event::StoreFailed { reason } => warn!("storage error: {reason}"),
@@ -250,6 +255,7 @@ impl StreamHandler<NetEvent> for CoreActor {
     fn handle(&mut self, ev: NetEvent, ctx: &mut Context<Self>) {
         match ev {
             NetEvent::Listening(addrs) => {
+                self.core.set_listen_addrs(addrs.iter().map(|a| a.to_string()).collect());
                 self.listen = addrs;
                 self.write_node_json();
             }

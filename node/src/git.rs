@@ -93,11 +93,10 @@ pub async fn resolve(mirror: &Path, rev: &str) -> anyhow::Result<String> {
     Ok(out.trim().to_string())
 }
 
-/// Commits in `old..new`, oldest first, at most `max`.
-pub async fn commits_between(mirror: &Path, old: &str, new: &str, max: usize) -> anyhow::Result<Vec<String>> {
+/// Commits in `old..new`, oldest first.
+pub async fn commits_between(mirror: &Path, old: &str, new: &str) -> anyhow::Result<Vec<String>> {
     let range = format!("{old}..{new}");
-    let n = format!("--max-count={max}");
-    let out = git(Some(mirror), &["rev-list", "--reverse", &n, &range]).await?;
+    let out = git(Some(mirror), &["rev-list", "--reverse", &range]).await?;
     Ok(out.lines().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
 }
 

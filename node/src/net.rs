@@ -22,6 +22,8 @@ pub enum NetCommand {
     Request { peer: PeerId, id: u64, bytes: Vec<u8> },
     Reply { id: u64, bytes: Vec<u8> },
     Verdict { token: u64, verdict: Verdict },
+    /// Addresses a peer announced: so requests to it can dial it.
+    AddAddrs { peer: PeerId, addrs: Vec<Multiaddr> },
 }
 
 #[derive(Debug)]
@@ -206,6 +208,11 @@ pub async fn run(
                             if swarm.behaviour_mut().rr.send_response(ch, bytes).is_err() {
                                 debug!("reply {id}: the requester went away");
                             }
+                        }
+                    }
+                    NetCommand::AddAddrs { peer, addrs } => {
+                        for a in addrs {
+                            swarm.behaviour_mut().kad.add_address(&peer, a);
                         }
                     }
                     NetCommand::Verdict { token, verdict } => {

@@ -93,8 +93,9 @@ async fn poll_one(spec: &WatchSpec, data_dir: &std::path::Path, mut store: Rocks
     }
     let commits = match &last {
         None => vec![head.clone()],
-        Some(old) => match git::commits_between(&mirror, old, &head, MAX_NEW_COMMITS).await {
-            Ok(c) if !c.is_empty() => c,
+        Some(old) => match git::commits_between(&mirror, old, &head).await {
+            // Oldest first, a bounded batch per poll; the rest next time.
+            Ok(c) if !c.is_empty() => c.into_iter().take(MAX_NEW_COMMITS).collect(),
             // History was rewritten (force push): build the new head.
             _ => vec![head.clone()],
         },
@@ -108,7 +109,8 @@ async fn poll_one(spec: &WatchSpec, data_dir: &std::path::Path, mut store: Rocks
             Err(e) => anyhow::bail!("core is gone: {e}"),
         }
     }
-    store.put_state(&key, head.as_bytes())?;
+    let upto = commits.last().cloned().unwrap_or(head);
+    store.put_state(&key, upto.as_bytes())?;
     Ok(())
 }
 

@@ -174,6 +174,8 @@ pub enum Event {
     BlobFetched { token: u64, hash: Hash32, ok: bool, detail: String },
     SyncFinished { peer: PeerId, rounds: u32, need: usize, have: usize },
     SyncFailed { peer: PeerId, reason: String },
+    /// A peer's heartbeat named new addresses to reach it at.
+    PeerAddrs { peer: PeerId, addrs: Vec<String> },
     /// Catching up: records still to fetch, and fetched so far.
     CatchingUp { to_fetch: usize, fetched: u64 },
     LogsExpired { blobs: usize },
@@ -258,6 +260,8 @@ pub struct PeerView {
     pub interval_ms: u64,
     /// Liveness as of the last sweep; changes bump the membership generation.
     pub live: bool,
+    /// Where the peer says it can be reached.
+    pub addrs: Vec<String>,
     key: u64,
 }
 
@@ -272,6 +276,7 @@ impl PeerView {
             connected: false,
             interval_ms: 0,
             live: false,
+            addrs: vec![],
             key: peer_key(peer),
         }
     }
@@ -353,6 +358,7 @@ pub struct NodeCore<S: Store> {
     cancels: HashMap<Hash32, (String, PeerId), rustc_hash::FxBuildHasher>,
     /// Open jobs of collapsing builders, by (repo, branch, builder).
     collapsible: BTreeMap<(String, String, String), Vec<Hash32>>,
+    listen_addrs: Vec<String>,
     transfers: VecDeque<(PeerId, Request, Pending)>,
     transfers_in_flight: usize,
     progress: SyncProgress,
@@ -440,6 +446,7 @@ impl<S: Store> NodeCore<S> {
             freed_ms: 0,
             cancels: HashMap::default(),
             collapsible: BTreeMap::new(),
+            listen_addrs: Vec::new(),
             transfers: VecDeque::new(),
             transfers_in_flight: 0,
             progress: SyncProgress::default(),
@@ -530,6 +537,11 @@ impl<S: Store> NodeCore<S> {
     pub fn running(&self) -> &BTreeMap<Hash32, (u32, Option<String>)> {
         &self.running
     }
+    /// Where this node can be reached; sent with heartbeats.
+    pub fn set_listen_addrs(&mut self, addrs: Vec<String>) {
+        self.listen_addrs = addrs.into_iter().filter(|a| a.len() <= wire::MAX_ADDR_LEN).take(wire::MAX_ADDRS).collect();
+    }
+
     pub fn set_verifier(&mut self, v: std::sync::Arc<dyn Verify>) {
         self.verifier = v;
     }
@@ -731,6 +743,7 @@ impl<S: Store> NodeCore<S> {
             executors: self.cfg.executors,
             busy: self.running.len() as u32,
             running,
+            addrs: self.listen_addrs.clone(),
         };
         self.broadcast(&Gossip::Heartbeat(hb));
         if !self.pending_releases.is_empty() && self.release_repeats > 0 {
@@ -908,7 +921,11 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn on_heartbeat(&mut self, now: Millis, from: PeerId, h: Heartbeat) -> Verdict {
-        if h.labels.len() > MAX_LABELS || h.running.len() > wire::MAX_RUNNING_IN_HEARTBEAT {
+        if h.labels.len() > MAX_LABELS
+            || h.running.len() > wire::MAX_RUNNING_IN_HEARTBEAT
+            || h.addrs.len() > wire::MAX_ADDRS
+            || h.addrs.iter().any(|a| a.len() > wire::MAX_ADDR_LEN)
+        {
             self.emit(Event::MessageRejected { from, reason: "heartbeat over its limits".into() });
             return Verdict::Reject;
         }
@@ -923,6 +940,12 @@ impl<S: Store> NodeCore<S> {
         view.last_heard = now;
         let was_suspect = std::mem::replace(&mut view.suspect, false);
         view.interval_ms = h.interval_ms.clamp(50, 3_600_000);
+        let new_addrs = if view.addrs != h.addrs && !h.addrs.is_empty() {
+            view.addrs = h.addrs.clone();
+            Some(h.addrs)
+        } else {
+            None
+        };
         view.live = true;
         if was_suspect {
             self.generation += 1;
@@ -933,6 +956,9 @@ impl<S: Store> NodeCore<S> {
             self.dirty = true;
         }
         self.renew(now, from, h.running);
+        if let Some(addrs) = new_addrs {
+            self.emit(Event::PeerAddrs { peer: from, addrs });
+        }
         Verdict::Accept
     }
 

@@ -42,7 +42,13 @@ pub struct Heartbeat {
     pub busy: u32,
     /// Jobs this node is building; each entry renews that claim's lease.
     pub running: Vec<Lease>,
+    /// Where to reach the node (multiaddrs, as text).
+    #[serde(default)]
+    pub addrs: Vec<String>,
 }
+
+pub const MAX_ADDRS: usize = 8;
+pub const MAX_ADDR_LEN: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claim {
@@ -146,6 +152,7 @@ mod tests {
                 executors: 2,
                 busy: 1,
                 running: vec![Lease { job: Hash32::of(b"j"), attempt: 0, step: Some("build".into()) }],
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             }),
             Gossip::Claim(Claim { job: Hash32::of(b"j"), attempt: 1, lease_ms: 30_000, sent_ms: 5 }),
             Gossip::Renew { sent_ms: 6, leases: vec![] },

@@ -664,6 +664,7 @@ impl Sim {
             | Event::SyncFailed { .. }
             | Event::StoreFailed { .. }
             | Event::CatchingUp { .. }
+            | Event::PeerAddrs { .. }
             | Event::LogsExpired { .. } => {}
         }
     }

@@ -1,0 +1,99 @@
+//! History everywhere, with real processes: a node that joins after 200
+//! builds serves all 200 results and their logs; a node killed with
+//! SIGKILL while it catches up ends, after a restart, with the whole
+//! history and a database that opens.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use peerbot_tests::{wait_for, GitRepo, Node};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_peerbot");
+const LONG: Duration = Duration::from_secs(180);
+const BUILDS: usize = 200;
+
+const RECIPE: &str = r#"
+[[builder]]
+name = "unit"
+requires = ["os=linux"]
+[[builder.step]]
+name = "test"
+run = "cat n.txt; echo 'test result: ok. 1 passed; 0 failed; 0 ignored'"
+"#;
+
+fn results(n: &Node) -> Vec<Value> {
+    n.get(&format!("/api/v1/builds?limit={}", BUILDS + 50)).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+fn ids(n: &Node) -> BTreeSet<String> {
+    results(n).iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect()
+}
+
+fn record_count(n: &Node) -> u64 {
+    n.get("/api/v1/node").ok().and_then(|v| v["records"].as_u64()).unwrap_or(0)
+}
+
+#[test]
+fn late_joiner_and_killed_syncer_end_with_the_whole_history() {
+    let root = tempfile::Builder::new().prefix("peerbot-history-").tempdir().unwrap();
+    let repo = GitRepo::new().unwrap();
+    repo.commit(&[(".peerbot.toml", RECIPE), ("n.txt", "0\n")], "start").unwrap();
+    let watch = format!("{}#main", repo.path().display());
+    let fast = ["--lease-secs", "6", "--executors", "4", "--log-replicas", "1"].map(String::from).to_vec();
+    let mut extra = fast.clone();
+    extra.extend(["--watch".to_string(), watch]);
+    let a = Node::start(Path::new(BIN), "A", &root.path().join("a"), &extra).unwrap();
+    let mut extra = fast.clone();
+    extra.extend(["--bootstrap".to_string(), a.multiaddr()]);
+    let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &extra).unwrap();
+    wait_for("A's first build", LONG, || (results(&a).len() == 1).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail()));
+
+    // 200 commits, 200 builds (the first commit's build makes 201).
+    for i in 1..=BUILDS {
+        repo.commit(&[("n.txt", &format!("{i}\n"))], &format!("commit {i}")).unwrap();
+    }
+    let total = BUILDS + 1;
+    for n in [&a, &b] {
+        wait_for(&format!("{total} results on {}", n.name), LONG, || (results(n).len() >= total).then_some(()))
+            .unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()));
+    }
+    let want = ids(&a);
+    assert_eq!(want.len(), total);
+    let want_records = record_count(&a);
+
+    // A late joiner with an empty data dir catches up the whole history.
+    let mut extra = fast.clone();
+    extra.extend(["--bootstrap".to_string(), b.multiaddr()]);
+    let c = Node::start(Path::new(BIN), "C", &root.path().join("c"), &extra).unwrap();
+    wait_for("C to catch up", LONG, || (ids(&c) == want).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail()));
+    let node = c.get("/api/v1/node").unwrap();
+    assert_eq!(node["records"], want_records);
+    wait_for("C to report it is caught up", LONG, || (c.get("/api/v1/node").ok()?["sync"]["caught_up"] == true).then_some(())).unwrap();
+    // Every result's signature checks out on C, and logs are readable there.
+    for r in results(&c).iter().step_by(20) {
+        let id = r["id"].as_str().unwrap();
+        let d = c.get(&format!("/api/v1/builds/{id}")).unwrap();
+        assert_eq!(d["verified"], true);
+        let log = c.get_text(&format!("/api/v1/builds/{id}/steps/test/log")).unwrap_or_else(|e| panic!("{e:#}\n{:?}\n{}", c.request("GET", &format!("/api/v1/builds/{id}/steps/test/log"), None), c.log_tail()));
+        assert!(log.contains("1 passed"), "{log}");
+    }
+
+    // A node killed with SIGKILL while catching up: restarted, it ends with
+    // everything, and its database opens.
+    let mut extra = fast.clone();
+    extra.extend(["--bootstrap".to_string(), a.multiaddr()]);
+    let mut d = Node::start(Path::new(BIN), "D", &root.path().join("d"), &extra).unwrap();
+    // Kill it at several moments of its catching up (the whole catch-up
+    // takes well under a second here), restarting it each time.
+    for delay_ms in [0u64, 150, 300, 600] {
+        std::thread::sleep(Duration::from_millis(delay_ms)); // a kill point, not a synchronisation
+        let had = record_count(&d);
+        d.kill();
+        eprintln!("D killed after {delay_ms} ms with {had} of {want_records} records stored");
+        d.restart().unwrap();
+    }
+    wait_for("D to catch up after the kill", LONG, || (ids(&d) == want).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", d.log_tail()));
+    assert_eq!(record_count(&d), want_records);
+}
