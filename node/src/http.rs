@@ -303,11 +303,18 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
         return not_found(format!("build {id} has no step {step:?}; its steps are {names:?}"));
     };
     let Some(blob) = &s.log else { return not_found(format!("step {step:?} has no log")) };
-    if !st.store.has_blob(&blob.hash) {
+    // A node that has just joined may not know where the log's holders
+    // are yet: a few tries, a second apart, before giving up.
+    let mut tries = 0;
+    while !st.store.has_blob(&blob.hash) {
+        tries += 1;
         let fetch = st.core.send(FetchBlob { hash: blob.hash, hint: Some(rec.signer) });
         match tokio::time::timeout(Duration::from_secs(60), fetch).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return unavailable(format!("log {} is not on this node and could not be fetched: {e}", blob.hash.short())),
+            Ok(Ok(Err(e))) if tries >= 3 => {
+                return unavailable(format!("log {} is not on this node and could not be fetched: {e}", blob.hash.short()))
+            }
+            Ok(Ok(Err(_))) => tokio::time::sleep(Duration::from_secs(1)).await,
             Ok(Err(e)) => return unavailable(e.to_string()),
             Err(_) => return unavailable("timed out fetching the log from peers"),
         }

@@ -136,6 +136,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fill a stopped node's store with synthetic signed history (changes and
+    /// results of repo bench://synthetic), for benchmarks and tests.
+    #[command(hide = true)]
+    SeedHistory {
+        #[arg(long, env = "PEERBOT_DATA_DIR", default_value = ".peerbot")]
+        data_dir: PathBuf,
+        /// How many build results (each with its change).
+        #[arg(long)]
+        results: usize,
+    },
     /// List the peers a node knows, with their labels and load.
     Peers {
         #[command(flatten)]
@@ -335,6 +345,7 @@ fn main() {
         }
         Cmd::Jobs { node, state, json } => client::get_json(&node.url, "/api/v1/jobs", &[("state", state.as_deref())])
             .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_jobs(&v) }),
+        Cmd::SeedHistory { data_dir, results } => seed_history(&data_dir, results),
         Cmd::Peers { node, json } => client::get_json(&node.url, "/api/v1/peers", &[])
             .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_peers(&v) }),
     };
@@ -437,4 +448,60 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
 
 fn tokio_stream<T: 'static>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn seed_history(data_dir: &std::path::Path, results: usize) -> anyhow::Result<()> {
+    use peerbot_protocol::record::{sign, Body, BuildResult, Change, Status};
+    use peerbot_protocol::recipe::parse_recipe;
+    let key = identity::load_or_create(data_dir)?;
+    let store = store::RocksStore::open(&data_dir.join("db"))?;
+    let recipe = "[[builder]]\nname = \"unit\"\n[[builder.step]]\nname = \"test\"\nrun = \"true\"\n";
+    let start = now_ms().saturating_sub(results as u64 * 1000);
+    let mut batch = Vec::with_capacity(2048);
+    for i in 0..results {
+        let commit = format!("{:040x}", i as u128 + 1);
+        let repo = "bench://synthetic".to_string();
+        let jobs = parse_recipe(&repo, &commit, recipe).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let t = start + i as u64 * 1000;
+        let change = Change {
+            repo: repo.clone(),
+            branch: "main".into(),
+            commit: commit.clone(),
+            parents: vec![],
+            author: "Bench <bench@peerbot.invalid>".into(),
+            committer: "Bench <bench@peerbot.invalid>".into(),
+            commit_time: (t / 1000) as i64,
+            title: format!("synthetic commit {i}"),
+            files: vec![],
+            jobs: jobs.clone(),
+            recipe_error: None,
+            announced_ms: t,
+            force: None,
+        };
+        let result = BuildResult {
+            job: jobs[0].id,
+            repo,
+            branch: "main".into(),
+            commit,
+            builder: "unit".into(),
+            attempt: 0,
+            labels: vec!["os=linux".into()],
+            started_ms: t + 10,
+            ended_ms: t + 500,
+            status: Status::Success,
+            steps: vec![],
+            metrics: Default::default(),
+            failed_step: None,
+            error: None,
+        };
+        batch.push(sign(&key, &Body::Change(change)));
+        batch.push(sign(&key, &Body::Result(result)));
+        if batch.len() >= 2048 {
+            store.put_records_bulk(&batch)?;
+            batch.clear();
+        }
+    }
+    store.put_records_bulk(&batch)?;
+    println!("{} records in {}", 2 * results, data_dir.display());
+    Ok(())
 }

@@ -121,6 +121,27 @@ impl RocksStore {
         self.newest(CF_CHANGES, limit, keep)
     }
 
+    /// Writes many new records in one batch with one sync.
+    pub fn put_records_bulk(&self, recs: &[VerifiedRecord]) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for rec in recs {
+            let sk = SyncKey { time: rec.time(), id: rec.id };
+            let key = order_key(&sk);
+            batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
+            batch.put_cf(self.cf(CF_ORDER), key, b"");
+            match rec.body {
+                peerbot_protocol::Body::Change(_) => batch.put_cf(self.cf(CF_CHANGES), key, b""),
+                peerbot_protocol::Body::Result(_) => batch.put_cf(self.cf(CF_RESULTS), key, b""),
+                peerbot_protocol::Body::Cancel(_) => {}
+            }
+            index.add(&sk);
+        }
+        self.db.write_opt(batch, &Self::sync_write())?;
+        self.count.fetch_add(recs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     pub fn record(&self, id: &Hash32) -> Option<VerifiedRecord> {
         let b = self.get_record(id)?;
         decode_stored(&b).ok()
@@ -177,6 +198,10 @@ impl Store for RocksStore {
         self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.index.write().unwrap_or_else(|e| e.into_inner()).add(&SyncKey { time: rec.time(), id: rec.id });
         Ok(true)
+    }
+
+    fn put_records(&mut self, recs: &[VerifiedRecord]) -> Result<(), StoreError> {
+        self.put_records_bulk(recs).map_err(|e| StoreError(e.to_string()))
     }
 
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {

@@ -359,6 +359,8 @@ pub struct NodeCore<S: Store> {
     /// Open jobs of collapsing builders, by (repo, branch, builder).
     collapsible: BTreeMap<(String, String, String), Vec<Hash32>>,
     listen_addrs: Vec<String>,
+    /// A reconciliation with some peer has completed since start.
+    synced_once: bool,
     transfers: VecDeque<(PeerId, Request, Pending)>,
     transfers_in_flight: usize,
     progress: SyncProgress,
@@ -447,6 +449,7 @@ impl<S: Store> NodeCore<S> {
             cancels: HashMap::default(),
             collapsible: BTreeMap::new(),
             listen_addrs: Vec::new(),
+            synced_once: false,
             transfers: VecDeque::new(),
             transfers_in_flight: 0,
             progress: SyncProgress::default(),
@@ -843,6 +846,30 @@ impl<S: Store> NodeCore<S> {
         Verdict::Accept
     }
 
+    /// Verifies a batch of records from one peer and stores the new valid
+    /// ones in one durable write; returns how many were new.
+    fn accept_records(&mut self, now: Millis, batch: &[ByteBuf], from: PeerId) -> usize {
+        let mut fresh = Vec::new();
+        for bytes in batch.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
+            match self.verifier.verify(bytes) {
+                Ok(rec) if !self.store.has_record(&rec.id) && !fresh.iter().any(|r: &VerifiedRecord| r.id == rec.id) => {
+                    fresh.push(rec)
+                }
+                Ok(_) => {}
+                Err(e) => self.emit(Event::RecordRejected { from, reason: e.to_string() }),
+            }
+        }
+        if let Err(e) = self.store.put_records(&fresh) {
+            self.emit(Event::StoreFailed { reason: e.to_string() });
+            return 0;
+        }
+        for rec in &fresh {
+            self.emit(Event::RecordStored { id: rec.id, kind: rec.body.kind(), signer: rec.signer, from: Some(from) });
+            self.apply(now, rec);
+        }
+        fresh.len()
+    }
+
     fn apply(&mut self, now: Millis, rec: &VerifiedRecord) {
         self.dirty = true;
         match &rec.body {
@@ -1117,6 +1144,13 @@ impl<S: Store> NodeCore<S> {
         }
         if now < self.started_ms + self.cfg.warmup_ms {
             self.next_due = next_due.min(self.started_ms + self.cfg.warmup_ms);
+            return;
+        }
+        // A node still catching up history would take old jobs whose
+        // results it has not fetched yet for jobs waiting to be built.
+        let connected = self.peers.values().any(|v| v.connected);
+        if (connected && !self.synced_once) || self.progress.to_fetch > 0 {
+            self.next_due = next_due;
             return;
         }
         let mut free = self.cfg.executors.saturating_sub(self.running.len() as u32);
@@ -1505,17 +1539,20 @@ impl<S: Store> NodeCore<S> {
             self.emit(Event::BlobFetched { token, hash, ok: true, detail: "local".into() });
             return;
         }
+        // The signer first (it built the log), then the nodes that keep
+        // copies of it, then anyone connected.
+        let mut holders: Vec<(u64, PeerId)> = self.peers.iter().map(|(p, v)| (score(&hash, v.key), *p)).collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
         let mut rest: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
         rest.sort_unstable();
         rest.shuffle(&mut self.rng);
-        if let Some(h) = hint {
-            if let Some(pos) = rest.iter().position(|p| *p == h) {
-                rest.remove(pos);
-                rest.insert(0, h);
-            } else if self.peers.get(&h).is_some_and(|v| v.live) {
-                // Not a direct peer, but live: ask it first all the same.
-                rest.insert(0, h);
-            }
+        for (_, p) in holders.into_iter().take(self.cfg.log_replicas).rev() {
+            rest.retain(|x| *x != p);
+            rest.insert(0, p);
+        }
+        if let Some(h) = hint.filter(|h| *h != self.me) {
+            rest.retain(|x| *x != h);
+            rest.insert(0, h);
         }
         self.next_blob_source(token, hash, rest, "no connected peer has it".into());
     }
@@ -1670,12 +1707,7 @@ impl<S: Store> NodeCore<S> {
                 Response::Records { records }
             }
             Request::PushRecords { records } => {
-                let mut accepted = 0;
-                for r in records.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
-                    if self.accept_record(now, r, Some(from)) == Verdict::Accept {
-                        accepted += 1;
-                    }
-                }
+                let accepted = self.accept_records(now, &records, from) as u32;
                 Response::Ack { accepted }
             }
             Request::GetBlob { hash, offset } => {
@@ -1726,11 +1758,7 @@ impl<S: Store> NodeCore<S> {
             },
             Pending::Fetch { peer, count } => {
                 if let Ok(Response::Records { records }) = resp {
-                    for r in records.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
-                        if self.accept_record(now, r, Some(peer)) == Verdict::Accept {
-                            self.progress.fetched += 1;
-                        }
-                    }
+                    self.progress.fetched += self.accept_records(now, &records, peer) as u64;
                 }
                 self.progress.to_fetch = self.progress.to_fetch.saturating_sub(count);
                 if self.progress.to_fetch > 0 && now >= self.progress_said_ms + 2_000 {
@@ -1823,6 +1851,8 @@ impl<S: Store> NodeCore<S> {
         tally.need += out.need.len();
         tally.have += out.have.len();
         if out.finished() || round >= MAX_SYNC_ROUNDS {
+            self.synced_once = true;
+            self.dirty = true;
             let t = self.syncing.remove(&peer).unwrap_or_default();
             self.emit(Event::SyncFinished { peer, rounds: round, need: t.need, have: t.have });
         } else {

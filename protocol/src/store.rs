@@ -13,6 +13,14 @@ pub struct StoreError(pub String);
 pub trait Store {
     /// Stores a verified record durably; `Ok(false)` if it was already there.
     fn put_record(&mut self, rec: &VerifiedRecord) -> Result<bool, StoreError>;
+    /// Stores new verified records in one durable write (they are not
+    /// stored yet; the caller checked).
+    fn put_records(&mut self, recs: &[VerifiedRecord]) -> Result<(), StoreError> {
+        for r in recs {
+            self.put_record(r)?;
+        }
+        Ok(())
+    }
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>>;
     fn has_record(&self, id: &Hash32) -> bool;
     fn record_count(&self) -> u64;
