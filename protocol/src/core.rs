@@ -2025,7 +2025,12 @@ mod tests {
                         attempt: o.attempt,
                         started_ms: now,
                         ended_ms: now,
-                        steps: vec![StepOutcome { name: "s".into(), exit_code: Some(0), ..Default::default() }],
+                        steps: vec![StepOutcome {
+                            name: "s".into(),
+                            exit_code: Some(0),
+                            log: format!("built {}\n", o.job).into_bytes(),
+                            ..Default::default()
+                        }],
                         ..Default::default()
                     };
                     nodes[*i].handle(now, Input::BuildFinished(outcome));
@@ -2137,6 +2142,35 @@ mod tests {
             let rec = record::decode_stored(&n.store().get_record(&r[0]).unwrap()).unwrap();
             assert!(matches!(rec.body, Body::Result(ref b) if b.status == Status::Cancelled));
         }
+    }
+
+    #[test]
+    fn log_horizon_drops_old_logs_and_keeps_records() {
+        let mut cfg = Config::new(vec!["os=linux".into()], 1);
+        cfg.log_horizon_ms = Some(10 * 24 * 3600 * 1000);
+        let n = NodeCore::new(cfg, deterministic_key(9), MemStore::new(), 0);
+        let mut nodes = vec![n];
+        let day = 24 * 3600 * 1000;
+        let blob_of = |n: &NodeCore<MemStore>, job: &Hash32| {
+            let rid = n.results_of(job)[0];
+            match record::decode_stored(&n.store().get_record(&rid).unwrap()).unwrap().body {
+                Body::Result(r) => r.steps[0].log.as_ref().unwrap().hash,
+                _ => unreachable!(),
+            }
+        };
+        nodes[0].announce(1_000, commit("ffff01")).unwrap();
+        let old = run_for(&mut nodes, 1_000, 12_000, true);
+        assert_eq!(old.len(), 1);
+        let old_blob = blob_of(&nodes[0], &old[0].1.job);
+        assert!(nodes[0].store().has_blob(&old_blob));
+        // Twenty days on, the retention pass (on its own timer) runs.
+        nodes[0].announce(20 * day, commit("ffff02")).unwrap();
+        let new = run_for(&mut nodes, 20 * day, 20 * day + 120_000, true);
+        assert_eq!(new.len(), 1);
+        let new_blob = blob_of(&nodes[0], &new[0].1.job);
+        assert!(!nodes[0].store().has_blob(&old_blob), "an old log is dropped");
+        assert!(nodes[0].store().has_blob(&new_blob), "a recent log stays");
+        assert_eq!(nodes[0].results_of(&old[0].1.job).len(), 1, "records stay");
     }
 
     #[test]
