@@ -236,6 +236,9 @@ pub struct JobView {
     pub cancelled: Option<(String, PeerId)>,
     pub commit_time: i64,
     pub forced: bool,
+    /// Which eligible peers had a free slot when last ranked, and since when.
+    free_sig: u64,
+    free_since: Millis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,8 +352,6 @@ pub struct NodeCore<S: Store> {
     next_due: Millis,
     /// Something happened that may change what to claim.
     dirty: bool,
-    free_sig: u64,
-    free_changed_ms: Millis,
     /// When this node last finished a build: others learn it is free only
     /// when its result reaches them, so it waits a little before claiming.
     freed_ms: Millis,
@@ -375,7 +376,7 @@ pub struct NodeCore<S: Store> {
     /// Bumped when the live peers or their labels change.
     generation: u64,
     live_peers: usize,
-    eligible_cache: BTreeMap<Vec<String>, (u64, Vec<(u64, PeerId)>)>,
+    eligible_cache: BTreeMap<Vec<String>, (u64, Vec<(u64, PeerId, u32)>)>,
     my_key: u64,
     verifier: std::sync::Arc<dyn Verify>,
 }
@@ -443,8 +444,6 @@ impl<S: Store> NodeCore<S> {
             next_sweep: now,
             next_due: now,
             dirty: true,
-            free_sig: 0,
-            free_changed_ms: 0,
             freed_ms: 0,
             cancels: HashMap::default(),
             collapsible: BTreeMap::new(),
@@ -591,18 +590,19 @@ impl<S: Store> NodeCore<S> {
 
     /// Live peers with all the labels, as (rendezvous key, id), cached per
     /// label set until membership changes.
-    fn eligible_keys(&mut self, requires: &[String]) -> &[(u64, PeerId)] {
+    /// (rendezvous key, id, executors) of each eligible live peer.
+    fn eligible_keys(&mut self, requires: &[String]) -> &[(u64, PeerId, u32)] {
         let gen = self.generation;
         let fresh = self.eligible_cache.get(requires).is_some_and(|(g, _)| *g == gen);
         if !fresh {
-            let mut v: Vec<(u64, PeerId)> = self
+            let mut v: Vec<(u64, PeerId, u32)> = self
                 .peers
                 .iter()
                 .filter(|(_, view)| view.live && satisfies(&view.labels, requires))
-                .map(|(p, view)| (view.key, *p))
+                .map(|(p, view)| (view.key, *p, view.executors.max(1)))
                 .collect();
             if satisfies(&self.cfg.labels, requires) {
-                v.push((self.my_key, self.me));
+                v.push((self.my_key, self.me, self.cfg.executors));
             }
             if self.eligible_cache.len() > 256 {
                 self.eligible_cache.clear();
@@ -899,6 +899,8 @@ impl<S: Store> NodeCore<S> {
                             cancelled: None,
                             commit_time: c.commit_time,
                             forced: c.force.is_some(),
+                            free_sig: 0,
+                            free_since: now,
                         },
                     );
                     if !self.results_by_job.contains_key(&spec.id) && !self.cancels.contains_key(&spec.id) {
@@ -962,7 +964,10 @@ impl<S: Store> NodeCore<S> {
             view.labels = h.labels;
             self.generation += 1;
         }
-        view.executors = h.executors;
+        if view.executors != h.executors {
+            view.executors = h.executors;
+            self.generation += 1;
+        }
         view.busy = h.busy;
         view.last_heard = now;
         let was_suspect = std::mem::replace(&mut view.suspect, false);
@@ -1113,23 +1118,19 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    /// Claims held on open jobs, per holder: how busy each peer is, as
-    /// every node can tell from the same claims and results.
-    fn held_claims(&self, now: Millis) -> HashMap<PeerId, u32, rustc_hash::FxBuildHasher> {
-        let mut held: HashMap<PeerId, u32, rustc_hash::FxBuildHasher> = HashMap::default();
+    /// Claims held on open jobs, by the holder's rendezvous key: how busy
+    /// each peer is, as every node can tell from the same claims and results.
+    fn held_claims(&self, now: Millis) -> HashMap<u64, u32, rustc_hash::FxBuildHasher> {
+        let mut held: HashMap<u64, u32, rustc_hash::FxBuildHasher> = HashMap::default();
         for id in &self.open {
             if let Some(c) = self.jobs.get(id).and_then(|j| j.claim.as_ref()) {
                 if c.lease_until >= now {
-                    *held.entry(c.by).or_default() += 1;
+                    let key = if c.by == self.me { self.my_key } else { self.peers.get(&c.by).map(|v| v.key).unwrap_or(0) };
+                    *held.entry(key).or_default() += 1;
                 }
             }
         }
         held
-    }
-
-    fn peer_has_free_slot(&self, p: &PeerId, held: &HashMap<PeerId, u32, rustc_hash::FxBuildHasher>) -> bool {
-        let executors = self.peers.get(p).map(|v| v.executors).filter(|e| *e > 0).unwrap_or(1);
-        held.get(p).copied().unwrap_or(0) < executors
     }
 
     fn consider_claims(&mut self, now: Millis) {
@@ -1179,19 +1180,9 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         // Rank among the eligible peers that have a free slot. When that set
-        // changes, everyone's stagger starts again from that moment, so a
-        // job that waited for capacity is not grabbed by all free nodes at once.
+        // changes, the job's stagger starts again from that moment, so a job
+        // that waited for capacity is not grabbed by all free nodes at once.
         let held = self.held_claims(now);
-        let mut free_sig = 0u64;
-        for (p, v) in &self.peers {
-            if v.live && self.peer_has_free_slot(p, &held) {
-                free_sig ^= v.key;
-            }
-        }
-        if free_sig != self.free_sig {
-            self.free_sig = free_sig;
-            self.free_changed_ms = now;
-        }
         let mut ready = Vec::new();
         for id in candidates {
             let (requires, opened, priority) = {
@@ -1199,13 +1190,32 @@ impl<S: Store> NodeCore<S> {
                 (j.spec.requires.clone(), j.opened_ms.max(j.not_before), j.spec.priority)
             };
             let me = (std::cmp::Reverse(score(&id, self.my_key)), self.me);
-            let elig: Vec<(u64, PeerId)> = self.eligible_keys(&requires).to_vec();
-            let r = elig
-                .iter()
-                .filter(|(_, p)| *p != self.me && self.peer_has_free_slot(p, &held))
-                .filter(|(k, p)| (std::cmp::Reverse(score(&id, *k)), *p) < me)
-                .count() as u64;
-            let at = (opened.max(self.free_changed_ms) + r * self.cfg.claim_stagger_ms)
+            let my_key = self.my_key;
+            let (r, sig) = {
+                let elig = self.eligible_keys(&requires);
+                let mut r = 0u64;
+                let mut sig = 0u64;
+                for (k, p, executors) in elig.iter() {
+                    if *k == my_key || held.get(k).copied().unwrap_or(0) >= *executors {
+                        continue;
+                    }
+                    sig ^= *k;
+                    if (std::cmp::Reverse(score(&id, *k)), *p) < me {
+                        r += 1;
+                    }
+                }
+                (r, sig)
+            };
+            let free_since = match self.jobs.get_mut(&id) {
+                Some(j) if j.free_sig != sig => {
+                    j.free_sig = sig;
+                    j.free_since = now;
+                    now
+                }
+                Some(j) => j.free_since,
+                None => now,
+            };
+            let at = (opened.max(free_since) + r * self.cfg.claim_stagger_ms)
                 .max(self.freed_ms + self.cfg.claim_stagger_ms / 4);
             if now >= at {
                 ready.push((std::cmp::Reverse(priority), opened, id));

@@ -194,3 +194,27 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
     assert_eq!(builds(&c, &c2).len(), 2);
     wait_peers(&c, 2);
 }
+
+#[test]
+fn a_bootstrap_that_is_down_is_retried_until_it_comes_up() {
+    let root = tempfile::Builder::new().prefix("peerbot-bootstrap-").tempdir().unwrap();
+    let a_dir = root.path().join("a");
+    // A's identity exists before A runs; its port is one the OS picked.
+    let out = std::process::Command::new(BIN).args(["id", "--data-dir", a_dir.to_str().unwrap()]).output().unwrap();
+    let a_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{a_id}");
+    let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &["--bootstrap".into(), boot]).unwrap();
+    wait_for("B to say why the bootstrap is unreachable", LONG, || {
+        let log = std::fs::read_to_string(root.path().join("b").join("node.log")).ok()?;
+        log.contains("cannot reach bootstrap peer").then_some(())
+    })
+    .unwrap();
+    let a = Node::start(Path::new(BIN), "A", &a_dir, &["--listen".into(), format!("/ip4/127.0.0.1/tcp/{port}")]).unwrap();
+    assert_eq!(a.peer_id(), a_id);
+    wait_for("B to reach A once it is up", LONG, || {
+        let v = b.get("/api/v1/peers").ok()?;
+        v.as_array()?.iter().any(|p| p["peer_id"] == a_id.as_str() && p["connected"] == true).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.log_tail()));
+}
