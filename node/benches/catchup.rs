@@ -26,7 +26,8 @@ fn main() {
     let a = Node::start(Path::new(BIN), "A", &a_dir, &[]).expect("start A");
     let total = a.get("/api/v1/node").expect("A's node info")["records"].as_u64().unwrap_or(0);
     let started = Instant::now();
-    let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &["--bootstrap".into(), a.multiaddr()]).expect("start B");
+    let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &["--bootstrap".into(), a.multiaddr()])
+        .expect("start B");
     let mut last_print = Instant::now();
     wait_for("B to hold every record", Duration::from_secs(1800), || {
         let n = b.get("/api/v1/node").ok()?["records"].as_u64()?;

@@ -63,7 +63,10 @@ pub fn print_results(v: &Value) -> anyhow::Result<()> {
         println!("no results");
         return Ok(());
     }
-    println!("{:<12} {:<9} {:<16} {:<10} {:<10} {:>3} {:>8}  {:<10} {}", "ID", "STATUS", "BUILDER", "COMMIT", "BRANCH", "ATT", "TOOK", "BUILT BY", "FAILED STEP");
+    println!(
+        "{:<12} {:<9} {:<16} {:<10} {:<10} {:>3} {:>8}  {:<10} {}",
+        "ID", "STATUS", "BUILDER", "COMMIT", "BRANCH", "ATT", "TOOK", "BUILT BY", "FAILED STEP"
+    );
     for b in items {
         let s = |k: &str| b[k].as_str().unwrap_or("").to_string();
         println!(
@@ -86,7 +89,8 @@ pub fn print_peers(v: &Value) -> anyhow::Result<()> {
     let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
     println!("{:<54} {:<5} {:<9} {:>9}  {}", "PEER", "LIVE", "CONNECTED", "BUSY", "LABELS");
     for p in items {
-        let labels: Vec<&str> = p["labels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str()).collect()).unwrap_or_default();
+        let labels: Vec<&str> =
+            p["labels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str()).collect()).unwrap_or_default();
         let me = if p["self"].as_bool().unwrap_or(false) { " (this node)" } else { "" };
         println!(
             "{:<54} {:<5} {:<9} {:>4}/{:<4}  {}{}",
@@ -104,7 +108,10 @@ pub fn print_peers(v: &Value) -> anyhow::Result<()> {
 
 pub fn print_jobs(v: &Value) -> anyhow::Result<()> {
     let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
-    println!("{:<12} {:<10} {:<16} {:<10} {:>3} {:>5}  {:<10} {:<12} {}", "JOB", "STATE", "BUILDER", "COMMIT", "ATT", "QUEUE", "CLAIMED BY", "STEP", "NOTE");
+    println!(
+        "{:<12} {:<10} {:<16} {:<10} {:>3} {:>5}  {:<10} {:<12} {}",
+        "JOB", "STATE", "BUILDER", "COMMIT", "ATT", "QUEUE", "CLAIMED BY", "STEP", "NOTE"
+    );
     for j in items {
         let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
         let by = j["claim"]["by"].as_str().map(|b| format!("…{}", tail(b, 8))).unwrap_or_default();

@@ -116,7 +116,9 @@ impl CoreActor {
             Event::LeaseExpired { job, attempt, holder } => {
                 warn!(job = %job.short(), attempt, %holder, "lease ran out with no result; job reopened")
             }
-            Event::Released { job, attempt, by, reason } => info!(job = %job.short(), attempt, %by, "claim released: {reason}"),
+            Event::Released { job, attempt, by, reason } => {
+                info!(job = %job.short(), attempt, %by, "claim released: {reason}")
+            }
             Event::BuildStarted { job, attempt } => info!(job = %job.short(), attempt, "claimed; starting build"),
             Event::BuildPublished { job, attempt, status, record } => {
                 info!(job = %job.short(), attempt, status = status.as_str(), record = %record.short(), "build result published")
@@ -140,7 +142,9 @@ impl CoreActor {
                 self.send_net(NetCommand::AddAddrs { peer, addrs: addrs.clone() });
                 self.remember_peer(peer, addrs);
             }
-            Event::CatchingUp { to_fetch, fetched } => info!(to_fetch, fetched, "catching up with the cluster's history"),
+            Event::CatchingUp { to_fetch, fetched } => {
+                info!(to_fetch, fetched, "catching up with the cluster's history")
+            }
             Event::LogsExpired { blobs } => info!(blobs, "dropped logs older than the log horizon"),
             Event::StoreFailed { reason } => warn!("storage error: {reason}"),
         }
@@ -236,10 +240,7 @@ impl CoreActor {
 }
 
 pub fn load_peer_addrs<S: Store>(store: &S) -> BTreeMap<String, Vec<String>> {
-    store
-        .get_state(PEER_ADDRS_KEY)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    store.get_state(PEER_ADDRS_KEY).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 impl Actor for CoreActor {
@@ -369,7 +370,10 @@ impl Handler<FetchBlob> for CoreActor {
 pub enum Query {
     Node,
     Peers,
-    Jobs { state: Option<String>, limit: usize },
+    Jobs {
+        state: Option<String>,
+        limit: usize,
+    },
     JobsOf(Vec<Hash32>),
     /// One job, by a unique id prefix.
     Job(String),

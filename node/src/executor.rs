@@ -103,7 +103,8 @@ async fn run_build(
     log_limit: u64,
 ) -> BuildOutcome {
     let started = now_ms();
-    let mut outcome = BuildOutcome { job: order.job, attempt: order.attempt, started_ms: started, ..Default::default() };
+    let mut outcome =
+        BuildOutcome { job: order.job, attempt: order.attempt, started_ms: started, ..Default::default() };
     let ws = data_dir.join("work").join(format!("{}-{}", order.job.short(), order.attempt));
     let prepared = async {
         let mirror = git::fetch_mirror(data_dir, &order.repo).await?;
@@ -196,14 +197,7 @@ async fn run_step(
     let (reader, writer) = std::io::pipe()?;
     let writer2 = writer.try_clone()?;
     let mut std_cmd = std::process::Command::new("sh");
-    std_cmd
-        .arg("-c")
-        .arg(run)
-        .current_dir(ws)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
-        .process_group(0);
+    std_cmd.arg("-c").arg(run).current_dir(ws).stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
     for (k, v) in envs {
         std_cmd.env(k, v);
     }
@@ -241,7 +235,9 @@ async fn run_step(
         _ => (b"peerbot: the step's output could not be collected\n".to_vec(), false),
     };
     if timed_out {
-        log.extend_from_slice(format!("\npeerbot: step timed out after {}s and was killed\n", timeout.as_secs()).as_bytes());
+        log.extend_from_slice(
+            format!("\npeerbot: step timed out after {}s and was killed\n", timeout.as_secs()).as_bytes(),
+        );
     }
     let exit_code = if timed_out { None } else { status.and_then(|s| s.code()) };
     Ok(StepOutcome {

@@ -102,7 +102,8 @@ pub async fn commits_between(mirror: &Path, old: &str, new: &str) -> anyhow::Res
 
 /// What the core needs to announce one commit.
 pub async fn commit_info(mirror: &Path, repo: &str, branch: &str, commit: &str) -> anyhow::Result<CommitInfo> {
-    let out = git(Some(mirror), &["show", "-s", "--format=%H%x00%P%x00%an <%ae>%x00%cn <%ce>%x00%ct%x00%s", commit]).await?;
+    let out =
+        git(Some(mirror), &["show", "-s", "--format=%H%x00%P%x00%an <%ae>%x00%cn <%ce>%x00%ct%x00%s", commit]).await?;
     let f: Vec<&str> = out.trim_end_matches('\n').split('\0').collect();
     if f.len() < 6 {
         bail!("unexpected output of git show for {commit}");

@@ -56,11 +56,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(force)
         .service(findings)
         .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _| {
-            actix_web::error::InternalError::from_response(
-                "",
-                bad_request(format!("request body: {e}")),
-            )
-            .into()
+            actix_web::error::InternalError::from_response("", bad_request(format!("request body: {e}"))).into()
         }))
         .app_data(web::QueryConfig::default().error_handler(|e, _| {
             actix_web::error::InternalError::from_response("", bad_request(format!("query: {e}"))).into()
@@ -248,9 +244,7 @@ struct BuildsQuery {
 async fn list_builds(st: State, q: web::Query<BuildsQuery>) -> HttpResponse {
     let status = match q.status.as_deref().map(|s| (s, Status::parse(s))) {
         Some((s, None)) => {
-            return bad_request(format!(
-                "status {s:?} is not one of success, warnings, failure, exception, cancelled"
-            ))
+            return bad_request(format!("status {s:?} is not one of success, warnings, failure, exception, cancelled"))
         }
         Some((_, st)) => st,
         None => None,
@@ -293,11 +287,7 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
         Err(r) => return r,
     };
     let Body::Result(r) = &rec.body else { return not_found("not a result") };
-    let s = r
-        .steps
-        .iter()
-        .find(|s| s.name == step)
-        .or_else(|| step.parse::<usize>().ok().and_then(|i| r.steps.get(i)));
+    let s = r.steps.iter().find(|s| s.name == step).or_else(|| step.parse::<usize>().ok().and_then(|i| r.steps.get(i)));
     let Some(s) = s else {
         let names: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
         return not_found(format!("build {id} has no step {step:?}; its steps are {names:?}"));
@@ -312,7 +302,10 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
         match tokio::time::timeout(Duration::from_secs(60), fetch).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) if tries >= 3 => {
-                return unavailable(format!("log {} is not on this node and could not be fetched: {e}", blob.hash.short()))
+                return unavailable(format!(
+                    "log {} is not on this node and could not be fetched: {e}",
+                    blob.hash.short()
+                ))
             }
             Ok(Ok(Err(_))) => tokio::time::sleep(Duration::from_secs(1)).await,
             Ok(Err(e)) => return unavailable(e.to_string()),
@@ -328,7 +321,9 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
 #[get("/api/v1/jobs/{id}")]
 async fn get_job(st: State, id: web::Path<String>) -> HttpResponse {
     match st.core.send(Query::Job(id.into_inner())).await {
-        Ok(v) if v.get("error").is_some() => error(actix_web::http::StatusCode::NOT_FOUND, v["error"].as_str().unwrap_or("")),
+        Ok(v) if v.get("error").is_some() => {
+            error(actix_web::http::StatusCode::NOT_FOUND, v["error"].as_str().unwrap_or(""))
+        }
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => unavailable(e.to_string()),
     }
@@ -361,7 +356,12 @@ struct ForceBody {
 }
 
 /// Resolves a commit of a repository, fetching it first, into what the core needs.
-async fn commit_info_for(st: &AppState, repo: &str, branch: Option<String>, commit: &str) -> Result<peerbot_protocol::core::CommitInfo, HttpResponse> {
+async fn commit_info_for(
+    st: &AppState,
+    repo: &str,
+    branch: Option<String>,
+    commit: &str,
+) -> Result<peerbot_protocol::core::CommitInfo, HttpResponse> {
     git::check_repo(repo).map_err(|e| bad_request(e.to_string()))?;
     let mirror = git::fetch_mirror(&st.data_dir, repo).await.map_err(|e| bad_request(format!("{e:#}")))?;
     let commit = git::resolve(&mirror, commit).await.map_err(|e| bad_request(format!("{e:#}")))?;

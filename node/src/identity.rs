@@ -39,7 +39,8 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Keypair> {
         bail!("{} is readable by others (mode {:o}); chmod 600 it", path.display(), meta.permissions().mode() & 0o777);
     }
     let bytes = fs::read(&path)?;
-    let key = Keypair::from_protobuf_encoding(&bytes).with_context(|| format!("{} is not a node key", path.display()))?;
+    let key =
+        Keypair::from_protobuf_encoding(&bytes).with_context(|| format!("{} is not a node key", path.display()))?;
     if key.key_type() != libp2p::identity::KeyType::Ed25519 {
         bail!("{} holds a {:?} key; peerbot needs ed25519", path.display(), key.key_type());
     }

@@ -293,9 +293,18 @@ fn main() {
             };
             client::post_json(&node.url, "/api/v1/changes", &json!({"repo": repo, "branch": branch, "commit": commit}))
                 .map(|v| {
-                    let jobs: Vec<&str> = v["jobs"].as_array().map(|a| a.iter().filter_map(|j| j["builder"].as_str()).collect()).unwrap_or_default();
+                    let jobs: Vec<&str> = v["jobs"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|j| j["builder"].as_str()).collect())
+                        .unwrap_or_default();
                     let known = if v["already_known"].as_bool().unwrap_or(false) { " (already known)" } else { "" };
-                    println!("change {}{} for commit {}: builders {:?}", v["id"].as_str().unwrap_or("?"), known, v["commit"].as_str().unwrap_or("?"), jobs);
+                    println!(
+                        "change {}{} for commit {}: builders {:?}",
+                        v["id"].as_str().unwrap_or("?"),
+                        known,
+                        v["commit"].as_str().unwrap_or("?"),
+                        jobs
+                    );
                     if let Some(e) = v["recipe_error"].as_str() {
                         println!("recipe error: {e}");
                     }
@@ -315,9 +324,18 @@ fn main() {
                     ("limit", Some(&limit)),
                 ],
             )
-            .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_results(&v) })
+            .and_then(|v| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(())
+                } else {
+                    client::print_results(&v)
+                }
+            })
         }
-        Cmd::Log { node, build_id, step } => client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| print!("{t}")),
+        Cmd::Log { node, build_id, step } => {
+            client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| print!("{t}"))
+        }
         Cmd::Force { node, repo, branch, commit, builder, reason } => {
             let repo = match std::fs::canonicalize(&repo) {
                 Ok(p) if !repo.contains("://") => p.to_string_lossy().into_owned(),
@@ -331,23 +349,51 @@ fn main() {
             .map(|v| {
                 let jobs: Vec<String> = v["jobs"]
                     .as_array()
-                    .map(|a| a.iter().map(|j| format!("{} {}", j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?"))).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|j| {
+                                format!("{} {}", j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?"))
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
-                println!("forced change {} for commit {}", v["id"].as_str().unwrap_or("?"), v["commit"].as_str().unwrap_or("?"));
+                println!(
+                    "forced change {} for commit {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["commit"].as_str().unwrap_or("?")
+                );
                 for j in jobs {
                     println!("  job {j}");
                 }
             })
         }
         Cmd::Cancel { node, job, reason } => {
-            client::post_json(&node.url, &format!("/api/v1/jobs/{job}/cancel"), &json!({"reason": reason}))
-                .map(|v| println!("cancelled job {} (record {})", v["job"].as_str().unwrap_or("?"), v["cancel_record"].as_str().unwrap_or("?")))
+            client::post_json(&node.url, &format!("/api/v1/jobs/{job}/cancel"), &json!({"reason": reason})).map(|v| {
+                println!(
+                    "cancelled job {} (record {})",
+                    v["job"].as_str().unwrap_or("?"),
+                    v["cancel_record"].as_str().unwrap_or("?")
+                )
+            })
         }
         Cmd::Jobs { node, state, json } => client::get_json(&node.url, "/api/v1/jobs", &[("state", state.as_deref())])
-            .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_jobs(&v) }),
+            .and_then(|v| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(())
+                } else {
+                    client::print_jobs(&v)
+                }
+            }),
         Cmd::SeedHistory { data_dir, results } => seed_history(&data_dir, results),
-        Cmd::Peers { node, json } => client::get_json(&node.url, "/api/v1/peers", &[])
-            .and_then(|v| if json { println!("{}", serde_json::to_string_pretty(&v)?); Ok(()) } else { client::print_peers(&v) }),
+        Cmd::Peers { node, json } => client::get_json(&node.url, "/api/v1/peers", &[]).and_then(|v| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            } else {
+                client::print_peers(&v)
+            }
+        }),
     };
     if let Err(e) = r {
         eprintln!("peerbot: {e:#}");
@@ -356,8 +402,11 @@ fn main() {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PEERBOT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn,libp2p_kad=warn,libp2p_swarm=warn,actix_server=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEERBOT_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,libp2p_gossipsub=warn,libp2p_kad=warn,libp2p_swarm=warn,actix_server=warn",
+        )
+    });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -418,14 +467,26 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             }
         });
         if !a.watch.is_empty() {
-            Watcher::new(a.watch.clone(), Duration::from_secs(a.poll_secs), data_dir.clone(), store.clone(), core_addr.clone()).start();
+            Watcher::new(
+                a.watch.clone(),
+                Duration::from_secs(a.poll_secs),
+                data_dir.clone(),
+                store.clone(),
+                core_addr.clone(),
+            )
+            .start();
         }
-        let state = actix_web::web::Data::new(http::AppState { core: core_addr.clone(), store: store.clone(), data_dir: data_dir.clone() });
-        let server = actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))
-            .workers(2)
-            .disable_signals()
-            .bind(&a.http)
-            .with_context(|| format!("cannot serve HTTP on {}", a.http))?;
+        let state = actix_web::web::Data::new(http::AppState {
+            core: core_addr.clone(),
+            store: store.clone(),
+            data_dir: data_dir.clone(),
+        });
+        let server =
+            actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))
+                .workers(2)
+                .disable_signals()
+                .bind(&a.http)
+                .with_context(|| format!("cannot serve HTTP on {}", a.http))?;
         let bound = server.addrs().first().map(|s| s.to_string()).unwrap_or_default();
         info!(http = %bound, "HTTP API listening");
         core_addr.do_send(SetHttp(bound));
@@ -451,8 +512,8 @@ fn tokio_stream<T: 'static>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> 
 }
 
 fn seed_history(data_dir: &std::path::Path, results: usize) -> anyhow::Result<()> {
-    use peerbot_protocol::record::{sign, Body, BuildResult, Change, Status};
     use peerbot_protocol::recipe::parse_recipe;
+    use peerbot_protocol::record::{sign, Body, BuildResult, Change, Status};
     let key = identity::load_or_create(data_dir)?;
     let store = store::RocksStore::open(&data_dir.join("db"))?;
     let recipe = "[[builder]]\nname = \"unit\"\n[[builder.step]]\nname = \"test\"\nrun = \"true\"\n";

@@ -19,11 +19,24 @@ use tracing::{debug, info, warn};
 #[derive(Debug)]
 pub enum NetCommand {
     Publish(Vec<u8>),
-    Request { peer: PeerId, id: u64, bytes: Vec<u8> },
-    Reply { id: u64, bytes: Vec<u8> },
-    Verdict { token: u64, verdict: Verdict },
+    Request {
+        peer: PeerId,
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Reply {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Verdict {
+        token: u64,
+        verdict: Verdict,
+    },
     /// Addresses a peer announced: so requests to it can dial it.
-    AddAddrs { peer: PeerId, addrs: Vec<Multiaddr> },
+    AddAddrs {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
 }
 
 #[derive(Debug)]
@@ -58,17 +71,35 @@ impl request_response::Codec for BytesCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         read_limited(io, MAX_REQUEST_BYTES).await
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         read_limited(io, MAX_RESPONSE_BYTES).await
     }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
         io.write_all(&req).await?;
         io.close().await
     }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, resp: Vec<u8>) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        resp: Vec<u8>,
+    ) -> io::Result<()> {
         io.write_all(&resp).await?;
         io.close().await
     }

@@ -55,7 +55,13 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(specs: Vec<WatchSpec>, poll: Duration, data_dir: PathBuf, store: RocksStore, core: Addr<CoreActor>) -> Self {
+    pub fn new(
+        specs: Vec<WatchSpec>,
+        poll: Duration,
+        data_dir: PathBuf,
+        store: RocksStore,
+        core: Addr<CoreActor>,
+    ) -> Self {
         Watcher { specs, poll, data_dir, store, core, busy: false }
     }
 
@@ -79,7 +85,12 @@ impl Watcher {
     }
 }
 
-async fn poll_one(spec: &WatchSpec, data_dir: &std::path::Path, mut store: RocksStore, core: &Addr<CoreActor>) -> anyhow::Result<()> {
+async fn poll_one(
+    spec: &WatchSpec,
+    data_dir: &std::path::Path,
+    mut store: RocksStore,
+    core: &Addr<CoreActor>,
+) -> anyhow::Result<()> {
     let mirror = git::fetch_mirror(data_dir, &spec.repo).await?;
     let branch = match &spec.branch {
         Some(b) => b.clone(),
@@ -103,7 +114,9 @@ async fn poll_one(spec: &WatchSpec, data_dir: &std::path::Path, mut store: Rocks
     for c in &commits {
         let info = git::commit_info(&mirror, &spec.repo, &branch, c).await?;
         match core.send(Announce(info)).await {
-            Ok(Ok(Announced::New(id))) => info!(repo = %spec.repo, %branch, commit = %c, change = %id.short(), "announced new commit"),
+            Ok(Ok(Announced::New(id))) => {
+                info!(repo = %spec.repo, %branch, commit = %c, change = %id.short(), "announced new commit")
+            }
             Ok(Ok(Announced::Known(_))) => {}
             Ok(Err(e)) => warn!(commit = %c, "cannot announce: {e}"),
             Err(e) => anyhow::bail!("core is gone: {e}"),

@@ -22,6 +22,5 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
         return Err(CodecError::TooLarge { size: bytes.len(), limit });
     }
     // The recursion limit bounds nesting; lengths are bounded by the input size.
-    ciborium::de::from_reader_with_recursion_limit(bytes, 64)
-        .map_err(|e| CodecError::Malformed(e.to_string()))
+    ciborium::de::from_reader_with_recursion_limit(bytes, 64).map_err(|e| CodecError::Malformed(e.to_string()))
 }

@@ -93,13 +93,31 @@ impl Config {
 pub enum Input {
     Tick,
     /// A gossip message; `token` identifies it for the verdict.
-    Gossip { from: PeerId, token: u64, bytes: Vec<u8> },
+    Gossip {
+        from: PeerId,
+        token: u64,
+        bytes: Vec<u8>,
+    },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
-    Request { from: PeerId, id: u64, bytes: Vec<u8> },
-    Response { id: u64, bytes: Vec<u8> },
-    RequestFailed { id: u64, reason: String },
-    BuildProgress { job: Hash32, attempt: u32, step: String },
+    Request {
+        from: PeerId,
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Response {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    RequestFailed {
+        id: u64,
+        reason: String,
+    },
+    BuildProgress {
+        job: Hash32,
+        attempt: u32,
+        step: String,
+    },
     BuildFinished(BuildOutcome),
 }
 
@@ -162,24 +180,84 @@ pub struct BuildOutcome {
 /// What happened, for logs, metrics and the UI.
 #[derive(Debug, Clone)]
 pub enum Event {
-    RecordStored { id: Hash32, kind: &'static str, signer: PeerId, from: Option<PeerId> },
-    RecordRejected { from: PeerId, reason: String },
-    MessageRejected { from: PeerId, reason: String },
-    Claimed { job: Hash32, attempt: u32, by: PeerId },
-    ClaimConflict { job: Hash32, attempt: u32, winner: PeerId, loser: PeerId },
-    LeaseExpired { job: Hash32, attempt: u32, holder: PeerId },
-    Released { job: Hash32, attempt: u32, by: PeerId, reason: String },
-    BuildStarted { job: Hash32, attempt: u32 },
-    BuildPublished { job: Hash32, attempt: u32, status: Status, record: Hash32 },
-    BlobFetched { token: u64, hash: Hash32, ok: bool, detail: String },
-    SyncFinished { peer: PeerId, rounds: u32, need: usize, have: usize },
-    SyncFailed { peer: PeerId, reason: String },
+    RecordStored {
+        id: Hash32,
+        kind: &'static str,
+        signer: PeerId,
+        from: Option<PeerId>,
+    },
+    RecordRejected {
+        from: PeerId,
+        reason: String,
+    },
+    MessageRejected {
+        from: PeerId,
+        reason: String,
+    },
+    Claimed {
+        job: Hash32,
+        attempt: u32,
+        by: PeerId,
+    },
+    ClaimConflict {
+        job: Hash32,
+        attempt: u32,
+        winner: PeerId,
+        loser: PeerId,
+    },
+    LeaseExpired {
+        job: Hash32,
+        attempt: u32,
+        holder: PeerId,
+    },
+    Released {
+        job: Hash32,
+        attempt: u32,
+        by: PeerId,
+        reason: String,
+    },
+    BuildStarted {
+        job: Hash32,
+        attempt: u32,
+    },
+    BuildPublished {
+        job: Hash32,
+        attempt: u32,
+        status: Status,
+        record: Hash32,
+    },
+    BlobFetched {
+        token: u64,
+        hash: Hash32,
+        ok: bool,
+        detail: String,
+    },
+    SyncFinished {
+        peer: PeerId,
+        rounds: u32,
+        need: usize,
+        have: usize,
+    },
+    SyncFailed {
+        peer: PeerId,
+        reason: String,
+    },
     /// A peer's heartbeat named new addresses to reach it at.
-    PeerAddrs { peer: PeerId, addrs: Vec<String> },
+    PeerAddrs {
+        peer: PeerId,
+        addrs: Vec<String>,
+    },
     /// Catching up: records still to fetch, and fetched so far.
-    CatchingUp { to_fetch: usize, fetched: u64 },
-    LogsExpired { blobs: usize },
-    StoreFailed { reason: String },
+    CatchingUp {
+        to_fetch: usize,
+        fetched: u64,
+    },
+    LogsExpired {
+        blobs: usize,
+    },
+    StoreFailed {
+        reason: String,
+    },
 }
 
 /// What a watcher or an announce request saw at a commit.
@@ -196,6 +274,32 @@ pub struct CommitInfo {
     pub files: Vec<String>,
     /// The text of `.peerbot.toml` at the commit, or why it could not be read.
     pub recipe: Result<String, String>,
+}
+
+impl CommitInfo {
+    fn into_change(
+        self,
+        jobs: Vec<JobSpec>,
+        recipe_error: Option<String>,
+        now: Millis,
+        force: Option<record::Force>,
+    ) -> Change {
+        Change {
+            repo: self.repo,
+            branch: self.branch,
+            commit: self.commit,
+            parents: self.parents,
+            author: self.author,
+            committer: self.committer,
+            commit_time: self.commit_time,
+            title: self.title,
+            files: self.files.into_iter().take(1000).collect(),
+            jobs,
+            recipe_error,
+            announced_ms: now,
+            force,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -852,7 +956,9 @@ impl<S: Store> NodeCore<S> {
         let mut fresh = Vec::new();
         for bytes in batch.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
             match self.verifier.verify(bytes) {
-                Ok(rec) if !self.store.has_record(&rec.id) && !fresh.iter().any(|r: &VerifiedRecord| r.id == rec.id) => {
+                Ok(rec)
+                    if !self.store.has_record(&rec.id) && !fresh.iter().any(|r: &VerifiedRecord| r.id == rec.id) =>
+                {
                     fresh.push(rec)
                 }
                 Ok(_) => {}
@@ -1047,7 +1153,8 @@ impl<S: Store> NodeCore<S> {
             job.attempt = c.attempt;
             job.claim = None;
         }
-        let fresh = ClaimView { by: from, attempt: c.attempt, claimed_ms: now, lease_until: now + lease_ms, step: None };
+        let fresh =
+            ClaimView { by: from, attempt: c.attempt, claimed_ms: now, lease_until: now + lease_ms, step: None };
         match job.claim.clone() {
             None => {
                 job.claim = Some(fresh);
@@ -1125,7 +1232,8 @@ impl<S: Store> NodeCore<S> {
         for id in &self.open {
             if let Some(c) = self.jobs.get(id).and_then(|j| j.claim.as_ref()) {
                 if c.lease_until >= now {
-                    let key = if c.by == self.me { self.my_key } else { self.peers.get(&c.by).map(|v| v.key).unwrap_or(0) };
+                    let key =
+                        if c.by == self.me { self.my_key } else { self.peers.get(&c.by).map(|v| v.key).unwrap_or(0) };
                     *held.entry(key).or_default() += 1;
                 }
             }
@@ -1237,13 +1345,8 @@ impl<S: Store> NodeCore<S> {
     fn claim(&mut self, now: Millis, id: Hash32) {
         let Some(j) = self.jobs.get_mut(&id) else { return };
         let attempt = j.attempt;
-        j.claim = Some(ClaimView {
-            by: self.me,
-            attempt,
-            claimed_ms: now,
-            lease_until: now + self.cfg.lease_ms,
-            step: None,
-        });
+        j.claim =
+            Some(ClaimView { by: self.me, attempt, claimed_ms: now, lease_until: now + self.cfg.lease_ms, step: None });
         let order = BuildOrder {
             job: id,
             attempt,
@@ -1388,21 +1491,7 @@ impl<S: Store> NodeCore<S> {
             },
             Err(e) => (vec![], Some(e.clone())),
         };
-        let change = Change {
-            repo: info.repo,
-            branch: info.branch,
-            commit: info.commit,
-            parents: info.parents,
-            author: info.author,
-            committer: info.committer,
-            commit_time: info.commit_time,
-            title: info.title,
-            files: info.files.into_iter().take(1000).collect(),
-            jobs,
-            recipe_error,
-            announced_ms: now,
-            force: None,
-        };
+        let change = info.into_change(jobs, recipe_error, now, None);
         self.publish(now, Body::Change(change)).map(Announced::New)
     }
 
@@ -1456,7 +1545,13 @@ impl<S: Store> NodeCore<S> {
 
     /// A forced rebuild of a commit: new jobs, built even if the commit was
     /// built before. `builder` narrows it to one builder.
-    pub fn force(&mut self, now: Millis, info: CommitInfo, builder: Option<&str>, reason: String) -> Result<Hash32, String> {
+    pub fn force(
+        &mut self,
+        now: Millis,
+        info: CommitInfo,
+        builder: Option<&str>,
+        reason: String,
+    ) -> Result<Hash32, String> {
         let text = info.recipe.clone()?;
         let mut jobs = parse_recipe(&info.repo, &info.commit, &text).map_err(|e| e.to_string())?;
         if let Some(b) = builder {
@@ -1472,21 +1567,8 @@ impl<S: Store> NodeCore<S> {
         for j in jobs.iter_mut() {
             j.id = crate::recipe::forced_job_id(&info.repo, &info.commit, &j.builder, &nonce);
         }
-        let change = Change {
-            repo: info.repo,
-            branch: info.branch,
-            commit: info.commit,
-            parents: info.parents,
-            author: info.author,
-            committer: info.committer,
-            commit_time: info.commit_time,
-            title: info.title,
-            files: info.files.into_iter().take(1000).collect(),
-            jobs,
-            recipe_error: None,
-            announced_ms: now,
-            force: Some(record::Force { nonce, reason: reason.chars().take(1024).collect() }),
-        };
+        let force = record::Force { nonce, reason: reason.chars().take(1024).collect() };
+        let change = info.into_change(jobs, None, now, Some(force));
         self.publish(now, Body::Change(change))
     }
 
@@ -1534,7 +1616,12 @@ impl<S: Store> NodeCore<S> {
         let mut q: Vec<(std::cmp::Reverse<i32>, Millis, Hash32)> = self
             .open
             .iter()
-            .filter_map(|id| self.jobs.get(id).filter(|j| j.claim.is_none()).map(|j| (std::cmp::Reverse(j.spec.priority), j.seen_ms, *id)))
+            .filter_map(|id| {
+                self.jobs
+                    .get(id)
+                    .filter(|j| j.claim.is_none())
+                    .map(|j| (std::cmp::Reverse(j.spec.priority), j.seen_ms, *id))
+            })
             .collect();
         q.sort();
         q.into_iter().map(|(_, _, id)| id).collect()
@@ -1785,20 +1872,35 @@ impl<S: Store> NodeCore<S> {
                     }
                 };
                 match resp {
-                    Ok(Response::Blob { bytes: Some(b), total }) if total <= MAX_LOG_BYTES + 4096 && buf.len() + b.len() <= total as usize => {
+                    Ok(Response::Blob { bytes: Some(b), total })
+                        if total <= MAX_LOG_BYTES + 4096 && buf.len() + b.len() <= total as usize =>
+                    {
                         buf.extend_from_slice(&b);
                         if (buf.len() as u64) < total && !b.is_empty() {
                             let offset = buf.len() as u64;
-                            self.request(peer, &Request::GetBlob { hash, offset }, Pending::Blob { token, hash, rest, peer, buf });
+                            self.request(
+                                peer,
+                                &Request::GetBlob { hash, offset },
+                                Pending::Blob { token, hash, rest, peer, buf },
+                            );
                         } else if Hash32::of(&buf) == hash {
                             done(self);
                             match self.store.put_blob(&hash, &buf) {
-                                Ok(()) => self.emit(Event::BlobFetched { token, hash, ok: true, detail: "fetched".into() }),
-                                Err(e) => self.emit(Event::BlobFetched { token, hash, ok: false, detail: e.to_string() }),
+                                Ok(()) => {
+                                    self.emit(Event::BlobFetched { token, hash, ok: true, detail: "fetched".into() })
+                                }
+                                Err(e) => {
+                                    self.emit(Event::BlobFetched { token, hash, ok: false, detail: e.to_string() })
+                                }
                             }
                         } else {
                             done(self);
-                            self.next_blob_source(token, hash, rest, "a peer sent bytes that do not match the hash".into())
+                            self.next_blob_source(
+                                token,
+                                hash,
+                                rest,
+                                "a peer sent bytes that do not match the hash".into(),
+                            )
                         }
                     }
                     Ok(Response::Blob { bytes: Some(_), .. }) => {
@@ -1908,7 +2010,11 @@ mod tests {
         settle_full(nodes, now, &mut Vec::new())
     }
 
-    fn settle_full(nodes: &mut [NodeCore<MemStore>], now: Millis, cancels: &mut Vec<(usize, Hash32)>) -> Vec<(usize, BuildOrder)> {
+    fn settle_full(
+        nodes: &mut [NodeCore<MemStore>],
+        now: Millis,
+        cancels: &mut Vec<(usize, Hash32)>,
+    ) -> Vec<(usize, BuildOrder)> {
         let mut started = Vec::new();
         let mut token = 0;
         loop {
@@ -1941,11 +2047,7 @@ mod tests {
 
     #[test]
     fn each_job_is_claimed_once_by_an_eligible_node() {
-        let mut nodes = vec![
-            node(1, &["os=linux"]),
-            node(2, &["os=linux"]),
-            node(3, &["os=linux", "gpu=yes"]),
-        ];
+        let mut nodes = vec![node(1, &["os=linux"]), node(2, &["os=linux"]), node(3, &["os=linux", "gpu=yes"])];
         let mut now = 0;
         settle(&mut nodes, now); // heartbeats: everyone learns everyone's labels
         now += 10_000;
@@ -2143,7 +2245,14 @@ mod tests {
         let mut cancels = Vec::new();
         settle_full(&mut nodes, 101_500, &mut cancels);
         assert_eq!(cancels, vec![(who, order.job)], "the claimant, and only it, was told to stop");
-        let outcome = BuildOutcome { job: order.job, attempt: order.attempt, started_ms: 100_500, ended_ms: 101_600, cancelled: true, ..Default::default() };
+        let outcome = BuildOutcome {
+            job: order.job,
+            attempt: order.attempt,
+            started_ms: 100_500,
+            ended_ms: 101_600,
+            cancelled: true,
+            ..Default::default()
+        };
         nodes[who].handle(101_600, Input::BuildFinished(outcome));
         settle(&mut nodes, 101_700);
         for n in &nodes {

@@ -104,9 +104,7 @@ pub fn forced_job_id(repo: &str, commit: &str, builder: &str, nonce: &Hash32) ->
 
 fn check_name(what: &str, name: &str) -> Result<(), RecipeError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(RecipeError::Invalid(format!(
-            "{what} name {name:?} must be 1 to {MAX_NAME_LEN} bytes"
-        )));
+        return Err(RecipeError::Invalid(format!("{what} name {name:?} must be 1 to {MAX_NAME_LEN} bytes")));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return Err(RecipeError::Invalid(format!(
@@ -139,8 +137,7 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
         }
         let mut requires = Vec::with_capacity(b.requires.len());
         for r in &b.requires {
-            let l = parse_label(r)
-                .map_err(|e| RecipeError::Invalid(format!("builder {:?}: {e}", b.name)))?;
+            let l = parse_label(r).map_err(|e| RecipeError::Invalid(format!("builder {:?}: {e}", b.name)))?;
             requires.push(l);
         }
         if b.step.is_empty() {
@@ -154,10 +151,7 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
             let name = s.name.clone().unwrap_or_else(|| format!("step{i}"));
             check_name("step", &name)?;
             if steps.iter().any(|x| x.name == name) {
-                return Err(RecipeError::Invalid(format!(
-                    "builder {:?} has two steps named {name:?}",
-                    b.name
-                )));
+                return Err(RecipeError::Invalid(format!("builder {:?} has two steps named {name:?}", b.name)));
             }
             if s.run.trim().is_empty() || s.run.len() > MAX_COMMAND_LEN {
                 return Err(RecipeError::Invalid(format!(
@@ -184,14 +178,8 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
         if !(-1000..=1000).contains(&b.priority) {
             return Err(RecipeError::Invalid(format!("builder {:?}: priority must be -1000 to 1000", b.name)));
         }
-        let recipe_hash = Hash32::of(&crate::codec::encode(&(
-            &b.name,
-            &requires,
-            &steps,
-            tree_stable_secs,
-            b.collapse,
-            b.priority,
-        )));
+        let recipe_hash =
+            Hash32::of(&crate::codec::encode(&(&b.name, &requires, &steps, tree_stable_secs, b.collapse, b.priority)));
         jobs.push(JobSpec {
             id: job_id(repo, commit, &b.name),
             builder: b.name.clone(),
@@ -255,11 +243,17 @@ run = "nvidia-smi"
         assert!(e.to_string().contains("no [[builder]]"), "{e}");
         let e = parse_recipe("r", "c", "[[builder]]\nname='x'\n").unwrap_err();
         assert!(e.to_string().contains("no [[builder.step]]"), "{e}");
-        let e = parse_recipe("r", "c", "[[builder]]\nname='x'\nrequires=['gpu']\n[[builder.step]]\nrun='a'").unwrap_err();
+        let e =
+            parse_recipe("r", "c", "[[builder]]\nname='x'\nrequires=['gpu']\n[[builder.step]]\nrun='a'").unwrap_err();
         assert!(e.to_string().contains("key=value"), "{e}");
         let e = parse_recipe("r", "c", "[[builder]]\nname='x'\nfoo=1\n[[builder.step]]\nrun='a'").unwrap_err();
         assert!(e.to_string().contains("foo"), "{e}");
-        let e = parse_recipe("r", "c", "[[builder]]\nname='x'\n[[builder.step]]\nrun='a'\n[[builder]]\nname='x'\n[[builder.step]]\nrun='a'").unwrap_err();
+        let e = parse_recipe(
+            "r",
+            "c",
+            "[[builder]]\nname='x'\n[[builder.step]]\nrun='a'\n[[builder]]\nname='x'\n[[builder.step]]\nrun='a'",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
     }
 }

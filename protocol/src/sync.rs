@@ -75,7 +75,9 @@ impl Fingerprint {
 pub enum RangeMode {
     Skip,
     /// Hash of the range's id sum and count.
-    Fingerprint { fp: Vec<u8> },
+    Fingerprint {
+        fp: Vec<u8>,
+    },
     IdList {
         ids: Vec<Hash32>,
         /// True when this list answers the peer's list (the last word on the range).
@@ -154,7 +156,8 @@ pub mod wire_ranges {
                     if prefix.len() > 32 {
                         return Err(serde::de::Error::custom("sync bound id prefix over 32 bytes"));
                     }
-                    let time = prev.checked_add(delta).ok_or_else(|| serde::de::Error::custom("sync bound time overflows"))?;
+                    let time =
+                        prev.checked_add(delta).ok_or_else(|| serde::de::Error::custom("sync bound time overflows"))?;
                     prev = time;
                     let mut id = [0u8; 32];
                     id[..prefix.len()].copy_from_slice(&prefix);
@@ -457,7 +460,8 @@ mod tests {
     #[test]
     fn large_spread_sets_reconcile_through_the_bucket_index() {
         // Twenty thousand records over about a year, five missing on each side.
-        let keys: Vec<(u64, u32)> = (0..20_000u32).map(|i| ((i as u64).wrapping_mul(1_576_800_013) % 31_536_000_000, i)).collect();
+        let keys: Vec<(u64, u32)> =
+            (0..20_000u32).map(|i| ((i as u64).wrapping_mul(1_576_800_013) % 31_536_000_000, i)).collect();
         let a_keys: Vec<_> = keys.iter().filter(|(_, n)| n % 4001 != 7).copied().collect();
         let b_keys: Vec<_> = keys.iter().filter(|(_, n)| n % 3999 != 11).copied().collect();
         let a = store_with(&a_keys);

@@ -68,10 +68,18 @@ pub enum Gossip {
     Heartbeat(Heartbeat),
     Claim(Claim),
     /// The claimant's leases, renewed between heartbeats.
-    Renew { sent_ms: Millis, leases: Vec<Lease> },
+    Renew {
+        sent_ms: Millis,
+        leases: Vec<Lease>,
+    },
     /// The claimant gives a job up without a result (today: it restarted
     /// while holding the claim); the job reopens as the next attempt.
-    Release { job: Hash32, attempt: u32, reason: String, sent_ms: Millis },
+    Release {
+        job: Hash32,
+        attempt: u32,
+        reason: String,
+        sent_ms: Millis,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,8 +90,12 @@ pub enum Request {
         #[serde(with = "crate::sync::wire_ranges")]
         ranges: Vec<SyncRange>,
     },
-    GetRecords { ids: Vec<Hash32> },
-    PushRecords { records: Vec<serde_bytes::ByteBuf> },
+    GetRecords {
+        ids: Vec<Hash32>,
+    },
+    PushRecords {
+        records: Vec<serde_bytes::ByteBuf>,
+    },
     /// Up to `BLOB_CHUNK` bytes of a blob from `offset` on.
     GetBlob {
         hash: Hash32,
@@ -99,15 +111,21 @@ pub enum Response {
         #[serde(with = "crate::sync::wire_ranges")]
         ranges: Vec<SyncRange>,
     },
-    Records { records: Vec<serde_bytes::ByteBuf> },
-    Ack { accepted: u32 },
+    Records {
+        records: Vec<serde_bytes::ByteBuf>,
+    },
+    Ack {
+        accepted: u32,
+    },
     /// A chunk of the blob, and the blob's whole size.
     Blob {
         bytes: Option<serde_bytes::ByteBuf>,
         #[serde(default)]
         total: u64,
     },
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 pub fn encode_gossip(g: &Gossip) -> Vec<u8> {

@@ -14,14 +14,8 @@ fn peak_rss_kib() -> Option<u64> {
 
 fn main() {
     let nodes = std::env::var("SIMNET_BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let cfg = SimConfig {
-        nodes,
-        seed: 7,
-        duration_ms: 3_600_000,
-        commits_per_min: 2.0,
-        builders: 5,
-        ..SimConfig::default()
-    };
+    let cfg =
+        SimConfig { nodes, seed: 7, duration_ms: 3_600_000, commits_per_min: 2.0, builders: 5, ..SimConfig::default() };
     let start = Instant::now();
     let report = match Sim::new(cfg).run() {
         Ok(r) => r,

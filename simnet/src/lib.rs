@@ -164,7 +164,8 @@ pub fn default_label_mix() -> Vec<LabelClass> {
 pub fn parse_label_mix(s: &str) -> Result<Vec<LabelClass>, String> {
     let mut out = Vec::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-        let (labels, weight) = part.rsplit_once(':').ok_or_else(|| format!("label mix entry {part:?} has no :WEIGHT"))?;
+        let (labels, weight) =
+            part.rsplit_once(':').ok_or_else(|| format!("label mix entry {part:?} has no :WEIGHT"))?;
         let weight: f64 = weight.trim().trim_end_matches('%').parse().map_err(|_| format!("bad weight in {part:?}"))?;
         let labels = labels
             .split('+')

@@ -4,7 +4,11 @@ use clap::Parser;
 use peerbot_simnet::{parse_label_mix, parse_ms, parse_partition, parse_range_ms, parse_rate_per_min, Sim, SimConfig};
 
 #[derive(Parser)]
-#[command(name = "peerbot-simnet", version, about = "Deterministic simulation of a peerbot cluster: the real NodeCore over a modelled network with faults.")]
+#[command(
+    name = "peerbot-simnet",
+    version,
+    about = "Deterministic simulation of a peerbot cluster: the real NodeCore over a modelled network with faults."
+)]
 struct Args {
     /// Number of nodes.
     #[arg(long, default_value_t = 100)]

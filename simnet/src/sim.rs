@@ -11,8 +11,8 @@ use peerbot_protocol::core::{
 };
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::labels::satisfies;
-use peerbot_protocol::record::{self, RecordError, VerifiedRecord};
 use peerbot_protocol::recipe::job_id;
+use peerbot_protocol::record::{self, RecordError, VerifiedRecord};
 use peerbot_protocol::store::{MemStore, Store};
 use peerbot_protocol::{deterministic_key, Keypair, Millis, PeerId};
 use rand::seq::SliceRandom;
@@ -42,20 +42,56 @@ impl Verify for SharedVerify {
 
 #[derive(Debug)]
 enum Ev {
-    Tick { node: usize, inc: u32 },
+    Tick {
+        node: usize,
+        inc: u32,
+    },
     /// The next arrivals of one broadcast; one queue entry per broadcast
     /// in flight keeps the queue small.
-    Wave { wave: u32 },
-    Request { to: usize, from: usize, from_inc: u32, id: u64, bytes: Vec<u8> },
-    Response { to: usize, inc: u32, id: u64, bytes: Vec<u8> },
-    RequestFailed { to: usize, inc: u32, id: u64 },
-    BuildDone { node: usize, inc: u32, job: Hash32, attempt: u32, cancelled: bool },
+    Wave {
+        wave: u32,
+    },
+    Request {
+        to: usize,
+        from: usize,
+        from_inc: u32,
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Response {
+        to: usize,
+        inc: u32,
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    RequestFailed {
+        to: usize,
+        inc: u32,
+        id: u64,
+    },
+    BuildDone {
+        node: usize,
+        inc: u32,
+        job: Hash32,
+        attempt: u32,
+        cancelled: bool,
+    },
     Commit,
-    Crash { node: usize },
-    Restart { node: usize },
-    Outage { node: usize, dur: u64 },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    Outage {
+        node: usize,
+        dur: u64,
+    },
     RandomCrash,
-    PartitionStart { dur: u64, fraction: f64 },
+    PartitionStart {
+        dur: u64,
+        fraction: f64,
+    },
     PartitionEnd,
     RandomPartition,
     ConvergenceCheck,
@@ -542,7 +578,10 @@ impl Sim {
                 Output::Reply { id, bytes } => self.send_reply(i, id, bytes),
                 Output::Verdict { .. } => {}
                 Output::StartBuild(order) => {
-                    if !satisfies(&self.nodes[i].labels, &self.jobs.get(&order.job).map(|j| j.requires.clone()).unwrap_or_default()) {
+                    if !satisfies(
+                        &self.nodes[i].labels,
+                        &self.jobs.get(&order.job).map(|j| j.requires.clone()).unwrap_or_default(),
+                    ) {
                         self.violation_now(
                             "a job was claimed by a node that lacks a required label",
                             format!("node {i} with {:?} started job {}", self.nodes[i].labels, order.job.to_hex()),
@@ -560,7 +599,9 @@ impl Sim {
                         );
                     }
                     self.report.builds_started += 1;
-                    if let Some(k) = self.crashed_claims.iter().position(|(j, n, at)| *j == order.job && *n != i && *at <= self.now) {
+                    if let Some(k) =
+                        self.crashed_claims.iter().position(|(j, n, at)| *j == order.job && *n != i && *at <= self.now)
+                    {
                         self.reclaims.entry(k).or_insert(self.now);
                     }
                     self.note(i, Some(order.job), "build-start", order.attempt as u64);
@@ -573,7 +614,10 @@ impl Sim {
                     self.build_starts.insert((i, order.job, order.attempt), self.now);
                     self.first_build_start.get_or_insert(self.now);
                     let inc = self.nodes[i].inc;
-                    self.push(self.now + d, Ev::BuildDone { node: i, inc, job: order.job, attempt: order.attempt, cancelled: false });
+                    self.push(
+                        self.now + d,
+                        Ev::BuildDone { node: i, inc, job: order.job, attempt: order.attempt, cancelled: false },
+                    );
                     if self.crashed_claims.len() < self.cfg.crash_claimants && !self.faults_over {
                         self.crashed_claims.push((order.job, i, self.now + d / 2));
                         self.push(self.now + d / 2, Ev::Crash { node: i });
@@ -815,7 +859,13 @@ impl Sim {
             .into_iter()
             .rev()
             .collect();
-        Violation { seed: self.cfg.seed, at_ms: self.now, invariant: invariant.to_string(), detail, recent_events: recent }
+        Violation {
+            seed: self.cfg.seed,
+            at_ms: self.now,
+            invariant: invariant.to_string(),
+            detail,
+            recent_events: recent,
+        }
     }
 }
 
@@ -1046,7 +1096,9 @@ impl Sim {
         let alive: Vec<usize> = (0..self.nodes.len()).filter(|i| self.alive(*i)).collect();
         let Some(&announcer) = alive.get(self.rng.gen_range(0..alive.len().max(1))) else { return };
         let repo = format!("https://git.example.org/repo{}.git", self.rng.gen_range(0..self.cfg.repos.max(1)));
-        let commit = Hash32::of_fields("simnet.commit", &[&self.cfg.seed.to_le_bytes(), &self.commits.to_le_bytes()]).to_hex()[..40].to_string();
+        let commit = Hash32::of_fields("simnet.commit", &[&self.cfg.seed.to_le_bytes(), &self.commits.to_le_bytes()])
+            .to_hex()[..40]
+            .to_string();
         let info = CommitInfo {
             repo: repo.clone(),
             branch: "main".into(),
@@ -1061,7 +1113,10 @@ impl Sim {
         };
         for b in 0..self.cfg.builders + self.cfg.unbuildable_builders {
             let id = job_id(&repo, &commit, &format!("b{b}"));
-            self.jobs.insert(id, JobInfo { born: self.now, requires: self.cfg.builder_requires(b), first_claim: None, results: vec![] });
+            self.jobs.insert(
+                id,
+                JobInfo { born: self.now, requires: self.cfg.builder_requires(b), first_claim: None, results: vec![] },
+            );
         }
         let now = self.local(announcer, self.now);
         if let Some(core) = self.nodes[announcer].core.as_mut() {
@@ -1178,9 +1233,10 @@ impl Sim {
         if live.len() < self.nodes.len() {
             return false;
         }
-        let open = self.jobs.values().any(|j| {
-            j.results.is_empty() && live.iter().any(|&i| satisfies(&self.nodes[i].labels, &j.requires))
-        });
+        let open = self
+            .jobs
+            .values()
+            .any(|j| j.results.is_empty() && live.iter().any(|&i| satisfies(&self.nodes[i].labels, &j.requires)));
         !open && self.converged()
     }
 
@@ -1261,7 +1317,10 @@ impl Sim {
                 continue;
             }
             let withdrawn = live.first().and_then(|&i| self.nodes[i].core.as_ref()).is_some_and(|c| {
-                matches!(c.job_state(id), peerbot_protocol::core::JobState::Superseded | peerbot_protocol::core::JobState::Cancelled)
+                matches!(
+                    c.job_state(id),
+                    peerbot_protocol::core::JobState::Superseded | peerbot_protocol::core::JobState::Cancelled
+                )
             });
             if withdrawn {
                 continue;
@@ -1276,14 +1335,30 @@ impl Sim {
                         self.nodes[i].labels,
                         view.is_some(),
                         view.map(|v| v.attempt),
-                        view.and_then(|v| v.claim.as_ref()).map(|c| (self.by_peer.get(&c.by).copied(), c.attempt, c.lease_until)),
-                        core.running().iter().map(|(j, a)| (j.short(), a.0, self.jobs.get(j).map(|x| (x.born, x.results.len())), self.nodes[i].builds.keys().map(|k| k.0.short()).collect::<Vec<_>>())).collect::<Vec<_>>(),
+                        view.and_then(|v| v.claim.as_ref()).map(|c| (
+                            self.by_peer.get(&c.by).copied(),
+                            c.attempt,
+                            c.lease_until
+                        )),
+                        core.running()
+                            .iter()
+                            .map(|(j, a)| (
+                                j.short(),
+                                a.0,
+                                self.jobs.get(j).map(|x| (x.born, x.results.len())),
+                                self.nodes[i].builds.keys().map(|k| k.0.short()).collect::<Vec<_>>()
+                            ))
+                            .collect::<Vec<_>>(),
                         core.config().executors,
                     ));
                 }
                 return Err(Box::new(self.violation(
                     "every job some live node can build is built once the network is quiet",
-                    format!("job {id} requiring {:?} has no result; eligible nodes see:\n  {}", j.requires, views.join("\n  ")),
+                    format!(
+                        "job {id} requiring {:?} has no result; eligible nodes see:\n  {}",
+                        j.requires,
+                        views.join("\n  ")
+                    ),
                     Some(*id),
                     None,
                 )));
@@ -1299,8 +1374,10 @@ impl Sim {
         }
         // 3. Once quiet, every live node holds the same records.
         if !self.converged() {
-            let counts: Vec<(usize, u64)> =
-                live.iter().map(|&i| (i, self.nodes[i].core.as_ref().map(|c| c.store().record_count()).unwrap_or(0))).collect();
+            let counts: Vec<(usize, u64)> = live
+                .iter()
+                .map(|&i| (i, self.nodes[i].core.as_ref().map(|c| c.store().record_count()).unwrap_or(0)))
+                .collect();
             let min = counts.iter().min_by_key(|c| c.1).map(|c| c.0);
             return Err(Box::new(self.violation(
                 "every live node holds the same set of records once the network is quiet",
@@ -1367,12 +1444,20 @@ impl Sim {
         for (k, (job, node, at)) in self.crashed_claims.iter().enumerate() {
             let other = self.jobs.get(job).map(|j| j.results.clone()).unwrap_or_default();
             let crashed_peer = self.nodes[*node].peer;
-            let by_other = other.iter().any(|rid| self.records.get(rid).is_some() && {
-                let any = live.first().and_then(|&i| self.nodes[i].core.as_ref()).and_then(|c| c.store().get_record(rid));
-                any.and_then(|b| record::decode_stored(&b).ok()).is_some_and(|rec| rec.signer != crashed_peer)
+            let by_other = other.iter().any(|rid| {
+                self.records.get(rid).is_some() && {
+                    let any =
+                        live.first().and_then(|&i| self.nodes[i].core.as_ref()).and_then(|c| c.store().get_record(rid));
+                    any.and_then(|b| record::decode_stored(&b).ok()).is_some_and(|rec| rec.signer != crashed_peer)
+                }
             });
             let reclaim = self.reclaims.get(&k).map(|t| t - at);
-            r.failovers.push(FailoverFigure { job: job.to_hex(), crashed_ms: *at, rebuilt_by_other: by_other, crash_to_reclaim_ms: reclaim });
+            r.failovers.push(FailoverFigure {
+                job: job.to_hex(),
+                crashed_ms: *at,
+                rebuilt_by_other: by_other,
+                crash_to_reclaim_ms: reclaim,
+            });
         }
         if let Some(first) = self.first_build_start {
             let span = self.last_build_end.saturating_sub(first).max(1) as f64;
@@ -1380,7 +1465,8 @@ impl Sim {
             r.slot_utilisation = self.busy_slot_ms as f64 / (span * slots);
         }
         r.live_nodes_at_end = live.len();
-        r.records_per_node_at_end = live.first().and_then(|&i| self.nodes[i].core.as_ref()).map(|c| c.store().record_count()).unwrap_or(0);
+        r.records_per_node_at_end =
+            live.first().and_then(|&i| self.nodes[i].core.as_ref()).map(|c| c.store().record_count()).unwrap_or(0);
         Ok(r)
     }
 }
@@ -1398,24 +1484,45 @@ impl Report {
     pub fn to_text(&self) -> String {
         let ms = |x: Option<u64>| x.map(|v| format!("{:.2}s", v as f64 / 1000.0)).unwrap_or_else(|| "-".into());
         let mut s = String::new();
-        s.push_str(&format!("seed {} · {} nodes · {:.1} simulated minutes\n", self.seed, self.nodes, self.simulated_ms as f64 / 60_000.0));
-        s.push_str(&format!("changes {} · jobs {} (unbuildable, left pending: {})\n", self.changes, self.jobs, self.jobs_unbuildable));
+        s.push_str(&format!(
+            "seed {} · {} nodes · {:.1} simulated minutes\n",
+            self.seed,
+            self.nodes,
+            self.simulated_ms as f64 / 60_000.0
+        ));
+        s.push_str(&format!(
+            "changes {} · jobs {} (unbuildable, left pending: {})\n",
+            self.changes, self.jobs, self.jobs_unbuildable
+        ));
         s.push_str(&format!(
             "jobs built 0×: {}  1×: {}  2+×: {}  (duplicate rate {:.3}%) · builds started {} · cancelled {}\n",
-            self.jobs_built_0, self.jobs_built_1, self.jobs_built_2_plus, self.duplicate_rate * 100.0, self.builds_started, self.builds_cancelled
+            self.jobs_built_0,
+            self.jobs_built_1,
+            self.jobs_built_2_plus,
+            self.duplicate_rate * 100.0,
+            self.builds_started,
+            self.builds_cancelled
         ));
         s.push_str(&format!(
             "change reaches 50% of nodes: {}  99%: {}  100%: {} (worst) · max hops {}\n",
-            ms(self.change_reach_p50_ms), ms(self.change_reach_p99_ms), ms(self.change_reach_all_ms), self.max_hops
+            ms(self.change_reach_p50_ms),
+            ms(self.change_reach_p99_ms),
+            ms(self.change_reach_all_ms),
+            self.max_hops
         ));
         s.push_str(&format!(
             "change → claim p50 {} p99 {} · change → result everywhere p50 {} p99 {}\n",
-            ms(self.change_to_claim_p50_ms), ms(self.change_to_claim_p99_ms),
-            ms(self.change_to_result_everywhere_p50_ms), ms(self.change_to_result_everywhere_p99_ms)
+            ms(self.change_to_claim_p50_ms),
+            ms(self.change_to_claim_p99_ms),
+            ms(self.change_to_result_everywhere_p50_ms),
+            ms(self.change_to_result_everywhere_p99_ms)
         ));
         s.push_str(&format!(
             "traffic per node: {:.1} msgs/s, {:.0} bytes/s (of which sync {:.0} B/s, logs {:.0} B/s)\n",
-            self.msgs_per_node_per_sec, self.bytes_per_node_per_sec, self.sync_bytes_per_node_per_sec, self.log_bytes_per_node_per_sec
+            self.msgs_per_node_per_sec,
+            self.bytes_per_node_per_sec,
+            self.sync_bytes_per_node_per_sec,
+            self.log_bytes_per_node_per_sec
         ));
         s.push_str(&format!(
             "faults: {} crashes, {} restarts, {} partitions, {} lease expiries, {} claim conflicts, {} forged records sent, {} rejected\n",
@@ -1428,7 +1535,9 @@ impl Report {
         for f in &self.failovers {
             s.push_str(&format!(
                 "claimant crash at {}: rebuilt by another node: {} · crash → new claim {}\n",
-                ms(Some(f.crashed_ms)), f.rebuilt_by_other, ms(f.crash_to_reclaim_ms)
+                ms(Some(f.crashed_ms)),
+                f.rebuilt_by_other,
+                ms(f.crash_to_reclaim_ms)
             ));
         }
         s.push_str(&format!(

@@ -140,7 +140,10 @@ fn loss_and_crashes_over_two_hundred_seeds_build_every_job_with_few_duplicates()
         crashes += r.crashes;
     }
     let rate = dups as f64 / jobs as f64;
-    eprintln!("200 seeds, 10% loss, random crashes: {jobs} jobs, {crashes} crashes, {dups} built twice or more ({:.3}%)", rate * 100.0);
+    eprintln!(
+        "200 seeds, 10% loss, random crashes: {jobs} jobs, {crashes} crashes, {dups} built twice or more ({:.3}%)",
+        rate * 100.0
+    );
     assert!(crashes > 100, "the sweep must actually crash nodes");
     assert!(rate < 0.01, "duplicate rate {rate}");
 }

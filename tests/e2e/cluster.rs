@@ -74,7 +74,9 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
     let a = Node::start(Path::new(BIN), "A", &da, &["--watch".into(), watch]).unwrap();
     let boot = a.multiaddr();
     let b = Node::start(Path::new(BIN), "B", &db, &["--bootstrap".into(), boot.clone()]).unwrap();
-    let mut c = Node::start(Path::new(BIN), "C", &dc, &["--bootstrap".into(), boot, "--label".into(), "gpu=yes".into()]).unwrap();
+    let mut c =
+        Node::start(Path::new(BIN), "C", &dc, &["--bootstrap".into(), boot, "--label".into(), "gpu=yes".into()])
+            .unwrap();
 
     // Identity: a key in the data dir, mode 0600, whose PeerId the node uses.
     let id_out = a.cli(&["id", "--data-dir", da.to_str().unwrap()]).unwrap();
@@ -153,7 +155,9 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
     }
 
     // Announcing through another node's API (like sendchange) builds nothing twice.
-    let again = b.cli(&["announce", "--repo", repo.path().to_str().unwrap(), "--branch", "main", "--commit", &c2[..8]]).unwrap();
+    let again = b
+        .cli(&["announce", "--repo", repo.path().to_str().unwrap(), "--branch", "main", "--commit", &c2[..8]])
+        .unwrap();
     assert!(again.contains("already known"), "{again}");
 
     // A broken recipe is an error on the change, not a crash.
@@ -171,7 +175,11 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
     // Bad requests get a clear error.
     let (code, body) = a.request("POST", "/api/v1/changes", Some("{\"repo\": 5}"));
     assert_eq!(code, 400, "{body}");
-    let (code, body) = a.request("POST", "/api/v1/changes", Some(&format!("{{\"repo\":\"{}\",\"commit\":\"0000000\"}}", repo.path().display())));
+    let (code, body) = a.request(
+        "POST",
+        "/api/v1/changes",
+        Some(&format!("{{\"repo\":\"{}\",\"commit\":\"0000000\"}}", repo.path().display())),
+    );
     assert_eq!(code, 400);
     assert!(body["error"].as_str().unwrap().contains("no commit"), "{body}");
     let (code, body) = a.request("GET", "/api/v1/builds?status=great", None);
@@ -210,7 +218,8 @@ fn a_bootstrap_that_is_down_is_retried_until_it_comes_up() {
         log.contains("cannot reach bootstrap peer").then_some(())
     })
     .unwrap();
-    let a = Node::start(Path::new(BIN), "A", &a_dir, &["--listen".into(), format!("/ip4/127.0.0.1/tcp/{port}")]).unwrap();
+    let a =
+        Node::start(Path::new(BIN), "A", &a_dir, &["--listen".into(), format!("/ip4/127.0.0.1/tcp/{port}")]).unwrap();
     assert_eq!(a.peer_id(), a_id);
     wait_for("B to reach A once it is up", LONG, || {
         let v = b.get("/api/v1/peers").ok()?;

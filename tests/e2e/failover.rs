@@ -31,10 +31,7 @@ fn wait_job<T>(n: &Node, what: &str, commit: &str, f: impl Fn(&Value) -> Option<
 }
 
 fn success_results(n: &Node, commit: &str) -> Vec<Value> {
-    n.get(&format!("/api/v1/builds?commit={commit}"))
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
+    n.get(&format!("/api/v1/builds?commit={commit}")).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
 }
 
 #[test]
@@ -127,7 +124,9 @@ fn killed_claimant_job_is_rebuilt_and_restarted_claimant_loses_nothing() {
     }
 
     // 4. Force a rebuild of the first commit from the CLI: a new job, built once.
-    let out = nodes[2].cli(&["force", "--repo", repo.path().to_str().unwrap(), "--commit", &c1[..8], "--reason", "check"]).unwrap();
+    let out = nodes[2]
+        .cli(&["force", "--repo", repo.path().to_str().unwrap(), "--commit", &c1[..8], "--reason", "check"])
+        .unwrap();
     assert!(out.contains("forced change"), "{out}");
     for n in &nodes {
         wait_for(&format!("the forced build on {}", n.name), LONG, || {

@@ -48,7 +48,8 @@ fn late_joiner_and_killed_syncer_end_with_the_whole_history() {
     let mut extra = fast.clone();
     extra.extend(["--bootstrap".to_string(), a.multiaddr()]);
     let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &extra).unwrap();
-    wait_for("A's first build", LONG, || (results(&a).len() == 1).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail()));
+    wait_for("A's first build", LONG, || (results(&a).len() == 1).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail()));
 
     // 200 commits, 200 builds (the first commit's build makes 201).
     for i in 1..=BUILDS {
@@ -67,16 +68,26 @@ fn late_joiner_and_killed_syncer_end_with_the_whole_history() {
     let mut extra = fast.clone();
     extra.extend(["--bootstrap".to_string(), b.multiaddr()]);
     let c = Node::start(Path::new(BIN), "C", &root.path().join("c"), &extra).unwrap();
-    wait_for("C to catch up", LONG, || (ids(&c) == want).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail()));
+    wait_for("C to catch up", LONG, || (ids(&c) == want).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail()));
     let node = c.get("/api/v1/node").unwrap();
     assert_eq!(node["records"], want_records);
-    wait_for("C to report it is caught up", LONG, || (c.get("/api/v1/node").ok()?["sync"]["caught_up"] == true).then_some(())).unwrap();
+    wait_for("C to report it is caught up", LONG, || {
+        (c.get("/api/v1/node").ok()?["sync"]["caught_up"] == true).then_some(())
+    })
+    .unwrap();
     // Every result's signature checks out on C, and logs are readable there.
     for r in results(&c).iter().step_by(20) {
         let id = r["id"].as_str().unwrap();
         let d = c.get(&format!("/api/v1/builds/{id}")).unwrap();
         assert_eq!(d["verified"], true);
-        let log = c.get_text(&format!("/api/v1/builds/{id}/steps/test/log")).unwrap_or_else(|e| panic!("{e:#}\n{:?}\n{}", c.request("GET", &format!("/api/v1/builds/{id}/steps/test/log"), None), c.log_tail()));
+        let log = c.get_text(&format!("/api/v1/builds/{id}/steps/test/log")).unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\n{:?}\n{}",
+                c.request("GET", &format!("/api/v1/builds/{id}/steps/test/log"), None),
+                c.log_tail()
+            )
+        });
         assert!(log.contains("1 passed"), "{log}");
     }
 

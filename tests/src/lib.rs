@@ -108,7 +108,14 @@ impl Node {
         args.push("--data-dir".into());
         args.push(data_dir.to_string_lossy().into_owned());
         args.extend(extra.iter().cloned());
-        let mut n = Node { name: name.into(), bin: bin.to_path_buf(), data_dir: data_dir.to_path_buf(), args, child: None, info: None };
+        let mut n = Node {
+            name: name.into(),
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            args,
+            child: None,
+            info: None,
+        };
         n.spawn()?;
         Ok(n)
     }
