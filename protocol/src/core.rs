@@ -62,7 +62,8 @@ pub struct Config {
     /// Seed of the node's random choices (sync partner, blob source order).
     pub seed: u64,
     /// Every step log is kept by the this many live nodes that rank highest
-    /// for its hash (besides its builder and anyone who asked for it).
+    /// for its hash (the builder counts among them if it ranks there; it
+    /// keeps its own logs anyway, as does anyone who asked for one).
     pub log_replicas: usize,
     /// Logs of results older than this are dropped locally; records stay.
     pub log_horizon_ms: Option<u64>,
@@ -502,6 +503,15 @@ fn mix(mut x: u64) -> u64 {
 
 pub fn score(job: &Hash32, key: u64) -> u64 {
     mix(job.prefix_u64() ^ key)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// Rendezvous order: higher score first, PeerId breaks ties. Every node
@@ -1257,8 +1267,11 @@ impl<S: Store> NodeCore<S> {
         }
         // A node still catching up history would take old jobs whose
         // results it has not fetched yet for jobs waiting to be built.
+        // Peers that never complete a session (an older version, say) must
+        // not keep the node from building for ever.
         let connected = self.peers.values().any(|v| v.connected);
-        if (connected && !self.synced_once) || self.progress.to_fetch > 0 {
+        let waited_long = now > self.started_ms + 3 * self.cfg.sync_interval_ms;
+        if (connected && !self.synced_once && !waited_long) || self.progress.to_fetch > 0 {
             self.next_due = next_due;
             return;
         }
@@ -1567,7 +1580,7 @@ impl<S: Store> NodeCore<S> {
         for j in jobs.iter_mut() {
             j.id = crate::recipe::forced_job_id(&info.repo, &info.commit, &j.builder, &nonce);
         }
-        let force = record::Force { nonce, reason: reason.chars().take(1024).collect() };
+        let force = record::Force { nonce, reason: clip(&reason, 1024) };
         let change = info.into_change(jobs, None, now, Some(force));
         self.publish(now, Body::Change(change))
     }
@@ -1582,7 +1595,7 @@ impl<S: Store> NodeCore<S> {
         if !self.jobs.contains_key(&job) {
             return Err(format!("no job {}", job.to_hex()));
         }
-        let body = Body::Cancel(record::Cancel { job, reason: reason.chars().take(1024).collect(), requested_ms: now });
+        let body = Body::Cancel(record::Cancel { job, reason: clip(&reason, 1024), requested_ms: now });
         self.publish(now, body)
     }
 
@@ -1667,7 +1680,9 @@ impl<S: Store> NodeCore<S> {
     /// Keeps a copy of each log of a new result when this node is among the
     /// `log_replicas` live nodes ranking highest for the log's hash.
     fn replicate_logs(&mut self, now: Millis, r: &BuildResult, signer: PeerId) {
-        if self.cfg.log_replicas == 0 || signer == self.me {
+        // A node catching up has heard of too few peers to know whether it
+        // is among a log's keepers; old logs stay with those who have them.
+        if self.cfg.log_replicas == 0 || signer == self.me || !self.synced_once || self.progress.to_fetch > 0 {
             return;
         }
         if let Some(h) = self.cfg.log_horizon_ms {

@@ -256,6 +256,9 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
             if c.repo.is_empty() || c.commit.is_empty() {
                 return bad("change without repo or commit");
             }
+            if c.force.as_ref().is_some_and(|f| f.reason.len() > 1024) {
+                return bad("force reason over 1024 bytes");
+            }
             for j in &c.jobs {
                 let want = match &c.force {
                     None => crate::recipe::job_id(&c.repo, &c.commit, &j.builder),
