@@ -404,7 +404,7 @@ fn main() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PEERBOT_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,libp2p_gossipsub=warn,libp2p_kad=warn,libp2p_swarm=warn,actix_server=warn",
+            "info,libp2p_gossipsub=warn,libp2p_kad=error,libp2p_swarm=warn,actix_server=warn",
         )
     });
     use std::io::IsTerminal;
