@@ -322,7 +322,13 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
 async fn get_job(st: State, id: web::Path<String>) -> HttpResponse {
     match st.core.send(Query::Job(id.into_inner())).await {
         Ok(v) if v.get("error").is_some() => {
-            error(actix_web::http::StatusCode::NOT_FOUND, v["error"].as_str().unwrap_or(""))
+            let msg = v["error"].as_str().unwrap_or("");
+            let code = if msg.contains("is not a job id") || msg.contains("ambiguous") {
+                actix_web::http::StatusCode::BAD_REQUEST
+            } else {
+                actix_web::http::StatusCode::NOT_FOUND
+            };
+            error(code, msg)
         }
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => unavailable(e.to_string()),
@@ -391,9 +397,20 @@ async fn force(st: State, body: web::Json<ForceBody>) -> HttpResponse {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
 #[get("/api/v1/findings")]
-async fn findings(st: State) -> HttpResponse {
+async fn findings(st: State, q: web::Query<LimitQuery>) -> HttpResponse {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     match st.core.send(Query::Findings).await {
+        Ok(Value::Array(mut v)) => {
+            v.truncate(limit);
+            HttpResponse::Ok().json(v)
+        }
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => unavailable(e.to_string()),
     }
