@@ -182,6 +182,10 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
     );
     assert_eq!(code, 400);
     assert!(body["error"].as_str().unwrap().contains("no commit"), "{body}");
+    let (code, body) = a.request("GET", "/api/v1/jobs/zz", None);
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = a.request("GET", "/api/v1/builds/0000000000", None);
+    assert_eq!(code, 404, "{body}");
     let (code, body) = a.request("GET", "/api/v1/builds?status=great", None);
     assert_eq!(code, 400);
     assert!(body["error"].as_str().unwrap().contains("great"), "{body}");
