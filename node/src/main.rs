@@ -49,16 +49,7 @@ enum Cmd {
     /// Announce a commit through a node's HTTP API (like Buildbot's sendchange).
     Announce {
         #[command(flatten)]
-        node: NodeUrl,
-        /// Repository URL or path, as the builders should fetch it.
-        #[arg(long)]
-        repo: String,
-        /// Branch the commit is on [default: the repository's HEAD branch].
-        #[arg(long)]
-        branch: Option<String>,
-        /// Commit id (a unique prefix works).
-        #[arg(long)]
-        commit: String,
+        at: CommitArgs,
     },
     /// List build results from any node.
     Results {
@@ -98,16 +89,7 @@ enum Cmd {
     /// Force a rebuild of a commit, even one built before (new jobs).
     Force {
         #[command(flatten)]
-        node: NodeUrl,
-        /// Repository URL or path, as the builders should fetch it.
-        #[arg(long)]
-        repo: String,
-        /// Branch the commit is on [default: the repository's HEAD branch].
-        #[arg(long)]
-        branch: Option<String>,
-        /// Commit id (a unique prefix works).
-        #[arg(long)]
-        commit: String,
+        at: CommitArgs,
         /// Only this builder [default: every builder of the recipe].
         #[arg(long)]
         builder: Option<String>,
@@ -154,6 +136,32 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A commit of a repository, through some node's API.
+#[derive(Args)]
+struct CommitArgs {
+    #[command(flatten)]
+    node: NodeUrl,
+    /// Repository URL or path, as the builders should fetch it.
+    #[arg(long)]
+    repo: String,
+    /// Branch the commit is on [default: the repository's HEAD branch].
+    #[arg(long)]
+    branch: Option<String>,
+    /// Commit id (a unique prefix works).
+    #[arg(long)]
+    commit: String,
+}
+
+impl CommitArgs {
+    /// A local path is sent absolute, so that every node fetches the same repository.
+    fn repo(&self) -> String {
+        match std::fs::canonicalize(&self.repo) {
+            Ok(p) if !self.repo.contains("://") => p.to_string_lossy().into_owned(),
+            _ => self.repo.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -286,30 +294,28 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Node(args) => run_node(args),
         Cmd::Id { data_dir } => identity::load_or_create(&data_dir).map(|k| println!("{}", k.public().to_peer_id())),
-        Cmd::Announce { node, repo, branch, commit } => {
-            let repo = match std::fs::canonicalize(&repo) {
-                Ok(p) if !repo.contains("://") => p.to_string_lossy().into_owned(),
-                _ => repo,
-            };
-            client::post_json(&node.url, "/api/v1/changes", &json!({"repo": repo, "branch": branch, "commit": commit}))
-                .map(|v| {
-                    let jobs: Vec<&str> = v["jobs"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|j| j["builder"].as_str()).collect())
-                        .unwrap_or_default();
-                    let known = if v["already_known"].as_bool().unwrap_or(false) { " (already known)" } else { "" };
-                    println!(
-                        "change {}{} for commit {}: builders {:?}",
-                        v["id"].as_str().unwrap_or("?"),
-                        known,
-                        v["commit"].as_str().unwrap_or("?"),
-                        jobs
-                    );
-                    if let Some(e) = v["recipe_error"].as_str() {
-                        println!("recipe error: {e}");
-                    }
-                })
-        }
+        Cmd::Announce { at } => client::post_json(
+            &at.node.url,
+            "/api/v1/changes",
+            &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit}),
+        )
+        .map(|v| {
+            let jobs: Vec<&str> = v["jobs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|j| j["builder"].as_str()).collect())
+                .unwrap_or_default();
+            let known = if v["already_known"].as_bool().unwrap_or(false) { " (already known)" } else { "" };
+            println!(
+                "change {}{} for commit {}: builders {:?}",
+                v["id"].as_str().unwrap_or("?"),
+                known,
+                v["commit"].as_str().unwrap_or("?"),
+                jobs
+            );
+            if let Some(e) = v["recipe_error"].as_str() {
+                println!("recipe error: {e}");
+            }
+        }),
         Cmd::Results { node, repo, branch, commit, builder, status, limit, json } => {
             let limit = limit.to_string();
             client::get_json(
@@ -336,37 +342,31 @@ fn main() {
         Cmd::Log { node, build_id, step } => {
             client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| print!("{t}"))
         }
-        Cmd::Force { node, repo, branch, commit, builder, reason } => {
-            let repo = match std::fs::canonicalize(&repo) {
-                Ok(p) if !repo.contains("://") => p.to_string_lossy().into_owned(),
-                _ => repo,
-            };
-            client::post_json(
-                &node.url,
-                "/api/v1/force",
-                &json!({"repo": repo, "branch": branch, "commit": commit, "builder": builder, "reason": reason}),
-            )
-            .map(|v| {
-                let jobs: Vec<String> = v["jobs"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|j| {
-                                format!("{} {}", j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?"))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                println!(
-                    "forced change {} for commit {}",
-                    v["id"].as_str().unwrap_or("?"),
-                    v["commit"].as_str().unwrap_or("?")
-                );
-                for j in jobs {
-                    println!("  job {j}");
-                }
-            })
-        }
+        Cmd::Force { at, builder, reason } => client::post_json(
+            &at.node.url,
+            "/api/v1/force",
+            &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit, "builder": builder, "reason": reason}),
+        )
+        .map(|v| {
+            let jobs: Vec<String> = v["jobs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|j| {
+                            format!("{} {}", j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "forced change {} for commit {}",
+                v["id"].as_str().unwrap_or("?"),
+                v["commit"].as_str().unwrap_or("?")
+            );
+            for j in jobs {
+                println!("  job {j}");
+            }
+        }),
         Cmd::Cancel { node, job, reason } => {
             client::post_json(&node.url, &format!("/api/v1/jobs/{job}/cancel"), &json!({"reason": reason})).map(|v| {
                 println!(

@@ -28,21 +28,8 @@ fn fill(store: &mut MemStore, from: u64, to: u64, signer: peerbot_protocol::Peer
 
 fn main() {
     let signer = peerbot_protocol::deterministic_key(1).public().to_peer_id();
-    let body = Body::Change(Change {
-        repo: String::new(),
-        branch: String::new(),
-        commit: String::new(),
-        parents: vec![],
-        author: String::new(),
-        committer: String::new(),
-        commit_time: 0,
-        title: String::new(),
-        files: vec![],
-        jobs: vec![],
-        recipe_error: None,
-        announced_ms: 0,
-        force: None,
-    });
+    let body = Body::Change(Change::default());
+
     println!("{:>9} {:>7} {:>7} {:>12} {:>10}", "records", "diff", "rounds", "sync bytes", "time");
     for &n in &[10_000u64, 100_000, 1_000_000] {
         let mut full = MemStore::new();

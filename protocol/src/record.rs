@@ -19,7 +19,7 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 const SIGN_DOMAIN: &[u8] = b"peerbot-record-v1\0";
 const ENVELOPE_VERSION: u8 = 1;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     pub repo: String,
     pub branch: String,

@@ -356,21 +356,7 @@ mod tests {
     }
 
     fn dummy_change(t: u64) -> crate::record::Change {
-        crate::record::Change {
-            repo: "r".into(),
-            branch: "b".into(),
-            commit: "c".into(),
-            parents: vec![],
-            author: String::new(),
-            committer: String::new(),
-            commit_time: 0,
-            title: String::new(),
-            files: vec![],
-            jobs: vec![],
-            recipe_error: None,
-            announced_ms: t,
-            force: None,
-        }
+        crate::record::Change { announced_ms: t, ..Default::default() }
     }
 
     /// Runs a whole session; returns (need, have, rounds).
