@@ -98,6 +98,8 @@ pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
         "status": r.status.as_str(),
         "failed_step": r.failed_step,
         "error": r.error,
+        "author": r.author,
+        "title": r.title,
         "started_ms": r.started_ms,
         "ended_ms": r.ended_ms,
         "duration_ms": r.ended_ms.saturating_sub(r.started_ms),
@@ -260,7 +262,22 @@ async fn list_builds(st: State, q: web::Query<BuildsQuery>) -> HttpResponse {
         }
         _ => false,
     });
-    HttpResponse::Ok().json(recs.iter().map(|r| result_json(r, false)).collect::<Vec<_>>())
+    let mut out: Vec<Value> = recs.iter().map(|r| result_json(r, false)).collect();
+    mark_breakages(&mut out);
+    HttpResponse::Ok().json(out)
+}
+
+/// Marks results that broke their builder's branch: a failure right
+/// after a success of the same repo, branch and builder (within the
+/// results returned, newest first), so the author is the one to ask.
+fn mark_breakages(results: &mut [Value]) {
+    for i in 0..results.len() {
+        let key = |v: &Value| (v["repo"].clone(), v["branch"].clone(), v["builder"].clone());
+        let bad = matches!(results[i]["status"].as_str(), Some("failure") | Some("exception"));
+        let previous = results[i + 1..].iter().find(|o| key(o) == key(&results[i])).map(|o| o["status"].clone());
+        let broke = bad && matches!(previous.as_ref().and_then(|p| p.as_str()), Some("success") | Some("warnings"));
+        results[i]["broke_build"] = json!(broke);
+    }
 }
 
 fn find_result(st: &AppState, id: &str) -> Result<VerifiedRecord, HttpResponse> {

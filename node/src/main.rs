@@ -554,6 +554,8 @@ fn seed_history(data_dir: &std::path::Path, results: usize) -> anyhow::Result<()
             metrics: Default::default(),
             failed_step: None,
             error: None,
+            author: "Bench <bench@peerbot.invalid>".into(),
+            title: format!("synthetic commit {i}"),
         };
         batch.push(sign(&key, &Body::Change(change)));
         batch.push(sign(&key, &Body::Result(result)));

@@ -1457,6 +1457,10 @@ impl<S: Store> NodeCore<S> {
             metrics.insert("tests_failed".to_string(), t.failed as f64);
             metrics.insert("tests_skipped".to_string(), t.skipped as f64);
         }
+        let (author, title) = match self.store.get_record(&job.change).and_then(|b| record::decode_stored(&b).ok()) {
+            Some(VerifiedRecord { body: Body::Change(c), .. }) => (c.author, c.title),
+            _ => (String::new(), String::new()),
+        };
         let result = BuildResult {
             job: o.job,
             repo: job.repo.clone(),
@@ -1472,6 +1476,8 @@ impl<S: Store> NodeCore<S> {
             metrics,
             failed_step: if status == Status::Failure { failed_step } else { None },
             error: o.error.clone(),
+            author,
+            title,
         };
         let rec = record::sign(&self.key, &Body::Result(result));
         if let Err(e) = self.store.put_record(&rec) {

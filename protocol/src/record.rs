@@ -133,6 +133,12 @@ pub struct BuildResult {
     pub failed_step: Option<String>,
     /// Why the build could not run (status `exception`), e.g. a failed fetch.
     pub error: Option<String>,
+    /// The commit's author and title, from its change, so that a result
+    /// names who to ask about it without a second lookup.
+    #[serde(default)]
+    pub author: String,
+    #[serde(default)]
+    pub title: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

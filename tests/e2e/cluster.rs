@@ -151,8 +151,17 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
         assert_eq!(t["status"], "failure", "{t}");
         assert_eq!(t["failed_step"], "check");
         assert_eq!(t["steps"][1]["exit_code"], 3);
+        // The result names the commit's author, and that this commit broke the builder.
+        assert_eq!(t["author"], "Alice Example <alice@example.org>");
+        assert_eq!(t["title"], "break the check");
         assert_eq!(by_builder(results, "cuda")["status"], "success");
     }
+
+    let listed = b.get("/api/v1/builds?builder=test").unwrap();
+    let newest = &listed.as_array().unwrap()[0];
+    assert_eq!(newest["commit"], c2.as_str());
+    assert_eq!(newest["broke_build"], true, "{newest}");
+    assert_eq!(listed[1]["broke_build"], false);
 
     // Announcing through another node's API (like sendchange) builds nothing twice.
     let again = b
