@@ -153,6 +153,7 @@ cat <<EOF
 Try:
   $bin peers   --node $a_url
   $bin results --node $a_url
+  PEERBOT_API_TOKEN=\$(cat $root/A/api.token) \\
   $bin announce --node $a_url --repo /path/to/repo --branch main \\
       --commit "\$(git -C /path/to/repo rev-parse main)"
 or open $a_url in a browser. Ctrl-C stops all three.

@@ -43,9 +43,13 @@ pub fn get_text(node: &str, path: &str) -> anyhow::Result<String> {
     Ok(resp.into_string()?)
 }
 
-pub fn post_json(node: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+pub fn post_json(node: &str, token: Option<&str>, path: &str, body: &Value) -> anyhow::Result<Value> {
     let url = format!("{}{}", base(node), path);
-    let resp = agent().post(&url).send_json(body.clone()).map_err(|e| fail(&url, e))?;
+    let mut req = agent().post(&url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {}", t.trim()));
+    }
+    let resp = req.send_json(body.clone()).map_err(|e| fail(&url, e))?;
     resp.into_json().with_context(|| format!("{url}: not JSON"))
 }
 

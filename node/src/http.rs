@@ -21,6 +21,25 @@ pub struct AppState {
     pub core: Addr<CoreActor>,
     pub store: RocksStore,
     pub data_dir: PathBuf,
+    /// Writes (announce, force, cancel) need `Authorization: Bearer <token>`.
+    pub api_token: String,
+}
+
+/// Checks the bearer token of a write; blake3 hashes compare in constant time.
+fn authorize(req: &actix_web::HttpRequest, st: &AppState) -> Result<(), HttpResponse> {
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !given.is_empty() && blake3::hash(given.as_bytes()) == blake3::hash(st.api_token.as_bytes()) {
+        return Ok(());
+    }
+    Err(error(
+        actix_web::http::StatusCode::UNAUTHORIZED,
+        "writes need the node's API token: Authorization: Bearer <token> (the CLI reads PEERBOT_API_TOKEN or --token; the node keeps it in DATA_DIR/api.token)",
+    ))
 }
 
 type State = web::Data<AppState>;
@@ -205,7 +224,10 @@ struct AnnounceBody {
 }
 
 #[post("/api/v1/changes")]
-async fn post_change(st: State, body: web::Json<AnnounceBody>) -> HttpResponse {
+async fn post_change(req: actix_web::HttpRequest, st: State, body: web::Json<AnnounceBody>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &st) {
+        return r;
+    }
     let b = body.into_inner();
     let info = match commit_info_for(&st, &b.repo, b.branch, &b.commit).await {
         Ok(i) => i,
@@ -359,7 +381,15 @@ struct CancelBody {
 }
 
 #[post("/api/v1/jobs/{id}/cancel")]
-async fn cancel_job(st: State, id: web::Path<String>, body: Option<web::Json<CancelBody>>) -> HttpResponse {
+async fn cancel_job(
+    req: actix_web::HttpRequest,
+    st: State,
+    id: web::Path<String>,
+    body: Option<web::Json<CancelBody>>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &st) {
+        return r;
+    }
     let reason = body.and_then(|b| b.into_inner().reason).unwrap_or_else(|| "cancelled by a user".into());
     match st.core.send(Cancel { job: id.into_inner(), reason }).await {
         Ok(Ok((job, rec))) => HttpResponse::Ok().json(json!({"job": job.to_hex(), "cancel_record": rec.to_hex()})),
@@ -396,7 +426,10 @@ async fn commit_info_for(
 }
 
 #[post("/api/v1/force")]
-async fn force(st: State, body: web::Json<ForceBody>) -> HttpResponse {
+async fn force(req: actix_web::HttpRequest, st: State, body: web::Json<ForceBody>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &st) {
+        return r;
+    }
     let b = body.into_inner();
     let info = match commit_info_for(&st, &b.repo, b.branch, &b.commit).await {
         Ok(i) => i,

@@ -46,3 +46,28 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Keypair> {
     }
     Ok(key)
 }
+
+pub const TOKEN_FILE: &str = "api.token";
+
+/// The token HTTP writes must present, made at first start (mode 0600).
+pub fn api_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    if path.exists() {
+        let t = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let t = t.trim().to_string();
+        if t.len() < 16 {
+            bail!("{} holds no usable token (at least 16 characters)", path.display());
+        }
+        return Ok(t);
+    }
+    let token = hex::encode(rand::random::<[u8; 24]>());
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}

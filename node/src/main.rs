@@ -169,6 +169,9 @@ struct NodeUrl {
     /// Base URL of any node's HTTP API.
     #[arg(long = "node", env = "PEERBOT_NODE", default_value = "http://127.0.0.1:7401")]
     url: String,
+    /// The node's API token, needed for announce, force and cancel (see DATA_DIR/api.token).
+    #[arg(long, env = "PEERBOT_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// Settings a config file may hold: the node flags, by their long names
@@ -188,6 +191,7 @@ const CONFIG_KEYS: &[&str] = &[
     "sync_secs",
     "log_replicas",
     "log_horizon",
+    "api_token",
 ];
 
 /// Reads the node's config file into `PEERBOT_*` variables that are not
@@ -273,6 +277,9 @@ struct NodeArgs {
     /// How many nodes keep a copy of each step log (those ranking highest for its hash).
     #[arg(long, env = "PEERBOT_LOG_REPLICAS", default_value_t = 3)]
     log_replicas: usize,
+    /// Token that HTTP writes (announce, force, cancel) must present [default: DATA_DIR/api.token, made on first start].
+    #[arg(long, env = "PEERBOT_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     /// Drop this node's copies of logs of results older than this (e.g. 180d); records stay. Default: keep all.
     #[arg(long, env = "PEERBOT_LOG_HORIZON", value_parser = parse_duration_ms)]
     log_horizon: Option<u64>,
@@ -296,6 +303,7 @@ fn main() {
         Cmd::Id { data_dir } => identity::load_or_create(&data_dir).map(|k| println!("{}", k.public().to_peer_id())),
         Cmd::Announce { at } => client::post_json(
             &at.node.url,
+            at.node.token.as_deref(),
             "/api/v1/changes",
             &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit}),
         )
@@ -344,6 +352,7 @@ fn main() {
         }
         Cmd::Force { at, builder, reason } => client::post_json(
             &at.node.url,
+            at.node.token.as_deref(),
             "/api/v1/force",
             &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit, "builder": builder, "reason": reason}),
         )
@@ -367,15 +376,19 @@ fn main() {
                 println!("  job {j}");
             }
         }),
-        Cmd::Cancel { node, job, reason } => {
-            client::post_json(&node.url, &format!("/api/v1/jobs/{job}/cancel"), &json!({"reason": reason})).map(|v| {
-                println!(
-                    "cancelled job {} (record {})",
-                    v["job"].as_str().unwrap_or("?"),
-                    v["cancel_record"].as_str().unwrap_or("?")
-                )
-            })
-        }
+        Cmd::Cancel { node, job, reason } => client::post_json(
+            &node.url,
+            node.token.as_deref(),
+            &format!("/api/v1/jobs/{job}/cancel"),
+            &json!({"reason": reason}),
+        )
+        .map(|v| {
+            println!(
+                "cancelled job {} (record {})",
+                v["job"].as_str().unwrap_or("?"),
+                v["cancel_record"].as_str().unwrap_or("?")
+            )
+        }),
         Cmd::Jobs { node, state, json } => client::get_json(&node.url, "/api/v1/jobs", &[("state", state.as_deref())])
             .and_then(|v| {
                 if json {
@@ -431,6 +444,11 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--heartbeat-ms must be at least 50, and --poll-secs, --lease-secs, --sync-secs at least 1");
     }
     let key = identity::load_or_create(&a.data_dir)?;
+    let api_token = match a.api_token.clone() {
+        Some(t) if t.trim().len() >= 16 => t.trim().to_string(),
+        Some(_) => anyhow::bail!("--api-token must be at least 16 characters"),
+        None => identity::api_token(&a.data_dir)?,
+    };
     let store = store::RocksStore::open(&a.data_dir.join("db"))?;
     let known: Vec<(libp2p::PeerId, Vec<Multiaddr>)> = load_peer_addrs(&store)
         .into_iter()
@@ -480,6 +498,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             core: core_addr.clone(),
             store: store.clone(),
             data_dir: data_dir.clone(),
+            api_token,
         });
         let server =
             actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))

@@ -181,6 +181,19 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
         assert!(n.get("/api/v1/node").is_ok(), "{} must still be up", n.name);
     }
 
+    // Writes need the node's token.
+    let url = format!("{}/api/v1/changes", a.url());
+    let body = format!("{{\"repo\":\"{}\",\"commit\":\"{}\"}}", repo.path().display(), c2);
+    match ureq::post(&url).set("content-type", "application/json").send_string(&body) {
+        Err(ureq::Error::Status(code, resp)) => {
+            assert_eq!(code, 401);
+            assert!(resp.into_string().unwrap().contains("API token"));
+        }
+        other => panic!("a write without the token must be refused: {other:?}"),
+    }
+    let mode = std::fs::metadata(da.join("api.token")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
     // Bad requests get a clear error.
     let (code, body) = a.request("POST", "/api/v1/changes", Some("{\"repo\": 5}"));
     assert_eq!(code, 400, "{body}");

@@ -186,9 +186,17 @@ impl Node {
     }
 
     /// Status code and JSON body, for requests expected to fail.
+    /// The token the node made for HTTP writes.
+    pub fn api_token(&self) -> String {
+        fs::read_to_string(self.data_dir.join("api.token")).unwrap_or_default().trim().to_string()
+    }
+
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         let url = format!("{}{}", self.url(), path);
-        let req = ureq::request(method, &url).timeout(Duration::from_secs(90)).set("content-type", "application/json");
+        let req = ureq::request(method, &url)
+            .timeout(Duration::from_secs(90))
+            .set("content-type", "application/json")
+            .set("authorization", &format!("Bearer {}", self.api_token()));
         let r = match body {
             Some(b) => req.send_string(b),
             None => req.call(),
@@ -202,7 +210,11 @@ impl Node {
 
     /// Runs the CLI against this node and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.bin).args(args).env("PEERBOT_NODE", self.url()).output()?;
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("PEERBOT_NODE", self.url())
+            .env("PEERBOT_API_TOKEN", self.api_token())
+            .output()?;
         if !out.status.success() {
             bail!("peerbot {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
