@@ -62,11 +62,25 @@ fn main() {
                                     c[2] += 1;
                                     ids += v.len()
                                 }
+                                peerbot_protocol::sync::RangeMode::Prefixes { prefixes } => {
+                                    c[2] += 1;
+                                    ids += prefixes.len()
+                                }
+                                peerbot_protocol::sync::RangeMode::Answer { extra, .. } => {
+                                    c[2] += 1;
+                                    ids += extra.len()
+                                }
                             }
                         }
                         (c, ids)
                     };
-                    eprintln!("n={n} d={d} round {rounds}: sent {:?} answered {:?}", modes(&msg), modes(&resp.reply));
+                    eprintln!(
+                        "n={n} d={d} round {rounds}: sent {:?} {} B, answered {:?} {} B",
+                        modes(&msg),
+                        encode_request(&Request::Reconcile { ranges: msg.clone() }).len(),
+                        modes(&resp.reply),
+                        encode_response(&Response::Reconcile { ranges: resp.reply.clone() }).len()
+                    );
                 }
                 need += out.need.len();
                 if out.finished() {

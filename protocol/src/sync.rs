@@ -83,6 +83,16 @@ pub enum RangeMode {
         /// True when this list answers the peer's list (the last word on the range).
         answer: bool,
     },
+    /// The initiator's ids in the range, by their first 8 bytes, in order.
+    Prefixes {
+        prefixes: Vec<[u8; 8]>,
+    },
+    /// The responder's reply to `Prefixes`: its ids the initiator lacks, and
+    /// one bit per listed prefix, set when the responder has that record.
+    Answer {
+        extra: Vec<Hash32>,
+        have: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,12 +125,17 @@ pub mod wire_ranges {
     use serde::{Deserializer, Serializer};
     use serde_bytes::ByteBuf;
 
+    const PREFIXES: u8 = 1;
+    const ANSWER: u8 = 2;
+
     #[derive(Serialize, Deserialize)]
     #[serde(untagged)]
     enum Mode {
         Skip,
         Fingerprint(ByteBuf),
         IdList(Vec<Hash32>, bool),
+        Prefixes(u8, ByteBuf),
+        Answer(u8, Vec<Hash32>, ByteBuf),
     }
 
     type Wire = (Option<(u64, ByteBuf)>, Mode);
@@ -139,6 +154,8 @@ pub mod wire_ranges {
                 RangeMode::Skip => Mode::Skip,
                 RangeMode::Fingerprint { fp } => Mode::Fingerprint(ByteBuf::from(fp.clone())),
                 RangeMode::IdList { ids, answer } => Mode::IdList(ids.clone(), *answer),
+                RangeMode::Prefixes { prefixes } => Mode::Prefixes(PREFIXES, ByteBuf::from(prefixes.concat())),
+                RangeMode::Answer { extra, have } => Mode::Answer(ANSWER, extra.clone(), ByteBuf::from(have.clone())),
             };
             out.push((bound, mode));
         }
@@ -168,6 +185,11 @@ pub mod wire_ranges {
                 Mode::Skip => RangeMode::Skip,
                 Mode::Fingerprint(fp) => RangeMode::Fingerprint { fp: fp.into_vec() },
                 Mode::IdList(ids, answer) => RangeMode::IdList { ids, answer },
+                Mode::Prefixes(PREFIXES, bytes) if bytes.len() % 8 == 0 => {
+                    RangeMode::Prefixes { prefixes: bytes.chunks(8).map(|c| c.try_into().expect("8 bytes")).collect() }
+                }
+                Mode::Answer(ANSWER, extra, have) => RangeMode::Answer { extra, have: have.into_vec() },
+                _ => return Err(serde::de::Error::custom("unknown sync range mode")),
             };
             out.push(SyncRange { upper, mode });
         }
@@ -203,23 +225,36 @@ pub enum SyncError {
     FingerprintLength,
 }
 
-/// The first message of a session: one range, everything, by fingerprint.
+/// Stores at least this large open a session already split in buckets.
+pub const INITIAL_SPLIT_MIN: u64 = 4096;
+
+/// The first message of a session: everything by one fingerprint, or, for
+/// a large store, by bucket fingerprints, which saves a round trip when
+/// the stores differ.
 pub fn initial<S: Store + ?Sized>(store: &S) -> Vec<SyncRange> {
     let (count, fp) = store.summary(&SyncKey::MIN, None);
-    vec![SyncRange { upper: None, mode: RangeMode::Fingerprint { fp: fp.finish(count) } }]
+    if count < INITIAL_SPLIT_MIN {
+        return vec![SyncRange { upper: None, mode: RangeMode::Fingerprint { fp: fp.finish(count) } }];
+    }
+    let mut reply = Reply { ranges: Vec::new(), budget: MESSAGE_BUDGET, initiator: true };
+    reply.split_or_list(store, &SyncKey::MIN, None, count);
+    reply.ranges
 }
 
 struct Reply {
     ranges: Vec<SyncRange>,
     budget: usize,
+    /// The initiator lists small ranges by id prefixes; the responder by ids.
+    initiator: bool,
+}
+
+fn prefix(id: &Hash32) -> [u8; 8] {
+    id.0[..8].try_into().expect("8 bytes")
 }
 
 impl Reply {
     fn push(&mut self, upper: Option<SyncKey>, mode: RangeMode) {
-        let cost = 1 + match &mode {
-            RangeMode::IdList { ids, .. } => ids.len(),
-            _ => 0,
-        };
+        let cost = 1 + mode_items(&mode);
         self.budget = self.budget.saturating_sub(cost);
         if mode == RangeMode::Skip {
             if let Some(last) = self.ranges.last_mut() {
@@ -240,8 +275,13 @@ impl Reply {
     /// A range known to differ: list it when small, else split it in buckets.
     fn split_or_list<S: Store + ?Sized>(&mut self, store: &S, lo: &SyncKey, hi: Option<SyncKey>, count: u64) {
         if count <= LIST_THRESHOLD {
-            let ids = store.keys_in(lo, hi.as_ref(), LIST_THRESHOLD as usize).into_iter().map(|k| k.id).collect();
-            self.push(hi, RangeMode::IdList { ids, answer: false });
+            let keys = store.keys_in(lo, hi.as_ref(), LIST_THRESHOLD as usize);
+            let mode = if self.initiator {
+                RangeMode::Prefixes { prefixes: keys.iter().map(|k| prefix(&k.id)).collect() }
+            } else {
+                RangeMode::IdList { ids: keys.into_iter().map(|k| k.id).collect(), answer: false }
+            };
+            self.push(hi, mode);
             return;
         }
         let mut sub_lo = *lo;
@@ -253,18 +293,21 @@ impl Reply {
     }
 }
 
+fn mode_items(m: &RangeMode) -> usize {
+    match m {
+        RangeMode::IdList { ids, .. } => ids.len(),
+        RangeMode::Prefixes { prefixes } => prefixes.len(),
+        RangeMode::Answer { extra, have } => extra.len() + have.len(),
+        _ => 0,
+    }
+}
+
 /// Processes one message from the peer and builds the reply.
 pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bool) -> Result<Outcome, SyncError> {
     if ranges.len() > MAX_RANGES {
         return Err(SyncError::TooMany);
     }
-    let total_ids: usize = ranges
-        .iter()
-        .map(|r| match &r.mode {
-            RangeMode::IdList { ids, .. } => ids.len(),
-            _ => 0,
-        })
-        .sum();
+    let total_ids: usize = ranges.iter().map(|r| mode_items(&r.mode)).sum();
     if total_ids > MAX_IDS {
         return Err(SyncError::TooMany);
     }
@@ -273,7 +316,7 @@ pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bo
         _ => return Err(SyncError::Coverage),
     }
     let mut out = Outcome::default();
-    let mut reply = Reply { ranges: Vec::new(), budget: MESSAGE_BUDGET };
+    let mut reply = Reply { ranges: Vec::new(), budget: MESSAGE_BUDGET, initiator };
     let mut lo = SyncKey::MIN;
     for (i, r) in ranges.iter().enumerate() {
         let hi = r.upper;
@@ -320,6 +363,50 @@ pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bo
                         reply.split_or_list(store, &lo, hi, count);
                     }
                 }
+            }
+            RangeMode::Prefixes { prefixes } => {
+                if initiator {
+                    reply.push(hi, RangeMode::Skip);
+                    if let Some(h) = hi {
+                        lo = h;
+                    }
+                    continue;
+                }
+                let mine = store.keys_in(&lo, hi.as_ref(), ANSWER_MAX + 1);
+                if mine.len() <= ANSWER_MAX && reply.budget > mine.len() {
+                    let theirs: HashSet<[u8; 8]> = prefixes.iter().copied().collect();
+                    let ours: HashSet<[u8; 8]> = mine.iter().map(|k| prefix(&k.id)).collect();
+                    let extra = mine.iter().map(|k| k.id).filter(|id| !theirs.contains(&prefix(id))).collect();
+                    let mut have = vec![0u8; prefixes.len().div_ceil(8)];
+                    for (i, p) in prefixes.iter().enumerate() {
+                        if ours.contains(p) {
+                            have[i / 8] |= 1 << (i % 8);
+                        }
+                    }
+                    reply.push(hi, RangeMode::Answer { extra, have });
+                } else if reply.budget < BUCKETS + LIST_THRESHOLD as usize {
+                    reply.fingerprint_of(store, &lo, hi);
+                } else {
+                    let (count, _) = store.summary(&lo, hi.as_ref());
+                    reply.split_or_list(store, &lo, hi, count);
+                }
+            }
+            RangeMode::Answer { extra, have } => {
+                if initiator {
+                    // The bits follow the order of the prefixes this node sent
+                    // for the range; if its records changed since, they may
+                    // not line up, and the next session mends what this misses.
+                    let mine = store.keys_in(&lo, hi.as_ref(), LIST_THRESHOLD as usize + 1);
+                    if mine.len().div_ceil(8) == have.len() {
+                        for (i, k) in mine.iter().enumerate() {
+                            if have[i / 8] & (1 << (i % 8)) == 0 {
+                                out.have.push(k.id);
+                            }
+                        }
+                    }
+                    out.need.extend(extra.iter().filter(|id| !store.has_record(id)));
+                }
+                reply.push(hi, RangeMode::Skip);
             }
         }
         if let Some(h) = hi {
@@ -469,12 +556,20 @@ mod tests {
         let ranges = vec![
             SyncRange { upper: Some(k1), mode: RangeMode::Skip },
             SyncRange { upper: Some(k2), mode: RangeMode::Fingerprint { fp: vec![7; 16] } },
+            SyncRange {
+                upper: Some(SyncKey { time: 1_700_000_000_001, id: Hash32::ZERO }),
+                mode: RangeMode::Prefixes { prefixes: vec![[1; 8], [2; 8]] },
+            },
+            SyncRange {
+                upper: Some(SyncKey { time: 1_700_000_000_002, id: Hash32::ZERO }),
+                mode: RangeMode::Answer { extra: vec![Hash32::of(b"y")], have: vec![0b10] },
+            },
             SyncRange { upper: None, mode: RangeMode::IdList { ids: vec![Hash32::of(b"x")], answer: true } },
         ];
         let req = crate::wire::Request::Reconcile { ranges: ranges.clone() };
         let bytes = crate::wire::encode_request(&req);
         assert_eq!(crate::wire::decode_request(&bytes).unwrap(), req);
-        assert!(bytes.len() < 100, "{} bytes", bytes.len());
+        assert!(bytes.len() < 200, "{} bytes", bytes.len());
     }
 
     proptest! {
