@@ -274,6 +274,8 @@ pub struct Sim {
     max_hops: u32,
     pending_violation: Option<Violation>,
     quiet: bool,
+    /// `SIMNET_DEBUG_JOB`: print every event of jobs whose id starts so.
+    debug_job: Option<String>,
     waves: Vec<Option<Wave>>,
     free_waves: Vec<u32>,
     conflicts_seen: BTreeSet<(Hash32, u32)>,
@@ -416,6 +418,7 @@ impl Sim {
             max_hops: 0,
             pending_violation: None,
             quiet: false,
+            debug_job: std::env::var("SIMNET_DEBUG_JOB").ok(),
             waves: Vec::new(),
             free_waves: Vec::new(),
             conflicts_seen: BTreeSet::new(),
@@ -499,19 +502,23 @@ impl Sim {
         if self.ring.len() >= RING {
             self.ring.pop_front();
         }
-        if let (Some(j), Ok(want)) = (job, std::env::var("SIMNET_DEBUG_JOB")) {
-            if j.to_hex().starts_with(&want) {
+        if let (Some(j), Some(want)) = (job, self.debug_job.as_deref()) {
+            if j.to_hex().starts_with(want) {
                 eprintln!("t={} node={node} {what} {other}", self.now);
             }
         }
         self.ring.push_back(TraceLine { at: self.now, node: node as u32, job, what, other });
-        self.trace.update(&self.now.to_le_bytes());
-        self.trace.update(&(node as u32).to_le_bytes());
-        self.trace.update(what.as_bytes());
-        self.trace.update(&other.to_le_bytes());
+        let mut line = [0u8; 64];
+        line[..8].copy_from_slice(&self.now.to_le_bytes());
+        line[8..12].copy_from_slice(&(node as u32).to_le_bytes());
+        line[12..20].copy_from_slice(&other.to_le_bytes());
         if let Some(j) = job {
-            self.trace.update(&j.0[..8]);
+            line[20..28].copy_from_slice(&j.0[..8]);
         }
+        let w = what.as_bytes();
+        let n = w.len().min(36);
+        line[28..28 + n].copy_from_slice(&w[..n]);
+        self.trace.update(&line);
     }
 
     fn core_config(&self, i: usize) -> Config {
