@@ -157,6 +157,11 @@ fn change_json(rec: &VerifiedRecord) -> Value {
     })
 }
 
+/// A change this node just announced, as the API shows changes.
+fn stored_change_json(st: &AppState, id: &peerbot_protocol::Hash32) -> Value {
+    st.store.record(id).as_ref().map(change_json).unwrap_or(json!({"id": id.to_hex()}))
+}
+
 #[get("/")]
 async fn index() -> impl Responder {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("ui.html"))
@@ -239,8 +244,7 @@ async fn post_change(req: actix_web::HttpRequest, st: State, body: web::Json<Ann
                 Announced::New(id) => (id, false),
                 Announced::Known(id) => (id, true),
             };
-            let rec = st.store.record(&id);
-            let mut v = rec.as_ref().map(change_json).unwrap_or(json!({"id": id.to_hex()}));
+            let mut v = stored_change_json(&st, &id);
             v["already_known"] = json!(known);
             if known {
                 HttpResponse::Ok().json(v)
@@ -438,7 +442,7 @@ async fn force(req: actix_web::HttpRequest, st: State, body: web::Json<ForceBody
     let reason = b.reason.unwrap_or_else(|| "forced by a user".into());
     match st.core.send(Force { info, builder: b.builder, reason }).await {
         Ok(Ok(id)) => {
-            let mut v = st.store.record(&id).as_ref().map(change_json).unwrap_or(json!({"id": id.to_hex()}));
+            let mut v = stored_change_json(&st, &id);
             v["forced"] = json!(true);
             HttpResponse::Created().json(v)
         }

@@ -837,21 +837,27 @@ impl<S: Store> NodeCore<S> {
         self.consider_claims(now);
     }
 
-    fn send_heartbeat(&mut self, now: Millis) {
-        self.heartbeat_seq += 1;
-        let running: Vec<Lease> = self
+    /// This node's running builds as leases, renewed in its own view too.
+    fn own_leases(&mut self, now: Millis) -> Vec<Lease> {
+        let leases: Vec<Lease> = self
             .running
             .iter()
             .take(wire::MAX_RUNNING_IN_HEARTBEAT)
             .map(|(job, (attempt, step))| Lease { job: *job, attempt: *attempt, step: step.clone() })
             .collect();
-        for l in &running {
+        for l in &leases {
             if let Some(c) = self.jobs.get_mut(&l.job).and_then(|j| j.claim.as_mut()) {
                 if c.by == self.me {
                     c.lease_until = now + self.cfg.lease_ms;
                 }
             }
         }
+        leases
+    }
+
+    fn send_heartbeat(&mut self, now: Millis) {
+        self.heartbeat_seq += 1;
+        let running = self.own_leases(now);
         let hb = Heartbeat {
             seq: self.heartbeat_seq,
             sent_ms: now,
@@ -881,19 +887,7 @@ impl<S: Store> NodeCore<S> {
             self.next_renew = Millis::MAX;
             return;
         }
-        let leases: Vec<Lease> = self
-            .running
-            .iter()
-            .take(wire::MAX_RUNNING_IN_HEARTBEAT)
-            .map(|(job, (attempt, step))| Lease { job: *job, attempt: *attempt, step: step.clone() })
-            .collect();
-        for l in &leases {
-            if let Some(c) = self.jobs.get_mut(&l.job).and_then(|j| j.claim.as_mut()) {
-                if c.by == self.me {
-                    c.lease_until = now + self.cfg.lease_ms;
-                }
-            }
-        }
+        let leases = self.own_leases(now);
         self.broadcast(&Gossip::Renew { sent_ms: now, leases });
         self.next_renew = now + (self.cfg.lease_ms / 3).max(100);
     }
