@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod core;
 pub mod ids;
+pub mod keyspace;
 pub mod labels;
 pub mod logparse;
 pub mod recipe;

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::ids::Hash32;
+use crate::keyspace::{min_bound, Fingerprint, SyncKey};
 use crate::record::VerifiedRecord;
-use crate::sync::{Fingerprint, SyncKey};
 
 #[derive(Debug, thiserror::Error)]
 #[error("storage: {0}")]
@@ -155,7 +155,7 @@ pub fn split_by_scan(keys: &[SyncKey], parts: usize) -> Vec<SyncKey> {
     let mut out = Vec::new();
     let mut i = per;
     while i < keys.len() {
-        out.push(crate::sync::min_bound(&keys[i - 1], &keys[i]));
+        out.push(min_bound(&keys[i - 1], &keys[i]));
         i += per;
     }
     out
