@@ -224,7 +224,7 @@ impl CoreActor {
             "waiting_reason": if state == "pending" && eligible.is_empty() {
                 Some(format!("no live node has all of {:?}", j.spec.requires))
             } else { None },
-            "lost_attempts": j.lost.iter().map(|(a, p, why)| json!({"attempt": a, "by": p.to_string(), "reason": why})).collect::<Vec<_>>(),
+            "lost_attempts": j.lost.iter().map(|l| json!({"attempt": l.attempt, "by": l.holder.to_string(), "reason": l.reason})).collect::<Vec<_>>(),
             "results": results,
             // Two signed results that disagree: a reproducibility finding.
             "disagreeing_results": statuses.len() > 1,

@@ -1,0 +1,181 @@
+//! This node's own builds: which it is running, the claims it gave up at a
+//! restart, and turning a finished build into a signed result's body.
+
+use std::collections::BTreeMap;
+
+use super::io::BuildOutcome;
+use super::jobs::JobView;
+use crate::codec::{decode, encode};
+use crate::ids::Hash32;
+use crate::logparse::{count_tests, count_warnings};
+use crate::record::{self, BlobRef, BuildResult, Status, StepResult};
+use crate::store::{Store, StoreError};
+use crate::Millis;
+
+const OWN_CLAIMS_KEY: &str = "own_claims";
+/// Releases after a restart go out with this many heartbeats: right after a
+/// start there may be nobody to hear the first.
+const RELEASE_REPEATS: u8 = 3;
+
+/// A build of this node's in progress.
+pub type Running = BTreeMap<Hash32, (u32, Option<String>)>;
+
+pub struct OwnBuilds {
+    /// Job → (attempt, step running now).
+    pub(crate) running: Running,
+    /// When this node last finished a build: others learn it is free only
+    /// when its result reaches them, so it waits a little before claiming.
+    pub(crate) freed_ms: Millis,
+    /// Claims this node gave up at restart, repeated with early heartbeats.
+    pending_releases: Vec<(Hash32, u32)>,
+    release_repeats: u8,
+}
+
+impl OwnBuilds {
+    pub fn new() -> Self {
+        OwnBuilds { running: BTreeMap::new(), freed_ms: 0, pending_releases: vec![], release_repeats: RELEASE_REPEATS }
+    }
+
+    pub fn is_running(&self, job: &Hash32) -> bool {
+        self.running.contains_key(job)
+    }
+    pub fn attempt_of(&self, job: &Hash32) -> Option<u32> {
+        self.running.get(job).map(|(a, _)| *a)
+    }
+    pub fn free_slots(&self, executors: u32) -> u32 {
+        executors.saturating_sub(self.running.len() as u32)
+    }
+
+    pub fn start(&mut self, job: Hash32, attempt: u32) {
+        self.running.insert(job, (attempt, None));
+    }
+    /// Stops tracking a build; its attempt if it was running.
+    pub fn stop(&mut self, job: &Hash32) -> Option<u32> {
+        self.running.remove(job).map(|(a, _)| a)
+    }
+    pub fn set_step(&mut self, job: &Hash32, attempt: u32, step: &str) {
+        if let Some(r) = self.running.get_mut(job) {
+            if r.0 == attempt {
+                r.1 = Some(step.to_string());
+            }
+        }
+    }
+
+    /// Claims held when the node last stopped; their builds died with it.
+    pub fn load_claims<S: Store>(store: &S) -> Vec<(Hash32, u32)> {
+        store.get_state(OWN_CLAIMS_KEY).and_then(|b| decode::<Vec<(Hash32, u32)>>(&b, 1 << 20).ok()).unwrap_or_default()
+    }
+    pub fn save_claims<S: Store>(&self, store: &mut S) -> Result<(), StoreError> {
+        let v: Vec<(Hash32, u32)> = self.running.iter().map(|(j, (a, _))| (*j, *a)).collect();
+        store.put_state(OWN_CLAIMS_KEY, &encode(&v))
+    }
+
+    pub fn release_after_restart(&mut self, job: Hash32, attempt: u32) {
+        self.pending_releases.push((job, attempt));
+    }
+    /// The releases to repeat with this heartbeat, if any are left.
+    pub fn releases_to_repeat(&mut self) -> Vec<(Hash32, u32)> {
+        if self.pending_releases.is_empty() || self.release_repeats == 0 {
+            return vec![];
+        }
+        self.release_repeats -= 1;
+        let out = self.pending_releases.clone();
+        if self.release_repeats == 0 {
+            self.pending_releases.clear();
+        }
+        out
+    }
+}
+
+impl Default for OwnBuilds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A finished build as a result body. Its step logs are stored by the
+/// caller under the hashes the body names.
+pub fn assemble_result(
+    o: &BuildOutcome,
+    job: &JobView,
+    labels: &[String],
+    author: String,
+    title: String,
+) -> BuildResult {
+    let mut steps = Vec::with_capacity(o.steps.len());
+    let mut failed_step = None;
+    let mut warnings = 0;
+    let mut tests: Option<record::TestCounts> = None;
+    for s in &o.steps {
+        let text = String::from_utf8_lossy(&s.log);
+        let w = count_warnings(&text);
+        let t = count_tests(&text);
+        warnings += w;
+        if let Some(t) = &t {
+            let acc = tests.get_or_insert_with(Default::default);
+            acc.passed += t.passed;
+            acc.failed += t.failed;
+            acc.skipped += t.skipped;
+        }
+        let hash = Hash32::of(&s.log);
+        if failed_step.is_none() && (s.exit_code != Some(0)) {
+            failed_step = Some(s.name.clone());
+        }
+        steps.push(StepResult {
+            name: s.name.clone(),
+            command: s.command.clone(),
+            exit_code: s.exit_code,
+            duration_ms: s.duration_ms,
+            timed_out: s.timed_out,
+            log: Some(BlobRef { hash, size: s.log.len() as u64, truncated: s.truncated }),
+            warnings: w,
+            tests: t,
+        });
+    }
+    let status = status_of(o, failed_step.is_some(), warnings);
+    let result = BuildResult {
+        job: o.job,
+        repo: job.repo.clone(),
+        branch: job.branch.clone(),
+        commit: job.commit.clone(),
+        builder: job.spec.builder.clone(),
+        attempt: o.attempt,
+        labels: labels.to_vec(),
+        started_ms: o.started_ms,
+        ended_ms: o.ended_ms.max(o.started_ms),
+        status,
+        steps,
+        metrics: metrics_of(o, warnings, tests.as_ref()),
+        failed_step: if status == Status::Failure { failed_step } else { None },
+        error: o.error.clone(),
+        author,
+        title,
+    };
+    result
+}
+
+fn status_of(o: &BuildOutcome, failed: bool, warnings: u64) -> Status {
+    if o.error.is_some() {
+        Status::Exception
+    } else if o.cancelled {
+        Status::Cancelled
+    } else if failed {
+        Status::Failure
+    } else if warnings > 0 {
+        Status::Warnings
+    } else {
+        Status::Success
+    }
+}
+
+fn metrics_of(o: &BuildOutcome, warnings: u64, tests: Option<&record::TestCounts>) -> BTreeMap<String, f64> {
+    let mut metrics = BTreeMap::new();
+    metrics.insert("build_secs".to_string(), o.ended_ms.saturating_sub(o.started_ms) as f64 / 1000.0);
+    metrics.insert("warnings".to_string(), warnings as f64);
+    if let Some(t) = tests {
+        metrics.insert("tests_passed".to_string(), t.passed as f64);
+        metrics.insert("tests_failed".to_string(), t.failed as f64);
+        metrics.insert("tests_skipped".to_string(), t.skipped as f64);
+    }
+    metrics
+}

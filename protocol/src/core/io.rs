@@ -1,0 +1,229 @@
+//! The core's boundary: what the runtime feeds it, what it asks the runtime
+//! to do, and what it reports happened.
+
+use libp2p_identity::PeerId;
+
+use crate::ids::Hash32;
+use crate::recipe::{JobSpec, StepSpec};
+use crate::record::{self, Change, Status};
+use crate::Millis;
+
+/// What the runtime feeds the core.
+#[derive(Debug)]
+pub enum Input {
+    Tick,
+    /// A gossip message; `token` identifies it for the verdict.
+    Gossip {
+        from: PeerId,
+        token: u64,
+        bytes: Vec<u8>,
+    },
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+    Request {
+        from: PeerId,
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Response {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    RequestFailed {
+        id: u64,
+        reason: String,
+    },
+    BuildProgress {
+        job: Hash32,
+        attempt: u32,
+        step: String,
+    },
+    BuildFinished(BuildOutcome),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and new: forward it.
+    Accept,
+    /// Valid but nothing new: do not forward.
+    Ignore,
+    /// Invalid: do not forward, penalise the sender.
+    Reject,
+}
+
+/// What the core asks the runtime to do.
+#[derive(Debug)]
+pub enum Output {
+    Broadcast(Vec<u8>),
+    Request { peer: PeerId, id: u64, bytes: Vec<u8> },
+    Reply { id: u64, bytes: Vec<u8> },
+    Verdict { token: u64, verdict: Verdict },
+    StartBuild(BuildOrder),
+    CancelBuild { job: Hash32, attempt: u32 },
+    Event(Event),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildOrder {
+    pub job: Hash32,
+    pub attempt: u32,
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+    pub builder: String,
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StepOutcome {
+    pub name: String,
+    pub command: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+    pub log: Vec<u8>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOutcome {
+    pub job: Hash32,
+    pub attempt: u32,
+    pub started_ms: Millis,
+    pub ended_ms: Millis,
+    pub steps: Vec<StepOutcome>,
+    /// The build could not run (fetch or checkout failed, ...).
+    pub error: Option<String>,
+    pub cancelled: bool,
+}
+
+/// What happened, for logs, metrics and the UI.
+#[derive(Debug, Clone)]
+pub enum Event {
+    RecordStored {
+        id: Hash32,
+        kind: &'static str,
+        signer: PeerId,
+        from: Option<PeerId>,
+    },
+    RecordRejected {
+        from: PeerId,
+        reason: String,
+    },
+    MessageRejected {
+        from: PeerId,
+        reason: String,
+    },
+    Claimed {
+        job: Hash32,
+        attempt: u32,
+        by: PeerId,
+    },
+    ClaimConflict {
+        job: Hash32,
+        attempt: u32,
+        winner: PeerId,
+        loser: PeerId,
+    },
+    LeaseExpired {
+        job: Hash32,
+        attempt: u32,
+        holder: PeerId,
+    },
+    Released {
+        job: Hash32,
+        attempt: u32,
+        by: PeerId,
+        reason: String,
+    },
+    BuildStarted {
+        job: Hash32,
+        attempt: u32,
+    },
+    BuildPublished {
+        job: Hash32,
+        attempt: u32,
+        status: Status,
+        record: Hash32,
+    },
+    BlobFetched {
+        token: u64,
+        hash: Hash32,
+        ok: bool,
+        detail: String,
+    },
+    SyncFinished {
+        peer: PeerId,
+        rounds: u32,
+        need: usize,
+        have: usize,
+    },
+    SyncFailed {
+        peer: PeerId,
+        reason: String,
+    },
+    /// A peer's heartbeat named new addresses to reach it at.
+    PeerAddrs {
+        peer: PeerId,
+        addrs: Vec<String>,
+    },
+    /// Catching up: records still to fetch, and fetched so far.
+    CatchingUp {
+        to_fetch: usize,
+        fetched: u64,
+    },
+    LogsExpired {
+        blobs: usize,
+    },
+    StoreFailed {
+        reason: String,
+    },
+}
+
+/// What a watcher or an announce request saw at a commit.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+    pub parents: Vec<String>,
+    pub author: String,
+    pub committer: String,
+    pub commit_time: i64,
+    pub title: String,
+    pub files: Vec<String>,
+    /// The text of `.peerbot.toml` at the commit, or why it could not be read.
+    pub recipe: Result<String, String>,
+}
+
+impl CommitInfo {
+    pub(crate) fn into_change(
+        self,
+        jobs: Vec<JobSpec>,
+        recipe_error: Option<String>,
+        now: Millis,
+        force: Option<record::Force>,
+    ) -> Change {
+        Change {
+            repo: self.repo,
+            branch: self.branch,
+            commit: self.commit,
+            parents: self.parents,
+            author: self.author,
+            committer: self.committer,
+            commit_time: self.commit_time,
+            title: self.title,
+            files: self.files.into_iter().take(1000).collect(),
+            jobs,
+            recipe_error,
+            announced_ms: now,
+            force,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Announced {
+    New(Hash32),
+    Known(Hash32),
+}

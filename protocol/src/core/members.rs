@@ -1,0 +1,272 @@
+//! Membership: who the peers are, what they offer, and which of them are
+//! live. Liveness has one definition here; the ranking and the API read
+//! the same answer. The live count and the generation (bumped whenever the
+//! set of live peers or what they offer changes) are kept by this table,
+//! which owns what they count.
+
+use std::collections::{BTreeMap, HashMap};
+
+use libp2p_identity::PeerId;
+
+use super::rank::peer_key;
+use crate::labels::{satisfies, MAX_LABELS};
+use crate::wire::{self, Heartbeat};
+use crate::Millis;
+
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub labels: Vec<String>,
+    pub executors: u32,
+    pub busy: u32,
+    pub last_heard: Millis,
+    /// Held a lease that ran out; out of the ranking until heard again.
+    pub suspect: bool,
+    pub connected: bool,
+    /// The heartbeat interval the peer announced.
+    pub interval_ms: u64,
+    /// Liveness as of the last sweep; changes bump the membership generation.
+    pub live: bool,
+    /// Where the peer says it can be reached.
+    pub addrs: Vec<String>,
+    pub(crate) key: u64,
+}
+
+impl PeerView {
+    fn new(peer: &PeerId) -> Self {
+        PeerView {
+            labels: vec![],
+            executors: 0,
+            busy: 0,
+            last_heard: 0,
+            suspect: false,
+            connected: false,
+            interval_ms: 0,
+            live: false,
+            addrs: vec![],
+            key: peer_key(peer),
+        }
+    }
+}
+
+/// What a heartbeat changed.
+pub struct HeartbeatSummary {
+    /// The peer was not live before.
+    pub became_live: bool,
+    /// New addresses to reach the peer at.
+    pub new_addrs: Option<Vec<String>>,
+}
+
+/// An eligible live peer as the ranking sees it.
+pub type Eligible = (u64, PeerId, u32);
+
+pub struct Membership {
+    me: PeerId,
+    my_key: u64,
+    my_labels: Vec<String>,
+    my_executors: u32,
+    liveness_ms: u64,
+    heartbeat_ms: u64,
+    cluster_heartbeats_per_sec: u64,
+    /// Hashed with fixed keys: iteration order must not vary between runs.
+    peers: HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher>,
+    live_peers: usize,
+    generation: u64,
+    eligible_cache: BTreeMap<Vec<String>, (u64, Vec<Eligible>)>,
+}
+
+impl Membership {
+    pub fn new(me: PeerId, cfg: &super::Config) -> Self {
+        Membership {
+            me,
+            my_key: peer_key(&me),
+            my_labels: cfg.labels.clone(),
+            my_executors: cfg.executors,
+            liveness_ms: cfg.liveness_ms,
+            heartbeat_ms: cfg.heartbeat_ms,
+            cluster_heartbeats_per_sec: cfg.cluster_heartbeats_per_sec,
+            peers: HashMap::default(),
+            live_peers: 0,
+            generation: 0,
+            eligible_cache: BTreeMap::new(),
+        }
+    }
+
+    pub fn my_key(&self) -> u64 {
+        self.my_key
+    }
+    pub fn peers(&self) -> &HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher> {
+        &self.peers
+    }
+    pub fn key_of(&self, p: &PeerId) -> Option<u64> {
+        if *p == self.me {
+            return Some(self.my_key);
+        }
+        self.peers.get(p).map(|v| v.key)
+    }
+
+    /// The one liveness rule: heard within max(the configured window, three
+    /// of the peer's own heartbeat intervals and a second), and not suspect.
+    fn heard_recently(&self, now: Millis, v: &PeerView) -> bool {
+        let window = self.liveness_ms.max(3 * v.interval_ms + 1_000);
+        v.last_heard > 0 && !v.suspect && now.saturating_sub(v.last_heard) <= window
+    }
+
+    pub fn is_live(&self, now: Millis, p: &PeerId) -> bool {
+        if *p == self.me {
+            return true;
+        }
+        self.peers.get(p).is_some_and(|v| self.heard_recently(now, v))
+    }
+
+    /// This node's heartbeat interval for the cluster size it sees.
+    pub fn heartbeat_interval(&self) -> u64 {
+        let n = self.live_peers as u64 + 1;
+        self.heartbeat_ms.max(n * 1000 / self.cluster_heartbeats_per_sec.max(1))
+    }
+
+    /// Re-reads liveness; true when a peer went silent or came back.
+    pub fn sweep(&mut self, now: Millis) -> bool {
+        let mut changed = false;
+        let mut live = 0;
+        let verdicts: Vec<(PeerId, bool)> = self.peers.iter().map(|(p, v)| (*p, self.heard_recently(now, v))).collect();
+        for (p, l) in verdicts {
+            if let Some(v) = self.peers.get_mut(&p) {
+                if v.live != l {
+                    v.live = l;
+                    changed = true;
+                }
+            }
+            live += l as usize;
+        }
+        self.live_peers = live;
+        if changed {
+            self.generation += 1;
+        }
+        self.check();
+        changed
+    }
+
+    pub fn set_connected(&mut self, p: PeerId, connected: bool) {
+        if connected {
+            self.peers.entry(p).or_insert_with(|| PeerView::new(&p)).connected = true;
+        } else if let Some(v) = self.peers.get_mut(&p) {
+            v.connected = false;
+        }
+    }
+
+    pub fn any_connected(&self) -> bool {
+        self.peers.values().any(|v| v.connected)
+    }
+
+    /// Connected peers in a fixed order, for seeded random choices.
+    pub fn connected_sorted(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Takes a peer's heartbeat; an error names the limit it broke.
+    pub fn on_heartbeat(&mut self, now: Millis, from: PeerId, h: &Heartbeat) -> Result<HeartbeatSummary, &'static str> {
+        if h.labels.len() > MAX_LABELS
+            || h.running.len() > wire::MAX_RUNNING_IN_HEARTBEAT
+            || h.addrs.len() > wire::MAX_ADDRS
+            || h.addrs.iter().any(|a| a.len() > wire::MAX_ADDR_LEN)
+        {
+            return Err("heartbeat over its limits");
+        }
+        let view = self.peers.entry(from).or_insert_with(|| PeerView::new(&from));
+        let was_live = view.live;
+        let mut changed = false;
+        if view.labels != h.labels {
+            view.labels = h.labels.clone();
+            changed = true;
+        }
+        if view.executors != h.executors {
+            view.executors = h.executors;
+            changed = true;
+        }
+        view.busy = h.busy;
+        view.last_heard = now;
+        let was_suspect = std::mem::replace(&mut view.suspect, false);
+        view.interval_ms = h.interval_ms.clamp(50, 3_600_000);
+        let new_addrs = if view.addrs != h.addrs && !h.addrs.is_empty() {
+            view.addrs = h.addrs.clone();
+            Some(h.addrs.clone())
+        } else {
+            None
+        };
+        view.live = true;
+        if !was_live {
+            self.live_peers += 1;
+        }
+        if changed || was_suspect || !was_live {
+            self.generation += 1;
+        }
+        Ok(HeartbeatSummary { became_live: !was_live, new_addrs })
+    }
+
+    /// A peer let a lease run out: out of the ranking until heard again.
+    pub fn mark_suspect(&mut self, p: &PeerId) {
+        if let Some(v) = self.peers.get_mut(p) {
+            v.suspect = true;
+            v.live = false;
+            self.generation += 1;
+        }
+    }
+
+    /// (rendezvous key, id, executors) of each eligible live peer, this node
+    /// included when it has the labels; cached per label set until the
+    /// membership changes.
+    pub fn eligible_keys(&mut self, requires: &[String]) -> &[Eligible] {
+        let gen = self.generation;
+        let fresh = self.eligible_cache.get(requires).is_some_and(|(g, _)| *g == gen);
+        if !fresh {
+            let mut v: Vec<Eligible> = self
+                .peers
+                .iter()
+                .filter(|(_, view)| view.live && satisfies(&view.labels, requires))
+                .map(|(p, view)| (view.key, *p, view.executors.max(1)))
+                .collect();
+            if satisfies(&self.my_labels, requires) {
+                v.push((self.my_key, self.me, self.my_executors));
+            }
+            if self.eligible_cache.len() > 256 {
+                self.eligible_cache.clear();
+            }
+            self.eligible_cache.insert(requires.to_vec(), (gen, v));
+        }
+        &self.eligible_cache[requires].1
+    }
+
+    /// Live peers (this node included) that have every required label.
+    pub fn eligible(&self, now: Millis, requires: &[String]) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(p, view)| self.is_live(now, p) && satisfies(&view.labels, requires))
+            .map(|(p, _)| *p)
+            .collect();
+        if satisfies(&self.my_labels, requires) {
+            v.push(self.me);
+        }
+        v
+    }
+
+    /// Keys of the peers marked live, for replication decisions.
+    pub fn live_keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.peers.values().filter(|v| v.live).map(|v| v.key)
+    }
+
+    /// (score key, id) of every known peer, and the connected ones.
+    pub fn all(&self) -> impl Iterator<Item = (&PeerId, &PeerView)> {
+        self.peers.iter()
+    }
+
+    fn check(&self) {
+        debug_assert_eq!(
+            self.live_peers,
+            self.peers.values().filter(|v| v.live).count(),
+            "the live count is the number of peers marked live"
+        );
+    }
+}

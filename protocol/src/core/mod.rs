@@ -1,0 +1,529 @@
+//! `NodeCore`: the whole decision-making of one node, as a state machine.
+//!
+//! The runtime (the `peerbot` node, or the simulator) calls
+//! [`NodeCore::handle`] with the current time and an input, drains
+//! [`NodeCore::poll_output`], and calls `handle(now, Input::Tick)` again no
+//! later than [`NodeCore::next_timeout`].
+//!
+//! `NodeCore` is a composition of sub-states, each owning its fields and
+//! invariants and returning what happened; the files named here route
+//! between them and are the only ones that emit outputs:
+//!
+//! - `mod.rs`: the struct, start-up, inputs, timers, heartbeats.
+//! - `records.rs`: the one verify-store-apply pipeline, and the records
+//!   this node signs (announce, force, cancel, results).
+//! - `requests.rs`: requests served and answers taken (sync rounds,
+//!   record transfers, log chunks).
+//!
+//! The sub-states: `members` (peers and liveness), `jobs` (the job table),
+//! `claims` (claim and lease rules on it), `scheduler` (what to claim now),
+//! `rank` (rendezvous ranking, pure), `builds` (own builds and results),
+//! `sessions` (reconciliation sessions, catching up), `transfers`
+//! (requests in flight, bounded transfers), `blobs` (logs), `retention`,
+//! `timer` (all deadlines), `views` (read-only answers for the API).
+
+mod blobs;
+mod builds;
+mod claims;
+mod config;
+mod io;
+mod jobs;
+mod members;
+pub mod rank;
+mod records;
+mod requests;
+mod retention;
+mod scheduler;
+mod sessions;
+mod timer;
+mod transfers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use libp2p_identity::{Keypair, PeerId};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use self::blobs::MAX_LOG_BYTES;
+pub use self::builds::Running;
+pub use self::claims::{ClaimOutcome, Expired};
+pub use self::config::Config;
+pub use self::io::{Announced, BuildOrder, BuildOutcome, CommitInfo, Event, Input, Output, StepOutcome, Verdict};
+pub use self::jobs::{ClaimView, JobState, JobView, LostAttempt};
+pub use self::members::PeerView;
+pub use self::rank::{claim_winner, peer_key, rank, score};
+pub use self::sessions::SyncProgress;
+
+use self::blobs::BlobServer;
+use self::builds::OwnBuilds;
+use self::claims::ClaimOutcome as Outcome;
+use self::jobs::Jobs;
+use self::members::Membership;
+use self::retention::RETENTION_EVERY_MS;
+use self::scheduler::{plan_claims, Pace};
+use self::sessions::Sessions;
+use self::timer::{Timer, TimerTable};
+use self::transfers::Requests;
+use crate::ids::Hash32;
+use crate::record::{self, VerifiedRecord};
+use crate::store::Store;
+use crate::wire::{self, Gossip, Heartbeat, Lease};
+use crate::Millis;
+
+/// Checks a record's signature; the simulator shares one cache of results
+/// across its many nodes, the node checks every time.
+pub trait Verify: Send + Sync {
+    fn verify(&self, bytes: &[u8]) -> Result<VerifiedRecord, record::RecordError>;
+}
+
+pub struct SignatureCheck;
+
+impl Verify for SignatureCheck {
+    fn verify(&self, bytes: &[u8]) -> Result<VerifiedRecord, record::RecordError> {
+        record::verify(bytes)
+    }
+}
+
+pub struct NodeCore<S: Store> {
+    cfg: Config,
+    key: Keypair,
+    me: PeerId,
+    store: S,
+    rng: ChaCha8Rng,
+    started_ms: Millis,
+    out: VecDeque<Output>,
+    members: Membership,
+    jobs: Jobs,
+    builds: OwnBuilds,
+    requests: Requests,
+    sessions: Sessions,
+    blob_server: BlobServer,
+    next_replication: u64,
+    timers: TimerTable,
+    heartbeat_seq: u64,
+    /// Something happened that may change what to claim.
+    dirty: bool,
+    listen_addrs: Vec<String>,
+    /// Applying the stored history at start-up: nothing is fetched for it.
+    replaying: bool,
+    verifier: Arc<dyn Verify>,
+}
+
+impl<S: Store> NodeCore<S> {
+    pub fn new(mut cfg: Config, key: Keypair, store: S, now: Millis) -> Self {
+        // Hear at least one round of lease renewals before claiming: a
+        // restarted node must learn what others are building first.
+        cfg.warmup_ms = cfg.warmup_ms.max(cfg.lease_ms / 3 + cfg.heartbeat_ms);
+        let me = key.public().to_peer_id();
+        let mut timers = TimerTable::new();
+        timers.set(Timer::Heartbeat, now);
+        timers.set(Timer::Sync, now + cfg.sync_interval_ms);
+        timers.set(Timer::Sweep, now);
+        timers.set(Timer::Claims, now);
+        timers.set(Timer::Retention, now + RETENTION_EVERY_MS);
+        let mut core = NodeCore {
+            me,
+            key,
+            store,
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            started_ms: now,
+            out: VecDeque::new(),
+            members: Membership::new(me, &cfg),
+            jobs: Jobs::default(),
+            builds: OwnBuilds::new(),
+            requests: Requests::new(),
+            sessions: Sessions::default(),
+            blob_server: BlobServer::default(),
+            next_replication: 0,
+            timers,
+            heartbeat_seq: 0,
+            dirty: true,
+            listen_addrs: Vec::new(),
+            replaying: true,
+            verifier: Arc::new(SignatureCheck),
+            cfg,
+        };
+        core.replay(now);
+        core.release_claims_held_at_stop(now);
+        core
+    }
+
+    /// Applies every stored record, as if heard again.
+    fn replay(&mut self, now: Millis) {
+        let mut stored = Vec::new();
+        self.store.for_each_record(&mut |b| {
+            if let Ok(r) = record::decode_stored(b) {
+                stored.push(r)
+            }
+        });
+        for r in stored {
+            self.apply(now, &r);
+        }
+        self.replaying = false;
+    }
+
+    /// Claims held when the node stopped: their builds died with it. Say so
+    /// rather than let the leases run out silently.
+    fn release_claims_held_at_stop(&mut self, now: Millis) {
+        for (job, attempt) in OwnBuilds::load_claims(&self.store) {
+            if !self.jobs.is_open(&job) {
+                continue;
+            }
+            self.builds.release_after_restart(job, attempt);
+            if self.jobs.get(&job).is_some_and(|j| j.attempt <= attempt) {
+                let lost = LostAttempt { attempt, holder: self.me, reason: "claimant restarted".into() };
+                self.jobs.reopen(now, &job, lost);
+            }
+        }
+        self.save_own_claims();
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.me
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+    /// Gives the store back, as a crash leaves the disk behind.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+    pub fn jobs(&self) -> &std::collections::HashMap<Hash32, JobView, rustc_hash::FxBuildHasher> {
+        self.jobs.all()
+    }
+    pub fn results_of(&self, job: &Hash32) -> &[Hash32] {
+        self.jobs.results_of(job)
+    }
+    pub fn job_state(&self, job: &Hash32) -> JobState {
+        self.jobs.state(job)
+    }
+    pub fn peers(&self) -> &std::collections::HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher> {
+        self.members.peers()
+    }
+    pub fn running(&self) -> &Running {
+        &self.builds.running
+    }
+    /// Where this node can be reached; sent with heartbeats.
+    pub fn set_listen_addrs(&mut self, addrs: Vec<String>) {
+        self.listen_addrs = addrs.into_iter().filter(|a| a.len() <= wire::MAX_ADDR_LEN).take(wire::MAX_ADDRS).collect();
+    }
+    pub fn set_verifier(&mut self, v: Arc<dyn Verify>) {
+        self.verifier = v;
+    }
+    pub fn is_live(&self, now: Millis, p: &PeerId) -> bool {
+        self.members.is_live(now, p)
+    }
+    /// This node's heartbeat interval for the cluster size it sees.
+    pub fn heartbeat_interval(&self) -> u64 {
+        self.members.heartbeat_interval()
+    }
+    /// Live peers (this node included) that have every required label.
+    pub fn eligible(&self, now: Millis, requires: &[String]) -> Vec<PeerId> {
+        self.members.eligible(now, requires)
+    }
+    /// A job by a unique hex prefix of its id.
+    pub fn find_job(&self, prefix: &str) -> Result<Hash32, String> {
+        self.jobs.find(prefix)
+    }
+    /// Waiting jobs in the order nodes take them: priority, then age.
+    pub fn queue(&self) -> Vec<Hash32> {
+        self.jobs.queue()
+    }
+    pub fn sync_progress(&self) -> SyncProgress {
+        self.sessions.progress()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn next_timeout(&self) -> Millis {
+        self.timers.next()
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn broadcast(&mut self, g: &Gossip) {
+        self.out.push_back(Output::Broadcast(wire::encode_gossip(g)));
+    }
+
+    fn save_own_claims(&mut self) {
+        if let Err(e) = self.builds.save_claims(&mut self.store) {
+            self.emit(Event::StoreFailed { reason: e.to_string() });
+        }
+    }
+
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        match input {
+            Input::Tick => {}
+            Input::Gossip { from, token, bytes } => {
+                let verdict = self.on_gossip(now, from, &bytes);
+                self.out.push_back(Output::Verdict { token, verdict });
+            }
+            Input::PeerConnected(p) => {
+                self.members.set_connected(p, true);
+                self.start_sync(p);
+            }
+            Input::PeerDisconnected(p) => self.members.set_connected(p, false),
+            Input::Request { from, id, bytes } => {
+                let resp = self.on_request(now, from, &bytes);
+                self.out.push_back(Output::Reply { id, bytes: wire::encode_response(&resp) });
+            }
+            Input::Response { id, bytes } => self.on_response(now, id, &bytes),
+            Input::RequestFailed { id, reason } => self.on_request_failed(id, reason),
+            Input::BuildProgress { job, attempt, step } => {
+                self.builds.set_step(&job, attempt, &step);
+                self.jobs.set_own_step(self.me, &job, attempt, step);
+            }
+            Input::BuildFinished(o) => self.on_build_finished(now, o),
+        }
+        if self.dirty || now >= self.next_timeout() {
+            self.on_timers(now);
+        }
+    }
+
+    fn on_timers(&mut self, now: Millis) {
+        self.dirty = false;
+        if self.timers.is_due(Timer::Sweep, now) {
+            if self.members.sweep(now) {
+                self.dirty = true;
+            }
+            self.timers.set(Timer::Sweep, now + (self.heartbeat_interval() / 4).max(500));
+        }
+        if self.timers.is_due(Timer::Heartbeat, now) {
+            self.send_heartbeat(now);
+            self.timers.set(Timer::Heartbeat, now + self.heartbeat_interval());
+        }
+        if self.timers.is_due(Timer::Renew, now) {
+            self.send_renewals(now);
+        }
+        if self.timers.is_due(Timer::Retention, now) {
+            self.timers.set(Timer::Retention, now + RETENTION_EVERY_MS);
+            self.expire_logs(now);
+        }
+        if self.timers.is_due(Timer::Sync, now) {
+            let connected = self.members.connected_sorted();
+            if let Some(p) = connected.choose(&mut self.rng).copied() {
+                self.start_sync(p);
+            }
+            self.timers.set(Timer::Sync, now + self.cfg.sync_interval_ms);
+        }
+        self.expire_leases(now);
+        self.consider_claims(now);
+    }
+
+    /// This node's running builds as leases, renewed in its own view too.
+    fn own_leases(&mut self, now: Millis) -> Vec<Lease> {
+        let leases: Vec<Lease> = self
+            .builds
+            .running
+            .iter()
+            .take(wire::MAX_RUNNING_IN_HEARTBEAT)
+            .map(|(job, (attempt, step))| Lease { job: *job, attempt: *attempt, step: step.clone() })
+            .collect();
+        self.jobs.extend_own(now, self.me, leases.iter().map(|l| &l.job), self.cfg.lease_ms);
+        leases
+    }
+
+    fn send_heartbeat(&mut self, now: Millis) {
+        self.heartbeat_seq += 1;
+        let running = self.own_leases(now);
+        let hb = Heartbeat {
+            seq: self.heartbeat_seq,
+            sent_ms: now,
+            interval_ms: self.heartbeat_interval(),
+            labels: self.cfg.labels.clone(),
+            executors: self.cfg.executors,
+            busy: self.builds.running.len() as u32,
+            running,
+            addrs: self.listen_addrs.clone(),
+        };
+        self.broadcast(&Gossip::Heartbeat(hb));
+        for (job, attempt) in self.builds.releases_to_repeat() {
+            self.broadcast(&Gossip::Release { job, attempt, reason: "claimant restarted".into(), sent_ms: now });
+        }
+    }
+
+    /// The claimant renews its leases between heartbeats, which grow
+    /// apart in large clusters.
+    fn send_renewals(&mut self, now: Millis) {
+        if self.builds.running.is_empty() {
+            self.timers.stop(Timer::Renew);
+            return;
+        }
+        let leases = self.own_leases(now);
+        self.broadcast(&Gossip::Renew { sent_ms: now, leases });
+        self.timers.set(Timer::Renew, now + (self.cfg.lease_ms / 3).max(100));
+    }
+
+    fn on_gossip(&mut self, now: Millis, from: PeerId, bytes: &[u8]) -> Verdict {
+        if from == self.me {
+            return Verdict::Ignore;
+        }
+        let msg = match wire::decode_gossip(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.emit(Event::MessageRejected { from, reason: e.to_string() });
+                return Verdict::Reject;
+            }
+        };
+        match msg {
+            Gossip::Record(b) => self.accept_record(now, &b, Some(from)),
+            Gossip::Heartbeat(h) => self.on_heartbeat(now, from, h),
+            Gossip::Renew { leases, .. } => {
+                if leases.len() > wire::MAX_RUNNING_IN_HEARTBEAT {
+                    self.emit(Event::MessageRejected { from, reason: "renewal over its limits".into() });
+                    return Verdict::Reject;
+                }
+                self.renew(now, from, leases);
+                Verdict::Accept
+            }
+            Gossip::Claim(c) => {
+                self.dirty = true;
+                let lease_cap = self.cfg.lease_ms.saturating_mul(4);
+                let outcome = self.jobs.take_claim(now, from, c, lease_cap);
+                self.settle(outcome);
+                Verdict::Accept
+            }
+            Gossip::Release { job, attempt, reason, .. } => {
+                if self.jobs.release(now, from, &job, attempt, &reason) {
+                    self.dirty = true;
+                    self.emit(Event::Released { job, attempt, by: from, reason });
+                }
+                Verdict::Accept
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self, now: Millis, from: PeerId, h: Heartbeat) -> Verdict {
+        let summary = match self.members.on_heartbeat(now, from, &h) {
+            Ok(s) => s,
+            Err(why) => {
+                self.emit(Event::MessageRejected { from, reason: why.into() });
+                return Verdict::Reject;
+            }
+        };
+        if summary.became_live {
+            self.dirty = true;
+        }
+        self.renew(now, from, h.running);
+        if let Some(addrs) = summary.new_addrs {
+            self.emit(Event::PeerAddrs { peer: from, addrs });
+        }
+        Verdict::Accept
+    }
+
+    fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>) {
+        for outcome in self.jobs.renew(now, from, leases, self.cfg.lease_ms) {
+            self.dirty = true;
+            self.settle(outcome);
+        }
+    }
+
+    /// Turns what a claim did into events, and stops this node's build when
+    /// it lost a conflict.
+    fn settle(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Stale | Outcome::Early | Outcome::Extended => {}
+            Outcome::Claimed { job, attempt, by } => self.emit(Event::Claimed { job, attempt, by }),
+            Outcome::Conflict { job, attempt, winner, loser } => {
+                self.emit(Event::ClaimConflict { job, attempt, winner, loser });
+                if loser == self.me {
+                    if let Some(attempt) = self.builds.stop(&job) {
+                        self.out.push_back(Output::CancelBuild { job, attempt });
+                        self.save_own_claims();
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire_leases(&mut self, now: Millis) {
+        for Expired { job, attempt, holder } in self.jobs.expire_leases(now, self.me) {
+            self.members.mark_suspect(&holder);
+            self.emit(Event::LeaseExpired { job, attempt, holder });
+        }
+    }
+
+    /// May this node claim at all now? Not while warming up, catching up,
+    /// or with every slot taken.
+    fn claim_gate(&self, now: Millis) -> bool {
+        if now < self.started_ms + self.cfg.warmup_ms {
+            return false;
+        }
+        // A node still catching up history would take old jobs whose
+        // results it has not fetched yet for jobs waiting to be built.
+        // Peers that never complete a session (an older version, say) must
+        // not keep the node from building for ever.
+        let connected = self.members.any_connected();
+        let waited_long = now > self.started_ms + 3 * self.cfg.sync_interval_ms;
+        if (connected && !self.sessions.synced_once() && !waited_long) || self.sessions.fetching() {
+            return false;
+        }
+        // A busy node leaves waiting jobs to the next free one.
+        self.builds.free_slots(self.cfg.executors) > 0
+    }
+
+    fn consider_claims(&mut self, now: Millis) {
+        // Leases of others' claims run out on their own clock.
+        let mut next_due = now + self.heartbeat_interval();
+        if let Some(t) = self.jobs.next_foreign_expiry(self.me) {
+            next_due = next_due.min(t);
+        }
+        if now < self.started_ms + self.cfg.warmup_ms {
+            next_due = next_due.min(self.started_ms + self.cfg.warmup_ms);
+        }
+        if !self.claim_gate(now) {
+            self.timers.set(Timer::Claims, next_due);
+            return;
+        }
+        let pace = Pace {
+            stagger_ms: self.cfg.claim_stagger_ms,
+            labels: self.cfg.labels.clone(),
+            executors: self.cfg.executors,
+        };
+        let plan = plan_claims(now, self.me, &pace, &mut self.jobs, &mut self.members, &self.builds, next_due);
+        for id in plan.claim {
+            self.claim(now, id);
+        }
+        self.timers.set(Timer::Claims, plan.next_due);
+    }
+
+    fn claim(&mut self, now: Millis, id: Hash32) {
+        let Some(attempt) = self.jobs.claim_own(now, self.me, &id, self.cfg.lease_ms) else { return };
+        let j = &self.jobs.all()[&id];
+        let order = BuildOrder {
+            job: id,
+            attempt,
+            repo: j.repo.clone(),
+            branch: j.branch.clone(),
+            commit: j.commit.clone(),
+            builder: j.spec.builder.clone(),
+            steps: j.spec.steps.clone(),
+        };
+        self.builds.start(id, attempt);
+        self.timers.set_earlier(Timer::Renew, now + (self.cfg.lease_ms / 3).max(100));
+        self.save_own_claims();
+        self.broadcast(&Gossip::Claim(wire::Claim { job: id, attempt, lease_ms: self.cfg.lease_ms, sent_ms: now }));
+        self.emit(Event::Claimed { job: id, attempt, by: self.me });
+        self.emit(Event::BuildStarted { job: id, attempt });
+        self.out.push_back(Output::StartBuild(order));
+        debug_assert!(
+            self.builds.running.len() as u32 <= self.cfg.executors,
+            "a node never runs more builds than it has executors"
+        );
+    }
+}

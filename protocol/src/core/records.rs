@@ -1,0 +1,230 @@
+//! The one pipeline every record goes through, whoever made it: verify
+//! (records from the network), store durably, report, apply to the
+//! sub-states. And the records this node signs: changes, forced
+//! rebuilds, cancels and build results.
+
+use libp2p_identity::PeerId;
+use serde_bytes::ByteBuf;
+
+use super::builds::assemble_result;
+use super::io::{Announced, BuildOutcome, CommitInfo, Event, Output, Verdict};
+use super::jobs::JobState;
+use super::NodeCore;
+use crate::ids::Hash32;
+use crate::recipe::parse_recipe;
+use crate::record::{self, Body, VerifiedRecord};
+use crate::store::{Store, StoreError};
+use crate::wire::{self, Gossip};
+use crate::Millis;
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Verifies a record from the network; stores and applies it if new.
+    pub(super) fn accept_record(&mut self, now: Millis, bytes: &[u8], from: Option<PeerId>) -> Verdict {
+        let rec = match self.verifier.verify(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(from) = from {
+                    self.emit(Event::RecordRejected { from, reason: e.to_string() });
+                }
+                return Verdict::Reject;
+            }
+        };
+        if self.store.has_record(&rec.id) {
+            return Verdict::Ignore;
+        }
+        match self.commit(now, std::slice::from_ref(&rec), from) {
+            Ok(()) => Verdict::Accept,
+            Err(e) => {
+                self.emit(Event::StoreFailed { reason: e.to_string() });
+                Verdict::Ignore
+            }
+        }
+    }
+
+    /// Verifies a batch of records from one peer and stores the new valid
+    /// ones in one durable write; returns how many were new.
+    pub(super) fn accept_records(&mut self, now: Millis, batch: &[ByteBuf], from: PeerId) -> usize {
+        let mut fresh: Vec<VerifiedRecord> = Vec::new();
+        for bytes in batch.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
+            match self.verifier.verify(bytes) {
+                Ok(rec) if !self.store.has_record(&rec.id) && !fresh.iter().any(|r| r.id == rec.id) => fresh.push(rec),
+                Ok(_) => {}
+                Err(e) => self.emit(Event::RecordRejected { from, reason: e.to_string() }),
+            }
+        }
+        match self.commit(now, &fresh, Some(from)) {
+            Ok(()) => fresh.len(),
+            Err(e) => {
+                self.emit(Event::StoreFailed { reason: e.to_string() });
+                0
+            }
+        }
+    }
+
+    /// Stores new records in one durable write, then reports and applies
+    /// each. Nothing is applied that is not stored.
+    fn commit(&mut self, now: Millis, recs: &[VerifiedRecord], from: Option<PeerId>) -> Result<(), StoreError> {
+        debug_assert!(recs.iter().all(|r| !self.store.has_record(&r.id)), "only new records are committed");
+        self.store.put_records(recs)?;
+        for rec in recs {
+            self.emit(Event::RecordStored { id: rec.id, kind: rec.body.kind(), signer: rec.signer, from });
+            self.apply(now, rec);
+        }
+        Ok(())
+    }
+
+    /// Signs a record of this node's, commits it and gossips it.
+    fn publish(&mut self, now: Millis, body: &Body) -> Result<VerifiedRecord, StoreError> {
+        let rec = record::sign(&self.key, body);
+        self.commit(now, std::slice::from_ref(&rec), None)?;
+        self.broadcast(&Gossip::Record(rec.bytes.clone()));
+        Ok(rec)
+    }
+
+    /// What a stored record means to the sub-states.
+    pub(super) fn apply(&mut self, now: Millis, rec: &VerifiedRecord) {
+        self.dirty = true;
+        match &rec.body {
+            Body::Change(c) => {
+                for (by, claim, at) in self.jobs.add_change(now, c, rec.id) {
+                    self.dirty = true;
+                    let lease_cap = self.cfg.lease_ms.saturating_mul(4);
+                    let outcome = self.jobs.take_claim(at, by, claim, lease_cap);
+                    self.settle(outcome);
+                }
+                if c.force.is_none() {
+                    self.jobs.branch_activity(now, c);
+                }
+            }
+            Body::Cancel(k) => {
+                self.jobs.add_cancel(k.job, &k.reason, rec.signer);
+                if let Some(attempt) = self.builds.attempt_of(&k.job) {
+                    // Keep it as ours: the build ends as a `cancelled` result.
+                    self.out.push_back(Output::CancelBuild { job: k.job, attempt });
+                }
+            }
+            Body::Result(r) => {
+                if !self.replaying {
+                    self.replicate_logs(now, r, rec.signer);
+                }
+                self.jobs.add_result(r.job, rec.id);
+                if rec.signer != self.me {
+                    if let Some(attempt) = self.builds.stop(&r.job) {
+                        // Someone else finished it: our build is now redundant.
+                        self.out.push_back(Output::CancelBuild { job: r.job, attempt });
+                        self.save_own_claims();
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_build_finished(&mut self, now: Millis, o: BuildOutcome) {
+        self.dirty = true;
+        self.builds.freed_ms = now;
+        let still_ours = self.builds.attempt_of(&o.job) == Some(o.attempt);
+        self.builds.stop(&o.job);
+        self.save_own_claims();
+        if !still_ours && o.cancelled {
+            // We lost the claim or someone else finished first: nothing to publish.
+            return;
+        }
+        let Some(job) = self.jobs.get(&o.job).cloned() else { return };
+        for s in &o.steps {
+            if let Err(e) = self.store.put_blob(&Hash32::of(&s.log), &s.log) {
+                self.emit(Event::StoreFailed { reason: e.to_string() });
+            }
+        }
+        let (author, title) = match self.store.get_record(&job.change).and_then(|b| record::decode_stored(&b).ok()) {
+            Some(VerifiedRecord { body: Body::Change(c), .. }) => (c.author, c.title),
+            _ => (String::new(), String::new()),
+        };
+        let result = assemble_result(&o, &job, &self.cfg.labels, author, title);
+        let status = result.status;
+        match self.publish(now, &Body::Result(result)) {
+            Ok(rec) => self.emit(Event::BuildPublished { job: o.job, attempt: o.attempt, status, record: rec.id }),
+            Err(e) => self.emit(Event::StoreFailed { reason: e.to_string() }),
+        }
+    }
+
+    /// Turns a commit into a signed change, unless one is known already.
+    pub fn announce(&mut self, now: Millis, info: CommitInfo) -> Result<Announced, String> {
+        if info.repo.is_empty() || info.repo.len() > 4096 {
+            return Err("repo must be 1 to 4096 bytes".into());
+        }
+        if info.commit.len() < 4 || info.commit.len() > 64 || !info.commit.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("commit {:?} is not a hex object id", info.commit));
+        }
+        if let Some(id) = self.jobs.change_of_commit(&info.repo, &info.commit) {
+            return Ok(Announced::Known(id));
+        }
+        let (jobs, recipe_error) = match &info.recipe {
+            Ok(text) => match parse_recipe(&info.repo, &info.commit, text) {
+                Ok(j) => (j, None),
+                Err(e) => (vec![], Some(e.to_string())),
+            },
+            Err(e) => (vec![], Some(e.clone())),
+        };
+        let change = info.into_change(jobs, recipe_error, now, None);
+        self.publish_now(now, Body::Change(change)).map(Announced::New)
+    }
+
+    /// A forced rebuild of a commit: new jobs, built even if the commit was
+    /// built before. `builder` narrows it to one builder.
+    pub fn force(
+        &mut self,
+        now: Millis,
+        info: CommitInfo,
+        builder: Option<&str>,
+        reason: String,
+    ) -> Result<Hash32, String> {
+        let text = info.recipe.clone()?;
+        let mut jobs = parse_recipe(&info.repo, &info.commit, &text).map_err(|e| e.to_string())?;
+        if let Some(b) = builder {
+            jobs.retain(|j| j.builder == b);
+            if jobs.is_empty() {
+                return Err(format!("the recipe at {} has no builder {b:?}", info.commit));
+            }
+        }
+        let nonce = Hash32::of_fields(
+            "peerbot.force",
+            &[&self.me.to_bytes(), &now.to_le_bytes(), &rand::Rng::gen::<u64>(&mut self.rng).to_le_bytes()],
+        );
+        for j in jobs.iter_mut() {
+            j.id = crate::recipe::forced_job_id(&info.repo, &info.commit, &j.builder, &nonce);
+        }
+        let force = record::Force { nonce, reason: clip(&reason, 1024) };
+        let change = info.into_change(jobs, None, now, Some(force));
+        self.publish_now(now, Body::Change(change))
+    }
+
+    /// Cancels a job everywhere: a signed record every node applies.
+    pub fn cancel(&mut self, now: Millis, job: Hash32, reason: String) -> Result<Hash32, String> {
+        match self.jobs.state(&job) {
+            JobState::Done => return Err(format!("job {} is already done", job.short())),
+            JobState::Cancelled => return Err(format!("job {} is already cancelled", job.short())),
+            _ => {}
+        }
+        if self.jobs.get(&job).is_none() {
+            return Err(format!("no job {}", job.to_hex()));
+        }
+        let body = Body::Cancel(record::Cancel { job, reason: clip(&reason, 1024), requested_ms: now });
+        self.publish_now(now, body)
+    }
+
+    /// Publishes a record a user asked for, and acts on it at once.
+    fn publish_now(&mut self, now: Millis, body: Body) -> Result<Hash32, String> {
+        let rec = self.publish(now, &body).map_err(|e| e.to_string())?;
+        self.on_timers(now);
+        Ok(rec.id)
+    }
+}

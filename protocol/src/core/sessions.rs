@@ -1,0 +1,156 @@
+//! Reconciliation sessions this node started, and how far catching up has
+//! come. "Caught up" has one definition here, read by the claim gate, by
+//! log replication and by the API.
+
+use std::collections::BTreeMap;
+
+use libp2p_identity::PeerId;
+use serde_bytes::ByteBuf;
+
+use crate::ids::Hash32;
+use crate::store::Store;
+use crate::sync::{self, SyncRange};
+use crate::wire::{self, Request};
+use crate::Millis;
+
+/// Rounds of one session before it is taken as finished.
+pub const MAX_SYNC_ROUNDS: u32 = 64;
+/// A batch of records in one fetch or push stays about this size.
+pub const RECORD_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// How a late or returning node is doing at catching up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Records known to be missing and not yet fetched.
+    pub to_fetch: usize,
+    /// Records fetched by reconciliation since start.
+    pub fetched: u64,
+    /// Reconciliation sessions under way.
+    pub sessions: usize,
+}
+
+#[derive(Default)]
+struct SyncTally {
+    need: usize,
+    have: usize,
+}
+
+/// What to do after one round's answer.
+pub struct RoundPlan {
+    /// Fetches of missing records, a batch each.
+    pub fetches: Vec<Vec<Hash32>>,
+    /// Pushes of records the peer lacks, a batch each.
+    pub pushes: Vec<Vec<ByteBuf>>,
+    pub next: Next,
+}
+
+pub enum Next {
+    /// Send these ranges as the next round.
+    Round {
+        ranges: Vec<SyncRange>,
+        round: u32,
+    },
+    Finished {
+        rounds: u32,
+        need: usize,
+        have: usize,
+    },
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    open: BTreeMap<PeerId, SyncTally>,
+    progress: SyncProgress,
+    progress_said_ms: Millis,
+    /// A reconciliation with some peer has completed since start.
+    synced_once: bool,
+}
+
+impl Sessions {
+    /// Opens a session with `peer` unless one is under way.
+    pub fn start<S: Store>(&mut self, store: &S, peer: PeerId) -> Option<Request> {
+        if self.open.contains_key(&peer) {
+            return None;
+        }
+        self.open.insert(peer, SyncTally::default());
+        Some(Request::Reconcile { ranges: sync::initial(store) })
+    }
+
+    pub fn failed(&mut self, peer: &PeerId) {
+        self.open.remove(peer);
+    }
+
+    /// Processes a peer's answer to round `round`.
+    pub fn round<S: Store>(
+        &mut self,
+        store: &S,
+        peer: PeerId,
+        round: u32,
+        ranges: &[SyncRange],
+    ) -> Result<RoundPlan, sync::SyncError> {
+        let out = sync::process(store, ranges, true)?;
+        let fetches: Vec<Vec<Hash32>> = out.need.chunks(wire::MAX_RECORDS_PER_REQUEST).map(|c| c.to_vec()).collect();
+        self.progress.to_fetch += out.need.len();
+        let pushes = push_batches(store, &out.have);
+        let tally = self.open.entry(peer).or_default();
+        tally.need += out.need.len();
+        tally.have += out.have.len();
+        let next = if out.finished() || round >= MAX_SYNC_ROUNDS {
+            self.synced_once = true;
+            let t = self.open.remove(&peer).unwrap_or_default();
+            Next::Finished { rounds: round, need: t.need, have: t.have }
+        } else {
+            Next::Round { ranges: out.reply, round: round + 1 }
+        };
+        Ok(RoundPlan { fetches, pushes, next })
+    }
+
+    /// A fetch of `count` records ended with `fetched` new ones stored.
+    /// Returns progress to report, at most every two seconds.
+    pub fn fetch_done(&mut self, now: Millis, count: usize, fetched: usize) -> Option<SyncProgress> {
+        self.progress.fetched += fetched as u64;
+        self.progress.to_fetch = self.progress.to_fetch.saturating_sub(count);
+        if self.progress.to_fetch > 0 && now >= self.progress_said_ms + 2_000 {
+            self.progress_said_ms = now;
+            return Some(self.progress);
+        }
+        None
+    }
+
+    pub fn fetch_failed(&mut self, count: usize) {
+        self.progress.to_fetch = self.progress.to_fetch.saturating_sub(count);
+    }
+
+    pub fn progress(&self) -> SyncProgress {
+        SyncProgress { sessions: self.open.len(), ..self.progress }
+    }
+
+    pub fn synced_once(&self) -> bool {
+        self.synced_once
+    }
+
+    pub fn fetching(&self) -> bool {
+        self.progress.to_fetch > 0
+    }
+}
+
+/// Records the peer lacks, in batches within the request limits.
+fn push_batches<S: Store>(store: &S, have: &[Hash32]) -> Vec<Vec<ByteBuf>> {
+    let mut batches = Vec::new();
+    let mut batch = Vec::new();
+    let mut size = 0;
+    for id in have {
+        if let Some(b) = store.get_record(id) {
+            size += b.len();
+            batch.push(ByteBuf::from(b));
+        }
+        if batch.len() >= wire::MAX_RECORDS_PER_REQUEST || size > RECORD_BATCH_BYTES {
+            batches.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}

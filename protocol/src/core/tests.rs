@@ -1,0 +1,337 @@
+//! Whole-core scenarios: a few nodes wired by hand.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::deterministic_key;
+use crate::record::{Body, Status};
+use crate::store::MemStore;
+
+const RECIPE: &str = "[[builder]]\nname='linux'\nrequires=['os=linux']\n[[builder.step]]\nrun='make'\n\
+                      [[builder]]\nname='gpu'\nrequires=['gpu=yes']\n[[builder.step]]\nrun='nvcc'\n";
+
+fn node(n: u64, labels: &[&str]) -> NodeCore<MemStore> {
+    let mut cfg = Config::new(labels.iter().map(|s| s.to_string()).collect(), 1);
+    cfg.seed = n;
+    NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
+}
+
+fn commit(c: &str) -> CommitInfo {
+    CommitInfo {
+        repo: "/repo".into(),
+        branch: "main".into(),
+        commit: c.into(),
+        parents: vec![],
+        author: "A".into(),
+        committer: "A".into(),
+        commit_time: 0,
+        title: "t".into(),
+        files: vec![],
+        recipe: Ok(RECIPE.into()),
+    }
+}
+
+/// Delivers every broadcast to every other node until all is quiet;
+/// returns the builds started, by node index.
+fn settle(nodes: &mut [NodeCore<MemStore>], now: Millis) -> Vec<(usize, BuildOrder)> {
+    settle_full(nodes, now, &mut Vec::new())
+}
+
+fn settle_full(
+    nodes: &mut [NodeCore<MemStore>],
+    now: Millis,
+    cancels: &mut Vec<(usize, Hash32)>,
+) -> Vec<(usize, BuildOrder)> {
+    let mut started = Vec::new();
+    let mut token = 0;
+    loop {
+        let mut msgs = Vec::new();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.handle(now, Input::Tick);
+            while let Some(o) = n.poll_output() {
+                match o {
+                    Output::Broadcast(b) => msgs.push((i, b)),
+                    Output::StartBuild(order) => started.push((i, order)),
+                    Output::CancelBuild { job, .. } => cancels.push((i, job)),
+                    _ => {}
+                }
+            }
+        }
+        if msgs.is_empty() {
+            return started;
+        }
+        for (from, b) in msgs {
+            let from_id = nodes[from].peer_id();
+            for (j, n) in nodes.iter_mut().enumerate() {
+                if j != from {
+                    token += 1;
+                    n.handle(now, Input::Gossip { from: from_id, token, bytes: b.clone() });
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn each_job_is_claimed_once_by_an_eligible_node() {
+    let mut nodes = vec![node(1, &["os=linux"]), node(2, &["os=linux"]), node(3, &["os=linux", "gpu=yes"])];
+    let mut now = 0;
+    settle(&mut nodes, now); // heartbeats: everyone learns everyone's labels
+    now += 10_000;
+    settle(&mut nodes, now);
+    assert!(matches!(nodes[0].announce(now, commit("abcd01")), Ok(Announced::New(_))));
+    let mut started = Vec::new();
+    for _ in 0..10 {
+        started.extend(settle(&mut nodes, now));
+        now += 500;
+    }
+    assert_eq!(started.len(), 2, "{started:?}");
+    let gpu = started.iter().find(|(_, o)| o.builder == "gpu").unwrap();
+    assert_eq!(gpu.0, 2, "only node 3 has gpu=yes");
+    // Every node agrees on who holds each claim.
+    for (i, order) in &started {
+        let holder = nodes[*i].peer_id();
+        for n in &nodes {
+            assert_eq!(n.jobs()[&order.job].claim.as_ref().unwrap().by, holder);
+        }
+    }
+    // A second announcement of the same commit is recognised.
+    assert!(matches!(nodes[1].announce(now, commit("abcd01")), Ok(Announced::Known(_))));
+}
+
+#[test]
+fn job_with_no_eligible_node_stays_pending() {
+    let mut nodes = vec![node(1, &["os=linux"]), node(2, &["os=linux"])];
+    let mut now = 10_000;
+    settle(&mut nodes, now);
+    nodes[0].announce(now, commit("abcd02")).unwrap();
+    let mut started = Vec::new();
+    for _ in 0..20 {
+        started.extend(settle(&mut nodes, now));
+        now += 1_000;
+    }
+    assert!(started.iter().all(|(_, o)| o.builder == "linux"));
+    let gpu = nodes[1].jobs().values().find(|j| j.spec.builder == "gpu").unwrap();
+    assert_eq!(nodes[1].job_state(&gpu.spec.id), JobState::Pending);
+    assert!(nodes[1].eligible(now, &gpu.spec.requires).is_empty());
+}
+
+#[test]
+fn forged_and_garbage_gossip_is_rejected_and_not_stored() {
+    let mut a = node(1, &["os=linux"]);
+    let mut b = node(2, &["os=linux"]);
+    a.announce(1, commit("abcd03")).unwrap();
+    let mut bytes = None;
+    while let Some(o) = a.poll_output() {
+        if let Output::Broadcast(bts) = o {
+            if let Ok(Gossip::Record(r)) = wire::decode_gossip(&bts) {
+                bytes = Some(r);
+            }
+        }
+    }
+    let mut rec = bytes.unwrap();
+    let n = rec.len();
+    rec[n / 2] ^= 0x40;
+    let forged = wire::encode_gossip(&Gossip::Record(rec));
+    b.handle(2, Input::Gossip { from: a.peer_id(), token: 7, bytes: forged });
+    b.handle(2, Input::Gossip { from: a.peer_id(), token: 8, bytes: vec![0xff, 0x00, 0x13] });
+    let mut verdicts = vec![];
+    while let Some(o) = b.poll_output() {
+        if let Output::Verdict { token, verdict } = o {
+            verdicts.push((token, verdict));
+        }
+    }
+    assert_eq!(verdicts, vec![(7, Verdict::Reject), (8, Verdict::Reject)]);
+    assert_eq!(b.store().record_count(), 0);
+    assert!(b.jobs().is_empty());
+}
+
+fn commit_with(c: &str, time: i64, recipe: &str) -> CommitInfo {
+    CommitInfo { commit_time: time, recipe: Ok(recipe.into()), ..commit(c) }
+}
+
+/// Runs the cluster from `from` to `to` in 500 ms steps, finishing
+/// every build at once when `finish` is set; returns the builds started.
+fn run_for(nodes: &mut [NodeCore<MemStore>], from: Millis, to: Millis, finish: bool) -> Vec<(usize, BuildOrder)> {
+    let mut all = Vec::new();
+    let mut now = from;
+    while now <= to {
+        let started = settle(nodes, now);
+        for (i, o) in &started {
+            if finish {
+                let outcome = BuildOutcome {
+                    job: o.job,
+                    attempt: o.attempt,
+                    started_ms: now,
+                    ended_ms: now,
+                    steps: vec![StepOutcome {
+                        name: "s".into(),
+                        exit_code: Some(0),
+                        log: format!("built {}\n", o.job).into_bytes(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                nodes[*i].handle(now, Input::BuildFinished(outcome));
+            }
+        }
+        all.extend(started);
+        now += 500;
+    }
+    settle(nodes, now);
+    all
+}
+
+fn cluster() -> Vec<NodeCore<MemStore>> {
+    let mut nodes = vec![node(1, &["os=linux"]), node(2, &["os=linux"]), node(3, &["os=linux"])];
+    settle(&mut nodes, 0);
+    settle(&mut nodes, 10_000);
+    nodes
+}
+
+const STABLE: &str = "[[builder]]\nname='slow'\ntree_stable_secs=60\n[[builder.step]]\nrun='make'\n";
+const COLLAPSE: &str = "[[builder]]\nname='c'\ntree_stable_secs=30\ncollapse=true\n[[builder.step]]\nrun='make'\n";
+
+#[test]
+fn tree_stable_timer_waits_for_a_quiet_branch() {
+    let mut nodes = cluster();
+    nodes[0].announce(10_000, commit_with("aaaa01", 1, STABLE)).unwrap();
+    let early = run_for(&mut nodes, 10_000, 40_000, true);
+    assert!(early.is_empty(), "nothing before the branch is quiet: {early:?}");
+    // A second change at 40 s restarts the first job's timer too.
+    nodes[1].announce(40_000, commit_with("aaaa02", 2, STABLE)).unwrap();
+    let mid = run_for(&mut nodes, 40_000, 99_000, true);
+    assert!(mid.is_empty(), "{mid:?}");
+    let late = run_for(&mut nodes, 99_500, 110_000, true);
+    assert_eq!(late.len(), 2, "both commits built once quiet: {late:?}");
+}
+
+#[test]
+fn collapsing_builds_only_the_newest_waiting_change() {
+    let mut nodes = cluster();
+    nodes[0].announce(10_000, commit_with("bbbb01", 1, COLLAPSE)).unwrap();
+    run_for(&mut nodes, 10_000, 12_000, true);
+    nodes[1].announce(12_500, commit_with("bbbb02", 2, COLLAPSE)).unwrap();
+    run_for(&mut nodes, 12_500, 14_000, true);
+    nodes[2].announce(14_500, commit_with("bbbb03", 3, COLLAPSE)).unwrap();
+    let built = run_for(&mut nodes, 14_500, 60_000, true);
+    assert_eq!(built.len(), 1, "{built:?}");
+    assert_eq!(built[0].1.commit, "bbbb03");
+    let newest = built[0].1.job;
+    for n in &nodes {
+        for c in ["bbbb01", "bbbb02"] {
+            let j = n.jobs().values().find(|j| j.commit == c).unwrap();
+            assert_eq!(n.job_state(&j.spec.id), JobState::Superseded);
+            // Recorded, not silently dropped: the chain of supersessions ends at the newest.
+            let mut at = j.superseded_by.expect("superseded_by is set");
+            while let Some(next) = n.jobs()[&at].superseded_by {
+                at = next;
+            }
+            assert_eq!(at, newest);
+        }
+    }
+}
+
+#[test]
+fn force_builds_a_built_commit_again_as_a_new_job() {
+    let mut nodes = cluster();
+    nodes[0].announce(10_000, commit("cccc01")).unwrap();
+    let first = run_for(&mut nodes, 10_000, 20_000, true);
+    assert_eq!(first.len(), 1, "only the linux builder has nodes: {first:?}");
+    let forced = nodes[1].force(20_000, commit("cccc01"), Some("linux"), "flaky?".into()).unwrap();
+    let again = run_for(&mut nodes, 20_000, 30_000, true);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0].1.job, first[0].1.job, "a forced build is a job of its own");
+    for n in &nodes {
+        assert!(n.store().has_record(&forced));
+        assert_eq!(n.results_of(&first[0].1.job).len(), 1);
+        assert_eq!(n.results_of(&again[0].1.job).len(), 1);
+    }
+    assert!(nodes[0].force(30_000, commit("cccc01"), Some("nope"), String::new()).is_err());
+}
+
+#[test]
+fn cancel_stops_waiting_and_running_jobs_everywhere() {
+    let mut nodes = cluster();
+    // Waiting (tree-stable) job: cancelled, never built.
+    nodes[0].announce(10_000, commit_with("dddd01", 1, STABLE)).unwrap();
+    run_for(&mut nodes, 10_000, 11_000, true);
+    let waiting = nodes[0].jobs().values().find(|j| j.commit == "dddd01").unwrap().spec.id;
+    nodes[2].cancel(11_000, waiting, "not needed".into()).unwrap();
+    let built = run_for(&mut nodes, 11_000, 100_000, true);
+    assert!(built.is_empty(), "{built:?}");
+    for n in &nodes {
+        assert_eq!(n.job_state(&waiting), JobState::Cancelled);
+    }
+    // Running job: the claimant is told to stop and records `cancelled`.
+    nodes[0].announce(100_000, commit("dddd02")).unwrap();
+    let started = run_for(&mut nodes, 100_000, 101_000, false);
+    assert_eq!(started.len(), 1);
+    let (who, order) = started[0].clone();
+    nodes[(who + 1) % 3].cancel(101_000, order.job, "wrong branch".into()).unwrap();
+    let mut cancels = Vec::new();
+    settle_full(&mut nodes, 101_500, &mut cancels);
+    assert_eq!(cancels, vec![(who, order.job)], "the claimant, and only it, was told to stop");
+    let outcome = BuildOutcome {
+        job: order.job,
+        attempt: order.attempt,
+        started_ms: 100_500,
+        ended_ms: 101_600,
+        cancelled: true,
+        ..Default::default()
+    };
+    nodes[who].handle(101_600, Input::BuildFinished(outcome));
+    settle(&mut nodes, 101_700);
+    for n in &nodes {
+        let r = n.results_of(&order.job);
+        assert_eq!(r.len(), 1);
+        let rec = record::decode_stored(&n.store().get_record(&r[0]).unwrap()).unwrap();
+        assert!(matches!(rec.body, Body::Result(ref b) if b.status == Status::Cancelled));
+    }
+}
+
+#[test]
+fn log_horizon_drops_old_logs_and_keeps_records() {
+    let mut cfg = Config::new(vec!["os=linux".into()], 1);
+    cfg.log_horizon_ms = Some(10 * 24 * 3600 * 1000);
+    let n = NodeCore::new(cfg, deterministic_key(9), MemStore::new(), 0);
+    let mut nodes = vec![n];
+    let day = 24 * 3600 * 1000;
+    let blob_of = |n: &NodeCore<MemStore>, job: &Hash32| {
+        let rid = n.results_of(job)[0];
+        match record::decode_stored(&n.store().get_record(&rid).unwrap()).unwrap().body {
+            Body::Result(r) => r.steps[0].log.as_ref().unwrap().hash,
+            _ => unreachable!(),
+        }
+    };
+    nodes[0].announce(1_000, commit("ffff01")).unwrap();
+    let old = run_for(&mut nodes, 1_000, 12_000, true);
+    assert_eq!(old.len(), 1);
+    let old_blob = blob_of(&nodes[0], &old[0].1.job);
+    assert!(nodes[0].store().has_blob(&old_blob));
+    // Twenty days on, the retention pass (on its own timer) runs.
+    nodes[0].announce(20 * day, commit("ffff02")).unwrap();
+    let new = run_for(&mut nodes, 20 * day, 20 * day + 120_000, true);
+    assert_eq!(new.len(), 1);
+    let new_blob = blob_of(&nodes[0], &new[0].1.job);
+    assert!(!nodes[0].store().has_blob(&old_blob), "an old log is dropped");
+    assert!(nodes[0].store().has_blob(&new_blob), "a recent log stays");
+    assert_eq!(nodes[0].results_of(&old[0].1.job).len(), 1, "records stay");
+}
+
+#[test]
+fn busy_node_leaves_the_job_to_the_next_free_one() {
+    let mut nodes = cluster();
+    let mut now = 10_000;
+    let mut running: BTreeMap<usize, usize> = BTreeMap::new();
+    for k in 0..3 {
+        nodes[k % 3].announce(now, commit(&format!("eeee0{k}"))).unwrap();
+        for (i, _) in run_for(&mut nodes, now, now + 1_000, false) {
+            *running.entry(i).or_default() += 1;
+        }
+        now += 1_500;
+    }
+    // Three jobs, three one-slot nodes: each node took one, none waited behind another.
+    assert_eq!(running.len(), 3, "{running:?}");
+    assert!(running.values().all(|n| *n == 1));
+}
