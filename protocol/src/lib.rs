@@ -7,6 +7,19 @@
 //! randomness: the node and the simulator feed it inputs with the current
 //! time and route the outputs it hands back.
 
+/// Asserts an invariant of the core in debug builds and wherever the
+/// `invariants` feature is on (the simulator turns it on, so every simnet
+/// run checks them, in release builds too). A node built for release
+/// without the feature pays nothing.
+#[macro_export]
+macro_rules! invariant {
+    ($cond:expr, $($msg:tt)+) => {
+        if cfg!(any(debug_assertions, feature = "invariants")) {
+            assert!($cond, $($msg)+);
+        }
+    };
+}
+
 pub mod codec;
 pub mod core;
 pub mod ids;

@@ -71,6 +71,10 @@ impl Jobs {
                 if winner == from {
                     job.claim = Some(fresh);
                 }
+                crate::invariant!(
+                    job.claim.as_ref().is_some_and(|c| c.by == winner),
+                    "after a conflict the winner holds the claim"
+                );
                 ClaimOutcome::Conflict { job: c.job, attempt: c.attempt, winner, loser }
             }
         }

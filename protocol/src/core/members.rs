@@ -126,6 +126,7 @@ impl Membership {
 
     /// Re-reads liveness; true when a peer went silent or came back.
     pub fn sweep(&mut self, now: Millis) -> bool {
+        self.check();
         let mut changed = false;
         let mut live = 0;
         let verdicts: Vec<(PeerId, bool)> = self.peers.iter().map(|(p, v)| (*p, self.heard_recently(now, v))).collect();
@@ -142,7 +143,6 @@ impl Membership {
         if changed {
             self.generation += 1;
         }
-        self.check();
         changed
     }
 
@@ -202,6 +202,7 @@ impl Membership {
         if changed || was_suspect || !was_live {
             self.generation += 1;
         }
+        crate::invariant!(self.live_peers <= self.peers.len(), "more live peers than peers");
         Ok(HeartbeatSummary { became_live: !was_live, new_addrs })
     }
 
@@ -209,9 +210,16 @@ impl Membership {
     pub fn mark_suspect(&mut self, p: &PeerId) {
         if let Some(v) = self.peers.get_mut(p) {
             v.suspect = true;
-            v.live = false;
+            if std::mem::replace(&mut v.live, false) {
+                self.live_peers -= 1;
+            }
             self.generation += 1;
         }
+    }
+
+    /// Live peers, as the ranking and the heartbeat interval count them.
+    pub fn live_count(&self) -> usize {
+        self.live_peers
     }
 
     /// (rendezvous key, id, executors) of each eligible live peer, this node
@@ -262,11 +270,71 @@ impl Membership {
         self.peers.iter()
     }
 
+    /// The live count is the number of peers marked live. Checked where the
+    /// table is walked anyway (every sweep), not on every heartbeat.
     fn check(&self) {
-        debug_assert_eq!(
-            self.live_peers,
-            self.peers.values().filter(|v| v.live).count(),
+        crate::invariant!(
+            self.live_peers == self.peers.values().filter(|v| v.live).count(),
             "the live count is the number of peers marked live"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deterministic_key;
+
+    fn heartbeat(interval_ms: u64) -> Heartbeat {
+        Heartbeat {
+            seq: 1,
+            sent_ms: 0,
+            interval_ms,
+            labels: vec!["os=linux".into()],
+            executors: 1,
+            busy: 0,
+            running: vec![],
+            addrs: vec![],
+        }
+    }
+
+    fn table() -> (Membership, Vec<PeerId>) {
+        let me = deterministic_key(0).public().to_peer_id();
+        let peers = (1..4).map(|i| deterministic_key(i).public().to_peer_id()).collect();
+        (Membership::new(me, &super::super::Config::new(vec!["os=linux".into()], 1)), peers)
+    }
+
+    #[test]
+    fn a_suspect_peer_leaves_the_live_count_at_once() {
+        let (mut m, peers) = table();
+        for p in &peers {
+            m.on_heartbeat(1_000, *p, &heartbeat(2_000)).unwrap();
+        }
+        assert_eq!(m.live_count(), 3);
+        let before = m.heartbeat_interval();
+        m.mark_suspect(&peers[0]);
+        assert_eq!(m.live_count(), 2, "the live count follows the live flags");
+        assert!(m.heartbeat_interval() <= before);
+        assert_eq!(m.eligible_keys(&["os=linux".to_string()]).len(), 3, "two peers and this node");
+        // Marking it again changes nothing; hearing it again brings it back.
+        m.mark_suspect(&peers[0]);
+        assert_eq!(m.live_count(), 2);
+        m.on_heartbeat(2_000, peers[0], &heartbeat(2_000)).unwrap();
+        assert_eq!(m.live_count(), 3);
+        assert!(!m.sweep(2_000), "the sweep agrees with the count it finds");
+        assert_eq!(m.live_count(), 3);
+    }
+
+    #[test]
+    fn silence_and_a_heartbeat_over_its_limits() {
+        let (mut m, peers) = table();
+        m.on_heartbeat(1_000, peers[0], &heartbeat(2_000)).unwrap();
+        assert!(m.is_live(1_000, &peers[0]));
+        assert!(m.sweep(1_000 + 8_000), "silent past the window: no longer live");
+        assert_eq!(m.live_count(), 0);
+        let mut big = heartbeat(2_000);
+        big.addrs = vec!["x".repeat(wire::MAX_ADDR_LEN + 1)];
+        assert!(m.on_heartbeat(9_000, peers[1], &big).is_err());
+        assert!(m.peers().get(&peers[1]).is_none(), "nothing is kept of a rejected heartbeat");
     }
 }

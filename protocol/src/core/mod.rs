@@ -224,6 +224,10 @@ impl<S: Store> NodeCore<S> {
     pub fn is_live(&self, now: Millis, p: &PeerId) -> bool {
         self.members.is_live(now, p)
     }
+    /// Live peers as the ranking counts them (this node not included).
+    pub fn live_peer_count(&self) -> usize {
+        self.members.live_count()
+    }
     /// This node's heartbeat interval for the cluster size it sees.
     pub fn heartbeat_interval(&self) -> u64 {
         self.members.heartbeat_interval()
@@ -521,7 +525,7 @@ impl<S: Store> NodeCore<S> {
         self.emit(Event::Claimed { job: id, attempt, by: self.me });
         self.emit(Event::BuildStarted { job: id, attempt });
         self.out.push_back(Output::StartBuild(order));
-        debug_assert!(
+        crate::invariant!(
             self.builds.running.len() as u32 <= self.cfg.executors,
             "a node never runs more builds than it has executors"
         );

@@ -73,7 +73,7 @@ impl<S: Store> NodeCore<S> {
     /// Stores new records in one durable write, then reports and applies
     /// each. Nothing is applied that is not stored.
     fn commit(&mut self, now: Millis, recs: &[VerifiedRecord], from: Option<PeerId>) -> Result<(), StoreError> {
-        debug_assert!(recs.iter().all(|r| !self.store.has_record(&r.id)), "only new records are committed");
+        crate::invariant!(recs.iter().all(|r| !self.store.has_record(&r.id)), "only new records are committed");
         self.store.put_records(recs)?;
         for rec in recs {
             self.emit(Event::RecordStored { id: rec.id, kind: rec.body.kind(), signer: rec.signer, from });

@@ -78,6 +78,7 @@ pub fn plan_claims(
         }
     }
     ready.sort();
-    let claim = ready.into_iter().take(free).map(|(_, _, id)| id).collect();
+    let claim: Vec<Hash32> = ready.into_iter().take(free).map(|(_, _, id)| id).collect();
+    crate::invariant!(claim.len() <= free, "never more claims than free slots");
     ClaimPlan { claim, next_due }
 }

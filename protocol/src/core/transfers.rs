@@ -78,7 +78,7 @@ impl Requests {
 
     /// Queues a transfer behind the ones in flight.
     pub fn enqueue(&mut self, peer: PeerId, req: Request, p: Pending) {
-        debug_assert!(p.is_transfer(), "only transfers wait in the queue");
+        crate::invariant!(p.is_transfer(), "only transfers wait in the queue");
         self.queue.push_back((peer, req, p));
     }
 
@@ -101,11 +101,7 @@ impl Requests {
     }
 
     fn check(&self) {
-        debug_assert!(self.in_flight <= MAX_TRANSFERS, "no more than MAX_TRANSFERS transfers out");
-        debug_assert!(
-            self.in_flight <= self.pending.values().filter(|p| p.is_transfer()).count(),
-            "every transfer in flight is a pending request"
-        );
+        crate::invariant!(self.in_flight <= MAX_TRANSFERS, "no more than MAX_TRANSFERS transfers out");
     }
 }
 
