@@ -106,8 +106,6 @@ pub struct NodeCore<S: Store> {
     next_replication: u64,
     timers: TimerTable,
     heartbeat_seq: u64,
-    /// Something happened that may change what to claim.
-    dirty: bool,
     listen_addrs: Vec<String>,
     /// Applying the stored history at start-up: nothing is fetched for it.
     replaying: bool,
@@ -142,7 +140,6 @@ impl<S: Store> NodeCore<S> {
             next_replication: 0,
             timers,
             heartbeat_seq: 0,
-            dirty: true,
             listen_addrs: Vec::new(),
             replaying: true,
             verifier: Arc::new(SignatureCheck),
@@ -256,6 +253,11 @@ impl<S: Store> NodeCore<S> {
         self.timers.next()
     }
 
+    /// Something happened that may change what to claim: decide again now.
+    fn reconsider(&mut self, now: Millis) {
+        self.timers.set_earlier(Timer::Claims, now);
+    }
+
     fn emit(&mut self, e: Event) {
         self.out.push_back(Output::Event(e));
     }
@@ -294,17 +296,14 @@ impl<S: Store> NodeCore<S> {
             }
             Input::BuildFinished(o) => self.on_build_finished(now, o),
         }
-        if self.dirty || now >= self.next_timeout() {
+        if now >= self.next_timeout() {
             self.on_timers(now);
         }
     }
 
     fn on_timers(&mut self, now: Millis) {
-        self.dirty = false;
         if self.timers.is_due(Timer::Sweep, now) {
-            if self.members.sweep(now) {
-                self.dirty = true;
-            }
+            self.members.sweep(now);
             self.timers.set(Timer::Sweep, now + (self.heartbeat_interval() / 4).max(500));
         }
         if self.timers.is_due(Timer::Heartbeat, now) {
@@ -396,7 +395,7 @@ impl<S: Store> NodeCore<S> {
                 Verdict::Accept
             }
             Gossip::Claim(c) => {
-                self.dirty = true;
+                self.reconsider(now);
                 let lease_cap = self.cfg.lease_ms.saturating_mul(4);
                 let outcome = self.jobs.take_claim(now, from, c, lease_cap);
                 self.settle(outcome);
@@ -404,7 +403,7 @@ impl<S: Store> NodeCore<S> {
             }
             Gossip::Release { job, attempt, reason, .. } => {
                 if self.jobs.release(now, from, &job, attempt, &reason) {
-                    self.dirty = true;
+                    self.reconsider(now);
                     self.emit(Event::Released { job, attempt, by: from, reason });
                 }
                 Verdict::Accept
@@ -421,7 +420,7 @@ impl<S: Store> NodeCore<S> {
             }
         };
         if summary.became_live {
-            self.dirty = true;
+            self.reconsider(now);
         }
         self.renew(now, from, h.running);
         if let Some(addrs) = summary.new_addrs {
@@ -432,7 +431,7 @@ impl<S: Store> NodeCore<S> {
 
     fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>) {
         for outcome in self.jobs.renew(now, from, leases, self.cfg.lease_ms) {
-            self.dirty = true;
+            self.reconsider(now);
             self.settle(outcome);
         }
     }

@@ -92,11 +92,11 @@ impl<S: Store> NodeCore<S> {
 
     /// What a stored record means to the sub-states.
     pub(super) fn apply(&mut self, now: Millis, rec: &VerifiedRecord) {
-        self.dirty = true;
+        self.reconsider(now);
         match &rec.body {
             Body::Change(c) => {
                 for (by, claim, at) in self.jobs.add_change(now, c, rec.id) {
-                    self.dirty = true;
+                    self.reconsider(now);
                     let lease_cap = self.cfg.lease_ms.saturating_mul(4);
                     let outcome = self.jobs.take_claim(at, by, claim, lease_cap);
                     self.settle(outcome);
@@ -129,7 +129,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn on_build_finished(&mut self, now: Millis, o: BuildOutcome) {
-        self.dirty = true;
+        self.reconsider(now);
         self.builds.freed_ms = now;
         let still_ours = self.builds.attempt_of(&o.job) == Some(o.attempt);
         self.builds.stop(&o.job);

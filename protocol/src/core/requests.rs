@@ -101,7 +101,7 @@ impl<S: Store> NodeCore<S> {
         let resp = wire::decode_response(bytes);
         match p {
             Pending::Sync { peer, round } => match resp {
-                Ok(Response::Reconcile { ranges }) => self.sync_round(peer, round, &ranges),
+                Ok(Response::Reconcile { ranges }) => self.sync_round(now, peer, round, &ranges),
                 Ok(other) => self.sync_failed(peer, format!("unexpected reply {other:?}")),
                 Err(e) => self.sync_failed(peer, e.to_string()),
             },
@@ -161,7 +161,7 @@ impl<S: Store> NodeCore<S> {
         self.emit(Event::SyncFailed { peer, reason });
     }
 
-    fn sync_round(&mut self, peer: PeerId, round: u32, ranges: &[sync::SyncRange]) {
+    fn sync_round(&mut self, now: Millis, peer: PeerId, round: u32, ranges: &[sync::SyncRange]) {
         let plan = match self.sessions.round(&self.store, peer, round, ranges) {
             Ok(p) => p,
             Err(e) => return self.sync_failed(peer, e.to_string()),
@@ -176,7 +176,7 @@ impl<S: Store> NodeCore<S> {
         self.pump_transfers();
         match plan.next {
             Next::Finished { rounds, need, have } => {
-                self.dirty = true;
+                self.reconsider(now);
                 self.emit(Event::SyncFinished { peer, rounds, need, have });
             }
             Next::Round { ranges, round } => {
