@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use libp2p::{Multiaddr, PeerId};
-use peerbot_protocol::core::{Announced, CommitInfo, Event, Input, JobState, NodeCore, Output};
+use peerbot_protocol::core::views::results_disagree;
+use peerbot_protocol::core::{Announced, CommitInfo, Event, Input, JobStatus, NodeCore, Output};
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::store::Store;
 use serde_json::{json, Value};
@@ -183,11 +184,10 @@ impl CoreActor {
 
     fn job_json(&self, id: &Hash32, now: u64, queue: &[Hash32]) -> Option<Value> {
         let j = self.core.jobs().get(id)?;
-        let results: Vec<Value> = self
-            .core
-            .results_of(id)
+        let statuses = self.core.result_statuses(id);
+        let results: Vec<Value> = statuses
             .iter()
-            .filter_map(|r| self.core.store().record(r))
+            .filter_map(|(r, _)| self.core.store().record(r))
             .map(|r| match &r.body {
                 peerbot_protocol::Body::Result(b) => json!({
                     "id": r.id.to_hex(), "status": b.status.as_str(), "attempt": b.attempt, "signer": r.signer.to_string()
@@ -195,16 +195,8 @@ impl CoreActor {
                 _ => Value::Null,
             })
             .collect();
-        let statuses: std::collections::BTreeSet<&str> = results.iter().filter_map(|r| r["status"].as_str()).collect();
-        let state = match self.core.job_state(id) {
-            JobState::Done => "done",
-            JobState::Claimed if j.claim.as_ref().is_some_and(|c| c.step.is_some()) => "running",
-            JobState::Claimed => "claimed",
-            JobState::Pending => "pending",
-            JobState::Superseded => "superseded",
-            JobState::Cancelled => "cancelled",
-        };
-        let eligible: Vec<String> = self.core.eligible(now, &j.spec.requires).iter().map(|p| p.to_string()).collect();
+        let status = self.core.job_status(id);
+        let eligible: Vec<String> = self.core.eligible(&j.spec.requires).iter().map(|p| p.to_string()).collect();
         Some(json!({
             "job": id.to_hex(),
             "repo": j.repo,
@@ -212,22 +204,19 @@ impl CoreActor {
             "commit": j.commit,
             "builder": j.spec.builder,
             "requires": j.spec.requires,
-            "state": state,
+            "state": status.as_str(),
             "attempt": j.attempt,
-            "claim": j.claim.as_ref().filter(|_| state != "done").map(|c| json!({
+            "claim": j.claim.as_ref().filter(|_| status != JobStatus::Done).map(|c| json!({
                 "by": c.by.to_string(),
                 "attempt": c.attempt,
                 "lease_expires_in_ms": c.lease_until.saturating_sub(now),
                 "step": c.step,
             })),
             "eligible_nodes": eligible,
-            "waiting_reason": if state == "pending" && eligible.is_empty() {
-                Some(format!("no live node has all of {:?}", j.spec.requires))
-            } else { None },
+            "waiting_reason": self.core.waiting_reason(now, id).map(|w| w.to_string()),
             "lost_attempts": j.lost.iter().map(|l| json!({"attempt": l.attempt, "by": l.holder.to_string(), "reason": l.reason})).collect::<Vec<_>>(),
             "results": results,
-            // Two signed results that disagree: a reproducibility finding.
-            "disagreeing_results": statuses.len() > 1,
+            "disagreeing_results": results_disagree(statuses.iter().map(|(_, s)| *s)),
             "queue_position": queue.iter().position(|q| q == id),
             "priority": j.spec.priority,
             "not_before_in_ms": j.not_before.saturating_sub(now),
@@ -388,9 +377,9 @@ impl Handler<Query> for CoreActor {
         let v = match q {
             Query::Node => {
                 let p = self.core.sync_progress();
-                let sync = json!({"to_fetch": p.to_fetch, "fetched": p.fetched, "sessions": p.sessions, "caught_up": p.to_fetch == 0 && p.sessions == 0});
+                let sync = json!({"to_fetch": p.to_fetch, "fetched": p.fetched, "sessions": p.sessions, "caught_up": self.core.caught_up(now)});
                 let cfg = self.core.config();
-                let live = self.core.peers().keys().filter(|p| self.core.is_live(now, p)).count();
+                let live = self.core.live_peer_count();
                 let connected = self.core.peers().values().filter(|v| v.connected).count();
                 json!({
                     "peer_id": self.core.peer_id().to_string(),
@@ -425,7 +414,7 @@ impl Handler<Query> for CoreActor {
                     v.push(json!({
                         "peer_id": p.to_string(),
                         "self": false,
-                        "live": self.core.is_live(now, p),
+                        "live": self.core.is_live(p),
                         "connected": view.connected,
                         "labels": view.labels,
                         "executors": view.executors,
@@ -466,15 +455,7 @@ impl Handler<Query> for CoreActor {
             },
             Query::Findings => {
                 let queue = self.core.queue();
-                let mut v: Vec<Value> = self
-                    .core
-                    .jobs()
-                    .keys()
-                    .filter(|id| self.core.results_of(id).len() > 1)
-                    .filter_map(|id| self.job_json(id, now, &queue))
-                    .collect();
-                v.sort_by(|a, b| b["seen_ms"].as_u64().cmp(&a["seen_ms"].as_u64()));
-                Value::Array(v)
+                Value::Array(self.core.findings().iter().filter_map(|id| self.job_json(id, now, &queue)).collect())
             }
         };
         MessageResult(v)

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{get, post, web, HttpResponse, Responder};
-use peerbot_protocol::core::Announced;
+use peerbot_protocol::core::views::mark_breakages;
+use peerbot_protocol::core::{Announced, JobStatus};
 use peerbot_protocol::record::{self, Body, VerifiedRecord};
 use peerbot_protocol::store::Store;
 use peerbot_protocol::Status;
@@ -288,22 +289,21 @@ async fn list_builds(st: State, q: web::Query<BuildsQuery>) -> HttpResponse {
         }
         _ => false,
     });
+    // Newest first: a failure right after a pass of the same repo, branch
+    // and builder (within the results returned) broke it.
+    let keyed: Vec<_> = recs
+        .iter()
+        .filter_map(|r| match &r.body {
+            Body::Result(b) => Some(((b.repo.as_str(), b.branch.as_str(), b.builder.as_str()), b.status)),
+            _ => None,
+        })
+        .collect();
+    let broke = mark_breakages(&keyed);
     let mut out: Vec<Value> = recs.iter().map(|r| result_json(r, false)).collect();
-    mark_breakages(&mut out);
-    HttpResponse::Ok().json(out)
-}
-
-/// Marks results that broke their builder's branch: a failure right
-/// after a success of the same repo, branch and builder (within the
-/// results returned, newest first), so the author is the one to ask.
-fn mark_breakages(results: &mut [Value]) {
-    for i in 0..results.len() {
-        let key = |v: &Value| (v["repo"].clone(), v["branch"].clone(), v["builder"].clone());
-        let bad = matches!(results[i]["status"].as_str(), Some("failure") | Some("exception"));
-        let previous = results[i + 1..].iter().find(|o| key(o) == key(&results[i])).map(|o| o["status"].clone());
-        let broke = bad && matches!(previous.as_ref().and_then(|p| p.as_str()), Some("success") | Some("warnings"));
-        results[i]["broke_build"] = json!(broke);
+    for (v, b) in out.iter_mut().zip(broke) {
+        v["broke_build"] = json!(b);
     }
+    HttpResponse::Ok().json(out)
 }
 
 fn find_result(st: &AppState, id: &str) -> Result<VerifiedRecord, HttpResponse> {
@@ -480,7 +480,7 @@ struct JobsQuery {
 #[get("/api/v1/jobs")]
 async fn list_jobs(st: State, q: web::Query<JobsQuery>) -> HttpResponse {
     if let Some(s) = &q.state {
-        if !["pending", "claimed", "running", "done", "superseded", "cancelled"].contains(&s.as_str()) {
+        if JobStatus::parse(s).is_none() {
             return bad_request(format!(
                 "state {s:?} is not one of pending, claimed, running, done, superseded, cancelled"
             ));

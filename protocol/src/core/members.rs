@@ -111,11 +111,10 @@ impl Membership {
         v.last_heard > 0 && !v.suspect && now.saturating_sub(v.last_heard) <= window
     }
 
-    pub fn is_live(&self, now: Millis, p: &PeerId) -> bool {
-        if *p == self.me {
-            return true;
-        }
-        self.peers.get(p).is_some_and(|v| self.heard_recently(now, v))
+    /// Live as of the last sweep: the ranking, the heartbeat interval and
+    /// the API all read this one answer.
+    pub fn is_live(&self, p: &PeerId) -> bool {
+        *p == self.me || self.peers.get(p).is_some_and(|v| v.live)
     }
 
     /// This node's heartbeat interval for the cluster size it sees.
@@ -247,11 +246,11 @@ impl Membership {
     }
 
     /// Live peers (this node included) that have every required label.
-    pub fn eligible(&self, now: Millis, requires: &[String]) -> Vec<PeerId> {
+    pub fn eligible(&self, requires: &[String]) -> Vec<PeerId> {
         let mut v: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(p, view)| self.is_live(now, p) && satisfies(&view.labels, requires))
+            .filter(|(_, view)| view.live && satisfies(&view.labels, requires))
             .map(|(p, _)| *p)
             .collect();
         if satisfies(&self.my_labels, requires) {
@@ -329,9 +328,10 @@ mod tests {
     fn silence_and_a_heartbeat_over_its_limits() {
         let (mut m, peers) = table();
         m.on_heartbeat(1_000, peers[0], &heartbeat(2_000)).unwrap();
-        assert!(m.is_live(1_000, &peers[0]));
+        assert!(m.is_live(&peers[0]));
         assert!(m.sweep(1_000 + 8_000), "silent past the window: no longer live");
         assert_eq!(m.live_count(), 0);
+        assert!(!m.is_live(&peers[0]) && m.eligible(&["os=linux".to_string()]).len() == 1);
         let mut big = heartbeat(2_000);
         big.addrs = vec!["x".repeat(wire::MAX_ADDR_LEN + 1)];
         assert!(m.on_heartbeat(9_000, peers[1], &big).is_err());

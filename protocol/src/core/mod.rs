@@ -37,6 +37,7 @@ mod scheduler;
 mod sessions;
 mod timer;
 mod transfers;
+pub mod views;
 
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,7 @@ pub use self::jobs::{ClaimView, JobState, JobView, LostAttempt};
 pub use self::members::PeerView;
 pub use self::rank::{claim_winner, peer_key, rank, score};
 pub use self::sessions::SyncProgress;
+pub use self::views::{JobStatus, WaitingReason};
 
 use self::blobs::BlobServer;
 use self::builds::OwnBuilds;
@@ -218,8 +220,10 @@ impl<S: Store> NodeCore<S> {
     pub fn set_verifier(&mut self, v: Arc<dyn Verify>) {
         self.verifier = v;
     }
-    pub fn is_live(&self, now: Millis, p: &PeerId) -> bool {
-        self.members.is_live(now, p)
+    /// Live as the ranking sees it (as of the last sweep, a fraction of a
+    /// heartbeat interval ago).
+    pub fn is_live(&self, p: &PeerId) -> bool {
+        self.members.is_live(p)
     }
     /// Live peers as the ranking counts them (this node not included).
     pub fn live_peer_count(&self) -> usize {
@@ -230,8 +234,8 @@ impl<S: Store> NodeCore<S> {
         self.members.heartbeat_interval()
     }
     /// Live peers (this node included) that have every required label.
-    pub fn eligible(&self, now: Millis, requires: &[String]) -> Vec<PeerId> {
-        self.members.eligible(now, requires)
+    pub fn eligible(&self, requires: &[String]) -> Vec<PeerId> {
+        self.members.eligible(requires)
     }
     /// A job by a unique hex prefix of its id.
     pub fn find_job(&self, prefix: &str) -> Result<Hash32, String> {
@@ -461,19 +465,21 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Has this node the history its peers have? Nothing known missing, and
+    /// one reconciliation finished (or no peer to reconcile with, or peers
+    /// that never finish one: an older version must not keep a node from
+    /// building for ever).
+    pub fn caught_up(&self, now: Millis) -> bool {
+        let waited_long = now > self.started_ms + 3 * self.cfg.sync_interval_ms;
+        !self.sessions.fetching() && (self.sessions.synced_once() || !self.members.any_connected() || waited_long)
+    }
+
     /// May this node claim at all now? Not while warming up, catching up,
     /// or with every slot taken.
     fn claim_gate(&self, now: Millis) -> bool {
-        if now < self.started_ms + self.cfg.warmup_ms {
-            return false;
-        }
         // A node still catching up history would take old jobs whose
         // results it has not fetched yet for jobs waiting to be built.
-        // Peers that never complete a session (an older version, say) must
-        // not keep the node from building for ever.
-        let connected = self.members.any_connected();
-        let waited_long = now > self.started_ms + 3 * self.cfg.sync_interval_ms;
-        if (connected && !self.sessions.synced_once() && !waited_long) || self.sessions.fetching() {
+        if now < self.started_ms + self.cfg.warmup_ms || !self.caught_up(now) {
             return false;
         }
         // A busy node leaves waiting jobs to the next free one.

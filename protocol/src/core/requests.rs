@@ -210,7 +210,7 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn replicate_logs(&mut self, now: Millis, r: &BuildResult, signer: PeerId) {
         // A node catching up has heard of too few peers to know whether it
         // is among a log's keepers; old logs stay with those who have them.
-        if self.cfg.log_replicas == 0 || signer == self.me || !self.sessions.synced_once() || self.sessions.fetching() {
+        if self.cfg.log_replicas == 0 || signer == self.me || !self.caught_up(now) {
             return;
         }
         if let Some(h) = self.cfg.log_horizon_ms {

@@ -113,7 +113,15 @@ fn job_with_no_eligible_node_stays_pending() {
     assert!(started.iter().all(|(_, o)| o.builder == "linux"));
     let gpu = nodes[1].jobs().values().find(|j| j.spec.builder == "gpu").unwrap();
     assert_eq!(nodes[1].job_state(&gpu.spec.id), JobState::Pending);
-    assert!(nodes[1].eligible(now, &gpu.spec.requires).is_empty());
+    assert!(nodes[1].eligible(&gpu.spec.requires).is_empty());
+    let id = gpu.spec.id;
+    assert_eq!(nodes[1].job_status(&id), JobStatus::Pending);
+    assert_eq!(
+        nodes[1].waiting_reason(now, &id),
+        Some(WaitingReason::NoEligibleNode { requires: vec!["gpu=yes".to_string()] })
+    );
+    let linux = nodes[1].jobs().values().find(|j| j.spec.builder == "linux").unwrap().spec.id;
+    assert_eq!(nodes[1].waiting_reason(now, &linux), None, "a job being built does not wait");
 }
 
 #[test]

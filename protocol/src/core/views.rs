@@ -1,0 +1,208 @@
+//! Read-only answers about the domain, for the API and the simulator
+//! alike: what state a job is in as a user sees it, why it waits, which
+//! jobs were built more than once, and which results broke their builder.
+
+use libp2p_identity::PeerId;
+
+use super::jobs::JobState;
+use super::NodeCore;
+use crate::ids::Hash32;
+use crate::record::{Body, Status};
+use crate::store::Store;
+use crate::Millis;
+
+/// A job's state as a user sees it: `Claimed` splits into claimed and
+/// running (a step has started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Pending,
+    Claimed,
+    Running,
+    Done,
+    Superseded,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Pending,
+        JobStatus::Claimed,
+        JobStatus::Running,
+        JobStatus::Done,
+        JobStatus::Superseded,
+        JobStatus::Cancelled,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Claimed => "claimed",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Superseded => "superseded",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// Why a pending job is not being built yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitingReason {
+    /// No live node has every label the builder requires.
+    NoEligibleNode { requires: Vec<String> },
+    /// The branch has not been quiet for the builder's tree-stable time.
+    TreeStable { remaining_ms: u64 },
+    /// Every eligible node's executors are taken.
+    EligibleBusy { eligible: usize },
+    /// Eligible nodes are free; the best-ranked one takes it in turn.
+    InLine,
+}
+
+impl std::fmt::Display for WaitingReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitingReason::NoEligibleNode { requires } => write!(f, "no live node has all of {requires:?}"),
+            WaitingReason::TreeStable { remaining_ms } => {
+                write!(f, "waiting for the branch to be quiet ({} s more)", remaining_ms.div_ceil(1000))
+            }
+            WaitingReason::EligibleBusy { eligible } => {
+                write!(f, "all {eligible} eligible node(s) are busy")
+            }
+            WaitingReason::InLine => write!(f, "about to be claimed by the best-ranked free node"),
+        }
+    }
+}
+
+/// Results that disagree on one job: a reproducibility finding.
+pub fn results_disagree(statuses: impl IntoIterator<Item = Status>) -> bool {
+    let mut it = statuses.into_iter();
+    let Some(first) = it.next() else { return false };
+    it.any(|s| s != first)
+}
+
+/// A result broke its builder when it failed right after a pass of the
+/// same builder on the same branch.
+pub fn broke_build(status: Status, previous: Option<Status>) -> bool {
+    matches!(status, Status::Failure | Status::Exception)
+        && matches!(previous, Some(Status::Success) | Some(Status::Warnings))
+}
+
+/// For results listed newest first with their (repo, branch, builder),
+/// which broke their builder, judged against the next older listed result
+/// of the same builder and branch.
+pub fn mark_breakages<K: PartialEq>(results: &[(K, Status)]) -> Vec<bool> {
+    (0..results.len())
+        .map(|i| {
+            let (key, status) = &results[i];
+            let previous = results[i + 1..].iter().find(|(k, _)| k == key).map(|(_, s)| *s);
+            broke_build(*status, previous)
+        })
+        .collect()
+}
+
+impl<S: Store> NodeCore<S> {
+    /// A job's state as a user sees it.
+    pub fn job_status(&self, job: &Hash32) -> JobStatus {
+        match self.jobs.state(job) {
+            JobState::Done => JobStatus::Done,
+            JobState::Claimed
+                if self.jobs.get(job).and_then(|j| j.claim.as_ref()).is_some_and(|c| c.step.is_some()) =>
+            {
+                JobStatus::Running
+            }
+            JobState::Claimed => JobStatus::Claimed,
+            JobState::Pending => JobStatus::Pending,
+            JobState::Superseded => JobStatus::Superseded,
+            JobState::Cancelled => JobStatus::Cancelled,
+        }
+    }
+
+    /// Why a pending job waits; `None` for a job that is not pending.
+    pub fn waiting_reason(&self, now: Millis, job: &Hash32) -> Option<WaitingReason> {
+        if self.jobs.state(job) != JobState::Pending {
+            return None;
+        }
+        let j = self.jobs.get(job)?;
+        let eligible: Vec<PeerId> = self.members.eligible(&j.spec.requires);
+        if eligible.is_empty() {
+            return Some(WaitingReason::NoEligibleNode { requires: j.spec.requires.clone() });
+        }
+        if now < j.not_before {
+            return Some(WaitingReason::TreeStable { remaining_ms: j.not_before - now });
+        }
+        let held = self.jobs.held_claims(now, |p| self.members.key_of(p).unwrap_or(0));
+        let free = |p: &PeerId| -> bool {
+            if *p == self.me {
+                return self.builds.free_slots(self.cfg.executors) > 0;
+            }
+            let key = self.members.key_of(p).unwrap_or(0);
+            let executors = self.members.peers().get(p).map(|v| v.executors.max(1)).unwrap_or(1);
+            held.get(&key).copied().unwrap_or(0) < executors
+        };
+        if !eligible.iter().any(free) {
+            return Some(WaitingReason::EligibleBusy { eligible: eligible.len() });
+        }
+        Some(WaitingReason::InLine)
+    }
+
+    /// Jobs built more than once, newest first.
+    pub fn findings(&self) -> Vec<Hash32> {
+        let mut v: Vec<(Millis, Hash32)> = self
+            .jobs
+            .all()
+            .iter()
+            .filter(|(id, _)| self.jobs.results_of(id).len() > 1)
+            .map(|(id, j)| (j.seen_ms, *id))
+            .collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The statuses of a job's results, as stored.
+    pub fn result_statuses(&self, job: &Hash32) -> Vec<(Hash32, Status)> {
+        self.jobs
+            .results_of(job)
+            .iter()
+            .filter_map(|id| {
+                let bytes = self.store.get_record(id)?;
+                match crate::record::decode_stored(&bytes).ok()?.body {
+                    Body::Result(r) => Some((*id, r.status)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_after_a_pass_of_the_same_builder_broke_it() {
+        use Status::*;
+        // Newest first: builder a fails after passing; builder b keeps failing.
+        let list = [("a", Failure), ("b", Failure), ("a", Success), ("b", Failure), ("a", Warnings)];
+        assert_eq!(mark_breakages(&list), vec![true, false, false, false, false]);
+        assert!(broke_build(Exception, Some(Warnings)));
+        assert!(!broke_build(Failure, None), "a first failure has nothing to compare with");
+        assert!(!broke_build(Cancelled, Some(Success)));
+    }
+
+    #[test]
+    fn disagreement_needs_two_different_statuses() {
+        assert!(!results_disagree([]));
+        assert!(!results_disagree([Status::Success, Status::Success]));
+        assert!(results_disagree([Status::Success, Status::Failure]));
+    }
+
+    #[test]
+    fn job_status_names_round_trip() {
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobStatus::parse("nope"), None);
+    }
+}
