@@ -113,7 +113,6 @@ fn fetches_to_a_crashed_peer_fail_and_another_peer_supplies_the_records() {
 /// Node 2 reconciles with two peers that hold the same 3000 records. Each
 /// session queues every missing id, so the records are fetched from both.
 #[test]
-#[ignore = "catch-up from two peers fetches every missing record twice (one session per peer, no shared want-list)"]
 fn catching_up_from_two_peers_fetches_each_record_once() {
     let history = jobless_changes(0..3_000);
     let mut net = Net::builder(3)

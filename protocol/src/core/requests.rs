@@ -87,8 +87,8 @@ impl<S: Store> NodeCore<S> {
                 }
                 self.next_blob_source(f.token, f.hash, f.rest, reason)
             }
-            Some(Pending::Fetch { count, .. }) => {
-                self.sessions.fetch_failed(count);
+            Some(Pending::Fetch { ids, .. }) => {
+                self.sessions.fetch_failed(&ids);
                 self.transfer_done();
             }
             Some(Pending::Push) => self.transfer_done(),
@@ -105,12 +105,22 @@ impl<S: Store> NodeCore<S> {
                 Ok(other) => self.sync_failed(peer, format!("unexpected reply {other:?}")),
                 Err(e) => self.sync_failed(peer, e.to_string()),
             },
-            Pending::Fetch { peer, count } => {
+            Pending::Fetch { peer, ids } => {
                 let fetched = match resp {
                     Ok(Response::Records { records }) => self.accept_records(now, &records, peer),
                     _ => 0,
                 };
-                if let Some(p) = self.sessions.fetch_done(now, count, fetched) {
+                let missing: Vec<Hash32> = ids.iter().filter(|id| !self.store.has_record(id)).copied().collect();
+                let again = self.sessions.fetch_answered(&ids, fetched, missing);
+                if !again.is_empty() {
+                    // The answer stopped at its size limit: the rest next.
+                    self.requests.enqueue(
+                        peer,
+                        Request::GetRecords { ids: again.clone() },
+                        Pending::Fetch { peer, ids: again },
+                    );
+                }
+                if let Some(p) = self.sessions.progress_to_report(now) {
                     self.emit(Event::CatchingUp { to_fetch: p.to_fetch, fetched: p.fetched });
                 }
                 self.transfer_done();
@@ -167,8 +177,7 @@ impl<S: Store> NodeCore<S> {
             Err(e) => return self.sync_failed(peer, e.to_string()),
         };
         for ids in plan.fetches {
-            let count = ids.len();
-            self.requests.enqueue(peer, Request::GetRecords { ids }, Pending::Fetch { peer, count });
+            self.requests.enqueue(peer, Request::GetRecords { ids: ids.clone() }, Pending::Fetch { peer, ids });
         }
         for records in plan.pushes {
             self.requests.enqueue(peer, Request::PushRecords { records }, Pending::Push);

@@ -2,7 +2,7 @@
 //! come. "Caught up" has one definition here, read by the claim gate, by
 //! log replication and by the API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use libp2p_identity::PeerId;
 use serde_bytes::ByteBuf;
@@ -17,6 +17,9 @@ use crate::Millis;
 pub const MAX_SYNC_ROUNDS: u32 = 64;
 /// A batch of records in one fetch or push stays about this size.
 pub const RECORD_BATCH_BYTES: usize = 2 * 1024 * 1024;
+/// Ids wanted (queued or in flight) at once, from all sessions; what a
+/// session finds beyond this waits for a later session.
+pub const MAX_WANTED: usize = 256 * 1024;
 
 /// How a late or returning node is doing at catching up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,6 +63,9 @@ pub enum Next {
 #[derive(Default)]
 pub struct Sessions {
     open: BTreeMap<PeerId, SyncTally>,
+    /// Ids being fetched from some peer: a record missing from two peers'
+    /// answers is fetched once.
+    wanted: HashSet<Hash32>,
     progress: SyncProgress,
     progress_said_ms: Millis,
     /// A reconciliation with some peer has completed since start.
@@ -89,8 +95,17 @@ impl Sessions {
         ranges: &[SyncRange],
     ) -> Result<RoundPlan, sync::SyncError> {
         let out = sync::process(store, ranges, true)?;
-        let fetches: Vec<Vec<Hash32>> = out.need.chunks(wire::MAX_RECORDS_PER_REQUEST).map(|c| c.to_vec()).collect();
-        self.progress.to_fetch += out.need.len();
+        let mut new = Vec::new();
+        for id in &out.need {
+            if self.wanted.len() >= MAX_WANTED {
+                break;
+            }
+            if self.wanted.insert(*id) {
+                new.push(*id);
+            }
+        }
+        let fetches: Vec<Vec<Hash32>> = new.chunks(wire::MAX_RECORDS_PER_REQUEST).map(|c| c.to_vec()).collect();
+        self.progress.to_fetch += new.len();
         let pushes = push_batches(store, &out.have);
         let tally = self.open.entry(peer).or_default();
         tally.need += out.need.len();
@@ -105,11 +120,26 @@ impl Sessions {
         Ok(RoundPlan { fetches, pushes, next })
     }
 
-    /// A fetch of `count` records ended with `fetched` new ones stored.
-    /// Returns progress to report, at most every two seconds.
-    pub fn fetch_done(&mut self, now: Millis, count: usize, fetched: usize) -> Option<SyncProgress> {
+    /// A fetch of `ids` was answered and `fetched` new records stored;
+    /// `missing` are the ids still not stored. When the answer made
+    /// progress but was cut short (a reply stops at a size), returns the
+    /// ids to ask for again; otherwise the peer has no more of them.
+    pub fn fetch_answered(&mut self, ids: &[Hash32], fetched: usize, missing: Vec<Hash32>) -> Vec<Hash32> {
         self.progress.fetched += fetched as u64;
-        self.progress.to_fetch = self.progress.to_fetch.saturating_sub(count);
+        let again = if fetched > 0 { missing } else { vec![] };
+        let done = ids.len() - again.len();
+        for id in ids {
+            if !again.contains(id) {
+                self.wanted.remove(id);
+            }
+        }
+        self.progress.to_fetch = self.progress.to_fetch.saturating_sub(done);
+        crate::invariant!(self.progress.to_fetch <= self.wanted.len(), "every record to fetch is wanted");
+        again
+    }
+
+    /// Progress to report while catching up, at most every two seconds.
+    pub fn progress_to_report(&mut self, now: Millis) -> Option<SyncProgress> {
         if self.progress.to_fetch > 0 && now >= self.progress_said_ms + 2_000 {
             self.progress_said_ms = now;
             return Some(self.progress);
@@ -117,8 +147,12 @@ impl Sessions {
         None
     }
 
-    pub fn fetch_failed(&mut self, count: usize) {
-        self.progress.to_fetch = self.progress.to_fetch.saturating_sub(count);
+    /// A fetch failed: a later session finds the ids again.
+    pub fn fetch_failed(&mut self, ids: &[Hash32]) {
+        for id in ids {
+            self.wanted.remove(id);
+        }
+        self.progress.to_fetch = self.progress.to_fetch.saturating_sub(ids.len());
     }
 
     pub fn progress(&self) -> SyncProgress {

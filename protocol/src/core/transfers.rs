@@ -18,8 +18,15 @@ pub const REPLICATION_TOKEN: u64 = 1 << 63;
 
 /// What an outgoing request was for.
 pub enum Pending {
-    Sync { peer: PeerId, round: u32 },
-    Fetch { peer: PeerId, count: usize },
+    Sync {
+        peer: PeerId,
+        round: u32,
+    },
+    /// Records asked for by id; the ids not returned are asked for again.
+    Fetch {
+        peer: PeerId,
+        ids: Vec<Hash32>,
+    },
     Push,
     Blob(BlobFetch),
 }
