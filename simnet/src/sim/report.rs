@@ -1,6 +1,16 @@
-//! The figures of a run.
+//! The figures of a run: what the nodes reported while it ran, and the
+//! `Report` made of them and of the other modules' counts at the end.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::record;
+use peerbot_protocol::store::Store;
+use serde::Serialize;
+
+use super::workload::JobInfo;
+use super::Sim;
 
 /// What a run shows. Times are simulated milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -63,134 +73,140 @@ pub struct FailoverFigure {
     pub crash_to_reclaim_ms: Option<u64>,
 }
 
-pub(super) struct RecordTrack {
-    pub(super) born: u64,
-    pub(super) is_change: bool,
-    pub(super) job: Option<Hash32>,
-    pub(super) arrivals: Vec<u64>,
+/// A record stored somewhere: what it is and when each node first stored it.
+struct RecordTrack {
+    born: u64,
+    is_change: bool,
+    /// The job of a result record.
+    job: Option<Hash32>,
+    /// By node; `u64::MAX` for never.
+    arrivals: Vec<u64>,
+}
+
+/// What the nodes reported while the run went on, for the figures.
+#[derive(Default)]
+pub(super) struct Observed {
+    records: HashMap<Hash32, RecordTrack>,
+    conflicts_seen: BTreeSet<(Hash32, u32)>,
+    expiries_seen: BTreeSet<(Hash32, u32)>,
+    records_rejected: u64,
+}
+
+/// How fast records spread to the nodes that are up at the end.
+#[derive(Default)]
+struct Spread {
+    changes: usize,
+    reach50: Vec<u64>,
+    reach99: Vec<u64>,
+    reach_all: Vec<u64>,
+    /// Per result record, from its job's commit until every live node stored it.
+    everywhere: Vec<u64>,
+}
+
+impl Observed {
+    /// Node `i` stored a record that some node stored before; false if none did.
+    pub(super) fn record_arrived(&mut self, id: Hash32, i: usize, now: u64) -> bool {
+        let Some(t) = self.records.get_mut(&id) else { return false };
+        if t.arrivals[i] == u64::MAX {
+            t.arrivals[i] = now;
+        }
+        true
+    }
+
+    pub(super) fn record_first_seen(&mut self, id: Hash32, i: usize, now: u64, nodes: usize, bytes: &[u8]) {
+        let (is_change, job) = match record::decode_stored(bytes).map(|r| r.body) {
+            Ok(peerbot_protocol::Body::Change(_)) => (true, None),
+            Ok(peerbot_protocol::Body::Result(r)) => (false, Some(r.job)),
+            Ok(peerbot_protocol::Body::Cancel(_)) | Err(_) => (false, None),
+        };
+        let mut arrivals = vec![u64::MAX; nodes];
+        arrivals[i] = now;
+        self.records.insert(id, RecordTrack { born: now, is_change, job, arrivals });
+    }
+
+    /// Counted at every node that rejects one.
+    pub(super) fn rejected(&mut self) {
+        self.records_rejected += 1;
+    }
+
+    pub(super) fn claim_conflict(&mut self, job: Hash32, attempt: u32) {
+        self.conflicts_seen.insert((job, attempt));
+    }
+
+    pub(super) fn lease_expired(&mut self, job: Hash32, attempt: u32) {
+        self.expiries_seen.insert((job, attempt));
+    }
+
+    fn spread(&self, live: &[usize], jobs: &BTreeMap<Hash32, JobInfo>) -> Spread {
+        let mut s = Spread::default();
+        for t in self.records.values() {
+            let mut at: Vec<u64> = live.iter().map(|&i| t.arrivals[i]).collect();
+            at.sort_unstable();
+            // Time from birth until a share of the live nodes stored it.
+            let pick = |q: f64| -> Option<u64> {
+                let k = ((at.len() as f64 * q).ceil() as usize).clamp(1, at.len());
+                at.get(k - 1).filter(|x| **x != u64::MAX).map(|x| x - t.born)
+            };
+            if t.is_change {
+                s.changes += 1;
+                s.reach50.extend(pick(0.5));
+                s.reach99.extend(pick(0.99));
+                s.reach_all.extend(pick(1.0));
+            } else if let Some(job) = t.job {
+                if let (Some(all), Some(j)) = (pick(1.0), jobs.get(&job)) {
+                    s.everywhere.push(t.born + all - j.born);
+                }
+            }
+        }
+        s
+    }
 }
 
 impl Sim {
-    pub(super) fn finish(mut self, wall: Instant) -> Result<Report, Box<Violation>> {
-        let live: Vec<usize> = (0..self.nodes.len()).filter(|i| self.alive(*i)).collect();
-        // 1. Nothing badly signed is stored anywhere.
-        let mut checked: HashMap<Hash32, bool> = HashMap::new();
-        for &i in &live {
-            let mut bad = None;
-            let core = self.nodes[i].core.as_ref().expect("live");
-            core.store().for_each_record(&mut |b| {
-                let id = Hash32::of(b);
-                let ok = *checked.entry(id).or_insert_with(|| record::verify(b).is_ok());
-                if !ok && bad.is_none() {
-                    bad = Some(id);
-                }
-            });
-            if let Some(id) = bad {
-                return Err(Box::new(self.violation(
-                    "no record with a bad signature is stored",
-                    format!("node {i} stores record {id} whose signature does not verify"),
-                    None,
-                    Some(i),
-                )));
-            }
-        }
-        // 2. Every buildable job was built; fault-free, exactly once.
-        let fault_free = self.cfg.fault_free();
-        let mut unbuildable = 0;
-        for (id, j) in &self.jobs {
-            let buildable = live.iter().any(|&i| satisfies(&self.nodes[i].labels, &j.requires));
-            if !buildable {
-                unbuildable += 1;
-                if !j.results.is_empty() {
-                    return Err(Box::new(self.violation(
-                        "a job no node can build was not built",
-                        format!("job {id} requiring {:?} has results", j.requires),
-                        Some(*id),
-                        None,
-                    )));
-                }
-                continue;
-            }
-            let withdrawn = live.first().and_then(|&i| self.nodes[i].core.as_ref()).is_some_and(|c| {
-                matches!(
-                    c.job_state(id),
-                    peerbot_protocol::core::JobState::Superseded | peerbot_protocol::core::JobState::Cancelled
-                )
-            });
-            if withdrawn {
-                continue;
-            }
-            if j.results.is_empty() {
-                let mut views = Vec::new();
-                for &i in live.iter().filter(|&&i| satisfies(&self.nodes[i].labels, &j.requires)).take(8) {
-                    let core = self.nodes[i].core.as_ref().expect("live");
-                    let view = core.jobs().get(id);
-                    views.push(format!(
-                        "node {i} {:?}: knows job {}, attempt {:?}, claim {:?}, running {:?} of {}",
-                        self.nodes[i].labels,
-                        view.is_some(),
-                        view.map(|v| v.attempt),
-                        view.and_then(|v| v.claim.as_ref()).map(|c| (
-                            self.by_peer.get(&c.by).copied(),
-                            c.attempt,
-                            c.lease_until
-                        )),
-                        core.running()
-                            .iter()
-                            .map(|(j, a)| (
-                                j.short(),
-                                a.0,
-                                self.jobs.get(j).map(|x| (x.born, x.results.len())),
-                                self.nodes[i].builds.keys().map(|k| k.0.short()).collect::<Vec<_>>()
-                            ))
-                            .collect::<Vec<_>>(),
-                        core.config().executors,
-                    ));
-                }
-                return Err(Box::new(self.violation(
-                    "every job some live node can build is built once the network is quiet",
-                    format!(
-                        "job {id} requiring {:?} has no result; eligible nodes see:\n  {}",
-                        j.requires,
-                        views.join("\n  ")
-                    ),
-                    Some(*id),
-                    None,
-                )));
-            }
-            if fault_free && j.results.len() != 1 {
-                return Err(Box::new(self.violation(
-                    "fault-free, every job is built exactly once",
-                    format!("job {id} has {} results", j.results.len()),
-                    Some(*id),
-                    None,
-                )));
-            }
-        }
-        // 3. Once quiet, every live node holds the same records.
-        if !self.converged() {
-            let counts: Vec<(usize, u64)> = live
-                .iter()
-                .map(|&i| (i, self.nodes[i].core.as_ref().map(|c| c.store().record_count()).unwrap_or(0)))
-                .collect();
-            let min = counts.iter().min_by_key(|c| c.1).map(|c| c.0);
-            return Err(Box::new(self.violation(
-                "every live node holds the same set of records once the network is quiet",
-                format!("record counts differ: {:?}", &counts[..counts.len().min(20)]),
-                None,
-                min,
-            )));
-        }
-        // Figures.
-        let mut r = std::mem::take(&mut self.report);
-        r.simulated_ms = self.now;
-        r.events = self.events;
-        r.wall_ms = wall.elapsed().as_millis() as u64;
-        r.trace_hash = self.trace.finalize().to_hex().to_string();
-        r.jobs = self.jobs.len();
+    /// The figures, once the final checks have passed.
+    pub(super) fn figures(&self, wall: Instant, live: &[usize], unbuildable: usize) -> Report {
+        let faults = self.faults.counts();
+        let mut r = Report {
+            seed: self.cfg.seed,
+            nodes: self.cfg.nodes,
+            simulated_ms: self.now,
+            events: self.events,
+            wall_ms: wall.elapsed().as_millis() as u64,
+            trace_hash: self.trace.hash_hex(),
+            builds_started: self.workload.builds_started(),
+            builds_cancelled: self.workload.builds_cancelled(),
+            max_hops: self.network.max_hops(),
+            crashes: faults.crashes,
+            restarts: faults.restarts,
+            partitions: faults.partitions,
+            convergence_after_heal_ms: self.faults.convergence_after_heal_ms(),
+            lease_expiries: self.observed.expiries_seen.len() as u64,
+            claim_conflicts: self.observed.conflicts_seen.len() as u64,
+            forged_sent: faults.forged_sent,
+            records_rejected: self.observed.records_rejected,
+            failovers: self.failover_figures(live),
+            live_nodes_at_end: live.len(),
+            records_per_node_at_end: self.first_store(live).map(|s| s.record_count()).unwrap_or(0),
+            slot_utilisation: self.workload.slot_utilisation(self.nodes.len() as f64 * self.cfg.executors as f64),
+            ..Default::default()
+        };
+        self.job_figures(&mut r, unbuildable);
+        self.timing_figures(&mut r, live);
+        self.traffic_figures(&mut r);
+        r
+    }
+
+    /// The store of the first live node; all live nodes hold the same records.
+    fn first_store(&self, live: &[usize]) -> Option<&peerbot_protocol::store::MemStore> {
+        live.first().and_then(|&i| self.nodes[i].core.as_ref()).map(|c| c.store())
+    }
+
+    fn job_figures(&self, r: &mut Report, unbuildable: usize) {
+        let jobs = self.workload.jobs();
+        r.jobs = jobs.len();
         r.jobs_unbuildable = unbuildable;
         let mut built = [0usize; 3];
-        for j in self.jobs.values() {
+        for j in jobs.values() {
             built[j.results.len().min(2)] += 1;
         }
         r.jobs_built_0 = built[0] - unbuildable.min(built[0]);
@@ -198,75 +214,59 @@ impl Sim {
         r.jobs_built_2_plus = built[2];
         let buildable = (r.jobs - unbuildable).max(1);
         r.duplicate_rate = built[2] as f64 / buildable as f64;
-        let mut reach50 = vec![];
-        let mut reach99 = vec![];
-        let mut reach_all = vec![];
-        let mut everywhere = vec![];
-        for t in self.records.values() {
-            let mut at: Vec<u64> = live.iter().map(|&i| t.arrivals[i]).collect();
-            at.sort_unstable();
-            let pick = |q: f64| -> Option<u64> {
-                let k = ((at.len() as f64 * q).ceil() as usize).clamp(1, at.len());
-                at.get(k - 1).filter(|x| **x != u64::MAX).map(|x| x - t.born)
-            };
-            if t.is_change {
-                r.changes += 1;
-                reach50.extend(pick(0.5));
-                reach99.extend(pick(0.99));
-                reach_all.extend(pick(1.0));
-            } else if let Some(job) = t.job {
-                if let (Some(all), Some(j)) = (pick(1.0), self.jobs.get(&job)) {
-                    everywhere.push(t.born + all - j.born);
-                }
-            }
-        }
-        let claim: Vec<u64> = self.jobs.values().filter_map(|j| j.first_claim.map(|c| c - j.born)).collect();
-        r.change_reach_p50_ms = percentile(&mut reach50, 0.5);
-        r.change_reach_p99_ms = percentile(&mut reach99, 0.99);
-        r.change_reach_all_ms = reach_all.iter().max().copied();
+    }
+
+    fn timing_figures(&self, r: &mut Report, live: &[usize]) {
+        let jobs = self.workload.jobs();
+        let mut s = self.observed.spread(live, jobs);
+        let claim: Vec<u64> = jobs.values().filter_map(|j| j.first_claim.map(|c| c - j.born)).collect();
+        r.changes = s.changes;
+        r.change_reach_p50_ms = percentile(&mut s.reach50, 0.5);
+        r.change_reach_p99_ms = percentile(&mut s.reach99, 0.99);
+        r.change_reach_all_ms = s.reach_all.iter().max().copied();
         r.change_to_claim_p50_ms = percentile(&mut claim.clone(), 0.5);
         r.change_to_claim_p99_ms = percentile(&mut claim.clone(), 0.99);
-        r.change_to_result_everywhere_p50_ms = percentile(&mut everywhere.clone(), 0.5);
-        r.change_to_result_everywhere_p99_ms = percentile(&mut everywhere, 0.99);
+        r.change_to_result_everywhere_p50_ms = percentile(&mut s.everywhere.clone(), 0.5);
+        r.change_to_result_everywhere_p99_ms = percentile(&mut s.everywhere, 0.99);
+    }
+
+    /// Per node per second of the whole run, settling included.
+    fn traffic_figures(&self, r: &mut Report) {
+        let t = self.network.traffic();
         let secs = (self.now as f64 / 1000.0).max(1.0);
         let n = self.nodes.len().max(1) as f64;
-        r.msgs_per_node_per_sec = self.nodes.iter().map(|x| x.msgs_sent).sum::<u64>() as f64 / n / secs;
-        r.bytes_per_node_per_sec = self.nodes.iter().map(|x| x.bytes_sent).sum::<u64>() as f64 / n / secs;
-        r.max_hops = self.max_hops;
-        r.sync_bytes_per_node_per_sec = self.sync_bytes as f64 / n / secs;
-        r.log_bytes_per_node_per_sec = self.log_bytes as f64 / n / secs;
-        r.convergence_after_heal_ms = self.heals.iter().map(|h| h.1).collect();
-        for (k, (job, node, at)) in self.crashed_claims.iter().enumerate() {
-            let other = self.jobs.get(job).map(|j| j.results.clone()).unwrap_or_default();
-            let crashed_peer = self.nodes[*node].peer;
-            let by_other = other.iter().any(|rid| {
-                self.records.get(rid).is_some() && {
-                    let any =
-                        live.first().and_then(|&i| self.nodes[i].core.as_ref()).and_then(|c| c.store().get_record(rid));
-                    any.and_then(|b| record::decode_stored(&b).ok()).is_some_and(|rec| rec.signer != crashed_peer)
-                }
+        r.msgs_per_node_per_sec = t.msgs as f64 / n / secs;
+        r.bytes_per_node_per_sec = t.bytes as f64 / n / secs;
+        r.sync_bytes_per_node_per_sec = t.sync_bytes as f64 / n / secs;
+        r.log_bytes_per_node_per_sec = t.log_bytes as f64 / n / secs;
+    }
+
+    fn failover_figures(&self, live: &[usize]) -> Vec<FailoverFigure> {
+        let store = self.first_store(live);
+        let mut figures = Vec::new();
+        for c in self.faults.crashed_claims() {
+            let results = self.workload.jobs().get(&c.job).map(|j| j.results.clone()).unwrap_or_default();
+            let crashed_peer = self.nodes[c.node].peer;
+            let by_other = results.iter().any(|rid| {
+                self.observed.records.contains_key(rid)
+                    && store
+                        .and_then(|s| s.get_record(rid))
+                        .and_then(|b| record::decode_stored(&b).ok())
+                        .is_some_and(|rec| rec.signer != crashed_peer)
             });
-            let reclaim = self.reclaims.get(&k).map(|t| t - at);
-            r.failovers.push(FailoverFigure {
-                job: job.to_hex(),
-                crashed_ms: *at,
+            figures.push(FailoverFigure {
+                job: c.job.to_hex(),
+                crashed_ms: c.at,
                 rebuilt_by_other: by_other,
-                crash_to_reclaim_ms: reclaim,
+                crash_to_reclaim_ms: c.reclaimed_at.map(|t| t - c.at),
             });
         }
-        if let Some(first) = self.first_build_start {
-            let span = self.last_build_end.saturating_sub(first).max(1) as f64;
-            let slots = (self.nodes.len() as f64) * self.cfg.executors as f64;
-            r.slot_utilisation = self.busy_slot_ms as f64 / (span * slots);
-        }
-        r.live_nodes_at_end = live.len();
-        r.records_per_node_at_end =
-            live.first().and_then(|&i| self.nodes[i].core.as_ref()).map(|c| c.store().record_count()).unwrap_or(0);
-        Ok(r)
+        figures
     }
 }
 
-pub(super) fn percentile(v: &mut [u64], q: f64) -> Option<u64> {
+/// The smallest value with at least a share `q` of `v` at or below it.
+fn percentile(v: &mut [u64], q: f64) -> Option<u64> {
     if v.is_empty() {
         return None;
     }
@@ -341,5 +341,18 @@ impl Report {
             self.live_nodes_at_end, self.records_per_node_at_end, self.events, self.wall_ms as f64 / 1000.0, &self.trace_hash[..16]
         ));
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(percentile(&mut [], 0.5), None);
+        assert_eq!(percentile(&mut [30, 10, 20], 0.5), Some(20));
+        assert_eq!(percentile(&mut [30, 10, 20], 0.99), Some(30));
+        assert_eq!(percentile(&mut [5], 0.01), Some(5));
     }
 }
