@@ -1,0 +1,282 @@
+//! What must hold in every run: checked at each build start and commit while
+//! running, and over the live nodes at the end. A violation stops the run
+//! with the seed to replay and the latest trace lines of the job or node.
+
+use std::collections::HashMap;
+
+use peerbot_protocol::core::JobState;
+use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::labels::satisfies;
+use peerbot_protocol::record;
+use peerbot_protocol::store::Store;
+use serde::Serialize;
+
+use super::events::Ev;
+use super::faults::QUIET_CHECK_MS;
+use super::workload::JobInfo;
+use super::Sim;
+
+/// Eligible nodes whose view of an unbuilt job a violation shows.
+const VIEWS_SHOWN: usize = 8;
+
+/// Nodes whose record count a convergence violation shows.
+const COUNTS_SHOWN: usize = 20;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Violation {
+    pub seed: u64,
+    pub at_ms: u64,
+    pub invariant: String,
+    pub detail: String,
+    pub recent_events: Vec<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invariant violated: {} (seed {}, at {} ms)", self.invariant, self.seed, self.at_ms)?;
+        writeln!(f, "{}", self.detail)?;
+        writeln!(f, "last events involved:")?;
+        for e in &self.recent_events {
+            writeln!(f, "  {e}")?;
+        }
+        write!(f, "replay with --seed {}", self.seed)
+    }
+}
+
+impl Sim {
+    pub(super) fn violation(
+        &self,
+        invariant: &str,
+        detail: String,
+        job: Option<Hash32>,
+        node: Option<usize>,
+    ) -> Box<Violation> {
+        Box::new(Violation {
+            seed: self.cfg.seed,
+            at_ms: self.now,
+            invariant: invariant.to_string(),
+            detail,
+            recent_events: self.trace.recent(job, node),
+        })
+    }
+
+    /// Stops the run after the current event; the first violation wins.
+    pub(super) fn violation_now(&mut self, invariant: &str, detail: String, job: Option<Hash32>, node: Option<usize>) {
+        if self.pending_violation.is_none() {
+            self.pending_violation = Some(self.violation(invariant, detail, job, node));
+        }
+    }
+
+    /// At each `StartBuild`, before the build is counted.
+    pub(super) fn check_build_start(&mut self, i: usize, job: Hash32) {
+        if !satisfies(&self.nodes[i].labels, &self.workload.requires(&job)) {
+            self.violation_now(
+                "a job was claimed by a node that lacks a required label",
+                format!("node {i} with {:?} started job {}", self.nodes[i].labels, job.to_hex()),
+                Some(job),
+                Some(i),
+            );
+        }
+        let running = self.nodes[i].core.as_ref().map(|c| c.running().len()).unwrap_or(0);
+        if running > self.cfg.executors as usize {
+            self.violation_now(
+                "no node runs more builds than its executors",
+                format!("node {i} runs {running} builds with {} executors", self.cfg.executors),
+                Some(job),
+                Some(i),
+            );
+        }
+    }
+
+    /// Every live node holds the same record set (count and fingerprint).
+    pub(super) fn converged(&self) -> bool {
+        let mut first = None;
+        for n in &self.nodes {
+            if let Some(core) = &n.core {
+                let s = core.store().summary(&peerbot_protocol::sync::SyncKey::MIN, None);
+                let s = (s.0, s.1.finish(s.0));
+                match &first {
+                    None => first = Some(s),
+                    Some(f) if *f != s => return false,
+                    _ => {}
+                }
+            }
+        }
+        true
+    }
+
+    /// Nothing left to do: every node is up, no build runs, no partition is
+    /// on, every job a live node can build has a result, and all agree.
+    fn is_quiet(&self) -> bool {
+        if self.network.partitioned() || self.workload.any_running() {
+            return false;
+        }
+        let live = self.live_nodes();
+        if live.len() < self.nodes.len() {
+            return false;
+        }
+        let open = self.workload.jobs().values().any(|j| j.results.is_empty() && self.buildable(j, &live));
+        !open && self.converged()
+    }
+
+    pub(super) fn on_quiet_check(&mut self) {
+        if self.is_quiet() {
+            self.quiet = true;
+        } else {
+            self.queue.push(self.now + QUIET_CHECK_MS, Ev::QuietCheck);
+        }
+    }
+
+    fn buildable(&self, job: &JobInfo, live: &[usize]) -> bool {
+        live.iter().any(|&i| satisfies(&self.nodes[i].labels, &job.requires))
+    }
+
+    /// The checks at the end, over the live nodes; returns how many jobs no
+    /// live node can build.
+    pub(super) fn check_final(&self, live: &[usize]) -> Result<usize, Box<Violation>> {
+        self.check_signatures(live)?;
+        let unbuildable = self.check_jobs(live)?;
+        self.check_same_records(live)?;
+        Ok(unbuildable)
+    }
+
+    /// Nothing badly signed is stored anywhere. Verified afresh, not through
+    /// the shared cache the cores used.
+    fn check_signatures(&self, live: &[usize]) -> Result<(), Box<Violation>> {
+        let mut checked: HashMap<Hash32, bool> = HashMap::new();
+        for &i in live {
+            let mut bad = None;
+            let core = self.nodes[i].core.as_ref().expect("live");
+            core.store().for_each_record(&mut |b| {
+                let id = Hash32::of(b);
+                let ok = *checked.entry(id).or_insert_with(|| record::verify(b).is_ok());
+                if !ok && bad.is_none() {
+                    bad = Some(id);
+                }
+            });
+            if let Some(id) = bad {
+                return Err(self.violation(
+                    "no record with a bad signature is stored",
+                    format!("node {i} stores record {id} whose signature does not verify"),
+                    None,
+                    Some(i),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every buildable job was built, exactly once if no fault was
+    /// configured; no unbuildable one was.
+    fn check_jobs(&self, live: &[usize]) -> Result<usize, Box<Violation>> {
+        let fault_free = self.cfg.fault_free();
+        let mut unbuildable = 0;
+        for (id, j) in self.workload.jobs() {
+            if self.buildable(j, live) {
+                self.check_buildable_job(id, j, live, fault_free)?;
+                continue;
+            }
+            unbuildable += 1;
+            if !j.results.is_empty() {
+                return Err(self.violation(
+                    "a job no node can build was not built",
+                    format!("job {id} requiring {:?} has results", j.requires),
+                    Some(*id),
+                    None,
+                ));
+            }
+        }
+        Ok(unbuildable)
+    }
+
+    fn check_buildable_job(
+        &self,
+        id: &Hash32,
+        j: &JobInfo,
+        live: &[usize],
+        fault_free: bool,
+    ) -> Result<(), Box<Violation>> {
+        // The first live node's view decides whether the job was withdrawn.
+        let withdrawn = live
+            .first()
+            .and_then(|&i| self.nodes[i].core.as_ref())
+            .is_some_and(|c| matches!(c.job_state(id), JobState::Superseded | JobState::Cancelled));
+        if withdrawn {
+            return Ok(());
+        }
+        if j.results.is_empty() {
+            return Err(self.violation(
+                "every job some live node can build is built once the network is quiet",
+                format!(
+                    "job {id} requiring {:?} has no result; eligible nodes see:\n  {}",
+                    j.requires,
+                    self.unbuilt_job_views(id, j, live).join("\n  ")
+                ),
+                Some(*id),
+                None,
+            ));
+        }
+        if fault_free && j.results.len() != 1 {
+            return Err(self.violation(
+                "fault-free, every job is built exactly once",
+                format!("job {id} has {} results", j.results.len()),
+                Some(*id),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    /// What some eligible nodes know of a job: its attempt, the claim they
+    /// see as (claimant node, attempt, lease end), and what they run.
+    fn unbuilt_job_views(&self, id: &Hash32, j: &JobInfo, live: &[usize]) -> Vec<String> {
+        let mut views = Vec::new();
+        for &i in live.iter().filter(|&&i| satisfies(&self.nodes[i].labels, &j.requires)).take(VIEWS_SHOWN) {
+            let core = self.nodes[i].core.as_ref().expect("live");
+            let view = core.jobs().get(id);
+            let claim = view
+                .and_then(|v| v.claim.as_ref())
+                .map(|c| (self.by_peer.get(&c.by).copied(), c.attempt, c.lease_until));
+            let running = core
+                .running()
+                .iter()
+                .map(|(rj, a)| {
+                    (
+                        rj.short(),
+                        a.0,
+                        self.workload.jobs().get(rj).map(|x| (x.born, x.results.len())),
+                        self.workload.running_on(i).map(|k| k.0.short()).collect::<Vec<_>>(),
+                    )
+                })
+                .collect::<Vec<_>>();
+            views.push(format!(
+                "node {i} {:?}: knows job {}, attempt {:?}, claim {:?}, running {:?} of {}",
+                self.nodes[i].labels,
+                view.is_some(),
+                view.map(|v| v.attempt),
+                claim,
+                running,
+                core.config().executors,
+            ));
+        }
+        views
+    }
+
+    /// Once quiet, every live node holds the same records.
+    fn check_same_records(&self, live: &[usize]) -> Result<(), Box<Violation>> {
+        if self.converged() {
+            return Ok(());
+        }
+        let counts: Vec<(usize, u64)> = live
+            .iter()
+            .map(|&i| (i, self.nodes[i].core.as_ref().map(|c| c.store().record_count()).unwrap_or(0)))
+            .collect();
+        let min = counts.iter().min_by_key(|c| c.1).map(|c| c.0);
+        Err(self.violation(
+            "every live node holds the same set of records once the network is quiet",
+            format!("record counts differ: {:?}", &counts[..counts.len().min(COUNTS_SHOWN)]),
+            None,
+            min,
+        ))
+    }
+}

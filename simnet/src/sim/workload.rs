@@ -1,0 +1,278 @@
+//! The workload: commits arrive as a Poisson process, each announced by a
+//! random live node with a recipe of `--builders` builders; a build that a
+//! core starts runs for a drawn time and ends in a simulated outcome.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use peerbot_protocol::core::{Announced, BuildOutcome, CommitInfo, Input, StepOutcome};
+use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::recipe::job_id;
+use peerbot_protocol::Millis;
+use rand::Rng;
+
+use super::events::{exp_delay, uniform_ms, Ev};
+use super::faults::slowed;
+use super::Sim;
+use crate::SimConfig;
+
+/// How long a cancelled build takes to stop.
+const CANCEL_MS: u64 = 10;
+
+/// A job of an announced commit, as the simulator saw it come and go.
+pub(super) struct JobInfo {
+    pub(super) born: u64,
+    pub(super) requires: Vec<String>,
+    pub(super) first_claim: Option<u64>,
+    /// Result records published for it.
+    pub(super) results: Vec<Hash32>,
+}
+
+/// How busy the executor slots were. A build counts from its start until it
+/// finishes or is cancelled; one cut short by a crash does not count.
+#[derive(Default)]
+struct SlotUse {
+    starts: BTreeMap<(usize, Hash32, u32), u64>,
+    first_start: Option<u64>,
+    last_end: u64,
+    busy_ms: u64,
+}
+
+pub(super) struct Workload {
+    recipe: String,
+    commits: u64,
+    jobs: BTreeMap<Hash32, JobInfo>,
+    /// Builds running on each node, as (job, attempt).
+    running: Vec<BTreeSet<(Hash32, u32)>>,
+    slots: SlotUse,
+    builds_started: u64,
+    builds_cancelled: u64,
+}
+
+impl Workload {
+    pub(super) fn new(cfg: &SimConfig) -> Workload {
+        Workload {
+            recipe: build_recipe(cfg),
+            commits: 0,
+            jobs: BTreeMap::new(),
+            running: vec![BTreeSet::new(); cfg.nodes],
+            slots: SlotUse::default(),
+            builds_started: 0,
+            builds_cancelled: 0,
+        }
+    }
+
+    pub(super) fn jobs(&self) -> &BTreeMap<Hash32, JobInfo> {
+        &self.jobs
+    }
+
+    /// The labels a job requires; none for a job the simulator did not make.
+    pub(super) fn requires(&self, job: &Hash32) -> Vec<String> {
+        self.jobs.get(job).map(|j| j.requires.clone()).unwrap_or_default()
+    }
+
+    pub(super) fn claimed(&mut self, job: Hash32, now: u64) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.first_claim.get_or_insert(now);
+        }
+    }
+
+    pub(super) fn published(&mut self, job: Hash32, record: Hash32) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.results.push(record);
+        }
+    }
+
+    fn add_jobs(&mut self, cfg: &SimConfig, repo: &str, commit: &str, now: u64) {
+        for b in 0..cfg.builders + cfg.unbuildable_builders {
+            let id = job_id(repo, commit, &format!("b{b}"));
+            let job = JobInfo { born: now, requires: cfg.builder_requires(b), first_claim: None, results: vec![] };
+            self.jobs.insert(id, job);
+        }
+    }
+
+    fn build_started(&mut self, node: usize, job: Hash32, attempt: u32, now: u64) {
+        self.builds_started += 1;
+        self.running[node].insert((job, attempt));
+        self.slots.starts.insert((node, job, attempt), now);
+        self.slots.first_start.get_or_insert(now);
+    }
+
+    /// False if the build was not running.
+    fn build_cancelled(&mut self, node: usize, job: Hash32, attempt: u32) -> bool {
+        let was_running = self.running[node].remove(&(job, attempt));
+        if was_running {
+            self.builds_cancelled += 1;
+        }
+        was_running
+    }
+
+    /// Frees the build's slot; false if it was no longer running.
+    fn build_ended(&mut self, node: usize, job: Hash32, attempt: u32, now: u64) -> bool {
+        let was_running = self.running[node].remove(&(job, attempt));
+        if let Some(t) = self.slots.starts.remove(&(node, job, attempt)) {
+            self.slots.busy_ms += now - t;
+            self.slots.last_end = now;
+        }
+        was_running
+    }
+
+    /// A crash ends the node's builds without an outcome.
+    pub(super) fn node_crashed(&mut self, node: usize) {
+        self.running[node].clear();
+        self.slots.starts.retain(|(n, _, _), _| *n != node);
+    }
+
+    pub(super) fn any_running(&self) -> bool {
+        self.running.iter().any(|r| !r.is_empty())
+    }
+
+    pub(super) fn running_on(&self, node: usize) -> impl Iterator<Item = &(Hash32, u32)> {
+        self.running[node].iter()
+    }
+
+    pub(super) fn builds_started(&self) -> u64 {
+        self.builds_started
+    }
+
+    pub(super) fn builds_cancelled(&self) -> u64 {
+        self.builds_cancelled
+    }
+
+    /// Busy share of `slots` executor slots between the first build's start
+    /// and the last build's end.
+    pub(super) fn slot_utilisation(&self, slots: f64) -> f64 {
+        let Some(first) = self.slots.first_start else { return 0.0 };
+        let span = self.slots.last_end.saturating_sub(first).max(1) as f64;
+        self.slots.busy_ms as f64 / (span * slots)
+    }
+}
+
+/// Builder `i` requires the labels `SimConfig::builder_requires` gives it
+/// and has one step, `make`.
+fn build_recipe(cfg: &SimConfig) -> String {
+    let mut s = String::new();
+    for i in 0..cfg.builders + cfg.unbuildable_builders {
+        let req: Vec<String> = cfg.builder_requires(i).iter().map(|l| format!("{l:?}")).collect();
+        s.push_str(&format!(
+            "[[builder]]\nname = \"b{i}\"\nrequires = [{}]\n[[builder.step]]\nname = \"build\"\nrun = \"make\"\n",
+            req.join(", ")
+        ));
+    }
+    s
+}
+
+/// A one-step build that exited 0, or 2 if it failed, or was cancelled.
+/// The simulated duration is not recorded: the step takes 1 ms.
+fn simulated_outcome(job: Hash32, attempt: u32, now: Millis, cancelled: bool, failed: bool) -> BuildOutcome {
+    BuildOutcome {
+        job,
+        attempt,
+        started_ms: now.saturating_sub(1),
+        ended_ms: now,
+        steps: vec![StepOutcome {
+            name: "build".into(),
+            command: "make".into(),
+            exit_code: if cancelled { None } else { Some(if failed { 2 } else { 0 }) },
+            duration_ms: 1,
+            timed_out: false,
+            log: format!("simulated build of {} attempt {attempt}\n", job.short()).into_bytes(),
+            truncated: false,
+        }],
+        error: None,
+        cancelled,
+    }
+}
+
+impl Sim {
+    /// Commits start once the nodes have heard each other.
+    pub(super) fn schedule_first_commit(&mut self) {
+        let first = self.cfg.heartbeat_ms * 3 + exp_delay(&mut self.rng, self.cfg.commits_per_min / 60_000.0);
+        if self.cfg.commits_per_min > 0.0 {
+            self.queue.push(first, Ev::Commit);
+        }
+    }
+
+    pub(super) fn on_commit(&mut self) {
+        if self.faults.over() {
+            return;
+        }
+        self.commit();
+        let t = exp_delay(&mut self.rng, self.cfg.commits_per_min / 60_000.0);
+        self.queue.push(self.now + t, Ev::Commit);
+    }
+
+    /// A random live node announces a new commit, as its watcher would.
+    fn commit(&mut self) {
+        self.workload.commits += 1;
+        let alive = self.live_nodes();
+        let Some(&announcer) = alive.get(self.rng.gen_range(0..alive.len().max(1))) else { return };
+        let info = self.next_commit_info();
+        self.workload.add_jobs(&self.cfg, &info.repo, &info.commit, self.now);
+        let now = self.local_now(announcer);
+        if let Some(core) = self.nodes[announcer].core.as_mut() {
+            match core.announce(now, info) {
+                Ok(Announced::New(id)) => self.note(announcer, None, "announce", id.prefix_u64()),
+                Ok(Announced::Known(_)) => {}
+                Err(e) => {
+                    self.violation_now("a valid commit could not be announced", e, None, Some(announcer));
+                }
+            }
+        }
+        self.drain(announcer);
+    }
+
+    fn next_commit_info(&mut self) -> CommitInfo {
+        let n = self.workload.commits;
+        let repo = format!("https://git.example.org/repo{}.git", self.rng.gen_range(0..self.cfg.repos.max(1)));
+        let commit = Hash32::of_fields("simnet.commit", &[&self.cfg.seed.to_le_bytes(), &n.to_le_bytes()]).to_hex()
+            [..40]
+            .to_string();
+        CommitInfo {
+            repo,
+            branch: "main".into(),
+            commit,
+            parents: vec![],
+            author: "Sim Ulated <sim@example.org>".into(),
+            committer: "Sim Ulated <sim@example.org>".into(),
+            commit_time: (self.now / 1000) as i64,
+            title: format!("commit {n}"),
+            files: vec!["src/lib.rs".into()],
+            recipe: Ok(self.workload.recipe.clone()),
+        }
+    }
+
+    /// A core's `StartBuild`: the build ends after a drawn time.
+    pub(super) fn start_build(&mut self, i: usize, job: Hash32, attempt: u32) {
+        self.check_build_start(i, job);
+        self.faults.note_reclaim(job, i, self.now);
+        self.note(i, Some(job), "build-start", attempt as u64);
+        let d = slowed(uniform_ms(&mut self.rng, self.cfg.build_ms), self.nodes[i].slow, self.cfg.slow_factor);
+        self.workload.build_started(i, job, attempt, self.now);
+        let incarnation = self.nodes[i].incarnation;
+        self.queue.push(self.now + d, Ev::BuildDone { node: i, incarnation, job, attempt, cancelled: false });
+        self.maybe_crash_claimant(i, job, self.now + d / 2);
+    }
+
+    pub(super) fn cancel_build(&mut self, i: usize, job: Hash32, attempt: u32) {
+        if self.workload.build_cancelled(i, job, attempt) {
+            self.note(i, Some(job), "build-cancel", attempt as u64);
+            let incarnation = self.nodes[i].incarnation;
+            self.queue
+                .push(self.now + CANCEL_MS, Ev::BuildDone { node: i, incarnation, job, attempt, cancelled: true });
+        }
+    }
+
+    pub(super) fn on_build_done(&mut self, node: usize, incarnation: u32, job: Hash32, attempt: u32, cancelled: bool) {
+        if self.nodes[node].incarnation != incarnation || !self.alive(node) {
+            return;
+        }
+        let running = self.workload.build_ended(node, job, attempt, self.now);
+        if !running && !cancelled {
+            return;
+        }
+        let failed = !cancelled && self.rng.gen::<f64>() < self.cfg.build_failure_rate;
+        let outcome = simulated_outcome(job, attempt, self.local_now(node), cancelled, failed);
+        self.note(node, Some(job), "build-done", attempt as u64);
+        self.input(node, Input::BuildFinished(outcome));
+    }
+}
