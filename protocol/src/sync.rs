@@ -244,8 +244,8 @@ fn mode_items(m: &RangeMode) -> usize {
     }
 }
 
-/// Processes one message from the peer and builds the reply.
-pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bool) -> Result<Outcome, SyncError> {
+/// Checks a message's size and shape before any range is looked at.
+fn check_message(ranges: &[SyncRange]) -> Result<(), SyncError> {
     if ranges.len() > MAX_RANGES {
         return Err(SyncError::TooMany);
     }
@@ -254,9 +254,14 @@ pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bo
         return Err(SyncError::TooMany);
     }
     match ranges.last() {
-        Some(r) if r.upper.is_none() => {}
-        _ => return Err(SyncError::Coverage),
+        Some(r) if r.upper.is_none() => Ok(()),
+        _ => Err(SyncError::Coverage),
     }
+}
+
+/// Processes one message from the peer and builds the reply.
+pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bool) -> Result<Outcome, SyncError> {
+    check_message(ranges)?;
     let mut out = Outcome::default();
     let mut reply = Reply { ranges: Vec::new(), budget: MESSAGE_BUDGET, initiator };
     let mut lo = SyncKey::MIN;
@@ -267,89 +272,13 @@ pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bo
             None if i + 1 != ranges.len() => return Err(SyncError::Order),
             _ => {}
         }
+        let span = Span { lo, hi };
         match &r.mode {
             RangeMode::Skip => reply.push(hi, RangeMode::Skip),
-            RangeMode::Fingerprint { fp } => {
-                if fp.len() != 16 {
-                    return Err(SyncError::FingerprintLength);
-                }
-                let (mine, myfp) = store.summary(&lo, hi.as_ref());
-                if myfp.finish(mine) == *fp {
-                    reply.push(hi, RangeMode::Skip);
-                } else if reply.budget < BUCKETS + LIST_THRESHOLD as usize {
-                    reply.fingerprint_of(store, &lo, hi);
-                } else {
-                    reply.split_or_list(store, &lo, hi, mine);
-                }
-            }
-            RangeMode::IdList { ids, answer } => {
-                if initiator {
-                    let theirs: HashSet<Hash32> = ids.iter().copied().collect();
-                    let mine: Vec<Hash32> =
-                        store.keys_in(&lo, hi.as_ref(), usize::MAX).into_iter().map(|k| k.id).collect();
-                    let mine_set: HashSet<Hash32> = mine.iter().copied().collect();
-                    out.have.extend(mine.iter().filter(|id| !theirs.contains(id)));
-                    out.need.extend(ids.iter().filter(|id| !mine_set.contains(id)));
-                    reply.push(hi, RangeMode::Skip);
-                } else if *answer {
-                    reply.push(hi, RangeMode::Skip);
-                } else {
-                    let mine = store.keys_in(&lo, hi.as_ref(), ANSWER_MAX + 1);
-                    if mine.len() <= ANSWER_MAX && reply.budget > mine.len() {
-                        let ids = mine.into_iter().map(|k| k.id).collect();
-                        reply.push(hi, RangeMode::IdList { ids, answer: true });
-                    } else if reply.budget < BUCKETS + LIST_THRESHOLD as usize {
-                        reply.fingerprint_of(store, &lo, hi);
-                    } else {
-                        let (count, _) = store.summary(&lo, hi.as_ref());
-                        reply.split_or_list(store, &lo, hi, count);
-                    }
-                }
-            }
-            RangeMode::Prefixes { prefixes } => {
-                if initiator {
-                    reply.push(hi, RangeMode::Skip);
-                    if let Some(h) = hi {
-                        lo = h;
-                    }
-                    continue;
-                }
-                let mine = store.keys_in(&lo, hi.as_ref(), ANSWER_MAX + 1);
-                if mine.len() <= ANSWER_MAX && reply.budget > mine.len() {
-                    let theirs: HashSet<[u8; 8]> = prefixes.iter().copied().collect();
-                    let ours: HashSet<[u8; 8]> = mine.iter().map(|k| prefix(&k.id)).collect();
-                    let extra = mine.iter().map(|k| k.id).filter(|id| !theirs.contains(&prefix(id))).collect();
-                    let mut have = vec![0u8; prefixes.len().div_ceil(8)];
-                    for (i, p) in prefixes.iter().enumerate() {
-                        if ours.contains(p) {
-                            have[i / 8] |= 1 << (i % 8);
-                        }
-                    }
-                    reply.push(hi, RangeMode::Answer { extra, have });
-                } else if reply.budget < BUCKETS + LIST_THRESHOLD as usize {
-                    reply.fingerprint_of(store, &lo, hi);
-                } else {
-                    let (count, _) = store.summary(&lo, hi.as_ref());
-                    reply.split_or_list(store, &lo, hi, count);
-                }
-            }
-            RangeMode::Answer { extra, have } => {
-                if initiator {
-                    // The bits follow the order of the prefixes this node sent
-                    // for the range; if its records changed since, they may
-                    // not line up, and the next session mends what this misses.
-                    let mine = store.keys_in(&lo, hi.as_ref(), LIST_THRESHOLD as usize + 1);
-                    if mine.len().div_ceil(8) == have.len() {
-                        for (i, k) in mine.iter().enumerate() {
-                            if have[i / 8] & (1 << (i % 8)) == 0 {
-                                out.have.push(k.id);
-                            }
-                        }
-                    }
-                    out.need.extend(extra.iter().filter(|id| !store.has_record(id)));
-                }
-                reply.push(hi, RangeMode::Skip);
-            }
+            RangeMode::Fingerprint { fp } => on_fingerprint(store, &span, fp, &mut reply)?,
+            RangeMode::IdList { ids, answer } => on_id_list(store, &span, ids, *answer, &mut reply, &mut out),
+            RangeMode::Prefixes { prefixes } => on_prefixes(store, &span, prefixes, &mut reply),
+            RangeMode::Answer { extra, have } => on_answer(store, &span, extra, have, &mut reply, &mut out),
         }
         if let Some(h) = hi {
             lo = h;
@@ -357,6 +286,112 @@ pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bo
     }
     out.reply = reply.ranges;
     Ok(out)
+}
+
+/// The range `[lo, hi)` one entry of a message covers.
+struct Span {
+    lo: SyncKey,
+    hi: Option<SyncKey>,
+}
+
+/// When a range's ids are too many to list, answer with its fingerprint
+/// (message nearly full) or split it (room left).
+fn describe<S: Store + ?Sized>(store: &S, span: &Span, reply: &mut Reply, count: Option<u64>) {
+    if reply.budget < BUCKETS + LIST_THRESHOLD as usize {
+        reply.fingerprint_of(store, &span.lo, span.hi);
+    } else {
+        let count = count.unwrap_or_else(|| store.summary(&span.lo, span.hi.as_ref()).0);
+        reply.split_or_list(store, &span.lo, span.hi, count);
+    }
+}
+
+fn on_fingerprint<S: Store + ?Sized>(store: &S, span: &Span, fp: &[u8], reply: &mut Reply) -> Result<(), SyncError> {
+    if fp.len() != 16 {
+        return Err(SyncError::FingerprintLength);
+    }
+    let (mine, myfp) = store.summary(&span.lo, span.hi.as_ref());
+    if myfp.finish(mine) == *fp {
+        reply.push(span.hi, RangeMode::Skip);
+    } else {
+        describe(store, span, reply, Some(mine));
+    }
+    Ok(())
+}
+
+fn on_id_list<S: Store + ?Sized>(
+    store: &S,
+    span: &Span,
+    ids: &[Hash32],
+    answer: bool,
+    reply: &mut Reply,
+    out: &mut Outcome,
+) {
+    if reply.initiator {
+        let theirs: HashSet<Hash32> = ids.iter().copied().collect();
+        let mine: Vec<Hash32> =
+            store.keys_in(&span.lo, span.hi.as_ref(), usize::MAX).into_iter().map(|k| k.id).collect();
+        let mine_set: HashSet<Hash32> = mine.iter().copied().collect();
+        out.have.extend(mine.iter().filter(|id| !theirs.contains(id)));
+        out.need.extend(ids.iter().filter(|id| !mine_set.contains(id)));
+        reply.push(span.hi, RangeMode::Skip);
+    } else if answer {
+        reply.push(span.hi, RangeMode::Skip);
+    } else {
+        let mine = store.keys_in(&span.lo, span.hi.as_ref(), ANSWER_MAX + 1);
+        if mine.len() <= ANSWER_MAX && reply.budget > mine.len() {
+            let ids = mine.into_iter().map(|k| k.id).collect();
+            reply.push(span.hi, RangeMode::IdList { ids, answer: true });
+        } else {
+            describe(store, span, reply, None);
+        }
+    }
+}
+
+fn on_prefixes<S: Store + ?Sized>(store: &S, span: &Span, prefixes: &[[u8; 8]], reply: &mut Reply) {
+    if reply.initiator {
+        reply.push(span.hi, RangeMode::Skip);
+        return;
+    }
+    let mine = store.keys_in(&span.lo, span.hi.as_ref(), ANSWER_MAX + 1);
+    if mine.len() <= ANSWER_MAX && reply.budget > mine.len() {
+        let theirs: HashSet<[u8; 8]> = prefixes.iter().copied().collect();
+        let ours: HashSet<[u8; 8]> = mine.iter().map(|k| prefix(&k.id)).collect();
+        let extra = mine.iter().map(|k| k.id).filter(|id| !theirs.contains(&prefix(id))).collect();
+        let mut have = vec![0u8; prefixes.len().div_ceil(8)];
+        for (i, p) in prefixes.iter().enumerate() {
+            if ours.contains(p) {
+                have[i / 8] |= 1 << (i % 8);
+            }
+        }
+        reply.push(span.hi, RangeMode::Answer { extra, have });
+    } else {
+        describe(store, span, reply, None);
+    }
+}
+
+fn on_answer<S: Store + ?Sized>(
+    store: &S,
+    span: &Span,
+    extra: &[Hash32],
+    have: &[u8],
+    reply: &mut Reply,
+    out: &mut Outcome,
+) {
+    if reply.initiator {
+        // The bits follow the order of the prefixes this node sent for the
+        // range; if its records changed since, they may not line up, and
+        // the next session mends what this misses.
+        let mine = store.keys_in(&span.lo, span.hi.as_ref(), LIST_THRESHOLD as usize + 1);
+        if mine.len().div_ceil(8) == have.len() {
+            for (i, k) in mine.iter().enumerate() {
+                if have[i / 8] & (1 << (i % 8)) == 0 {
+                    out.have.push(k.id);
+                }
+            }
+        }
+        out.need.extend(extra.iter().filter(|id| !store.has_record(id)));
+    }
+    reply.push(span.hi, RangeMode::Skip);
 }
 
 #[cfg(test)]
