@@ -17,7 +17,7 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
-use peerbot_protocol::core::{Config, NodeCore};
+use peerbot_protocol::core::{defaults, Config, NodeCore};
 use peerbot_protocol::labels::{parse_label, platform_labels};
 use serde_json::json;
 use tracing::info;
@@ -263,19 +263,19 @@ struct NodeArgs {
     #[arg(long, env = "PEERBOT_EXECUTORS", default_value_t = 1)]
     executors: u32,
     /// Milliseconds between heartbeats (labels, free slots, lease renewals).
-    #[arg(long, env = "PEERBOT_HEARTBEAT_MS", default_value_t = 2000)]
+    #[arg(long, env = "PEERBOT_HEARTBEAT_MS", default_value_t = defaults::HEARTBEAT_MS)]
     heartbeat_ms: u64,
     /// Milliseconds the node at rank r waits, times r, before claiming a job.
-    #[arg(long, env = "PEERBOT_CLAIM_STAGGER_MS", default_value_t = 2000)]
+    #[arg(long, env = "PEERBOT_CLAIM_STAGGER_MS", default_value_t = defaults::CLAIM_STAGGER_MS)]
     claim_stagger_ms: u64,
     /// Seconds a claim's lease lasts without renewal.
-    #[arg(long, env = "PEERBOT_LEASE_SECS", default_value_t = 30)]
+    #[arg(long, env = "PEERBOT_LEASE_SECS", default_value_t = defaults::LEASE_MS / 1000)]
     lease_secs: u64,
     /// Seconds between reconciliations with a random peer.
-    #[arg(long, env = "PEERBOT_SYNC_SECS", default_value_t = 15)]
+    #[arg(long, env = "PEERBOT_SYNC_SECS", default_value_t = defaults::SYNC_INTERVAL_MS / 1000)]
     sync_secs: u64,
     /// How many nodes keep a copy of each step log (those ranking highest for its hash).
-    #[arg(long, env = "PEERBOT_LOG_REPLICAS", default_value_t = 3)]
+    #[arg(long, env = "PEERBOT_LOG_REPLICAS", default_value_t = defaults::LOG_REPLICAS)]
     log_replicas: usize,
     /// Token that HTTP writes (announce, force, cancel) must present [default: DATA_DIR/api.token, made on first start].
     #[arg(long, env = "PEERBOT_API_TOKEN", hide_env_values = true)]
@@ -456,8 +456,6 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         .collect();
     let mut cfg = Config::new(labels.clone(), a.executors);
     cfg.heartbeat_ms = a.heartbeat_ms;
-    cfg.liveness_ms = 3 * a.heartbeat_ms + 1000;
-    cfg.warmup_ms = 2 * a.heartbeat_ms;
     cfg.claim_stagger_ms = a.claim_stagger_ms;
     cfg.lease_ms = a.lease_secs * 1000;
     cfg.sync_interval_ms = a.sync_secs * 1000;

@@ -9,6 +9,8 @@
 
 pub mod sim;
 
+use peerbot_protocol::core::defaults;
+
 pub use sim::{Report, Sim, Violation};
 
 /// Nodes of one kind: their labels and their share of the cluster.
@@ -111,12 +113,12 @@ impl Default for SimConfig {
             crash_claimants: 0,
             forge_per_min: 0.0,
             outages: vec![],
-            log_replicas: 3,
-            heartbeat_ms: 2_000,
-            cluster_heartbeats_per_sec: 2,
-            claim_stagger_ms: 2_000,
-            lease_ms: 30_000,
-            sync_ms: 15_000,
+            log_replicas: defaults::LOG_REPLICAS,
+            heartbeat_ms: defaults::HEARTBEAT_MS,
+            cluster_heartbeats_per_sec: defaults::CLUSTER_HEARTBEATS_PER_SEC,
+            claim_stagger_ms: defaults::CLAIM_STAGGER_MS,
+            lease_ms: defaults::LEASE_MS,
+            sync_ms: defaults::SYNC_INTERVAL_MS,
             request_timeout_ms: 10_000,
         }
     }
@@ -193,7 +195,11 @@ pub fn parse_range_ms(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// A duration such as `2s` or `10m`; a bare number is milliseconds.
 pub fn parse_ms(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.trim().parse::<u64>() {
+        return Ok(ms);
+    }
     humantime::parse_duration(s.trim()).map(|d| d.as_millis() as u64).map_err(|e| format!("{s:?}: {e}"))
 }
 

@@ -1,6 +1,7 @@
 //! `peerbot-simnet`: run a simulated peerbot cluster from the shell.
 
 use clap::Parser;
+use peerbot_protocol::core::defaults;
 use peerbot_simnet::{parse_label_mix, parse_ms, parse_partition, parse_range_ms, parse_rate_per_min, Sim, SimConfig};
 
 #[derive(Parser)]
@@ -92,22 +93,22 @@ struct Args {
     #[arg(long, value_parser = peerbot_simnet::parse_outage)]
     outage: Vec<(usize, u64, u64)>,
     /// Nodes that keep a copy of each step log.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = defaults::LOG_REPLICAS)]
     log_replicas: usize,
     /// Forged (bit-flipped) records injected per simulated minute.
     #[arg(long, default_value_t = 0.0)]
     forge_per_min: f64,
-    /// The nodes' claim stagger.
-    #[arg(long, default_value = "2s", value_parser = parse_ms)]
+    /// The nodes' claim stagger (a duration such as 2s, or milliseconds).
+    #[arg(long, default_value_t = defaults::CLAIM_STAGGER_MS, value_parser = parse_ms)]
     claim_stagger: u64,
-    /// The nodes' lease length.
-    #[arg(long, default_value = "30s", value_parser = parse_ms)]
+    /// The nodes' lease length (a duration, or milliseconds).
+    #[arg(long, default_value_t = defaults::LEASE_MS, value_parser = parse_ms)]
     lease: u64,
-    /// The nodes' sync interval.
-    #[arg(long, default_value = "15s", value_parser = parse_ms)]
+    /// The nodes' sync interval (a duration, or milliseconds).
+    #[arg(long, default_value_t = defaults::SYNC_INTERVAL_MS, value_parser = parse_ms)]
     sync: u64,
     /// Cluster-wide heartbeats per second the nodes aim for.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = defaults::CLUSTER_HEARTBEATS_PER_SEC)]
     cluster_heartbeats_per_sec: u64,
     /// Print the figures as JSON.
     #[arg(long)]

@@ -11,16 +11,10 @@ pub struct Config {
     /// `cluster_heartbeats_per_sec` heartbeats a second.
     pub heartbeat_ms: u64,
     pub cluster_heartbeats_per_sec: u64,
-    /// A peer is live while heard within max(this, 3 of its heartbeat
-    /// intervals + 1 s).
-    pub liveness_ms: u64,
     /// The node at rank r waits r times this before claiming.
     pub claim_stagger_ms: u64,
     pub lease_ms: u64,
     pub sync_interval_ms: u64,
-    /// No claims until the node has been up this long, so that it has had
-    /// time to hear its peers' heartbeats before it ranks anyone.
-    pub warmup_ms: u64,
     /// Seed of the node's random choices (sync partner, blob source order).
     pub seed: u64,
     /// Every step log is kept by the this many live nodes that rank highest
@@ -31,22 +25,43 @@ pub struct Config {
     pub log_horizon_ms: Option<u64>,
 }
 
+/// The defaults, named once; the node's flags and the simulator's options
+/// show these.
+pub mod defaults {
+    pub const HEARTBEAT_MS: u64 = 2_000;
+    pub const CLUSTER_HEARTBEATS_PER_SEC: u64 = 2;
+    pub const CLAIM_STAGGER_MS: u64 = 2_000;
+    pub const LEASE_MS: u64 = 30_000;
+    pub const SYNC_INTERVAL_MS: u64 = 15_000;
+    pub const LOG_REPLICAS: usize = 3;
+}
+
 impl Config {
     pub fn new(labels: Vec<String>, executors: u32) -> Self {
-        let heartbeat_ms = 2_000;
         Config {
             labels,
             executors,
-            heartbeat_ms,
-            cluster_heartbeats_per_sec: 2,
-            liveness_ms: 3 * heartbeat_ms + 1_000,
-            claim_stagger_ms: 2_000,
-            lease_ms: 30_000,
-            sync_interval_ms: 15_000,
-            warmup_ms: 2 * heartbeat_ms,
+            heartbeat_ms: defaults::HEARTBEAT_MS,
+            cluster_heartbeats_per_sec: defaults::CLUSTER_HEARTBEATS_PER_SEC,
+            claim_stagger_ms: defaults::CLAIM_STAGGER_MS,
+            lease_ms: defaults::LEASE_MS,
+            sync_interval_ms: defaults::SYNC_INTERVAL_MS,
             seed: 0,
-            log_replicas: 3,
+            log_replicas: defaults::LOG_REPLICAS,
             log_horizon_ms: None,
         }
+    }
+
+    /// A peer is live while heard within max(this, 3 of its own heartbeat
+    /// intervals + 1 s).
+    pub fn liveness_ms(&self) -> u64 {
+        3 * self.heartbeat_ms + 1_000
+    }
+
+    /// No claims until the node has been up this long: time to hear its
+    /// peers' heartbeats, and a round of lease renewals, so that a
+    /// restarted node learns what others are building before it ranks.
+    pub fn warmup_ms(&self) -> u64 {
+        (2 * self.heartbeat_ms).max(self.lease_ms / 3 + self.heartbeat_ms)
     }
 }

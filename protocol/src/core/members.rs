@@ -81,7 +81,7 @@ impl Membership {
             my_key: peer_key(&me),
             my_labels: cfg.labels.clone(),
             my_executors: cfg.executors,
-            liveness_ms: cfg.liveness_ms,
+            liveness_ms: cfg.liveness_ms(),
             heartbeat_ms: cfg.heartbeat_ms,
             cluster_heartbeats_per_sec: cfg.cluster_heartbeats_per_sec,
             peers: HashMap::default(),

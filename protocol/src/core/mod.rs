@@ -53,7 +53,7 @@ use rand_chacha::ChaCha8Rng;
 pub use self::blobs::MAX_LOG_BYTES;
 pub use self::builds::Running;
 pub use self::claims::{ClaimOutcome, Expired};
-pub use self::config::Config;
+pub use self::config::{defaults, Config};
 pub use self::io::{Announced, BuildOrder, BuildOutcome, CommitInfo, Event, Input, Output, StepOutcome, Verdict};
 pub use self::jobs::{ClaimView, JobState, JobView, LostAttempt};
 pub use self::members::PeerView;
@@ -115,10 +115,7 @@ pub struct NodeCore<S: Store> {
 }
 
 impl<S: Store> NodeCore<S> {
-    pub fn new(mut cfg: Config, key: Keypair, store: S, now: Millis) -> Self {
-        // Hear at least one round of lease renewals before claiming: a
-        // restarted node must learn what others are building first.
-        cfg.warmup_ms = cfg.warmup_ms.max(cfg.lease_ms / 3 + cfg.heartbeat_ms);
+    pub fn new(cfg: Config, key: Keypair, store: S, now: Millis) -> Self {
         let me = key.public().to_peer_id();
         let mut timers = TimerTable::new();
         timers.set(Timer::Heartbeat, now);
@@ -479,7 +476,7 @@ impl<S: Store> NodeCore<S> {
     fn claim_gate(&self, now: Millis) -> bool {
         // A node still catching up history would take old jobs whose
         // results it has not fetched yet for jobs waiting to be built.
-        if now < self.started_ms + self.cfg.warmup_ms || !self.caught_up(now) {
+        if now < self.started_ms + self.cfg.warmup_ms() || !self.caught_up(now) {
             return false;
         }
         // A busy node leaves waiting jobs to the next free one.
@@ -492,8 +489,8 @@ impl<S: Store> NodeCore<S> {
         if let Some(t) = self.jobs.next_foreign_expiry(self.me) {
             next_due = next_due.min(t);
         }
-        if now < self.started_ms + self.cfg.warmup_ms {
-            next_due = next_due.min(self.started_ms + self.cfg.warmup_ms);
+        if now < self.started_ms + self.cfg.warmup_ms() {
+            next_due = next_due.min(self.started_ms + self.cfg.warmup_ms());
         }
         if !self.claim_gate(now) {
             self.timers.set(Timer::Claims, next_due);

@@ -173,8 +173,6 @@ impl Sim {
         let mut c = Config::new(self.nodes[i].labels.clone(), self.cfg.executors);
         c.heartbeat_ms = self.cfg.heartbeat_ms;
         c.cluster_heartbeats_per_sec = self.cfg.cluster_heartbeats_per_sec;
-        c.liveness_ms = 3 * self.cfg.heartbeat_ms + 1_000;
-        c.warmup_ms = 2 * self.cfg.heartbeat_ms;
         c.claim_stagger_ms = self.cfg.claim_stagger_ms;
         c.lease_ms = self.cfg.lease_ms;
         c.sync_interval_ms = self.cfg.sync_ms;
