@@ -124,10 +124,8 @@ impl RocksStore {
     /// Writes many new records in one batch with one sync.
     pub fn put_records_bulk(&self, recs: &[VerifiedRecord]) -> anyhow::Result<()> {
         let mut batch = WriteBatch::default();
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         for rec in recs {
-            let sk = SyncKey { time: rec.time(), id: rec.id };
-            let key = order_key(&sk);
+            let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
             batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
             batch.put_cf(self.cf(CF_ORDER), key, b"");
             match rec.body {
@@ -135,9 +133,14 @@ impl RocksStore {
                 peerbot_protocol::Body::Result(_) => batch.put_cf(self.cf(CF_RESULTS), key, b""),
                 peerbot_protocol::Body::Cancel(_) => {}
             }
-            index.add(&sk);
         }
         self.db.write_opt(batch, &Self::sync_write())?;
+        // Only what is on disk counts: a failed write (a full disk) must not
+        // leave the count or the reconciliation index ahead of the database.
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for rec in recs {
+            index.add(&SyncKey { time: rec.time(), id: rec.id });
+        }
         self.count.fetch_add(recs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
