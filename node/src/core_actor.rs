@@ -147,7 +147,16 @@ impl CoreActor {
                 info!(to_fetch, fetched, "catching up with the cluster's history")
             }
             Event::LogsExpired { blobs } => info!(blobs, "dropped logs older than the log horizon"),
-            Event::StoreFailed { reason } => warn!("storage error: {reason}"),
+            // One line when writes start failing and one when they work
+            // again, not one per record.
+            Event::StoreFailed { reason } => debug!("storage error: {reason}"),
+            Event::StorageFailing { reason } => {
+                tracing::error!("storage is failing ({reason}); no new builds until it takes writes again")
+            }
+            Event::StorageRecovered { failing_ms } => info!(failing_ms, "storage takes writes again"),
+            Event::GaveBack { job, attempt, reason } => {
+                warn!(job = %job.short(), attempt, "gave the job back: {reason}")
+            }
         }
     }
 
@@ -398,6 +407,11 @@ impl Handler<Query> for CoreActor {
                     "log_replicas": cfg.log_replicas,
                     "log_horizon_ms": cfg.log_horizon_ms,
                     "records_rejected_since_start": self.records_rejected,
+                    "storage": {
+                        "ok": self.core.storage_health().ok(),
+                        "error": self.core.storage_health().last_error(),
+                        "failing_for_ms": self.core.storage_health().failing_since().map(|t| now.saturating_sub(t)),
+                    },
                 })
             }
             Query::Peers => {

@@ -178,6 +178,20 @@ pub enum Event {
     StoreFailed {
         reason: String,
     },
+    /// Durable writes started failing (reported once, not per record).
+    StorageFailing {
+        reason: String,
+    },
+    /// Durable writes work again after failing this long.
+    StorageRecovered {
+        failing_ms: u64,
+    },
+    /// This node gave a job back instead of publishing its result.
+    GaveBack {
+        job: Hash32,
+        attempt: u32,
+        reason: String,
+    },
 }
 
 /// What a watcher or an announce request saw at a commit.

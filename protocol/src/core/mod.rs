@@ -26,6 +26,7 @@ mod blobs;
 mod builds;
 mod claims;
 mod config;
+mod health;
 mod io;
 mod jobs;
 mod members;
@@ -54,6 +55,7 @@ pub use self::blobs::MAX_LOG_BYTES;
 pub use self::builds::Running;
 pub use self::claims::{ClaimOutcome, Expired};
 pub use self::config::{defaults, Config};
+pub use self::health::StorageHealth;
 pub use self::io::{Announced, BuildOrder, BuildOutcome, CommitInfo, Event, Input, Output, StepOutcome, Verdict};
 pub use self::jobs::{ClaimView, JobState, JobView, LostAttempt};
 pub use self::members::PeerView;
@@ -64,6 +66,7 @@ pub use self::views::{JobStatus, WaitingReason};
 use self::blobs::BlobServer;
 use self::builds::OwnBuilds;
 use self::claims::ClaimOutcome as Outcome;
+use self::health::HealthChange;
 use self::jobs::Jobs;
 use self::members::Membership;
 use self::retention::RETENTION_EVERY_MS;
@@ -105,6 +108,7 @@ pub struct NodeCore<S: Store> {
     requests: Requests,
     sessions: Sessions,
     blob_server: BlobServer,
+    health: StorageHealth,
     next_replication: u64,
     timers: TimerTable,
     heartbeat_seq: u64,
@@ -136,6 +140,7 @@ impl<S: Store> NodeCore<S> {
             requests: Requests::new(),
             sessions: Sessions::default(),
             blob_server: BlobServer::default(),
+            health: StorageHealth::default(),
             next_replication: 0,
             timers,
             heartbeat_seq: 0,
@@ -176,7 +181,7 @@ impl<S: Store> NodeCore<S> {
                 self.jobs.reopen(now, &job, lost);
             }
         }
-        self.save_own_claims();
+        self.save_own_claims(now);
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -267,9 +272,31 @@ impl<S: Store> NodeCore<S> {
         self.out.push_back(Output::Broadcast(wire::encode_gossip(g)));
     }
 
-    fn save_own_claims(&mut self) {
-        if let Err(e) = self.builds.save_claims(&mut self.store) {
-            self.emit(Event::StoreFailed { reason: e.to_string() });
+    fn save_own_claims(&mut self, now: Millis) {
+        match self.builds.save_claims(&mut self.store) {
+            Ok(()) => self.storage_wrote(now),
+            Err(e) => self.storage_failed(now, &e.to_string()),
+        }
+    }
+
+    /// Whether durable writes work, for the API.
+    pub fn storage_health(&self) -> &StorageHealth {
+        &self.health
+    }
+
+    /// A durable write failed: reported per write as `StoreFailed`, and
+    /// once as `StorageFailing` when writes start failing.
+    fn storage_failed(&mut self, now: Millis, reason: &str) {
+        self.emit(Event::StoreFailed { reason: reason.to_string() });
+        if let HealthChange::Failing { reason } = self.health.failed(now, reason) {
+            self.emit(Event::StorageFailing { reason });
+        }
+    }
+
+    fn storage_wrote(&mut self, now: Millis) {
+        if let HealthChange::Recovered { since } = self.health.wrote() {
+            self.emit(Event::StorageRecovered { failing_ms: now.saturating_sub(since) });
+            self.reconsider(now);
         }
     }
 
@@ -399,7 +426,7 @@ impl<S: Store> NodeCore<S> {
                 self.reconsider(now);
                 let lease_cap = self.cfg.lease_ms.saturating_mul(4);
                 let outcome = self.jobs.take_claim(now, from, c, lease_cap);
-                self.settle(outcome);
+                self.settle(now, outcome);
                 Verdict::Accept
             }
             Gossip::Release { job, attempt, reason, .. } => {
@@ -433,13 +460,13 @@ impl<S: Store> NodeCore<S> {
     fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>) {
         for outcome in self.jobs.renew(now, from, leases, self.cfg.lease_ms) {
             self.reconsider(now);
-            self.settle(outcome);
+            self.settle(now, outcome);
         }
     }
 
     /// Turns what a claim did into events, and stops this node's build when
     /// it lost a conflict.
-    fn settle(&mut self, outcome: Outcome) {
+    fn settle(&mut self, now: Millis, outcome: Outcome) {
         match outcome {
             Outcome::Stale | Outcome::Early | Outcome::Extended => {}
             Outcome::Claimed { job, attempt, by } => self.emit(Event::Claimed { job, attempt, by }),
@@ -448,7 +475,7 @@ impl<S: Store> NodeCore<S> {
                 if loser == self.me {
                     if let Some(attempt) = self.builds.stop(&job) {
                         self.out.push_back(Output::CancelBuild { job, attempt });
-                        self.save_own_claims();
+                        self.save_own_claims(now);
                     }
                 }
             }
@@ -479,6 +506,10 @@ impl<S: Store> NodeCore<S> {
         if now < self.started_ms + self.cfg.warmup_ms() || !self.caught_up(now) {
             return false;
         }
+        // Storage that cannot keep a result: build nothing new for a while.
+        if self.health.claims_paused_until().is_some_and(|until| now < until) {
+            return false;
+        }
         // A busy node leaves waiting jobs to the next free one.
         self.builds.free_slots(self.cfg.executors) > 0
     }
@@ -491,6 +522,9 @@ impl<S: Store> NodeCore<S> {
         }
         if now < self.started_ms + self.cfg.warmup_ms() {
             next_due = next_due.min(self.started_ms + self.cfg.warmup_ms());
+        }
+        if let Some(until) = self.health.claims_paused_until().filter(|u| *u > now) {
+            next_due = next_due.min(until);
         }
         if !self.claim_gate(now) {
             self.timers.set(Timer::Claims, next_due);
@@ -522,7 +556,7 @@ impl<S: Store> NodeCore<S> {
         };
         self.builds.start(id, attempt);
         self.timers.set_earlier(Timer::Renew, now + (self.cfg.lease_ms / 3).max(100));
-        self.save_own_claims();
+        self.save_own_claims(now);
         self.broadcast(&Gossip::Claim(wire::Claim { job: id, attempt, lease_ms: self.cfg.lease_ms, sent_ms: now }));
         self.emit(Event::Claimed { job: id, attempt, by: self.me });
         self.emit(Event::BuildStarted { job: id, attempt });

@@ -43,10 +43,7 @@ impl<S: Store> NodeCore<S> {
         }
         match self.commit(now, std::slice::from_ref(&rec), from) {
             Ok(()) => Verdict::Accept,
-            Err(e) => {
-                self.emit(Event::StoreFailed { reason: e.to_string() });
-                Verdict::Ignore
-            }
+            Err(_) => Verdict::Ignore,
         }
     }
 
@@ -63,10 +60,7 @@ impl<S: Store> NodeCore<S> {
         }
         match self.commit(now, &fresh, Some(from)) {
             Ok(()) => fresh.len(),
-            Err(e) => {
-                self.emit(Event::StoreFailed { reason: e.to_string() });
-                0
-            }
+            Err(_) => 0,
         }
     }
 
@@ -74,7 +68,11 @@ impl<S: Store> NodeCore<S> {
     /// each. Nothing is applied that is not stored.
     fn commit(&mut self, now: Millis, recs: &[VerifiedRecord], from: Option<PeerId>) -> Result<(), StoreError> {
         crate::invariant!(recs.iter().all(|r| !self.store.has_record(&r.id)), "only new records are committed");
-        self.store.put_records(recs)?;
+        if let Err(e) = self.store.put_records(recs) {
+            self.storage_failed(now, &e.to_string());
+            return Err(e);
+        }
+        self.storage_wrote(now);
         for rec in recs {
             self.emit(Event::RecordStored { id: rec.id, kind: rec.body.kind(), signer: rec.signer, from });
             self.apply(now, rec);
@@ -99,7 +97,7 @@ impl<S: Store> NodeCore<S> {
                     self.reconsider(now);
                     let lease_cap = self.cfg.lease_ms.saturating_mul(4);
                     let outcome = self.jobs.take_claim(at, by, claim, lease_cap);
-                    self.settle(outcome);
+                    self.settle(now, outcome);
                 }
                 if c.force.is_none() {
                     self.jobs.branch_activity(now, c);
@@ -121,7 +119,7 @@ impl<S: Store> NodeCore<S> {
                     if let Some(attempt) = self.builds.stop(&r.job) {
                         // Someone else finished it: our build is now redundant.
                         self.out.push_back(Output::CancelBuild { job: r.job, attempt });
-                        self.save_own_claims();
+                        self.save_own_claims(now);
                     }
                 }
             }
@@ -133,7 +131,7 @@ impl<S: Store> NodeCore<S> {
         self.builds.freed_ms = now;
         let still_ours = self.builds.attempt_of(&o.job) == Some(o.attempt);
         self.builds.stop(&o.job);
-        self.save_own_claims();
+        self.save_own_claims(now);
         if !still_ours && o.cancelled {
             // We lost the claim or someone else finished first: nothing to publish.
             return;
@@ -141,7 +139,8 @@ impl<S: Store> NodeCore<S> {
         let Some(job) = self.jobs.get(&o.job).cloned() else { return };
         for s in &o.steps {
             if let Err(e) = self.store.put_blob(&Hash32::of(&s.log), &s.log) {
-                self.emit(Event::StoreFailed { reason: e.to_string() });
+                self.storage_failed(now, &e.to_string());
+                return self.give_back(now, o.job, o.attempt, format!("its log could not be stored: {e}"));
             }
         }
         let (author, title) = match self.store.get_record(&job.change).and_then(|b| record::decode_stored(&b).ok()) {
@@ -152,8 +151,19 @@ impl<S: Store> NodeCore<S> {
         let status = result.status;
         match self.publish(now, &Body::Result(result)) {
             Ok(rec) => self.emit(Event::BuildPublished { job: o.job, attempt: o.attempt, status, record: rec.id }),
-            Err(e) => self.emit(Event::StoreFailed { reason: e.to_string() }),
+            Err(e) => self.give_back(now, o.job, o.attempt, format!("its result could not be stored: {e}")),
         }
+    }
+
+    /// A build this node cannot keep the result of: the job opens again,
+    /// here and (by a release) everywhere, rather than stay claimed.
+    fn give_back(&mut self, now: Millis, job: Hash32, attempt: u32, reason: String) {
+        self.emit(Event::GaveBack { job, attempt, reason: reason.clone() });
+        if self.jobs.release(now, self.me, &job, attempt, &reason) {
+            self.broadcast(&Gossip::Release { job, attempt, reason: reason.clone(), sent_ms: now });
+            self.emit(Event::Released { job, attempt, by: self.me, reason });
+        }
+        self.reconsider(now);
     }
 
     /// Turns a commit into a signed change, unless one is known already.

@@ -249,7 +249,7 @@ impl<S: Store> NodeCore<S> {
         let Some(h) = self.cfg.log_horizon_ms else { return };
         let swept = retention::expire_logs(&mut self.store, now, h);
         if let Some(e) = swept.cursor_error {
-            self.emit(Event::StoreFailed { reason: e.to_string() });
+            self.storage_failed(now, &e.to_string());
         }
         if swept.blobs_dropped > 0 {
             self.emit(Event::LogsExpired { blobs: swept.blobs_dropped });

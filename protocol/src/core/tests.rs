@@ -343,3 +343,144 @@ fn busy_node_leaves_the_job_to_the_next_free_one() {
     assert_eq!(running.len(), 3, "{running:?}");
     assert!(running.values().all(|n| *n == 1));
 }
+
+/// A store whose durable writes fail while `full` is set, like a full disk.
+struct FullableStore {
+    inner: MemStore,
+    full: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl FullableStore {
+    fn check(&self) -> Result<(), crate::store::StoreError> {
+        match self.full.get() {
+            true => Err(crate::store::StoreError("No space left on device".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Store for FullableStore {
+    fn put_record(&mut self, rec: &VerifiedRecord) -> Result<bool, crate::store::StoreError> {
+        self.check()?;
+        self.inner.put_record(rec)
+    }
+    fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {
+        self.inner.get_record(id)
+    }
+    fn has_record(&self, id: &Hash32) -> bool {
+        self.inner.has_record(id)
+    }
+    fn record_count(&self) -> u64 {
+        self.inner.record_count()
+    }
+    fn keys_in(
+        &self,
+        lo: &crate::keyspace::SyncKey,
+        hi: Option<&crate::keyspace::SyncKey>,
+        limit: usize,
+    ) -> Vec<crate::keyspace::SyncKey> {
+        self.inner.keys_in(lo, hi, limit)
+    }
+    fn for_each_record(&self, f: &mut dyn FnMut(&[u8])) {
+        self.inner.for_each_record(f)
+    }
+    fn put_blob(&mut self, hash: &Hash32, bytes: &[u8]) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        self.inner.put_blob(hash, bytes)
+    }
+    fn get_blob(&self, hash: &Hash32) -> Option<Vec<u8>> {
+        self.inner.get_blob(hash)
+    }
+    fn has_blob(&self, hash: &Hash32) -> bool {
+        self.inner.has_blob(hash)
+    }
+    fn delete_blob(&mut self, hash: &Hash32) -> Result<(), crate::store::StoreError> {
+        self.inner.delete_blob(hash)
+    }
+    fn put_state(&mut self, key: &str, value: &[u8]) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        self.inner.put_state(key, value)
+    }
+    fn get_state(&self, key: &str) -> Option<Vec<u8>> {
+        self.inner.get_state(key)
+    }
+    fn delete_state(&mut self, key: &str) -> Result<(), crate::store::StoreError> {
+        self.inner.delete_state(key)
+    }
+}
+
+#[test]
+fn a_full_disk_gives_the_job_back_and_it_is_built_once_space_is_freed() {
+    let full = std::rc::Rc::new(std::cell::Cell::new(false));
+    let store = FullableStore { inner: MemStore::new(), full: full.clone() };
+    let mut n = NodeCore::new(Config::new(vec!["os=linux".into()], 1), deterministic_key(5), store, 0);
+    let mut now = 20_000;
+    n.handle(now, Input::Tick);
+    n.announce(now, commit("dddd01")).unwrap();
+    let mut orders = Vec::new();
+    let mut events = Vec::new();
+    let drain = |n: &mut NodeCore<FullableStore>, orders: &mut Vec<BuildOrder>, events: &mut Vec<Event>| {
+        while let Some(o) = n.poll_output() {
+            match o {
+                Output::StartBuild(b) => orders.push(b),
+                Output::Event(e) => events.push(e),
+                _ => {}
+            }
+        }
+    };
+    drain(&mut n, &mut orders, &mut events);
+    let order = orders.pop().expect("the linux job starts");
+    // The disk fills while the build runs: its log and result cannot be kept.
+    full.set(true);
+    now += 5_000;
+    let outcome = BuildOutcome {
+        job: order.job,
+        attempt: order.attempt,
+        started_ms: now - 5_000,
+        ended_ms: now,
+        steps: vec![StepOutcome { name: "s".into(), exit_code: Some(0), log: b"ok\n".to_vec(), ..Default::default() }],
+        ..Default::default()
+    };
+    n.handle(now, Input::BuildFinished(outcome.clone()));
+    drain(&mut n, &mut orders, &mut events);
+    assert!(events.iter().any(|e| matches!(e, Event::StorageFailing { .. })), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::GaveBack { job, .. } if *job == order.job)));
+    assert!(n.results_of(&order.job).is_empty());
+    assert_eq!(n.job_state(&order.job), JobState::Pending, "given back, not stuck as claimed");
+    assert_eq!(n.jobs()[&order.job].attempt, order.attempt + 1);
+    // While writes fail, no new claim, however long it waits; reported once.
+    for _ in 0..30 {
+        now += 1_000;
+        n.handle(now, Input::Tick);
+        drain(&mut n, &mut orders, &mut events);
+        if let Some(o) = orders.pop() {
+            // A retry after the pause may start; it fails the same way.
+            let mut again = outcome.clone();
+            again.attempt = o.attempt;
+            n.handle(now, Input::BuildFinished(again));
+            drain(&mut n, &mut orders, &mut events);
+        }
+    }
+    assert_eq!(events.iter().filter(|e| matches!(e, Event::StorageFailing { .. })).count(), 1);
+    assert!(n.storage_health().failing_since().is_some());
+    // Space is freed: the next attempt is built and its result stored.
+    full.set(false);
+    let mut built = false;
+    for _ in 0..120 {
+        now += 1_000;
+        n.handle(now, Input::Tick);
+        drain(&mut n, &mut orders, &mut events);
+        if let Some(o) = orders.pop() {
+            let mut again = outcome.clone();
+            again.attempt = o.attempt;
+            n.handle(now, Input::BuildFinished(again));
+            drain(&mut n, &mut orders, &mut events);
+            built = true;
+            break;
+        }
+    }
+    assert!(built, "the job is claimed again once writes work");
+    assert_eq!(n.results_of(&order.job).len(), 1, "and its result is stored");
+    assert!(n.storage_health().ok());
+    assert!(events.iter().any(|e| matches!(e, Event::StorageRecovered { .. })));
+}

@@ -296,6 +296,9 @@ impl Sim {
             | Event::BlobFetched { .. }
             | Event::SyncFailed { .. }
             | Event::StoreFailed { .. }
+            | Event::StorageFailing { .. }
+            | Event::StorageRecovered { .. }
+            | Event::GaveBack { .. }
             | Event::CatchingUp { .. }
             | Event::PeerAddrs { .. }
             | Event::LogsExpired { .. } => {}
