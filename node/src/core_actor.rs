@@ -11,6 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 use peerbot_protocol::core::{Announced, CommitInfo, Event, Input, JobState, NodeCore, Output};
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::store::Store;
+use peerbot_protocol::Millis;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -77,8 +78,8 @@ impl CoreActor {
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);
         }
-        let wait = self.core.next_timeout().saturating_sub(now_ms()).clamp(5, 5_000);
-        self.timer = Some(ctx.run_later(Duration::from_millis(wait), |act, ctx| {
+        let wait = tick_delay(self.core.next_timeout(), now_ms());
+        self.timer = Some(ctx.run_later(wait, |act, ctx| {
             act.timer = None;
             act.input(ctx, Input::Tick);
         }));
@@ -281,6 +282,18 @@ impl CoreActor {
         }))
     }
 }
+
+/// How long the Core actor sleeps before it hands the core a `Tick`: until
+/// the core's `next_timeout`, exactly, however far off, as the simulator
+/// does. The floor of 1 ms is also the simulator's (it never schedules a
+/// tick at the instant it is in): a deadline already past is met by the
+/// next tick, and if the core ever left its deadline in the past after a
+/// tick, the node would tick once a millisecond instead of spinning.
+fn tick_delay(next_timeout: Millis, now: Millis) -> Duration {
+    Duration::from_millis(next_timeout.saturating_sub(now).max(MIN_TICK_MS))
+}
+
+const MIN_TICK_MS: Millis = 1;
 
 pub fn load_peer_addrs<S: Store>(store: &S) -> BTreeMap<String, Vec<String>> {
     store.get_state(PEER_ADDRS_KEY).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
@@ -534,6 +547,18 @@ mod tests {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let core = NodeCore::new(Config::new(vec!["os=linux".into()], 1), key, store, now_ms());
         CoreActor::new(core, net, dir.to_path_buf())
+    }
+
+    #[test]
+    fn the_node_sleeps_exactly_until_the_cores_next_timeout() {
+        let now = 1_700_000_000_000;
+        assert_eq!(tick_delay(now + 60_000, now), Duration::from_secs(60));
+        assert_eq!(tick_delay(now + 3_600_000, now), Duration::from_secs(3600));
+        assert_eq!(tick_delay(now + 7, now), Duration::from_millis(7));
+        assert_eq!(tick_delay(now + 1, now), Duration::from_millis(1));
+        // Due or overdue: the next tick, one millisecond on.
+        assert_eq!(tick_delay(now, now), Duration::from_millis(1));
+        assert_eq!(tick_delay(now - 500, now), Duration::from_millis(1));
     }
 
     /// A connected peer starts a reconciliation session: one request.
