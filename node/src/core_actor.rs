@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use libp2p::{Multiaddr, PeerId};
@@ -12,21 +12,30 @@ use peerbot_protocol::core::views::results_disagree;
 use peerbot_protocol::core::{Announced, CommitInfo, Event, Input, JobStatus, NodeCore, Output};
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::store::Store;
+use peerbot_protocol::Millis;
 use serde_json::{json, Value};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::executor::{BuildReport, CancelBuild, Executor, StartBuild};
-use crate::net::{NetCommand, NetEvent};
+use crate::net::{DropCount, NetCommand, NetEvent};
 use crate::now_ms;
 use crate::store::RocksStore;
 
 const PEER_ADDRS_KEY: &str = "peer_addrs";
 const MAX_REMEMBERED_PEERS: usize = 256;
 
+/// Messages the Core actor's mailbox holds before `try_send` to it fails
+/// (actix's `do_send` and `send` are not held to it).
+pub const CORE_MAILBOX: usize = 256;
+
 pub struct CoreActor {
     core: NodeCore<RocksStore>,
-    net: mpsc::UnboundedSender<NetCommand>,
+    net: mpsc::Sender<NetCommand>,
+    /// Commands the full channel to the net task could not take.
+    net_dropped: DropCount,
+    net_gone: bool,
     executor: Option<Addr<Executor>>,
     data_dir: PathBuf,
     timer: Option<SpawnHandle>,
@@ -40,10 +49,12 @@ pub struct CoreActor {
 }
 
 impl CoreActor {
-    pub fn new(core: NodeCore<RocksStore>, net: mpsc::UnboundedSender<NetCommand>, data_dir: PathBuf) -> Self {
+    pub fn new(core: NodeCore<RocksStore>, net: mpsc::Sender<NetCommand>, data_dir: PathBuf) -> Self {
         CoreActor {
             core,
             net,
+            net_dropped: DropCount::default(),
+            net_gone: false,
             executor: None,
             data_dir,
             timer: None,
@@ -64,38 +75,71 @@ impl CoreActor {
 
     /// Routes every pending output, then schedules the next tick.
     fn drain(&mut self, ctx: &mut Context<Self>) {
+        self.route_outputs();
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        let wait = tick_delay(self.core.next_timeout(), now_ms());
+        self.timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.timer = None;
+            act.input(ctx, Input::Tick);
+        }));
+    }
+
+    fn route_outputs(&mut self) {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Broadcast(bytes) => self.send_net(NetCommand::Publish(bytes)),
                 Output::Request { peer, id, bytes } => self.send_net(NetCommand::Request { peer, id, bytes }),
                 Output::Reply { id, bytes } => self.send_net(NetCommand::Reply { id, bytes }),
                 Output::Verdict { token, verdict } => self.send_net(NetCommand::Verdict { token, verdict }),
-                Output::StartBuild(order) => {
-                    if let Some(ex) = &self.executor {
-                        ex.do_send(StartBuild(order));
-                    }
-                }
-                Output::CancelBuild { job, attempt } => {
-                    if let Some(ex) = &self.executor {
-                        ex.do_send(CancelBuild { job, attempt });
-                    }
-                }
+                Output::StartBuild(order) => self.send_executor(StartBuild(order)),
+                Output::CancelBuild { job, attempt } => self.send_executor(CancelBuild { job, attempt }),
                 Output::Event(e) => self.on_event(e),
             }
         }
-        if let Some(h) = self.timer.take() {
-            ctx.cancel_future(h);
-        }
-        let wait = self.core.next_timeout().saturating_sub(now_ms()).clamp(5, 5_000);
-        self.timer = Some(ctx.run_later(Duration::from_millis(wait), |act, ctx| {
-            act.timer = None;
-            act.input(ctx, Input::Tick);
-        }));
     }
 
-    fn send_net(&self, cmd: NetCommand) {
-        if self.net.send(cmd).is_err() {
-            warn!("the network task has stopped");
+    /// Never waits for the net task. When its channel is full, a request
+    /// fails back into the core at once, so the core never waits for an
+    /// answer to a request that was not sent; anything else is dropped and
+    /// counted: gossip is repeated (heartbeats) or repaired by
+    /// reconciliation, a missing reply fails the requester at its timeout,
+    /// and the net task gives up verdicts and replies that do not come.
+    fn send_net(&mut self, cmd: NetCommand) {
+        let (cmd, reason) = match self.net.try_send(cmd) {
+            Ok(()) => return,
+            Err(TrySendError::Full(cmd)) => {
+                if let Some(n) = self.net_dropped.note(Instant::now()) {
+                    warn!(dropped = n, total = self.net_dropped.total, "the network task is behind: dropping commands");
+                }
+                (cmd, "the queue to the network is full")
+            }
+            Err(TrySendError::Closed(cmd)) => {
+                if !self.net_gone {
+                    self.net_gone = true;
+                    warn!("the network task has stopped");
+                }
+                (cmd, "the network task has stopped")
+            }
+        };
+        if let NetCommand::Request { id, .. } = cmd {
+            self.core.handle(now_ms(), Input::RequestFailed { id, reason: reason.into() });
+        }
+    }
+
+    /// The executor's mailbox holds every order the core can have in flight
+    /// (see `EXECUTOR_MAILBOX`); an order is never dropped, even if that
+    /// bound were broken.
+    fn send_executor<M>(&self, msg: M)
+    where
+        M: Message<Result = ()> + Send + 'static,
+        Executor: Handler<M>,
+    {
+        let Some(ex) = &self.executor else { return };
+        if let Err(SendError::Full(msg)) = ex.try_send(msg) {
+            error!("the executor's mailbox is full, which the core's limit on running builds should prevent");
+            ex.do_send(msg);
         }
     }
 
@@ -236,6 +280,18 @@ impl CoreActor {
         }))
     }
 }
+
+/// How long the Core actor sleeps before it hands the core a `Tick`: until
+/// the core's `next_timeout`, exactly, however far off, as the simulator
+/// does. The floor of 1 ms is also the simulator's (it never schedules a
+/// tick at the instant it is in): a deadline already past is met by the
+/// next tick, and if the core ever left its deadline in the past after a
+/// tick, the node would tick once a millisecond instead of spinning.
+fn tick_delay(next_timeout: Millis, now: Millis) -> Duration {
+    Duration::from_millis(next_timeout.saturating_sub(now).max(MIN_TICK_MS))
+}
+
+const MIN_TICK_MS: Millis = 1;
 
 pub fn load_peer_addrs<S: Store>(store: &S) -> BTreeMap<String, Vec<String>> {
     store.get_state(PEER_ADDRS_KEY).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
@@ -473,5 +529,65 @@ impl Handler<Query> for CoreActor {
             }
         };
         MessageResult(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerbot_protocol::core::Config;
+
+    fn actor(net: mpsc::Sender<NetCommand>, dir: &std::path::Path) -> CoreActor {
+        let store = RocksStore::open(&dir.join("db")).unwrap();
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let core = NodeCore::new(Config::new(vec!["os=linux".into()], 1), key, store, now_ms());
+        CoreActor::new(core, net, dir.to_path_buf())
+    }
+
+    #[test]
+    fn the_node_sleeps_exactly_until_the_cores_next_timeout() {
+        let now = 1_700_000_000_000;
+        assert_eq!(tick_delay(now + 60_000, now), Duration::from_secs(60));
+        assert_eq!(tick_delay(now + 3_600_000, now), Duration::from_secs(3600));
+        assert_eq!(tick_delay(now + 7, now), Duration::from_millis(7));
+        assert_eq!(tick_delay(now + 1, now), Duration::from_millis(1));
+        // Due or overdue: the next tick, one millisecond on.
+        assert_eq!(tick_delay(now, now), Duration::from_millis(1));
+        assert_eq!(tick_delay(now - 500, now), Duration::from_millis(1));
+    }
+
+    /// A connected peer starts a reconciliation session: one request.
+    fn connect_a_peer(a: &mut CoreActor) {
+        a.core.handle(now_ms(), Input::PeerConnected(PeerId::random()));
+        assert_eq!(a.core.sync_progress().sessions, 1);
+        a.route_outputs();
+    }
+
+    #[test]
+    fn a_request_the_net_channel_cannot_take_fails_back_into_the_core() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.try_send(NetCommand::Publish(vec![])).unwrap();
+        let mut a = actor(tx, dir.path());
+        connect_a_peer(&mut a);
+        // Not sent, so never answered: the session must not wait for it.
+        assert_eq!(a.core.sync_progress().sessions, 0);
+        assert!(a.net_dropped.total >= 1);
+        assert!(matches!(rx.try_recv(), Ok(NetCommand::Publish(_))));
+    }
+
+    #[test]
+    fn a_request_the_net_channel_takes_is_left_to_the_net_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut a = actor(tx, dir.path());
+        connect_a_peer(&mut a);
+        assert_eq!(a.core.sync_progress().sessions, 1);
+        assert_eq!(a.net_dropped.total, 0);
+        let mut requests = 0;
+        while let Ok(cmd) = rx.try_recv() {
+            requests += matches!(cmd, NetCommand::Request { .. }) as usize;
+        }
+        assert_eq!(requests, 1);
     }
 }

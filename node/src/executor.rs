@@ -13,7 +13,7 @@ use actix::prelude::*;
 use peerbot_protocol::core::{BuildOrder, BuildOutcome, StepOutcome, MAX_LOG_BYTES};
 use peerbot_protocol::ids::Hash32;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{git, now_ms};
 
@@ -36,6 +36,15 @@ pub enum BuildReport {
     Finished(BuildOutcome),
 }
 
+/// Builds a node may run at once (`--executors`).
+pub const MAX_EXECUTORS: u32 = 1024;
+
+/// Messages the executor's mailbox holds before `try_send` to it fails. The
+/// core runs at most `--executors` builds, and each build in flight has at
+/// most an order, a cancel and the executor's own note that it is done
+/// queued at once, so this is never reached.
+pub const EXECUTOR_MAILBOX: usize = 4 * MAX_EXECUTORS as usize;
+
 pub struct Executor {
     data_dir: PathBuf,
     report: Recipient<BuildReport>,
@@ -51,6 +60,9 @@ impl Executor {
 
 impl Actor for Executor {
     type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(EXECUTOR_MAILBOX);
+    }
 }
 
 #[derive(Message)]
@@ -70,6 +82,9 @@ impl Handler<StartBuild> for Executor {
         actix::spawn(async move {
             let key = (order.job, order.attempt);
             let outcome = run_build(&data_dir, order, rx, &report, limit).await;
+            // One outcome and one note per build, and the core runs at most
+            // `--executors` builds: these are bounded without a capacity, and
+            // neither may be lost.
             if !SHUTTING_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
                 report.do_send(BuildReport::Finished(outcome));
             }
@@ -120,7 +135,11 @@ async fn run_build(
     }
     info!(job = %order.job.short(), builder = %order.builder, commit = %order.commit, "build started");
     for step in &order.steps {
-        report.do_send(BuildReport::Progress { job: order.job, attempt: order.attempt, step: step.name.clone() });
+        // Progress may be lost when the core's mailbox is full: the next step or the outcome says more.
+        let progress = BuildReport::Progress { job: order.job, attempt: order.attempt, step: step.name.clone() };
+        if report.try_send(progress).is_err() {
+            debug!(job = %order.job.short(), step = %step.name, "the core is busy; step progress not reported");
+        }
         let envs = [
             ("PEERBOT_JOB", order.job.to_hex()),
             ("PEERBOT_ATTEMPT", order.attempt.to_string()),

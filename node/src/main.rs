@@ -437,8 +437,8 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         labels.retain(|x| !x.starts_with(&format!("{key}=")));
         labels.push(l);
     }
-    if a.executors == 0 || a.executors > 1024 {
-        anyhow::bail!("--executors must be 1 to 1024");
+    if a.executors == 0 || a.executors > executor::MAX_EXECUTORS {
+        anyhow::bail!("--executors must be 1 to {}", executor::MAX_EXECUTORS);
     }
     if a.heartbeat_ms < 50 || a.poll_secs == 0 || a.lease_secs == 0 || a.sync_secs == 0 {
         anyhow::bail!("--heartbeat-ms must be at least 50, and --poll-secs, --lease-secs, --sync-secs at least 1");
@@ -468,10 +468,13 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     let sys = actix_rt::System::new();
     let data_dir = a.data_dir.clone();
     sys.block_on(async move {
-        let (net_tx, net_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Bounded both ways; what each side does when the other is behind
+        // is in `CoreActor::send_net` and `net::ToCore`.
+        let (net_tx, net_rx) = tokio::sync::mpsc::channel(net::NET_COMMAND_CAPACITY);
+        let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(net::NET_EVENT_CAPACITY);
         let core = NodeCore::new(cfg, key.clone(), store.clone(), now_ms());
         let core_addr = CoreActor::create(|ctx| {
+            ctx.set_mailbox_capacity(core_actor::CORE_MAILBOX);
             ctx.add_stream(tokio_stream(ev_rx));
             CoreActor::new(core, net_tx, data_dir.clone())
         });
@@ -524,7 +527,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tokio_stream<T: 'static>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+fn tokio_stream<T: 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

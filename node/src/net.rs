@@ -1,7 +1,7 @@
 //! The libp2p swarm, run as a tokio task and bridged to the core by
 //! channels. It moves bytes; the core decides what they mean.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use libp2p::{identify, kad, multiaddr::Protocol, noise, tcp, yamux, Multiaddr, P
 use peerbot_protocol::core::Verdict;
 use peerbot_protocol::wire::{MAX_GOSSIP_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, REQUEST_PROTOCOL, TOPIC};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
 #[derive(Debug)]
@@ -179,194 +180,530 @@ fn build_swarm(key: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
     Ok(swarm)
 }
 
+/// Commands the core may have queued for the swarm task at once.
+pub const NET_COMMAND_CAPACITY: usize = 1024;
+/// Events the swarm task may have queued for the core at once.
+pub const NET_EVENT_CAPACITY: usize = 1024;
+/// Events the core must see, held back while its channel is full. At this
+/// many the swarm is not polled until the core takes some, so that what the
+/// swarm produces stays bounded too; commands are still carried out.
+const MAX_EVENT_BACKLOG: usize = 4096;
+/// Gossip messages awaiting the core's verdict; beyond this the oldest is ignored.
+const MAX_PENDING_VERDICTS: usize = 4096;
+/// Inbound requests awaiting the core's reply; beyond this the oldest is failed.
+const MAX_PENDING_REPLIES: usize = 1024;
+/// A warning about what was dropped under pressure is logged at most this often.
+const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts what was dropped under pressure, and says when a warning is due:
+/// at the first drop, then at most once per [`DROP_WARN_EVERY`].
+#[derive(Debug, Default)]
+pub struct DropCount {
+    pub total: u64,
+    unreported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl DropCount {
+    /// Counts one drop; returns how many to report (those since the last
+    /// warning) if a warning is due now.
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.total += 1;
+        self.unreported += 1;
+        if self.last_warning.is_some_and(|t| now.duration_since(t) < DROP_WARN_EVERY) {
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
+/// What the net task holds for the core's answer (a gossip verdict, the
+/// channel to answer a request on), under ids it hands to the core. At most
+/// `cap`: beyond it the oldest is given up, so answers the core never sends
+/// (dropped under pressure) cannot pile up.
+struct Awaiting<T> {
+    held: BTreeMap<u64, T>,
+    next_id: u64,
+    cap: usize,
+}
+
+impl<T> Awaiting<T> {
+    fn new(cap: usize) -> Self {
+        Awaiting { held: BTreeMap::new(), next_id: 1, cap }
+    }
+
+    /// Holds `v` under a new id; gives back the oldest held thing if there are now too many.
+    fn hold(&mut self, v: T) -> (u64, Option<T>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.held.insert(id, v);
+        let given_up = if self.held.len() > self.cap { self.held.pop_first().map(|(_, v)| v) } else { None };
+        (id, given_up)
+    }
+
+    fn take(&mut self, id: u64) -> Option<T> {
+        self.held.remove(&id)
+    }
+
+    fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.held.retain(|_, v| keep(v));
+    }
+}
+
+/// The swarm task's end of the bounded channel to the core. It never waits
+/// for the core: an event the core may miss is handed back when the channel
+/// is full, for the caller to answer (ignore the gossip, fail the request);
+/// an event the core must see (a request's outcome, a connection change) is
+/// held, in order, until the channel has room.
+struct ToCore {
+    tx: mpsc::Sender<NetEvent>,
+    backlog: VecDeque<NetEvent>,
+    shed: DropCount,
+}
+
+impl ToCore {
+    fn new(tx: mpsc::Sender<NetEvent>) -> Self {
+        ToCore { tx, backlog: VecDeque::new(), shed: DropCount::default() }
+    }
+
+    /// An event the core may miss: given back if the channel is full or closed.
+    fn offer(&mut self, ev: NetEvent) -> Result<(), NetEvent> {
+        match self.tx.try_send(ev) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(ev)) => {
+                if let Some(n) = self.shed.note(Instant::now()) {
+                    warn!(
+                        shed = n,
+                        total = self.shed.total,
+                        "the core is behind: shedding gossip and inbound requests"
+                    );
+                }
+                Err(ev)
+            }
+            Err(TrySendError::Closed(ev)) => Err(ev),
+        }
+    }
+
+    /// An event the core must see: sent now if nothing is held and the channel has room, else held.
+    fn deliver(&mut self, ev: NetEvent) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(ev);
+            return;
+        }
+        if let Err(TrySendError::Full(ev)) = self.tx.try_send(ev) {
+            self.backlog.push_back(ev);
+        }
+    }
+
+    /// Sends held events, the first with `permit`, the rest while the channel has room.
+    fn flush(&mut self, permit: Result<mpsc::OwnedPermit<NetEvent>, mpsc::error::SendError<()>>) {
+        let Ok(permit) = permit else {
+            // The core is gone: nobody will read these.
+            self.backlog.clear();
+            return;
+        };
+        if let Some(ev) = self.backlog.pop_front() {
+            permit.send(ev);
+        }
+        while let Some(ev) = self.backlog.pop_front() {
+            match self.tx.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Full(ev)) => {
+                    self.backlog.push_front(ev);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Whether the swarm may be polled for more events.
+    fn has_room(&self) -> bool {
+        self.backlog.len() < MAX_EVENT_BACKLOG
+    }
+}
+
+/// The swarm and what the net task keeps beside it.
+struct NetTask {
+    swarm: Swarm<Behaviour>,
+    me: PeerId,
+    topic: IdentTopic,
+    to_core: ToCore,
+    verdicts: Awaiting<(MessageId, PeerId)>,
+    replies: Awaiting<ResponseChannel<Vec<u8>>>,
+    outbound: HashMap<OutboundRequestId, u64>,
+    /// Gossip and requests given up because the core's answer did not come.
+    unanswered: DropCount,
+    dialers: Vec<Backoff>,
+    connected: HashSet<PeerId>,
+    listen_addrs: Vec<Multiaddr>,
+    last_kad_bootstrap: Instant,
+}
+
 /// Runs the swarm until the command channel closes.
 pub async fn run(
     key: Keypair,
     cfg: NetConfig,
-    mut commands: mpsc::UnboundedReceiver<NetCommand>,
-    events: mpsc::UnboundedSender<NetEvent>,
+    mut commands: mpsc::Receiver<NetCommand>,
+    events: mpsc::Sender<NetEvent>,
 ) -> anyhow::Result<()> {
-    let mut swarm = build_swarm(&key)?;
-    let me = *swarm.local_peer_id();
-    let topic = IdentTopic::new(TOPIC);
-    swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
-    for addr in &cfg.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    }
-    for (peer, addrs) in &cfg.known {
-        for a in addrs {
-            swarm.behaviour_mut().kad.add_address(peer, a.clone());
-        }
-    }
-    let mut dialers: Vec<Backoff> = cfg
-        .bootstrap
-        .iter()
-        .map(|a| Backoff { addr: a.clone(), peer: peer_of(a), next: Instant::now(), delay: Duration::from_secs(1) })
-        .collect();
-    for (peer, addrs) in cfg.known.iter().take(32) {
-        if let Err(e) = swarm.dial(DialOpts::peer_id(*peer).addresses(addrs.clone()).build()) {
-            debug!(%peer, "dialling a known peer: {e}");
-        }
-    }
-    let mut connected: HashSet<PeerId> = HashSet::new();
-    let mut listen_addrs: Vec<Multiaddr> = Vec::new();
-    let mut verdicts: HashMap<u64, (MessageId, PeerId)> = HashMap::new();
-    let mut next_token = 1u64;
-    let mut outbound: HashMap<OutboundRequestId, u64> = HashMap::new();
-    let mut inbound: HashMap<u64, ResponseChannel<Vec<u8>>> = HashMap::new();
-    let mut next_inbound = 1u64;
+    let mut task = NetTask::start(&key, cfg, events)?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut last_kad_bootstrap = Instant::now() - Duration::from_secs(3600);
-
     loop {
+        let backlogged = task.to_core.has_backlog();
+        let swarm_open = task.to_core.has_room();
         tokio::select! {
-            cmd = commands.recv() => {
-                let Some(cmd) = cmd else { break };
-                match cmd {
-                    NetCommand::Publish(bytes) => {
-                        if let Err(e) = swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes) {
-                            // No subscribed peer yet is normal at start and in partitions;
-                            // reconciliation delivers what gossip could not.
-                            debug!("publish: {e}");
-                        }
-                    }
-                    NetCommand::Request { peer, id, bytes } => {
-                        let rid = swarm.behaviour_mut().rr.send_request(&peer, bytes);
-                        outbound.insert(rid, id);
-                    }
-                    NetCommand::Reply { id, bytes } => {
-                        if let Some(ch) = inbound.remove(&id) {
-                            if swarm.behaviour_mut().rr.send_response(ch, bytes).is_err() {
-                                debug!("reply {id}: the requester went away");
-                            }
-                        }
-                    }
-                    NetCommand::AddAddrs { peer, addrs } => {
-                        for a in addrs {
-                            swarm.behaviour_mut().kad.add_address(&peer, a);
-                        }
-                    }
-                    NetCommand::Verdict { token, verdict } => {
-                        if let Some((mid, source)) = verdicts.remove(&token) {
-                            let acc = match verdict {
-                                Verdict::Accept => MessageAcceptance::Accept,
-                                Verdict::Ignore => MessageAcceptance::Ignore,
-                                Verdict::Reject => MessageAcceptance::Reject,
-                            };
-                            swarm.behaviour_mut().gossipsub.report_message_validation_result(&mid, &source, acc);
-                        }
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                for b in dialers.iter_mut() {
-                    let up = b.peer.is_some_and(|p| connected.contains(&p));
-                    if up || now < b.next {
-                        continue;
-                    }
-                    if b.peer.is_none() && !connected.is_empty() {
-                        continue;
-                    }
-                    debug!(addr = %b.addr, "dialling bootstrap");
-                    if let Err(e) = swarm.dial(b.addr.clone()) {
-                        warn!(addr = %b.addr, "bootstrap dial failed: {e}; retrying in {:?}", b.delay);
-                    }
-                    b.next = now + b.delay;
-                    b.delay = (b.delay * 2).min(MAX_BACKOFF);
-                }
-                if !connected.is_empty() && now.duration_since(last_kad_bootstrap) > Duration::from_secs(30) {
-                    last_kad_bootstrap = now;
-                    let _ = swarm.behaviour_mut().kad.bootstrap();
-                }
-            }
-            ev = swarm.select_next_some() => match ev {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    let full = address.clone().with(Protocol::P2p(me));
-                    info!(addr = %full, "listening");
-                    listen_addrs.push(full);
-                    let _ = events.send(NetEvent::Listening(listen_addrs.clone()));
-                }
-                SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
-                    if num_established.get() == 1 {
-                        connected.insert(peer_id);
-                        info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                        for b in dialers.iter_mut().filter(|b| b.peer == Some(peer_id)) {
-                            b.delay = Duration::from_secs(1);
-                        }
-                        let _ = events.send(NetEvent::Connected(peer_id));
-                        if last_kad_bootstrap.elapsed() > Duration::from_secs(5) {
-                            last_kad_bootstrap = Instant::now();
-                            let _ = swarm.behaviour_mut().kad.bootstrap();
-                        }
-                    }
-                }
-                SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
-                    if num_established == 0 {
-                        connected.remove(&peer_id);
-                        info!(peer = %peer_id, cause = ?cause, "disconnected");
-                        let _ = events.send(NetEvent::Disconnected(peer_id));
-                    }
-                }
-                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                    let boot = dialers.iter().any(|b| b.peer.is_some() && b.peer == peer_id);
-                    if boot {
-                        warn!(peer = ?peer_id, "cannot reach bootstrap peer: {error}");
-                    } else {
-                        debug!(peer = ?peer_id, "outgoing connection failed: {error}");
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message })) => {
-                    let Some(from) = message.source else {
-                        swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, MessageAcceptance::Reject);
-                        continue;
-                    };
-                    let token = next_token;
-                    next_token += 1;
-                    verdicts.insert(token, (message_id, propagation_source));
-                    let _ = events.send(NetEvent::Gossip { from, token, bytes: message.data });
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    let addrs: Vec<Multiaddr> = info.listen_addrs.iter().take(16).cloned().collect();
-                    for a in &addrs {
-                        swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
-                    }
-                    let _ = events.send(NetEvent::PeerAddrs { peer: peer_id, addrs });
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. })) => {
-                    if peer != me && !connected.contains(&peer) {
-                        let _ = swarm.dial(DialOpts::peer_id(peer).addresses(addresses.into_vec()).build());
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::Message { peer, message, .. })) => match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        let id = next_inbound;
-                        next_inbound += 1;
-                        inbound.insert(id, channel);
-                        let _ = events.send(NetEvent::Request { from: peer, id, bytes: request });
-                    }
-                    request_response::Message::Response { request_id, response } => {
-                        if let Some(id) = outbound.remove(&request_id) {
-                            let _ = events.send(NetEvent::Response { id, bytes: response });
-                        }
-                    }
-                },
-                SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::OutboundFailure { request_id, error, peer, .. })) => {
-                    if let Some(id) = outbound.remove(&request_id) {
-                        debug!(%peer, "request failed: {error}");
-                        let _ = events.send(NetEvent::RequestFailed { id, reason: error.to_string() });
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::InboundFailure { peer, error, .. })) => {
-                    debug!(%peer, "inbound request failed: {error}");
-                }
-                _ => {}
-            }
-        }
-        // Channels to replies that will never come must not pile up.
-        if inbound.len() > 10_000 {
-            inbound.retain(|_, ch| ch.is_open());
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => task.on_command(cmd),
+                None => break,
+            },
+            permit = task.to_core.tx.clone().reserve_owned(), if backlogged => task.to_core.flush(permit),
+            _ = tick.tick() => task.on_tick(),
+            ev = task.swarm.select_next_some(), if swarm_open => task.on_swarm_event(ev),
         }
     }
     Ok(())
+}
+
+impl NetTask {
+    fn start(key: &Keypair, cfg: NetConfig, events: mpsc::Sender<NetEvent>) -> anyhow::Result<NetTask> {
+        let mut swarm = build_swarm(key)?;
+        let me = *swarm.local_peer_id();
+        let topic = IdentTopic::new(TOPIC);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        for addr in &cfg.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        }
+        for (peer, addrs) in &cfg.known {
+            for a in addrs {
+                swarm.behaviour_mut().kad.add_address(peer, a.clone());
+            }
+        }
+        let dialers: Vec<Backoff> = cfg
+            .bootstrap
+            .iter()
+            .map(|a| Backoff { addr: a.clone(), peer: peer_of(a), next: Instant::now(), delay: Duration::from_secs(1) })
+            .collect();
+        for (peer, addrs) in cfg.known.iter().take(32) {
+            if let Err(e) = swarm.dial(DialOpts::peer_id(*peer).addresses(addrs.clone()).build()) {
+                debug!(%peer, "dialling a known peer: {e}");
+            }
+        }
+        Ok(NetTask {
+            swarm,
+            me,
+            topic,
+            to_core: ToCore::new(events),
+            verdicts: Awaiting::new(MAX_PENDING_VERDICTS),
+            replies: Awaiting::new(MAX_PENDING_REPLIES),
+            outbound: HashMap::new(),
+            unanswered: DropCount::default(),
+            dialers,
+            connected: HashSet::new(),
+            listen_addrs: Vec::new(),
+            last_kad_bootstrap: Instant::now() - Duration::from_secs(3600),
+        })
+    }
+
+    fn on_command(&mut self, cmd: NetCommand) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            NetCommand::Publish(bytes) => {
+                if let Err(e) = b.gossipsub.publish(self.topic.clone(), bytes) {
+                    // No subscribed peer yet is normal at start and in partitions;
+                    // reconciliation delivers what gossip could not.
+                    debug!("publish: {e}");
+                }
+            }
+            NetCommand::Request { peer, id, bytes } => {
+                // Every request ends in a Response or a RequestFailed event.
+                let rid = b.rr.send_request(&peer, bytes);
+                self.outbound.insert(rid, id);
+            }
+            NetCommand::Reply { id, bytes } => {
+                if let Some(ch) = self.replies.take(id) {
+                    if b.rr.send_response(ch, bytes).is_err() {
+                        debug!("reply {id}: the requester went away");
+                    }
+                }
+            }
+            NetCommand::AddAddrs { peer, addrs } => {
+                for a in addrs {
+                    b.kad.add_address(&peer, a);
+                }
+            }
+            NetCommand::Verdict { token, verdict } => {
+                if let Some((mid, source)) = self.verdicts.take(token) {
+                    let acc = match verdict {
+                        Verdict::Accept => MessageAcceptance::Accept,
+                        Verdict::Ignore => MessageAcceptance::Ignore,
+                        Verdict::Reject => MessageAcceptance::Reject,
+                    };
+                    b.gossipsub.report_message_validation_result(&mid, &source, acc);
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        for b in self.dialers.iter_mut() {
+            let up = b.peer.is_some_and(|p| self.connected.contains(&p));
+            if up || now < b.next {
+                continue;
+            }
+            if b.peer.is_none() && !self.connected.is_empty() {
+                continue;
+            }
+            debug!(addr = %b.addr, "dialling bootstrap");
+            if let Err(e) = self.swarm.dial(b.addr.clone()) {
+                warn!(addr = %b.addr, "bootstrap dial failed: {e}; retrying in {:?}", b.delay);
+            }
+            b.next = now + b.delay;
+            b.delay = (b.delay * 2).min(MAX_BACKOFF);
+        }
+        if !self.connected.is_empty() && now.duration_since(self.last_kad_bootstrap) > Duration::from_secs(30) {
+            self.last_kad_bootstrap = now;
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.clone().with(Protocol::P2p(self.me));
+                info!(addr = %full, "listening");
+                self.listen_addrs.push(full);
+                self.to_core.deliver(NetEvent::Listening(self.listen_addrs.clone()));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                if num_established.get() == 1 {
+                    self.connected.insert(peer_id);
+                    info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                    for b in self.dialers.iter_mut().filter(|b| b.peer == Some(peer_id)) {
+                        b.delay = Duration::from_secs(1);
+                    }
+                    self.to_core.deliver(NetEvent::Connected(peer_id));
+                    if self.last_kad_bootstrap.elapsed() > Duration::from_secs(5) {
+                        self.last_kad_bootstrap = Instant::now();
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                if num_established == 0 {
+                    self.connected.remove(&peer_id);
+                    info!(peer = %peer_id, cause = ?cause, "disconnected");
+                    self.to_core.deliver(NetEvent::Disconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                let boot = self.dialers.iter().any(|b| b.peer.is_some() && b.peer == peer_id);
+                if boot {
+                    warn!(peer = ?peer_id, "cannot reach bootstrap peer: {error}");
+                } else {
+                    debug!(peer = ?peer_id, "outgoing connection failed: {error}");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                let addrs: Vec<Multiaddr> = info.listen_addrs.iter().take(16).cloned().collect();
+                for a in &addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
+                }
+                // Identify repeats itself, and heartbeats carry the addresses too.
+                let _ = self.to_core.offer(NetEvent::PeerAddrs { peer: peer_id, addrs });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. })) => {
+                if peer != self.me && !self.connected.contains(&peer) {
+                    let _ = self.swarm.dial(DialOpts::peer_id(peer).addresses(addresses.into_vec()).build());
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::Message { peer, message, .. })) => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        self.on_request(peer, request, channel)
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(id) = self.outbound.remove(&request_id) {
+                            self.to_core.deliver(NetEvent::Response { id, bytes: response });
+                        }
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            })) => {
+                if let Some(id) = self.outbound.remove(&request_id) {
+                    debug!(%peer, "request failed: {error}");
+                    self.to_core.deliver(NetEvent::RequestFailed { id, reason: error.to_string() });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::InboundFailure {
+                peer, error, ..
+            })) => {
+                debug!(%peer, "inbound request failed: {error}");
+            }
+            _ => {}
+        }
+    }
+
+    /// Holds a gossip message for the core's verdict, or ignores it at once
+    /// if the core is too far behind to judge it.
+    fn on_gossip(&mut self, source: PeerId, message_id: MessageId, message: gossipsub::Message) {
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        let Some(from) = message.source else {
+            gossipsub.report_message_validation_result(&message_id, &source, MessageAcceptance::Reject);
+            return;
+        };
+        let (token, given_up) = self.verdicts.hold((message_id, source));
+        if let Some((mid, src)) = given_up {
+            gossipsub.report_message_validation_result(&mid, &src, MessageAcceptance::Ignore);
+            self.note_unanswered();
+        }
+        if self.to_core.offer(NetEvent::Gossip { from, token, bytes: message.data }).is_err() {
+            if let Some((mid, src)) = self.verdicts.take(token) {
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &mid,
+                    &src,
+                    MessageAcceptance::Ignore,
+                );
+            }
+        }
+    }
+
+    /// Hands an inbound request to the core, or fails it at once if the
+    /// core is too far behind: dropping the response channel tells the
+    /// requester now, rather than at its timeout.
+    fn on_request(&mut self, from: PeerId, bytes: Vec<u8>, channel: ResponseChannel<Vec<u8>>) {
+        if self.replies.len() >= MAX_PENDING_REPLIES {
+            // Requesters that went away need no answer.
+            self.replies.retain(|ch| ch.is_open());
+        }
+        let (id, given_up) = self.replies.hold(channel);
+        if given_up.is_some() {
+            self.note_unanswered();
+        }
+        if self.to_core.offer(NetEvent::Request { from, id, bytes }).is_err() {
+            self.replies.take(id);
+        }
+    }
+
+    fn note_unanswered(&mut self) {
+        if let Some(n) = self.unanswered.note(Instant::now()) {
+            warn!(
+                given_up = n,
+                total = self.unanswered.total,
+                "no answer from the core in time: gave up the oldest gossip or requests waiting for it"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(id: u64) -> NetEvent {
+        NetEvent::Response { id, bytes: vec![] }
+    }
+
+    fn gossip(token: u64) -> NetEvent {
+        NetEvent::Gossip { from: PeerId::random(), token, bytes: vec![] }
+    }
+
+    #[test]
+    fn awaiting_gives_up_the_oldest_beyond_its_cap() {
+        let mut a = Awaiting::new(2);
+        assert_eq!(a.hold("x"), (1, None));
+        assert_eq!(a.hold("y"), (2, None));
+        assert_eq!(a.hold("z"), (3, Some("x")));
+        assert_eq!(a.take(1), None);
+        assert_eq!(a.take(3), Some("z"));
+        assert_eq!(a.len(), 1);
+        a.retain(|v| *v != "y");
+        assert_eq!(a.len(), 0);
+    }
+
+    #[test]
+    fn drop_count_warns_at_the_first_drop_then_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let mut d = DropCount::default();
+        assert_eq!(d.note(t0), Some(1));
+        assert_eq!(d.note(t0 + Duration::from_secs(1)), None);
+        assert_eq!(d.note(t0 + DROP_WARN_EVERY - Duration::from_millis(1)), None);
+        assert_eq!(d.note(t0 + DROP_WARN_EVERY), Some(3));
+        assert_eq!(d.total, 4);
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_sheds_what_the_core_may_miss_and_holds_what_it_must_see() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut to_core = ToCore::new(tx);
+        assert!(to_core.offer(gossip(1)).is_ok());
+        assert!(to_core.offer(gossip(2)).is_ok());
+        assert!(matches!(to_core.offer(gossip(3)), Err(NetEvent::Gossip { token: 3, .. })));
+        to_core.deliver(response(10));
+        to_core.deliver(response(11));
+        assert!(to_core.has_backlog());
+        // Room again: held events go first, in order, and a lossy one no longer has to be shed.
+        assert!(matches!(rx.recv().await, Some(NetEvent::Gossip { token: 1, .. })));
+        assert!(matches!(rx.recv().await, Some(NetEvent::Gossip { token: 2, .. })));
+        let permit = to_core.tx.clone().reserve_owned().await;
+        to_core.flush(permit);
+        assert!(!to_core.has_backlog());
+        assert!(matches!(rx.recv().await, Some(NetEvent::Response { id: 10, .. })));
+        assert!(matches!(rx.recv().await, Some(NetEvent::Response { id: 11, .. })));
+        assert!(to_core.offer(gossip(4)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_held_event_is_not_overtaken_by_a_later_one_the_core_must_see() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut to_core = ToCore::new(tx);
+        to_core.deliver(response(1));
+        to_core.deliver(response(2));
+        assert!(matches!(rx.recv().await, Some(NetEvent::Response { id: 1, .. })));
+        // The channel has room, but 2 is held: 3 must queue behind it.
+        to_core.deliver(response(3));
+        let permit = to_core.tx.clone().reserve_owned().await;
+        to_core.flush(permit);
+        assert!(matches!(rx.recv().await, Some(NetEvent::Response { id: 2, .. })));
+        let permit = to_core.tx.clone().reserve_owned().await;
+        to_core.flush(permit);
+        assert!(matches!(rx.recv().await, Some(NetEvent::Response { id: 3, .. })));
+    }
+
+    #[test]
+    fn the_swarm_is_not_polled_while_the_backlog_is_full_and_a_gone_core_clears_it() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut to_core = ToCore::new(tx);
+        for id in 0..=MAX_EVENT_BACKLOG as u64 {
+            assert!(to_core.has_room());
+            to_core.deliver(response(id));
+        }
+        assert!(!to_core.has_room());
+        drop(rx);
+        to_core.flush(Err(mpsc::error::SendError(())));
+        assert!(!to_core.has_backlog() && to_core.has_room());
+    }
 }

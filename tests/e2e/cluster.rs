@@ -253,3 +253,31 @@ fn a_bootstrap_that_is_down_is_retried_until_it_comes_up() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", b.log_tail()));
 }
+
+#[test]
+fn a_watched_repository_that_cannot_be_fetched_is_tried_less_and_less_often_until_it_can() {
+    let root = tempfile::Builder::new().prefix("peerbot-watch-").tempdir().unwrap();
+    let repo = GitRepo::new().unwrap();
+    let commit = repo.commit(&[("hello.txt", "hello\n")], "first").unwrap();
+    // The watched path is a link made only later: until then every fetch fails.
+    let link = root.path().join("repo-link");
+    let watch = format!("{}#main", link.display());
+    let a = Node::start(Path::new(BIN), "A", &root.path().join("a"), &["--watch".into(), watch]).unwrap();
+    let log = || std::fs::read_to_string(a.data_dir.join("node.log")).unwrap_or_default();
+    let failures = wait_for("three failed polls", LONG, || {
+        let f: Vec<String> = log().lines().filter(|l| l.contains("polling failed")).map(str::to_string).collect();
+        (f.len() >= 3).then_some(f)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail()));
+    // Polled every second (the harness's --poll-secs 1), a failing repository
+    // is tried again after 1 s, 2 s, 4 s, each failure logged once.
+    for (line, next) in failures.iter().zip(["next try in 1s", "next try in 2s", "next try in 4s"]) {
+        assert!(line.contains(next), "expected {next:?} in {line:?}");
+    }
+    std::os::unix::fs::symlink(repo.path(), &link).unwrap();
+    wait_for("the commit announced once the repository can be fetched", LONG, || {
+        let log = log();
+        (log.contains("polling works again") && log.contains(&format!("commit={commit}"))).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail()));
+}
