@@ -422,9 +422,10 @@ impl NetTask {
         match cmd {
             NetCommand::Publish(bytes) => {
                 if let Err(e) = b.gossipsub.publish(self.topic.clone(), bytes) {
-                    // No subscribed peer yet is normal at start and in partitions;
-                    // reconciliation delivers what gossip could not.
-                    debug!("publish: {e}");
+                    // No subscribed peer yet is normal at start, for a lone
+                    // node and in partitions; reconciliation delivers what
+                    // gossip could not. Every heartbeat would log it.
+                    tracing::trace!("publish: {e}");
                 }
             }
             NetCommand::Request { peer, id, bytes } => {

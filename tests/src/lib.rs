@@ -224,7 +224,7 @@ impl Node {
     pub fn log_tail(&self) -> String {
         let s = fs::read_to_string(self.data_dir.join("node.log")).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        lines[lines.len().saturating_sub(80)..].join("\n")
     }
 }
 
