@@ -301,29 +301,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Node(args) => run_node(args),
         Cmd::Id { data_dir } => identity::load_or_create(&data_dir).map(|k| println!("{}", k.public().to_peer_id())),
-        Cmd::Announce { at } => client::post_json(
-            &at.node.url,
-            at.node.token.as_deref(),
-            "/api/v1/changes",
-            &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit}),
-        )
-        .map(|v| {
-            let jobs: Vec<&str> = v["jobs"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|j| j["builder"].as_str()).collect())
-                .unwrap_or_default();
-            let known = if v["already_known"].as_bool().unwrap_or(false) { " (already known)" } else { "" };
-            println!(
-                "change {}{} for commit {}: builders {:?}",
-                v["id"].as_str().unwrap_or("?"),
-                known,
-                v["commit"].as_str().unwrap_or("?"),
-                jobs
-            );
-            if let Some(e) = v["recipe_error"].as_str() {
-                println!("recipe error: {e}");
-            }
-        }),
+        Cmd::Announce { at } => announce(&at),
         Cmd::Results { node, repo, branch, commit, builder, status, limit, json } => {
             let limit = limit.to_string();
             client::get_json(
@@ -350,32 +328,7 @@ fn main() {
         Cmd::Log { node, build_id, step } => {
             client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| print!("{t}"))
         }
-        Cmd::Force { at, builder, reason } => client::post_json(
-            &at.node.url,
-            at.node.token.as_deref(),
-            "/api/v1/force",
-            &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit, "builder": builder, "reason": reason}),
-        )
-        .map(|v| {
-            let jobs: Vec<String> = v["jobs"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|j| {
-                            format!("{} {}", j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?"))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            println!(
-                "forced change {} for commit {}",
-                v["id"].as_str().unwrap_or("?"),
-                v["commit"].as_str().unwrap_or("?")
-            );
-            for j in jobs {
-                println!("  job {j}");
-            }
-        }),
+        Cmd::Force { at, builder, reason } => force(&at, builder, reason),
         Cmd::Cancel { node, job, reason } => client::post_json(
             &node.url,
             node.token.as_deref(),
@@ -412,6 +365,57 @@ fn main() {
         eprintln!("peerbot: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn announce(at: &CommitArgs) -> anyhow::Result<()> {
+    client::post_json(
+        &at.node.url,
+        at.node.token.as_deref(),
+        "/api/v1/changes",
+        &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit}),
+    )
+    .map(|v| {
+        let jobs: Vec<&str> =
+            v["jobs"].as_array().map(|a| a.iter().filter_map(|j| j["builder"].as_str()).collect()).unwrap_or_default();
+        let known = if v["already_known"].as_bool().unwrap_or(false) { " (already known)" } else { "" };
+        println!(
+            "change {}{} for commit {}: builders {:?}",
+            v["id"].as_str().unwrap_or("?"),
+            known,
+            v["commit"].as_str().unwrap_or("?"),
+            jobs
+        );
+        if let Some(e) = v["recipe_error"].as_str() {
+            println!("recipe error: {e}");
+        }
+    })
+}
+
+fn force(at: &CommitArgs, builder: Option<String>, reason: String) -> anyhow::Result<()> {
+    client::post_json(
+        &at.node.url,
+        at.node.token.as_deref(),
+        "/api/v1/force",
+        &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit, "builder": builder, "reason": reason}),
+    )
+    .map(|v| {
+        let jobs: Vec<String> = v["jobs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|j| format!("{} {}", j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "forced change {} for commit {}",
+            v["id"].as_str().unwrap_or("?"),
+            v["commit"].as_str().unwrap_or("?")
+        );
+        for j in jobs {
+            println!("  job {j}");
+        }
+    })
 }
 
 fn init_logging() {
