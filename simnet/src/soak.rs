@@ -38,6 +38,9 @@ const DRAW_STREAM: u64 = 0x736f_616b_2064_7261;
 /// Drawn durations are whole multiples of this.
 const DURATION_STEP_MS: u64 = 10_000;
 
+/// Settling times are whole hours, one at least.
+const SETTLE_STEP_MS: u64 = 3_600_000;
+
 /// What a soak covers.
 #[derive(Clone, Debug, Serialize)]
 pub struct SoakPlan {
@@ -89,7 +92,25 @@ pub fn draw(seed: u64, nodes: (usize, usize), duration_ms: (u64, u64)) -> SimCon
     draw_crashes(&mut cfg, &mut rng);
     draw_partitions(&mut cfg, &mut rng);
     draw_impairments(&mut cfg, &mut rng);
+    cfg.settle_ms = settle_for(&cfg);
     cfg
+}
+
+/// Long enough for the longest queue one node may be left with: the jobs
+/// of the label the most builders require, for half again the expected
+/// changes and five more, at the longest build time, slowed down, all on
+/// one node (the rare kind may have one). A run that goes quiet stops
+/// early, so only a run that never settles pays for a long settle.
+fn settle_for(cfg: &SimConfig) -> u64 {
+    let mut per_label: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+    for i in 0..cfg.builders {
+        *per_label.entry(cfg.builder_requires(i)).or_default() += 1;
+    }
+    let jobs_per_change = per_label.values().max().copied().unwrap_or(0) as f64;
+    let changes = 1.5 * cfg.commits_per_min * cfg.duration_ms as f64 / 60_000.0 + 5.0;
+    let slow = if cfg.slow_fraction > 0.0 { cfg.slow_factor } else { 1.0 };
+    let queue_ms = changes * jobs_per_change * cfg.build_ms.1 as f64 * slow;
+    (queue_ms as u64).div_ceil(SETTLE_STEP_MS).max(1) * SETTLE_STEP_MS
 }
 
 /// A value in `lo..hi` with `decimals` decimals.
@@ -149,7 +170,10 @@ fn draw_network(cfg: &mut SimConfig, rng: &mut ChaCha8Rng) {
     cfg.loss = if rng.gen_bool(0.5) { rounded(rng, 0.001, 0.15, 3) } else { 0.0 };
     cfg.duplicate = if rng.gen_bool(0.4) { rounded(rng, 0.001, 0.1, 3) } else { 0.0 };
     cfg.reorder = if rng.gen_bool(0.4) { rounded(rng, 0.001, 0.1, 3) } else { 0.0 };
-    cfg.mesh_degree = rng.gen_range(3..=10);
+    // From gossipsub's D (6) to its D_hi (12). The model's mesh is fixed
+    // (no grafting), so with fewer links a node whose neighbours are all
+    // down is cut off: a partition that the figures do not count.
+    cfg.mesh_degree = rng.gen_range(6..=12);
 }
 
 /// Random crashes (with or without the store), claimant crashes, outages.
@@ -625,6 +649,7 @@ mod tests {
             assert!(c.outages.iter().all(|o| o.0 < c.nodes));
             assert!(c.partitions.iter().all(|p| p.fraction > 0.0 && p.fraction < 1.0));
             assert!(c.builders >= distinct_labels(&c.label_mix));
+            assert!(c.settle_ms >= 3_600_000 && (6..=12).contains(&c.mesh_degree));
         }
     }
 
