@@ -8,6 +8,7 @@
 //! flags give one run, byte for byte.
 
 pub mod sim;
+pub mod soak;
 
 use peerbot_protocol::core::defaults;
 

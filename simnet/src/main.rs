@@ -1,16 +1,55 @@
 //! `peerbot-simnet`: run a simulated peerbot cluster from the shell.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use peerbot_protocol::core::defaults;
+use peerbot_simnet::soak::{self, SoakPlan};
 use peerbot_simnet::{parse_label_mix, parse_ms, parse_partition, parse_range_ms, parse_rate_per_min, Sim, SimConfig};
 
 #[derive(Parser)]
 #[command(
     name = "peerbot-simnet",
     version,
-    about = "Deterministic simulation of a peerbot cluster: the real NodeCore over a modelled network with faults."
+    about = "Deterministic simulation of a peerbot cluster: the real NodeCore over a modelled network with faults.",
+    args_conflicts_with_subcommands = true
 )]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run many seeds, each drawing its own cluster and faults; print each
+    /// failure with the command that replays it, then the figures.
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Cluster sizes to draw from, LOW..HIGH.
+    #[arg(long, default_value = "10..60", value_parser = soak::parse_nodes_range)]
+    nodes: (usize, usize),
+    /// Simulated time with commits and faults, drawn from LOW..HIGH in steps of 10 s.
+    #[arg(long, default_value = "2m..6m", value_parser = parse_range_ms)]
+    duration: (u64, u64),
+    /// Runs at once (default: one per core).
+    #[arg(long, short = 'j')]
+    threads: Option<usize>,
+    /// Print the figures and the failures as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 100)]
     nodes: usize,
@@ -116,15 +155,20 @@ struct Args {
 }
 
 fn main() {
-    let a = Args::parse();
-    let label_mix = match parse_label_mix(&a.labels) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("peerbot-simnet: --labels: {e}");
-            std::process::exit(2);
-        }
-    };
-    let cfg = SimConfig {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Soak(a)) => run_soak(a),
+        None => run_one(cli.run),
+    }
+}
+
+/// The run's settings, or what is wrong with the flags.
+fn config(a: RunArgs) -> Result<SimConfig, String> {
+    let label_mix = parse_label_mix(&a.labels).map_err(|e| format!("--labels: {e}"))?;
+    if a.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    Ok(SimConfig {
         nodes: a.nodes,
         seed: a.seed,
         duration_ms: a.duration,
@@ -159,26 +203,71 @@ fn main() {
         sync_ms: a.sync,
         cluster_heartbeats_per_sec: a.cluster_heartbeats_per_sec,
         ..SimConfig::default()
-    };
-    if cfg.nodes == 0 {
-        eprintln!("peerbot-simnet: --nodes must be at least 1");
+    })
+}
+
+fn run_one(a: RunArgs) {
+    let json = a.json;
+    let cfg = config(a).unwrap_or_else(|e| {
+        eprintln!("peerbot-simnet: {e}");
         std::process::exit(2);
-    }
+    });
     match Sim::new(cfg).run() {
         Ok(r) => {
-            if a.json {
+            if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 print!("{}", r.to_text());
             }
         }
         Err(v) => {
-            if a.json {
+            if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 eprintln!("{v}");
             }
             std::process::exit(1);
+        }
+    }
+}
+
+/// Exits 1 if any seed failed.
+fn run_soak(a: SoakArgs) {
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let plan = SoakPlan { first_seed: a.from, seeds: a.seeds, nodes: a.nodes, duration_ms: a.duration, threads };
+    let result = soak::run(
+        &plan,
+        |seed| plan.draw(seed),
+        |failure| {
+            if !a.json {
+                println!("{failure}\n");
+            }
+        },
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+    } else {
+        print!("{}", result.to_text());
+    }
+    if result.failed() {
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags a soak prints for a seed parse back into the config it ran.
+    #[test]
+    fn soak_replay_commands_parse_back_to_the_same_config() {
+        for seed in 0..200 {
+            let drawn = soak::draw(seed, (10, 60), (120_000, 360_000));
+            let args = std::iter::once("peerbot-simnet".to_string()).chain(soak::replay_args(&drawn));
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(cli.command.is_none());
+            let parsed = config(cli.run).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert_eq!(format!("{parsed:?}"), format!("{drawn:?}"), "seed {seed}");
         }
     }
 }
