@@ -84,3 +84,16 @@ fn soak_subcommand_prints_figures_and_exits_zero() {
     let with_lib = soak::run(&plan(100, 4, 1), |s| plan(100, 4, 1).draw(s), |_| {});
     assert_eq!(json["figures"]["digest"].as_str(), Some(with_lib.figures.digest.as_str()));
 }
+
+/// The soak CI runs with every `cargo test`: three hundred seeds of the
+/// default draw, each its own cluster and mix of faults. A failure prints
+/// the command that replays its seed.
+#[test]
+fn three_hundred_seeds_of_mixed_faults_hold_every_invariant() {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let (code, json) =
+        run_binary(&["soak".into(), "--seeds".into(), "300".into(), "--threads".into(), threads.to_string()]);
+    assert_eq!(code, 0, "{}", serde_json::to_string_pretty(&json).unwrap_or_default());
+    assert_eq!(json["figures"]["seeds_run"], 300);
+    assert_eq!(json["figures"]["violations"], 0);
+}
