@@ -241,6 +241,7 @@ impl Sim {
                 Output::Event(e) => self.on_event(i, e),
             }
         }
+        self.check_builds_agree(i);
         self.schedule_tick(i);
     }
 

@@ -43,6 +43,8 @@ pub(super) struct Workload {
     jobs: BTreeMap<Hash32, JobInfo>,
     /// Builds running on each node, as (job, attempt).
     running: Vec<BTreeSet<(Hash32, u32)>>,
+    /// Builds told to stop, until their cancelled outcome is reported.
+    stopping: Vec<BTreeSet<(Hash32, u32)>>,
     slots: SlotUse,
     builds_started: u64,
     builds_cancelled: u64,
@@ -55,6 +57,7 @@ impl Workload {
             commits: 0,
             jobs: BTreeMap::new(),
             running: vec![BTreeSet::new(); cfg.nodes],
+            stopping: vec![BTreeSet::new(); cfg.nodes],
             slots: SlotUse::default(),
             builds_started: 0,
             builds_cancelled: 0,
@@ -97,21 +100,29 @@ impl Workload {
         self.slots.first_start.get_or_insert(now);
     }
 
-    /// False if the build was not running.
+    /// The build is told to stop; false if it was not running.
     fn build_cancelled(&mut self, node: usize, job: Hash32, attempt: u32) -> bool {
         let was_running = self.running[node].remove(&(job, attempt));
         if was_running {
             self.builds_cancelled += 1;
+            self.stopping[node].insert((job, attempt));
         }
         was_running
     }
 
-    /// Frees the build's slot; false if it was no longer running.
-    fn build_ended(&mut self, node: usize, job: Hash32, attempt: u32, now: u64) -> bool {
-        let was_running = self.running[node].remove(&(job, attempt));
-        if let Some(t) = self.slots.starts.remove(&(node, job, attempt)) {
-            self.slots.busy_ms += now - t;
-            self.slots.last_end = now;
+    /// Frees the build's slot; false if it was no longer running (or, for a
+    /// cancelled outcome, no longer stopping).
+    fn build_ended(&mut self, node: usize, job: Hash32, attempt: u32, now: u64, cancelled: bool) -> bool {
+        let was_running = if cancelled {
+            self.stopping[node].remove(&(job, attempt))
+        } else {
+            self.running[node].remove(&(job, attempt))
+        };
+        if was_running {
+            if let Some(t) = self.slots.starts.remove(&(node, job, attempt)) {
+                self.slots.busy_ms += now - t;
+                self.slots.last_end = now;
+            }
         }
         was_running
     }
@@ -119,11 +130,32 @@ impl Workload {
     /// A crash ends the node's builds without an outcome.
     pub(super) fn node_crashed(&mut self, node: usize) {
         self.running[node].clear();
+        self.stopping[node].clear();
         self.slots.starts.retain(|(n, _, _), _| *n != node);
     }
 
     pub(super) fn any_running(&self) -> bool {
-        self.running.iter().any(|r| !r.is_empty())
+        self.running.iter().chain(&self.stopping).any(|r| !r.is_empty())
+    }
+
+    /// A build a core counts as running, as the executor sees it: job,
+    /// attempt, when it started, and whether it is running or stopping.
+    pub(super) fn describe_build(&self, node: usize, build: (Hash32, u32)) -> String {
+        let state = if self.running[node].contains(&build) {
+            "running"
+        } else if self.stopping[node].contains(&build) {
+            "stopping"
+        } else {
+            "not run by the executor"
+        };
+        let since =
+            self.slots.starts.get(&(node, build.0, build.1)).map(|t| format!(" since t={t}ms")).unwrap_or_default();
+        format!("{} attempt {}{since}, {state}", build.0.short(), build.1)
+    }
+
+    /// Whether a build is running, or stopping, on the node.
+    pub(super) fn holds(&self, node: usize, build: &(Hash32, u32)) -> bool {
+        self.running[node].contains(build) || self.stopping[node].contains(build)
     }
 
     pub(super) fn running_on(&self, node: usize) -> impl Iterator<Item = &(Hash32, u32)> {
@@ -266,8 +298,7 @@ impl Sim {
         if self.nodes[node].incarnation != incarnation || !self.alive(node) {
             return;
         }
-        let running = self.workload.build_ended(node, job, attempt, self.now);
-        if !running && !cancelled {
+        if !self.workload.build_ended(node, job, attempt, self.now, cancelled) {
             return;
         }
         let failed = !cancelled && self.rng.gen::<f64>() < self.cfg.build_failure_rate;
