@@ -34,7 +34,9 @@ pub struct SimConfig {
     /// Commits and faults happen during this time...
     pub duration_ms: u64,
     /// ...then the network heals and the run goes on until it is quiet
-    /// (every buildable job built, all nodes agree), at most this long.
+    /// (every buildable job built, all nodes agree), or until no node has
+    /// stored a new record for this long (and at most 24 h, or this if
+    /// longer, after `duration_ms`).
     pub settle_ms: u64,
     pub label_mix: Vec<LabelClass>,
     pub executors: u32,

@@ -19,8 +19,9 @@ struct Args {
     /// Simulated time with commits and faults (e.g. 10m, 1h).
     #[arg(long, default_value = "10m", value_parser = parse_ms)]
     duration: u64,
-    /// Longest time after it, faults healed, for the cluster to go quiet
-    /// (every buildable job built, all live nodes agree) before the final checks.
+    /// After it, faults healed, how long the cluster may go without storing a
+    /// new record before the final checks, if it has not gone quiet (every
+    /// buildable job built, all live nodes agree); at most 24 h in all.
     #[arg(long, default_value = "1h", value_parser = parse_ms)]
     settle: u64,
     /// Node kinds, LABELS:WEIGHT,... with LABELS like os=linux or os=linux+gpu=yes.

@@ -231,8 +231,9 @@ impl Sim {
             return Err(self.violation(
                 "every job some live node can build is built once the network is quiet",
                 format!(
-                    "job {id} requiring {:?} has no result; eligible nodes see:\n  {}",
+                    "job {id} requiring {:?} has no result{}; eligible nodes see:\n  {}",
                     j.requires,
+                    if self.quiet { "" } else { " (the run ended without going quiet)" },
                     self.unbuilt_job_views(id, j, live).join("\n  ")
                 ),
                 Some(*id),

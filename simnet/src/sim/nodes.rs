@@ -268,6 +268,7 @@ impl Sim {
     fn on_event(&mut self, i: usize, e: Event) {
         match e {
             Event::RecordStored { id, .. } => {
+                self.progress_at = self.now;
                 self.track_record(i, id);
                 self.note(i, None, "stored", id.prefix_u64());
             }
