@@ -95,7 +95,7 @@ impl Sim {
     /// runs more builds than its executors.
     pub(super) fn check_builds_agree(&mut self, i: usize) {
         let Some(core) = self.nodes[i].core.as_ref() else { return };
-        let counted: Vec<(Hash32, u32)> = core.running().iter().map(|(j, b)| (*j, b.0)).collect();
+        let counted: Vec<(Hash32, u32)> = core.running().iter().map(|(j, b)| (*j, b.attempt)).collect();
         let phantom = counted.iter().find(|b| !self.workload.holds(i, b));
         let forgotten = self.workload.running_on(i).find(|b| !counted.contains(b));
         let (what, (job, attempt)) = match (phantom, forgotten) {
@@ -264,7 +264,7 @@ impl Sim {
                 .and_then(|v| v.claim.as_ref())
                 .map(|c| (self.by_peer.get(&c.by).copied(), c.attempt, c.lease_until));
             let running: Vec<String> =
-                core.running().iter().map(|(rj, b)| self.workload.describe_build(i, (*rj, b.0))).collect();
+                core.running().iter().map(|(rj, b)| self.workload.describe_build(i, (*rj, b.attempt))).collect();
             views.push(format!(
                 "node {i} {:?}: knows job {}, attempt {:?}, claim {:?}, running [{}] of {}",
                 self.nodes[i].labels,
