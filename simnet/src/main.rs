@@ -48,6 +48,12 @@ struct Args {
     /// Share of builds that fail.
     #[arg(long, default_value_t = 0.1)]
     failure_rate: f64,
+    /// Share of builds whose end the executor never reports, not even after a cancel.
+    #[arg(long, default_value_t = 0.0)]
+    hang_rate: f64,
+    /// The recipe step's timeout (timeout_secs); the recipe's default (1h) if not given.
+    #[arg(long, value_parser = parse_ms)]
+    step_timeout: Option<u64>,
     /// Link latency range.
     #[arg(long, default_value = "20ms..120ms", value_parser = parse_range_ms)]
     latency: (u64, u64),
@@ -137,6 +143,8 @@ fn main() {
         unbuildable_builders: a.unbuildable_builders,
         build_ms: a.build_time,
         build_failure_rate: a.failure_rate,
+        hang_rate: a.hang_rate,
+        step_timeout_ms: a.step_timeout,
         latency_ms: a.latency,
         loss: a.loss,
         duplicate: a.duplicate,

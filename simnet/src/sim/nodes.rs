@@ -295,7 +295,10 @@ impl Sim {
                 self.note(i, Some(job), "published", attempt as u64);
             }
             Event::Released { job, attempt, .. } => self.note(i, Some(job), "released", attempt as u64),
-            Event::BuildGivenUp { job, attempt, .. } => self.note(i, Some(job), "build-given-up", attempt as u64),
+            Event::BuildGivenUp { job, attempt, .. } => {
+                self.workload.given_up();
+                self.note(i, Some(job), "build-given-up", attempt as u64);
+            }
             Event::SyncFinished { need, have, .. } => self.note(i, None, "synced", (need + have) as u64),
             Event::BuildStarted { .. }
             | Event::BlobFetched { .. }

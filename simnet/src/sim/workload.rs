@@ -45,9 +45,22 @@ pub(super) struct Workload {
     running: Vec<BTreeSet<(Hash32, u32)>>,
     /// Builds told to stop, until their cancelled outcome is reported.
     stopping: Vec<BTreeSet<(Hash32, u32)>>,
+    /// Running builds whose end the executor will never report.
+    hung: Vec<BTreeSet<(Hash32, u32)>>,
     slots: SlotUse,
     builds_started: u64,
     builds_cancelled: u64,
+    builds_given_up: u64,
+}
+
+/// What a `CancelBuild` did to a build in the executor model.
+#[derive(PartialEq)]
+enum Cancelled {
+    NotRunning,
+    /// It ends as cancelled shortly.
+    Stopping,
+    /// A hung build ignores the cancel too: the node abandons it.
+    Abandoned,
 }
 
 impl Workload {
@@ -58,9 +71,11 @@ impl Workload {
             jobs: BTreeMap::new(),
             running: vec![BTreeSet::new(); cfg.nodes],
             stopping: vec![BTreeSet::new(); cfg.nodes],
+            hung: vec![BTreeSet::new(); cfg.nodes],
             slots: SlotUse::default(),
             builds_started: 0,
             builds_cancelled: 0,
+            builds_given_up: 0,
         }
     }
 
@@ -100,14 +115,18 @@ impl Workload {
         self.slots.first_start.get_or_insert(now);
     }
 
-    /// The build is told to stop; false if it was not running.
-    fn build_cancelled(&mut self, node: usize, job: Hash32, attempt: u32) -> bool {
-        let was_running = self.running[node].remove(&(job, attempt));
-        if was_running {
-            self.builds_cancelled += 1;
-            self.stopping[node].insert((job, attempt));
+    /// The build is told to stop.
+    fn build_cancelled(&mut self, node: usize, job: Hash32, attempt: u32) -> Cancelled {
+        if !self.running[node].remove(&(job, attempt)) {
+            return Cancelled::NotRunning;
         }
-        was_running
+        self.builds_cancelled += 1;
+        if self.hung[node].remove(&(job, attempt)) {
+            self.slots.starts.remove(&(node, job, attempt));
+            return Cancelled::Abandoned;
+        }
+        self.stopping[node].insert((job, attempt));
+        Cancelled::Stopping
     }
 
     /// Frees the build's slot; false if it was no longer running (or, for a
@@ -131,6 +150,7 @@ impl Workload {
     pub(super) fn node_crashed(&mut self, node: usize) {
         self.running[node].clear();
         self.stopping[node].clear();
+        self.hung[node].clear();
         self.slots.starts.retain(|(n, _, _), _| *n != node);
     }
 
@@ -170,6 +190,14 @@ impl Workload {
         self.builds_cancelled
     }
 
+    pub(super) fn given_up(&mut self) {
+        self.builds_given_up += 1;
+    }
+
+    pub(super) fn builds_given_up(&self) -> u64 {
+        self.builds_given_up
+    }
+
     /// Busy share of `slots` executor slots between the first build's start
     /// and the last build's end.
     pub(super) fn slot_utilisation(&self, slots: f64) -> f64 {
@@ -189,6 +217,9 @@ fn build_recipe(cfg: &SimConfig) -> String {
             "[[builder]]\nname = \"b{i}\"\nrequires = [{}]\n[[builder.step]]\nname = \"build\"\nrun = \"make\"\n",
             req.join(", ")
         ));
+        if let Some(ms) = cfg.step_timeout_ms {
+            s.push_str(&format!("timeout_secs = {}\n", (ms / 1000).max(1)));
+        }
     }
     s
 }
@@ -273,21 +304,31 @@ impl Sim {
         }
     }
 
-    /// A core's `StartBuild`: the build ends after a drawn time.
+    /// A core's `StartBuild`: the build ends after a drawn time, unless it
+    /// hangs (`--hang-rate`; no draw when that is 0).
     pub(super) fn start_build(&mut self, i: usize, job: Hash32, attempt: u32) {
         self.check_build_start(i, job);
         self.faults.note_reclaim(job, i, self.now);
         self.note(i, Some(job), "build-start", attempt as u64);
         let d = slowed(uniform_ms(&mut self.rng, self.cfg.build_ms), self.nodes[i].slow, self.cfg.slow_factor);
         self.workload.build_started(i, job, attempt, self.now);
-        let incarnation = self.nodes[i].incarnation;
-        self.queue.push(self.now + d, Ev::BuildDone { node: i, incarnation, job, attempt, cancelled: false });
+        let hangs = self.cfg.hang_rate > 0.0 && self.rng.gen::<f64>() < self.cfg.hang_rate;
+        if hangs {
+            self.workload.hung[i].insert((job, attempt));
+            self.note(i, Some(job), "build-hangs", attempt as u64);
+        } else {
+            let incarnation = self.nodes[i].incarnation;
+            self.queue.push(self.now + d, Ev::BuildDone { node: i, incarnation, job, attempt, cancelled: false });
+        }
         self.maybe_crash_claimant(i, job, self.now + d / 2);
     }
 
     pub(super) fn cancel_build(&mut self, i: usize, job: Hash32, attempt: u32) {
-        if self.workload.build_cancelled(i, job, attempt) {
+        let cancelled = self.workload.build_cancelled(i, job, attempt);
+        if cancelled != Cancelled::NotRunning {
             self.note(i, Some(job), "build-cancel", attempt as u64);
+        }
+        if cancelled == Cancelled::Stopping {
             let incarnation = self.nodes[i].incarnation;
             self.queue
                 .push(self.now + CANCEL_MS, Ev::BuildDone { node: i, incarnation, job, attempt, cancelled: true });
