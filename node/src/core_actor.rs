@@ -165,6 +165,12 @@ impl CoreActor {
                 info!(job = %job.short(), attempt, %by, "claim released: {reason}")
             }
             Event::BuildStarted { job, attempt } => info!(job = %job.short(), attempt, "claimed; starting build"),
+            Event::BuildGivenUp { job, attempt, ran_ms } => warn!(
+                job = %job.short(),
+                attempt,
+                ran_secs = ran_ms / 1000,
+                "no end reported for a build past its steps' timeouts; gave it up and released the claim"
+            ),
             Event::BuildPublished { job, attempt, status, record } => {
                 info!(job = %job.short(), attempt, status = status.as_str(), record = %record.short(), "build result published")
             }

@@ -37,7 +37,9 @@ pub struct SimConfig {
     /// Commits and faults happen during this time...
     pub duration_ms: u64,
     /// ...then the network heals and the run goes on until it is quiet
-    /// (every buildable job built, all nodes agree), at most this long.
+    /// (every buildable job built, all nodes agree), or until no node has
+    /// stored a new record for this long (and at most 24 h, or this if
+    /// longer, after `duration_ms`).
     pub settle_ms: u64,
     pub label_mix: Vec<LabelClass>,
     pub executors: u32,
@@ -48,6 +50,12 @@ pub struct SimConfig {
     pub unbuildable_builders: usize,
     pub build_ms: (u64, u64),
     pub build_failure_rate: f64,
+    /// Chance that a build's end is never reported, not even after a
+    /// cancel, as with an executor wedged in a fetch that hangs.
+    pub hang_rate: f64,
+    /// The recipe's `timeout_secs` for its step; `None` leaves it out
+    /// (the recipe's default, an hour).
+    pub step_timeout_ms: Option<u64>,
     pub latency_ms: (u64, u64),
     pub loss: f64,
     pub duplicate: f64,
@@ -97,6 +105,8 @@ impl Default for SimConfig {
             unbuildable_builders: 0,
             build_ms: (20_000, 120_000),
             build_failure_rate: 0.1,
+            hang_rate: 0.0,
+            step_timeout_ms: None,
             latency_ms: (20, 120),
             loss: 0.0,
             duplicate: 0.0,
@@ -135,6 +145,7 @@ impl SimConfig {
             && self.crash_rate_per_min == 0.0
             && self.crash_claimants == 0
             && self.outages.is_empty()
+            && self.hang_rate == 0.0
     }
 
     /// The labels builder `i` requires: the mix's labels, most common first.

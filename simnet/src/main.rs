@@ -59,8 +59,9 @@ struct RunArgs {
     /// Simulated time with commits and faults (e.g. 10m, 1h).
     #[arg(long, default_value = "10m", value_parser = parse_ms)]
     duration: u64,
-    /// Longest time after it, faults healed, for the cluster to go quiet
-    /// (every buildable job built, all live nodes agree) before the final checks.
+    /// After it, faults healed, how long the cluster may go without storing a
+    /// new record before the final checks, if it has not gone quiet (every
+    /// buildable job built, all live nodes agree); at most 24 h in all.
     #[arg(long, default_value = "1h", value_parser = parse_ms)]
     settle: u64,
     /// Node kinds, LABELS:WEIGHT,... with LABELS like os=linux or os=linux+gpu=yes.
@@ -87,6 +88,12 @@ struct RunArgs {
     /// Share of builds that fail.
     #[arg(long, default_value_t = 0.1)]
     failure_rate: f64,
+    /// Share of builds whose end the executor never reports, not even after a cancel.
+    #[arg(long, default_value_t = 0.0)]
+    hang_rate: f64,
+    /// The recipe step's timeout (timeout_secs); the recipe's default (1h) if not given.
+    #[arg(long, value_parser = parse_ms)]
+    step_timeout: Option<u64>,
     /// Link latency range.
     #[arg(long, default_value = "20ms..120ms", value_parser = parse_range_ms)]
     latency: (u64, u64),
@@ -181,6 +188,8 @@ fn config(a: RunArgs) -> Result<SimConfig, String> {
         unbuildable_builders: a.unbuildable_builders,
         build_ms: a.build_time,
         build_failure_rate: a.failure_rate,
+        hang_rate: a.hang_rate,
+        step_timeout_ms: a.step_timeout,
         latency_ms: a.latency,
         loss: a.loss,
         duplicate: a.duplicate,

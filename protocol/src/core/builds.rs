@@ -1,13 +1,15 @@
-//! This node's own builds: which it is running, the claims it gave up at a
-//! restart, and turning a finished build into a signed result's body.
+//! This node's own builds: which it is running and until when it waits for
+//! their end, the claims it gave up at a restart, and turning a finished
+//! build into a signed result's body.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::io::BuildOutcome;
 use super::jobs::JobView;
 use crate::codec::{decode, encode};
 use crate::ids::Hash32;
 use crate::logparse::{count_tests, count_warnings};
+use crate::recipe::StepSpec;
 use crate::record::{self, BlobRef, BuildResult, Status, StepResult};
 use crate::store::{Store, StoreError};
 use crate::Millis;
@@ -16,12 +18,33 @@ const OWN_CLAIMS_KEY: &str = "own_claims";
 /// Releases after a restart go out with this many heartbeats: right after a
 /// start there may be nobody to hear the first.
 const RELEASE_REPEATS: u8 = 3;
+/// Builds given up are remembered this many at a time, so that their late
+/// ends are ignored.
+const GIVEN_UP_KEPT: usize = 256;
 
 /// A build of this node's in progress.
-pub type Running = BTreeMap<Hash32, (u32, Option<String>)>;
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningBuild {
+    pub attempt: u32,
+    /// The step running now, as the executor last reported.
+    pub step: Option<String>,
+    pub started_ms: Millis,
+    /// No end reported by then: the build is given up (see `give_up_deadline`).
+    pub give_up_at: Millis,
+}
+
+/// This node's builds in progress, by job.
+pub type Running = BTreeMap<Hash32, RunningBuild>;
+
+/// When to stop waiting for a build's end: every step may run to its
+/// timeout, and the executor may take `grace_ms` more (fetch, checkout,
+/// log collection, a slow machine). A build past this is lost, not slow.
+pub fn give_up_deadline(started_ms: Millis, steps: &[StepSpec], grace_ms: u64) -> Millis {
+    let steps_ms = steps.iter().fold(0u64, |sum, s| sum.saturating_add(s.timeout_secs.saturating_mul(1000)));
+    started_ms.saturating_add(steps_ms).saturating_add(grace_ms)
+}
 
 pub struct OwnBuilds {
-    /// Job → (attempt, step running now).
     pub(crate) running: Running,
     /// When this node last finished a build: others learn it is free only
     /// when its result reaches them, so it waits a little before claiming.
@@ -29,36 +52,69 @@ pub struct OwnBuilds {
     /// Claims this node gave up at restart, repeated with early heartbeats.
     pending_releases: Vec<(Hash32, u32)>,
     release_repeats: u8,
+    /// Builds given up, newest last, at most `GIVEN_UP_KEPT`.
+    given_up: VecDeque<(Hash32, u32)>,
 }
 
 impl OwnBuilds {
     pub fn new() -> Self {
-        OwnBuilds { running: BTreeMap::new(), freed_ms: 0, pending_releases: vec![], release_repeats: RELEASE_REPEATS }
+        OwnBuilds {
+            running: BTreeMap::new(),
+            freed_ms: 0,
+            pending_releases: vec![],
+            release_repeats: RELEASE_REPEATS,
+            given_up: VecDeque::new(),
+        }
     }
 
     pub fn is_running(&self, job: &Hash32) -> bool {
         self.running.contains_key(job)
     }
     pub fn attempt_of(&self, job: &Hash32) -> Option<u32> {
-        self.running.get(job).map(|(a, _)| *a)
+        self.running.get(job).map(|b| b.attempt)
     }
     pub fn free_slots(&self, executors: u32) -> u32 {
         executors.saturating_sub(self.running.len() as u32)
     }
 
-    pub fn start(&mut self, job: Hash32, attempt: u32) {
-        self.running.insert(job, (attempt, None));
+    pub fn start(&mut self, job: Hash32, attempt: u32, started_ms: Millis, give_up_at: Millis) {
+        self.running.insert(job, RunningBuild { attempt, step: None, started_ms, give_up_at });
     }
     /// Stops tracking a build; its attempt if it was running.
     pub fn stop(&mut self, job: &Hash32) -> Option<u32> {
-        self.running.remove(job).map(|(a, _)| a)
+        self.running.remove(job).map(|b| b.attempt)
     }
     pub fn set_step(&mut self, job: &Hash32, attempt: u32, step: &str) {
-        if let Some(r) = self.running.get_mut(job) {
-            if r.0 == attempt {
-                r.1 = Some(step.to_string());
+        if let Some(b) = self.running.get_mut(job) {
+            if b.attempt == attempt {
+                b.step = Some(step.to_string());
             }
         }
+    }
+
+    /// The earliest moment a running build is due to be given up.
+    pub fn next_give_up(&self) -> Option<Millis> {
+        self.running.values().map(|b| b.give_up_at).min()
+    }
+    /// Stops tracking the builds whose end is overdue at `now`, and
+    /// remembers them so that a late end is ignored; returns them.
+    pub fn give_up_overdue(&mut self, now: Millis) -> Vec<(Hash32, RunningBuild)> {
+        let overdue: Vec<Hash32> = self.running.iter().filter(|(_, b)| now >= b.give_up_at).map(|(j, _)| *j).collect();
+        let mut out = Vec::with_capacity(overdue.len());
+        for job in overdue {
+            let Some(b) = self.running.remove(&job) else { continue };
+            if self.given_up.len() >= GIVEN_UP_KEPT {
+                self.given_up.pop_front();
+            }
+            self.given_up.push_back((job, b.attempt));
+            out.push((job, b));
+        }
+        crate::invariant!(self.next_give_up().is_none_or(|t| t > now), "no overdue build is left running");
+        out
+    }
+    /// This attempt was given up: its end, if it ever comes, is ignored.
+    pub fn was_given_up(&self, job: &Hash32, attempt: u32) -> bool {
+        self.given_up.contains(&(*job, attempt))
     }
 
     /// Claims held when the node last stopped; their builds died with it.
@@ -66,7 +122,7 @@ impl OwnBuilds {
         store.get_state(OWN_CLAIMS_KEY).and_then(|b| decode::<Vec<(Hash32, u32)>>(&b, 1 << 20).ok()).unwrap_or_default()
     }
     pub fn save_claims<S: Store>(&self, store: &mut S) -> Result<(), StoreError> {
-        let v: Vec<(Hash32, u32)> = self.running.iter().map(|(j, (a, _))| (*j, *a)).collect();
+        let v: Vec<(Hash32, u32)> = self.running.iter().map(|(j, b)| (*j, b.attempt)).collect();
         store.put_state(OWN_CLAIMS_KEY, &encode(&v))
     }
 

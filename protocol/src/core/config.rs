@@ -23,6 +23,11 @@ pub struct Config {
     pub log_replicas: usize,
     /// Logs of results older than this are dropped locally; records stay.
     pub log_horizon_ms: Option<u64>,
+    /// A build of this node's whose end is not reported within the sum of
+    /// its steps' timeouts and this much more is given up: its slot frees
+    /// and its claim is released. The grace covers what the step timeouts
+    /// do not: fetch and checkout, log collection, a loaded machine.
+    pub build_grace_ms: u64,
 }
 
 /// The defaults, named once; the node's flags and the simulator's options
@@ -49,6 +54,7 @@ impl Config {
             seed: 0,
             log_replicas: defaults::LOG_REPLICAS,
             log_horizon_ms: None,
+            build_grace_ms: 15 * 60_000,
         }
     }
 

@@ -140,6 +140,14 @@ pub enum Event {
         job: Hash32,
         attempt: u32,
     },
+    /// No end of this build was reported within its steps' timeouts and the
+    /// grace: it was given up after `ran_ms`, its slot freed and its claim
+    /// released. A late end of it is ignored.
+    BuildGivenUp {
+        job: Hash32,
+        attempt: u32,
+        ran_ms: u64,
+    },
     BuildPublished {
         job: Hash32,
         attempt: u32,

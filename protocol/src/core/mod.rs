@@ -52,7 +52,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use self::blobs::MAX_LOG_BYTES;
-pub use self::builds::Running;
+pub use self::builds::{give_up_deadline, Running, RunningBuild};
 pub use self::claims::{ClaimOutcome, Expired};
 pub use self::config::{defaults, Config};
 pub use self::health::StorageHealth;
@@ -79,6 +79,9 @@ use crate::record::{self, VerifiedRecord};
 use crate::store::Store;
 use crate::wire::{self, Gossip, Heartbeat, Lease};
 use crate::Millis;
+
+/// Why a build given up is released, as its `Release` says to every node.
+pub const GIVEN_UP_REASON: &str = "no end reported within the steps' timeouts and the grace: build given up";
 
 /// Checks a record's signature; the simulator shares one cache of results
 /// across its many nodes, the node checks every time.
@@ -345,6 +348,9 @@ impl<S: Store> NodeCore<S> {
             self.timers.set(Timer::Retention, now + RETENTION_EVERY_MS);
             self.expire_logs(now);
         }
+        if self.timers.is_due(Timer::GiveUp, now) {
+            self.give_up_overdue_builds(now);
+        }
         if self.timers.is_due(Timer::Sync, now) {
             let connected = self.members.connected_sorted();
             if let Some(p) = connected.choose(&mut self.rng).copied() {
@@ -354,6 +360,10 @@ impl<S: Store> NodeCore<S> {
         }
         self.expire_leases(now);
         self.consider_claims(now);
+        crate::invariant!(
+            self.builds.next_give_up().is_none_or(|t| self.timers.get(Timer::GiveUp).is_some_and(|at| at <= t)),
+            "every running build's give-up deadline is in the timer table"
+        );
     }
 
     /// This node's running builds as leases, renewed in its own view too.
@@ -363,7 +373,7 @@ impl<S: Store> NodeCore<S> {
             .running
             .iter()
             .take(wire::MAX_RUNNING_IN_HEARTBEAT)
-            .map(|(job, (attempt, step))| Lease { job: *job, attempt: *attempt, step: step.clone() })
+            .map(|(job, b)| Lease { job: *job, attempt: b.attempt, step: b.step.clone() })
             .collect();
         self.jobs.extend_own(now, self.me, leases.iter().map(|l| &l.job), self.cfg.lease_ms);
         leases
@@ -473,13 +483,46 @@ impl<S: Store> NodeCore<S> {
             Outcome::Conflict { job, attempt, winner, loser } => {
                 self.emit(Event::ClaimConflict { job, attempt, winner, loser });
                 if loser == self.me {
-                    if let Some(attempt) = self.builds.stop(&job) {
+                    if let Some(attempt) = self.stop_own_build(now, &job) {
                         self.out.push_back(Output::CancelBuild { job, attempt });
-                        self.save_own_claims(now);
                     }
                 }
             }
         }
+    }
+
+    /// Stops counting a build of this node's against its slots (the caller
+    /// says why, and whether to stop the executor); its attempt if it ran.
+    fn stop_own_build(&mut self, now: Millis, job: &Hash32) -> Option<u32> {
+        let attempt = self.builds.stop(job)?;
+        self.save_own_claims(now);
+        self.timers.set_or_stop(Timer::GiveUp, self.builds.next_give_up());
+        Some(attempt)
+    }
+
+    /// Builds whose end never came, well past their steps' timeouts: the
+    /// executor lost them (a hung fetch, a crash of its own, a report that
+    /// went missing). Stop waiting: tell the executor to stop, free the
+    /// slot, and release the claim so that every node reopens the job at
+    /// once. A late end of such a build is ignored.
+    fn give_up_overdue_builds(&mut self, now: Millis) {
+        let overdue = self.builds.give_up_overdue(now);
+        self.timers.set_or_stop(Timer::GiveUp, self.builds.next_give_up());
+        if overdue.is_empty() {
+            return;
+        }
+        for (job, b) in overdue {
+            self.out.push_back(Output::CancelBuild { job, attempt: b.attempt });
+            self.emit(Event::BuildGivenUp { job, attempt: b.attempt, ran_ms: now.saturating_sub(b.started_ms) });
+            // The job reopens here as the next attempt, as the release makes
+            // it reopen everywhere (unless it is done or no longer ours).
+            self.jobs.release(now, self.me, &job, b.attempt, GIVEN_UP_REASON);
+            let reason = GIVEN_UP_REASON.to_string();
+            self.broadcast(&Gossip::Release { job, attempt: b.attempt, reason, sent_ms: now });
+        }
+        self.builds.freed_ms = now;
+        self.save_own_claims(now);
+        self.reconsider(now);
     }
 
     fn expire_leases(&mut self, now: Millis) {
@@ -554,7 +597,9 @@ impl<S: Store> NodeCore<S> {
             builder: j.spec.builder.clone(),
             steps: j.spec.steps.clone(),
         };
-        self.builds.start(id, attempt);
+        let give_up_at = give_up_deadline(now, &order.steps, self.cfg.build_grace_ms);
+        self.builds.start(id, attempt, now, give_up_at);
+        self.timers.set_earlier(Timer::GiveUp, give_up_at);
         self.timers.set_earlier(Timer::Renew, now + (self.cfg.lease_ms / 3).max(100));
         self.save_own_claims(now);
         self.broadcast(&Gossip::Claim(wire::Claim { job: id, attempt, lease_ms: self.cfg.lease_ms, sent_ms: now }));

@@ -116,10 +116,9 @@ impl<S: Store> NodeCore<S> {
                 }
                 self.jobs.add_result(r.job, rec.id);
                 if rec.signer != self.me {
-                    if let Some(attempt) = self.builds.stop(&r.job) {
+                    if let Some(attempt) = self.stop_own_build(now, &r.job) {
                         // Someone else finished it: our build is now redundant.
                         self.out.push_back(Output::CancelBuild { job: r.job, attempt });
-                        self.save_own_claims(now);
                     }
                 }
             }
@@ -127,11 +126,18 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn on_build_finished(&mut self, now: Millis, o: BuildOutcome) {
+        if self.builds.was_given_up(&o.job, o.attempt) {
+            // Its slot and claim went long ago; the job may be building
+            // elsewhere, or here as a later attempt.
+            return;
+        }
         self.reconsider(now);
         self.builds.freed_ms = now;
+        // Only the end of the attempt running frees its slot.
         let still_ours = self.builds.attempt_of(&o.job) == Some(o.attempt);
-        self.builds.stop(&o.job);
-        self.save_own_claims(now);
+        if still_ours {
+            self.stop_own_build(now, &o.job);
+        }
         if !still_ours && o.cancelled {
             // We lost the claim or someone else finished first: nothing to publish.
             return;

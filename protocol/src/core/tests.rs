@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::deterministic_key;
+use crate::recipe::StepSpec;
 use crate::record::{Body, Status};
 use crate::store::MemStore;
 
@@ -483,4 +484,127 @@ fn a_full_disk_gives_the_job_back_and_it_is_built_once_space_is_freed() {
     assert_eq!(n.results_of(&order.job).len(), 1, "and its result is stored");
     assert!(n.storage_health().ok());
     assert!(events.iter().any(|e| matches!(e, Event::StorageRecovered { .. })));
+}
+
+/// Two steps of 60 s and 30 s; with a grace of 30 s a build is given up
+/// 120 s after it started.
+const TIMED: &str = "[[builder]]\nname='t'\nrequires=['os=linux']\n\
+                     [[builder.step]]\nrun='make'\ntimeout_secs=60\n[[builder.step]]\nrun='test'\ntimeout_secs=30\n";
+
+fn node_with_grace(n: u64, grace_ms: u64) -> NodeCore<MemStore> {
+    let mut cfg = Config::new(vec!["os=linux".into()], 1);
+    cfg.seed = n;
+    cfg.build_grace_ms = grace_ms;
+    NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
+}
+
+fn finished(order: &BuildOrder, at: Millis) -> BuildOutcome {
+    BuildOutcome {
+        job: order.job,
+        attempt: order.attempt,
+        started_ms: at,
+        ended_ms: at,
+        steps: vec![StepOutcome { name: "s".into(), exit_code: Some(0), log: b"ok\n".to_vec(), ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+fn given_up(n: &mut NodeCore<MemStore>) -> Vec<(Hash32, u32)> {
+    let mut out = Vec::new();
+    while let Some(o) = n.poll_output() {
+        if let Output::Event(Event::BuildGivenUp { job, attempt, .. }) = o {
+            out.push((job, attempt));
+        }
+    }
+    out
+}
+
+#[test]
+fn give_up_deadline_is_the_steps_timeouts_and_the_grace() {
+    let steps = |secs: &[u64]| -> Vec<StepSpec> {
+        secs.iter().map(|s| StepSpec { name: "s".into(), run: "x".into(), timeout_secs: *s }).collect()
+    };
+    assert_eq!(give_up_deadline(1_000, &steps(&[60, 30]), 30_000), 1_000 + 90_000 + 30_000);
+    assert_eq!(give_up_deadline(5, &[], 7), 12, "no steps: the grace alone");
+    assert_eq!(give_up_deadline(1, &steps(&[u64::MAX, 1]), 1), Millis::MAX, "saturates, never wraps");
+}
+
+#[test]
+fn a_build_whose_end_never_comes_frees_its_slot_and_another_node_takes_the_job() {
+    let mut nodes = vec![node_with_grace(1, 30_000), node_with_grace(2, 30_000)];
+    settle(&mut nodes, 0);
+    settle(&mut nodes, 10_000);
+    nodes[0].announce(13_000, commit_with("abab01", 1, TIMED)).unwrap();
+    let started = run_for(&mut nodes, 13_000, 20_000, false);
+    assert_eq!(started.len(), 1, "{started:?}");
+    let (x, order) = started[0].clone();
+    let y = 1 - x;
+    let give_up_at = nodes[x].running()[&order.job].give_up_at;
+    assert_eq!(give_up_at, nodes[x].running()[&order.job].started_ms + 120_000);
+    // The executor never reports. Until the deadline the build holds the
+    // slot and its lease, renewed; nobody else starts it.
+    let mut cancels = Vec::new();
+    let mut now = 20_000;
+    while now < give_up_at {
+        assert!(settle_full(&mut nodes, now, &mut cancels).is_empty());
+        now += 500;
+    }
+    assert!(cancels.is_empty(), "{cancels:?}");
+    assert_eq!(nodes[y].jobs()[&order.job].claim.as_ref().map(|c| c.by), Some(nodes[x].peer_id()));
+    assert_eq!(nodes[x].running().len(), 1);
+    // At the deadline: the executor is told to stop, the slot frees, the
+    // release reaches the other node, which reopens the job at once and
+    // claims the next attempt once its stagger is over.
+    let mut restarted = settle_full(&mut nodes, give_up_at, &mut cancels);
+    assert_eq!(cancels, vec![(x, order.job)]);
+    assert!(nodes[x].running().is_empty(), "the slot is free");
+    assert!(nodes[x].next_timeout() > give_up_at, "the give-up timer moved on");
+    let seen_by_y = &nodes[y].jobs()[&order.job];
+    assert_eq!(seen_by_y.attempt, 1, "reopened on the release, not on a lease running out");
+    assert_eq!(seen_by_y.lost.last().map(|l| l.reason.as_str()), Some(GIVEN_UP_REASON));
+    let mut t = give_up_at;
+    while restarted.is_empty() && t < give_up_at + 10_000 {
+        t += 500;
+        restarted = settle_full(&mut nodes, t, &mut cancels);
+    }
+    assert_eq!(restarted.len(), 1, "the job is claimed again");
+    assert_eq!(restarted[0].1.attempt, 1);
+    let (z, next) = restarted[0].clone();
+    // The lost attempt's end finally arrives: ignored, nothing published.
+    nodes[x].handle(t, Input::BuildFinished(finished(&order, t)));
+    settle(&mut nodes, t);
+    assert!(nodes.iter().all(|n| n.results_of(&order.job).is_empty()));
+    assert_eq!(nodes[z].running().get(&order.job).map(|b| b.attempt), Some(1));
+    nodes[z].handle(t + 1, Input::BuildFinished(finished(&next, t + 1)));
+    settle(&mut nodes, t + 1);
+    for n in &nodes {
+        assert_eq!(n.results_of(&order.job).len(), 1, "built once, by attempt 1");
+    }
+}
+
+#[test]
+fn the_only_eligible_node_gives_up_a_lost_build_and_builds_the_job_again() {
+    // As a cluster's only gpu node would: nobody else can take the job.
+    let mut nodes = vec![node_with_grace(1, 30_000)];
+    settle(&mut nodes, 0);
+    nodes[0].announce(13_000, commit_with("abab02", 1, TIMED)).unwrap();
+    let started = run_for(&mut nodes, 13_000, 14_000, false);
+    let (_, first) = started[0].clone();
+    let build = nodes[0].running()[&first.job].clone();
+    let give_up_at = build.give_up_at;
+    assert_eq!(give_up_at, build.started_ms + 120_000, "steps' timeouts (90 s) and the grace (30 s)");
+    nodes[0].handle(give_up_at - 1, Input::Tick);
+    assert!(given_up(&mut nodes[0]).is_empty());
+    nodes[0].handle(give_up_at, Input::Tick);
+    assert_eq!(given_up(&mut nodes[0]), vec![(first.job, 0)]);
+    let again = run_for(&mut nodes, give_up_at, give_up_at + 5_000, false);
+    assert_eq!(again.iter().map(|(_, o)| (o.job, o.attempt)).collect::<Vec<_>>(), vec![(first.job, 1)]);
+    // A late end of attempt 0 neither frees attempt 1's slot nor publishes.
+    let now = give_up_at + 5_000;
+    nodes[0].handle(now, Input::BuildFinished(finished(&first, now)));
+    assert_eq!(nodes[0].running().get(&first.job).map(|b| b.attempt), Some(1));
+    assert!(nodes[0].results_of(&first.job).is_empty());
+    nodes[0].handle(now + 1, Input::BuildFinished(finished(&again[0].1, now + 1)));
+    assert!(nodes[0].running().is_empty());
+    assert_eq!(nodes[0].results_of(&first.job).len(), 1);
 }

@@ -17,9 +17,13 @@ pub enum Timer {
     /// Look for jobs to claim and leases that ran out: the earliest moment
     /// a claim decision can change without new input.
     Claims,
+    /// The earliest moment a build of this node's has run past its steps'
+    /// timeouts and the grace with no end reported: give it up.
+    GiveUp,
 }
 
-const TIMERS: [Timer; 6] = [Timer::Sweep, Timer::Heartbeat, Timer::Renew, Timer::Retention, Timer::Sync, Timer::Claims];
+const TIMERS: [Timer; 7] =
+    [Timer::Sweep, Timer::Heartbeat, Timer::Renew, Timer::Retention, Timer::Sync, Timer::Claims, Timer::GiveUp];
 
 #[derive(Debug, Clone)]
 pub struct TimerTable {
@@ -40,6 +44,10 @@ impl TimerTable {
     }
     pub fn stop(&mut self, t: Timer) {
         self.at[t as usize] = None;
+    }
+    /// Sets the timer, or stops it when there is nothing to wait for.
+    pub fn set_or_stop(&mut self, t: Timer, at: Option<Millis>) {
+        self.at[t as usize] = at;
     }
     pub fn get(&self, t: Timer) -> Option<Millis> {
         self.at[t as usize]

@@ -88,6 +88,29 @@ impl Sim {
         }
     }
 
+    /// After each turn of a node's core: the builds its core counts against
+    /// its slots are the builds its executor runs (or is stopping), and
+    /// every build the executor runs is counted. A core that counts a build
+    /// nobody runs holds a slot for ever; one that forgets a running build
+    /// runs more builds than its executors.
+    pub(super) fn check_builds_agree(&mut self, i: usize) {
+        let Some(core) = self.nodes[i].core.as_ref() else { return };
+        let counted: Vec<(Hash32, u32)> = core.running().iter().map(|(j, b)| (*j, b.attempt)).collect();
+        let phantom = counted.iter().find(|b| !self.workload.holds(i, b));
+        let forgotten = self.workload.running_on(i).find(|b| !counted.contains(b));
+        let (what, (job, attempt)) = match (phantom, forgotten) {
+            (Some(b), _) => ("counts a build its executor does not run", *b),
+            (None, Some(b)) => ("forgot a build its executor runs", *b),
+            (None, None) => return,
+        };
+        self.violation_now(
+            "a node's core and its executor agree on the builds running",
+            format!("node {i}'s core {what}: job {} attempt {attempt}", job.to_hex()),
+            Some(job),
+            Some(i),
+        );
+    }
+
     /// Every live node holds the same record set (count and fingerprint).
     pub(super) fn converged(&self) -> bool {
         let mut first = None;
@@ -208,8 +231,9 @@ impl Sim {
             return Err(self.violation(
                 "every job some live node can build is built once the network is quiet",
                 format!(
-                    "job {id} requiring {:?} has no result; eligible nodes see:\n  {}",
+                    "job {id} requiring {:?} has no result{}; eligible nodes see:\n  {}",
                     j.requires,
+                    if self.quiet { "" } else { " (the run ended without going quiet)" },
                     self.unbuilt_job_views(id, j, live).join("\n  ")
                 ),
                 Some(*id),
@@ -228,7 +252,9 @@ impl Sim {
     }
 
     /// What some eligible nodes know of a job: its attempt, the claim they
-    /// see as (claimant node, attempt, lease end), and what they run.
+    /// see as (claimant node, attempt, lease end), and the builds their
+    /// cores count as running, with when each started and whether the
+    /// executor still runs it.
     fn unbuilt_job_views(&self, id: &Hash32, j: &JobInfo, live: &[usize]) -> Vec<String> {
         let mut views = Vec::new();
         for &i in live.iter().filter(|&&i| satisfies(&self.nodes[i].labels, &j.requires)).take(VIEWS_SHOWN) {
@@ -237,25 +263,15 @@ impl Sim {
             let claim = view
                 .and_then(|v| v.claim.as_ref())
                 .map(|c| (self.by_peer.get(&c.by).copied(), c.attempt, c.lease_until));
-            let running = core
-                .running()
-                .iter()
-                .map(|(rj, a)| {
-                    (
-                        rj.short(),
-                        a.0,
-                        self.workload.jobs().get(rj).map(|x| (x.born, x.results.len())),
-                        self.workload.running_on(i).map(|k| k.0.short()).collect::<Vec<_>>(),
-                    )
-                })
-                .collect::<Vec<_>>();
+            let running: Vec<String> =
+                core.running().iter().map(|(rj, b)| self.workload.describe_build(i, (*rj, b.attempt))).collect();
             views.push(format!(
-                "node {i} {:?}: knows job {}, attempt {:?}, claim {:?}, running {:?} of {}",
+                "node {i} {:?}: knows job {}, attempt {:?}, claim {:?}, running [{}] of {}",
                 self.nodes[i].labels,
                 view.is_some(),
                 view.map(|v| v.attempt),
                 claim,
-                running,
+                running.join(", "),
                 core.config().executors,
             ));
         }

@@ -64,7 +64,14 @@ pub struct Sim {
     pending_violation: Option<Box<Violation>>,
     /// The cluster went quiet after the faults: the run is over.
     quiet: bool,
+    /// When a node last stored a record it did not have: the settling
+    /// phase lasts while the cluster still gets somewhere.
+    progress_at: u64,
 }
+
+/// However much progress it makes, a run settles for at most this long
+/// (or `--settle`, if longer) after `--duration`.
+const SETTLE_CAP_MS: u64 = 24 * 3_600_000;
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
@@ -89,6 +96,7 @@ impl Sim {
             trace: Trace::new(),
             pending_violation: None,
             quiet: false,
+            progress_at: 0,
         };
         sim.boot_all();
         sim.schedule_first_commit();
@@ -100,8 +108,9 @@ impl Sim {
     pub fn run(mut self) -> Result<Report, Box<Violation>> {
         let wall = Instant::now();
         let end_faults = self.cfg.duration_ms;
-        let end = self.cfg.duration_ms + self.cfg.settle_ms;
+        let mut end = self.settle_end();
         while let Some((at, ev)) = self.queue.pop() {
+            end = self.settle_end();
             if at > end {
                 break;
             }
@@ -125,6 +134,14 @@ impl Sim {
             self.end_faults();
         }
         self.finish(wall)
+    }
+
+    /// Settling ends `--settle` after `--duration` or after the last
+    /// progress, whichever is later: a cluster still building its queue is
+    /// given the time, one that is stuck fails the final checks.
+    fn settle_end(&self) -> u64 {
+        let cap = self.cfg.duration_ms + self.cfg.settle_ms.max(SETTLE_CAP_MS);
+        (self.cfg.duration_ms.max(self.progress_at) + self.cfg.settle_ms).min(cap)
     }
 
     fn step(&mut self, ev: Ev) {

@@ -239,6 +239,7 @@ impl Sim {
                 Output::Event(e) => self.on_event(i, e),
             }
         }
+        self.check_builds_agree(i);
         self.schedule_tick(i);
     }
 
@@ -265,6 +266,7 @@ impl Sim {
     fn on_event(&mut self, i: usize, e: Event) {
         match e {
             Event::RecordStored { id, .. } => {
+                self.progress_at = self.now;
                 self.track_record(i, id);
                 self.note(i, None, "stored", id.prefix_u64());
             }
@@ -291,6 +293,10 @@ impl Sim {
                 self.note(i, Some(job), "published", attempt as u64);
             }
             Event::Released { job, attempt, .. } => self.note(i, Some(job), "released", attempt as u64),
+            Event::BuildGivenUp { job, attempt, .. } => {
+                self.workload.given_up();
+                self.note(i, Some(job), "build-given-up", attempt as u64);
+            }
             Event::SyncFinished { need, have, .. } => self.note(i, None, "synced", (need + have) as u64),
             Event::BuildStarted { .. }
             | Event::BlobFetched { .. }

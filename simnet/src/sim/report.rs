@@ -29,6 +29,8 @@ pub struct Report {
     pub jobs_built_2_plus: usize,
     pub builds_started: u64,
     pub builds_cancelled: u64,
+    /// Builds a core gave up because their end never came (`--hang-rate`).
+    pub builds_given_up: u64,
     pub duplicate_rate: f64,
     pub change_reach_p50_ms: Option<u64>,
     pub change_reach_p99_ms: Option<u64>,
@@ -175,6 +177,7 @@ impl Sim {
             trace_hash: self.trace.hash_hex(),
             builds_started: self.workload.builds_started(),
             builds_cancelled: self.workload.builds_cancelled(),
+            builds_given_up: self.workload.builds_given_up(),
             max_hops: self.network.max_hops(),
             crashes: faults.crashes,
             restarts: faults.restarts,
@@ -290,13 +293,14 @@ impl Report {
             self.changes, self.jobs, self.jobs_unbuildable
         ));
         s.push_str(&format!(
-            "jobs built 0×: {}  1×: {}  2+×: {}  (duplicate rate {:.3}%) · builds started {} · cancelled {}\n",
+            "jobs built 0×: {}  1×: {}  2+×: {}  (duplicate rate {:.3}%) · builds started {} · cancelled {} · given up {}\n",
             self.jobs_built_0,
             self.jobs_built_1,
             self.jobs_built_2_plus,
             self.duplicate_rate * 100.0,
             self.builds_started,
-            self.builds_cancelled
+            self.builds_cancelled,
+            self.builds_given_up
         ));
         s.push_str(&format!(
             "change reaches 50% of nodes: {}  99%: {}  100%: {} (worst) · max hops {}\n",

@@ -42,7 +42,7 @@ impl Trace {
         }
         if let (Some(j), Some(want)) = (job, self.debug_job.as_deref()) {
             if j.to_hex().starts_with(want) {
-                eprintln!("t={at} node={node} {what} {other}");
+                eprintln!("t={at} node={node} job={} {what} {other}", j.short());
             }
         }
         self.recent.push_back(TraceLine { at, node: node as u32, job, what, other });

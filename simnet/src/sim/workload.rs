@@ -43,9 +43,24 @@ pub(super) struct Workload {
     jobs: BTreeMap<Hash32, JobInfo>,
     /// Builds running on each node, as (job, attempt).
     running: Vec<BTreeSet<(Hash32, u32)>>,
+    /// Builds told to stop, until their cancelled outcome is reported.
+    stopping: Vec<BTreeSet<(Hash32, u32)>>,
+    /// Running builds whose end the executor will never report.
+    hung: Vec<BTreeSet<(Hash32, u32)>>,
     slots: SlotUse,
     builds_started: u64,
     builds_cancelled: u64,
+    builds_given_up: u64,
+}
+
+/// What a `CancelBuild` did to a build in the executor model.
+#[derive(PartialEq)]
+enum Cancelled {
+    NotRunning,
+    /// It ends as cancelled shortly.
+    Stopping,
+    /// A hung build ignores the cancel too: the node abandons it.
+    Abandoned,
 }
 
 impl Workload {
@@ -55,9 +70,12 @@ impl Workload {
             commits: 0,
             jobs: BTreeMap::new(),
             running: vec![BTreeSet::new(); cfg.nodes],
+            stopping: vec![BTreeSet::new(); cfg.nodes],
+            hung: vec![BTreeSet::new(); cfg.nodes],
             slots: SlotUse::default(),
             builds_started: 0,
             builds_cancelled: 0,
+            builds_given_up: 0,
         }
     }
 
@@ -97,21 +115,33 @@ impl Workload {
         self.slots.first_start.get_or_insert(now);
     }
 
-    /// False if the build was not running.
-    fn build_cancelled(&mut self, node: usize, job: Hash32, attempt: u32) -> bool {
-        let was_running = self.running[node].remove(&(job, attempt));
-        if was_running {
-            self.builds_cancelled += 1;
+    /// The build is told to stop.
+    fn build_cancelled(&mut self, node: usize, job: Hash32, attempt: u32) -> Cancelled {
+        if !self.running[node].remove(&(job, attempt)) {
+            return Cancelled::NotRunning;
         }
-        was_running
+        self.builds_cancelled += 1;
+        if self.hung[node].remove(&(job, attempt)) {
+            self.slots.starts.remove(&(node, job, attempt));
+            return Cancelled::Abandoned;
+        }
+        self.stopping[node].insert((job, attempt));
+        Cancelled::Stopping
     }
 
-    /// Frees the build's slot; false if it was no longer running.
-    fn build_ended(&mut self, node: usize, job: Hash32, attempt: u32, now: u64) -> bool {
-        let was_running = self.running[node].remove(&(job, attempt));
-        if let Some(t) = self.slots.starts.remove(&(node, job, attempt)) {
-            self.slots.busy_ms += now - t;
-            self.slots.last_end = now;
+    /// Frees the build's slot; false if it was no longer running (or, for a
+    /// cancelled outcome, no longer stopping).
+    fn build_ended(&mut self, node: usize, job: Hash32, attempt: u32, now: u64, cancelled: bool) -> bool {
+        let was_running = if cancelled {
+            self.stopping[node].remove(&(job, attempt))
+        } else {
+            self.running[node].remove(&(job, attempt))
+        };
+        if was_running {
+            if let Some(t) = self.slots.starts.remove(&(node, job, attempt)) {
+                self.slots.busy_ms += now - t;
+                self.slots.last_end = now;
+            }
         }
         was_running
     }
@@ -119,11 +149,33 @@ impl Workload {
     /// A crash ends the node's builds without an outcome.
     pub(super) fn node_crashed(&mut self, node: usize) {
         self.running[node].clear();
+        self.stopping[node].clear();
+        self.hung[node].clear();
         self.slots.starts.retain(|(n, _, _), _| *n != node);
     }
 
     pub(super) fn any_running(&self) -> bool {
-        self.running.iter().any(|r| !r.is_empty())
+        self.running.iter().chain(&self.stopping).any(|r| !r.is_empty())
+    }
+
+    /// A build a core counts as running, as the executor sees it: job,
+    /// attempt, when it started, and whether it is running or stopping.
+    pub(super) fn describe_build(&self, node: usize, build: (Hash32, u32)) -> String {
+        let state = if self.running[node].contains(&build) {
+            "running"
+        } else if self.stopping[node].contains(&build) {
+            "stopping"
+        } else {
+            "not run by the executor"
+        };
+        let since =
+            self.slots.starts.get(&(node, build.0, build.1)).map(|t| format!(" since t={t}ms")).unwrap_or_default();
+        format!("{} attempt {}{since}, {state}", build.0.short(), build.1)
+    }
+
+    /// Whether a build is running, or stopping, on the node.
+    pub(super) fn holds(&self, node: usize, build: &(Hash32, u32)) -> bool {
+        self.running[node].contains(build) || self.stopping[node].contains(build)
     }
 
     pub(super) fn running_on(&self, node: usize) -> impl Iterator<Item = &(Hash32, u32)> {
@@ -136,6 +188,14 @@ impl Workload {
 
     pub(super) fn builds_cancelled(&self) -> u64 {
         self.builds_cancelled
+    }
+
+    pub(super) fn given_up(&mut self) {
+        self.builds_given_up += 1;
+    }
+
+    pub(super) fn builds_given_up(&self) -> u64 {
+        self.builds_given_up
     }
 
     /// Busy share of `slots` executor slots between the first build's start
@@ -157,6 +217,9 @@ fn build_recipe(cfg: &SimConfig) -> String {
             "[[builder]]\nname = \"b{i}\"\nrequires = [{}]\n[[builder.step]]\nname = \"build\"\nrun = \"make\"\n",
             req.join(", ")
         ));
+        if let Some(ms) = cfg.step_timeout_ms {
+            s.push_str(&format!("timeout_secs = {}\n", (ms / 1000).max(1)));
+        }
     }
     s
 }
@@ -241,21 +304,31 @@ impl Sim {
         }
     }
 
-    /// A core's `StartBuild`: the build ends after a drawn time.
+    /// A core's `StartBuild`: the build ends after a drawn time, unless it
+    /// hangs (`--hang-rate`; no draw when that is 0).
     pub(super) fn start_build(&mut self, i: usize, job: Hash32, attempt: u32) {
         self.check_build_start(i, job);
         self.faults.note_reclaim(job, i, self.now);
         self.note(i, Some(job), "build-start", attempt as u64);
         let d = slowed(uniform_ms(&mut self.rng, self.cfg.build_ms), self.nodes[i].slow, self.cfg.slow_factor);
         self.workload.build_started(i, job, attempt, self.now);
-        let incarnation = self.nodes[i].incarnation;
-        self.queue.push(self.now + d, Ev::BuildDone { node: i, incarnation, job, attempt, cancelled: false });
+        let hangs = self.cfg.hang_rate > 0.0 && self.rng.gen::<f64>() < self.cfg.hang_rate;
+        if hangs {
+            self.workload.hung[i].insert((job, attempt));
+            self.note(i, Some(job), "build-hangs", attempt as u64);
+        } else {
+            let incarnation = self.nodes[i].incarnation;
+            self.queue.push(self.now + d, Ev::BuildDone { node: i, incarnation, job, attempt, cancelled: false });
+        }
         self.maybe_crash_claimant(i, job, self.now + d / 2);
     }
 
     pub(super) fn cancel_build(&mut self, i: usize, job: Hash32, attempt: u32) {
-        if self.workload.build_cancelled(i, job, attempt) {
+        let cancelled = self.workload.build_cancelled(i, job, attempt);
+        if cancelled != Cancelled::NotRunning {
             self.note(i, Some(job), "build-cancel", attempt as u64);
+        }
+        if cancelled == Cancelled::Stopping {
             let incarnation = self.nodes[i].incarnation;
             self.queue
                 .push(self.now + CANCEL_MS, Ev::BuildDone { node: i, incarnation, job, attempt, cancelled: true });
@@ -266,8 +339,7 @@ impl Sim {
         if self.nodes[node].incarnation != incarnation || !self.alive(node) {
             return;
         }
-        let running = self.workload.build_ended(node, job, attempt, self.now);
-        if !running && !cancelled {
+        if !self.workload.build_ended(node, job, attempt, self.now, cancelled) {
             return;
         }
         let failed = !cancelled && self.rng.gen::<f64>() < self.cfg.build_failure_rate;
