@@ -449,37 +449,30 @@ fn a_full_disk_gives_the_job_back_and_it_is_built_once_space_is_freed() {
     assert!(n.results_of(&order.job).is_empty());
     assert_eq!(n.job_state(&order.job), JobState::Pending, "given back, not stuck as claimed");
     assert_eq!(n.jobs()[&order.job].attempt, order.attempt + 1);
-    // While writes fail, no new claim, however long it waits; reported once.
+    // A tick; a build it starts finishes at once like the first. True when
+    // one started.
+    let mut tick = |n: &mut NodeCore<FullableStore>, now: Millis, events: &mut Vec<Event>| {
+        n.handle(now, Input::Tick);
+        drain(n, &mut orders, events);
+        let Some(o) = orders.pop() else { return false };
+        n.handle(now, Input::BuildFinished(BuildOutcome { attempt: o.attempt, ..outcome.clone() }));
+        drain(n, &mut orders, events);
+        true
+    };
+    // While writes fail, retries come only after a growing pause, each
+    // failing the same way; the trouble is reported once.
     for _ in 0..30 {
         now += 1_000;
-        n.handle(now, Input::Tick);
-        drain(&mut n, &mut orders, &mut events);
-        if let Some(o) = orders.pop() {
-            // A retry after the pause may start; it fails the same way.
-            let mut again = outcome.clone();
-            again.attempt = o.attempt;
-            n.handle(now, Input::BuildFinished(again));
-            drain(&mut n, &mut orders, &mut events);
-        }
+        tick(&mut n, now, &mut events);
     }
     assert_eq!(events.iter().filter(|e| matches!(e, Event::StorageFailing { .. })).count(), 1);
     assert!(n.storage_health().failing_since().is_some());
     // Space is freed: the next attempt is built and its result stored.
     full.set(false);
-    let mut built = false;
-    for _ in 0..120 {
+    let built = (0..120).any(|_| {
         now += 1_000;
-        n.handle(now, Input::Tick);
-        drain(&mut n, &mut orders, &mut events);
-        if let Some(o) = orders.pop() {
-            let mut again = outcome.clone();
-            again.attempt = o.attempt;
-            n.handle(now, Input::BuildFinished(again));
-            drain(&mut n, &mut orders, &mut events);
-            built = true;
-            break;
-        }
-    }
+        tick(&mut n, now, &mut events)
+    });
     assert!(built, "the job is claimed again once writes work");
     assert_eq!(n.results_of(&order.job).len(), 1, "and its result is stored");
     assert!(n.storage_health().ok());
