@@ -11,10 +11,19 @@ use peerbot_protocol::recipe::{MAX_RECIPE_BYTES, RECIPE_FILE};
 use tokio::process::Command;
 
 const MAX_FILES: usize = 1000;
+/// A git command still running after this is killed: a fetch from a
+/// server that stopped answering must not hold a build or a poll for
+/// ever. Inside the core's grace for a build's fetch and checkout.
+pub const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Runs git; stdout on success, an error naming the command and git's
 /// own message otherwise.
 pub async fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
+    git_within(GIT_TIMEOUT, dir, args).await
+}
+
+/// `git`, killed after `limit`.
+pub async fn git_within(limit: std::time::Duration, dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
@@ -24,7 +33,11 @@ pub async fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    let out = cmd.output().await.context("running git (is it installed?)")?;
+    // kill_on_drop: the child dies with the future when the time is up.
+    let out = match tokio::time::timeout(limit, cmd.output()).await {
+        Ok(out) => out.context("running git (is it installed?)")?,
+        Err(_) => bail!("git {} did not finish within {} s: killed", args.join(" "), limit.as_secs()),
+    };
     if !out.status.success() {
         bail!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -144,4 +157,21 @@ pub async fn checkout(mirror: &Path, dest: &Path, commit: &str) -> anyhow::Resul
     git(None, &["clone", "--quiet", "--shared", "--no-checkout", &m, &d]).await?;
     git(Some(dest), &["checkout", "--quiet", "--detach", commit]).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_git_command_that_never_ends_is_killed_at_its_limit() {
+        // A remote whose transport never answers (git's ext:: transport
+        // runs a command that says nothing), as a hung server does.
+        let started = std::time::Instant::now();
+        let limit = std::time::Duration::from_millis(500);
+        let args = ["-c", "protocol.ext.allow=always", "ls-remote", "ext::sleep 3600"];
+        let err = git_within(limit, None, &args).await.unwrap_err().to_string();
+        assert!(err.contains("did not finish within"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "killed, not waited for");
+    }
 }
