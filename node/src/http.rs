@@ -24,6 +24,44 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// Writes (announce, force, cancel) need `Authorization: Bearer <token>`.
     pub api_token: String,
+    /// Messages to the Core actor in flight from HTTP handlers; beyond
+    /// them a request is answered 503 at once instead of queueing.
+    pub core_slots: tokio::sync::Semaphore,
+    /// Log fetches from peers in flight (each may wait up to a minute).
+    pub fetch_slots: tokio::sync::Semaphore,
+}
+
+/// See `AppState::core_slots`: actix queues `send` past a mailbox's
+/// capacity, so HTTP bounds what it hands the core itself.
+pub const MAX_CORE_QUERIES: usize = 256;
+pub const MAX_LOG_FETCHES: usize = 16;
+
+impl AppState {
+    pub fn new(core: Addr<CoreActor>, store: RocksStore, data_dir: PathBuf, api_token: String) -> Self {
+        AppState {
+            core,
+            store,
+            data_dir,
+            api_token,
+            core_slots: tokio::sync::Semaphore::new(MAX_CORE_QUERIES),
+            fetch_slots: tokio::sync::Semaphore::new(MAX_LOG_FETCHES),
+        }
+    }
+
+    /// Asks the Core actor, unless too many requests already wait for it.
+    async fn ask<M>(&self, msg: M) -> Result<M::Result, HttpResponse>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        CoreActor: actix::Handler<M>,
+    {
+        let Ok(_slot) = self.core_slots.try_acquire() else {
+            return Err(unavailable(format!(
+                "the node is busy: {MAX_CORE_QUERIES} requests are already waiting for its core; try again"
+            )));
+        };
+        self.core.send(msg).await.map_err(|e| unavailable(e.to_string()))
+    }
 }
 
 /// Checks the bearer token of a write; blake3 hashes compare in constant time.
@@ -170,20 +208,20 @@ async fn index() -> impl Responder {
 
 #[get("/api/v1/node")]
 async fn node(st: State) -> HttpResponse {
-    match st.core.send(Query::Node).await {
+    match st.ask(Query::Node).await {
         Ok(mut v) => {
             v["records"] = json!(st.store.record_count());
             HttpResponse::Ok().json(v)
         }
-        Err(e) => unavailable(e.to_string()),
+        Err(r) => r,
     }
 }
 
 #[get("/api/v1/peers")]
 async fn peers(st: State) -> HttpResponse {
-    match st.core.send(Query::Peers).await {
+    match st.ask(Query::Peers).await {
         Ok(v) => HttpResponse::Ok().json(v),
-        Err(e) => unavailable(e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -212,7 +250,7 @@ async fn list_changes(st: State, q: web::Query<ChangesQuery>) -> HttpResponse {
         let mut v = change_json(rec);
         if let Body::Change(c) = &rec.body {
             let ids = c.jobs.iter().map(|j| j.id).collect();
-            if let Ok(states) = st.core.send(Query::JobsOf(ids)).await {
+            if let Ok(states) = st.ask(Query::JobsOf(ids)).await {
                 v["jobs"] = states;
             }
         }
@@ -239,7 +277,7 @@ async fn post_change(req: actix_web::HttpRequest, st: State, body: web::Json<Ann
         Ok(i) => i,
         Err(r) => return r,
     };
-    match st.core.send(Announce(info)).await {
+    match st.ask(Announce(info)).await {
         Ok(Ok(a)) => {
             let (id, known) = match a {
                 Announced::New(id) => (id, false),
@@ -254,7 +292,7 @@ async fn post_change(req: actix_web::HttpRequest, st: State, body: web::Json<Ann
             }
         }
         Ok(Err(e)) => bad_request(e),
-        Err(e) => unavailable(e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -341,7 +379,10 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
     let mut tries = 0;
     while !st.store.has_blob(&blob.hash) {
         tries += 1;
-        let fetch = st.core.send(FetchBlob { hash: blob.hash, hint: Some(rec.signer) });
+        let Ok(_slot) = st.fetch_slots.try_acquire() else {
+            return unavailable(format!("{MAX_LOG_FETCHES} logs are being fetched from peers already; try again"));
+        };
+        let fetch = st.ask(FetchBlob { hash: blob.hash, hint: Some(rec.signer) });
         match tokio::time::timeout(Duration::from_secs(60), fetch).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) if tries >= 3 => {
@@ -351,7 +392,7 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
                 ))
             }
             Ok(Ok(Err(_))) => tokio::time::sleep(Duration::from_secs(1)).await,
-            Ok(Err(e)) => return unavailable(e.to_string()),
+            Ok(Err(r)) => return r,
             Err(_) => return unavailable("timed out fetching the log from peers"),
         }
     }
@@ -363,7 +404,7 @@ async fn get_log(st: State, path: web::Path<(String, String)>) -> HttpResponse {
 
 #[get("/api/v1/jobs/{id}")]
 async fn get_job(st: State, id: web::Path<String>) -> HttpResponse {
-    match st.core.send(Query::Job(id.into_inner())).await {
+    match st.ask(Query::Job(id.into_inner())).await {
         Ok(v) if v.get("error").is_some() => {
             let msg = v["error"].as_str().unwrap_or("");
             let code = if msg.contains("is not a job id") || msg.contains("ambiguous") {
@@ -374,7 +415,7 @@ async fn get_job(st: State, id: web::Path<String>) -> HttpResponse {
             error(code, msg)
         }
         Ok(v) => HttpResponse::Ok().json(v),
-        Err(e) => unavailable(e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -395,10 +436,10 @@ async fn cancel_job(
         return r;
     }
     let reason = body.and_then(|b| b.into_inner().reason).unwrap_or_else(|| "cancelled by a user".into());
-    match st.core.send(Cancel { job: id.into_inner(), reason }).await {
+    match st.ask(Cancel { job: id.into_inner(), reason }).await {
         Ok(Ok((job, rec))) => HttpResponse::Ok().json(json!({"job": job.to_hex(), "cancel_record": rec.to_hex()})),
         Ok(Err(e)) => bad_request(e),
-        Err(e) => unavailable(e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -440,14 +481,14 @@ async fn force(req: actix_web::HttpRequest, st: State, body: web::Json<ForceBody
         Err(r) => return r,
     };
     let reason = b.reason.unwrap_or_else(|| "forced by a user".into());
-    match st.core.send(Force { info, builder: b.builder, reason }).await {
+    match st.ask(Force { info, builder: b.builder, reason }).await {
         Ok(Ok(id)) => {
             let mut v = stored_change_json(&st, &id);
             v["forced"] = json!(true);
             HttpResponse::Created().json(v)
         }
         Ok(Err(e)) => bad_request(e),
-        Err(e) => unavailable(e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -460,13 +501,13 @@ struct LimitQuery {
 #[get("/api/v1/findings")]
 async fn findings(st: State, q: web::Query<LimitQuery>) -> HttpResponse {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    match st.core.send(Query::Findings).await {
+    match st.ask(Query::Findings).await {
         Ok(Value::Array(mut v)) => {
             v.truncate(limit);
             HttpResponse::Ok().json(v)
         }
         Ok(v) => HttpResponse::Ok().json(v),
-        Err(e) => unavailable(e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -487,8 +528,8 @@ async fn list_jobs(st: State, q: web::Query<JobsQuery>) -> HttpResponse {
         }
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    match st.core.send(Query::Jobs { state: q.state.clone(), limit }).await {
+    match st.ask(Query::Jobs { state: q.state.clone(), limit }).await {
         Ok(v) => HttpResponse::Ok().json(v),
-        Err(e) => unavailable(e.to_string()),
+        Err(r) => r,
     }
 }

@@ -499,12 +499,12 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             )
             .start();
         }
-        let state = actix_web::web::Data::new(http::AppState {
-            core: core_addr.clone(),
-            store: store.clone(),
-            data_dir: data_dir.clone(),
+        let state = actix_web::web::Data::new(http::AppState::new(
+            core_addr.clone(),
+            store.clone(),
+            data_dir.clone(),
             api_token,
-        });
+        ));
         let server =
             actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))
                 .workers(2)
