@@ -242,7 +242,7 @@ impl CoreActor {
     }
 
     fn job_json(&self, id: &Hash32, now: u64, queue: &[Hash32]) -> Option<Value> {
-        let j = self.core.jobs().get(id)?;
+        let j = self.core.job(id)?;
         let statuses = self.core.result_statuses(id);
         let results: Vec<Value> = statuses
             .iter()
@@ -284,6 +284,38 @@ impl CoreActor {
             "forced": j.forced,
             "seen_ms": j.seen_ms,
         }))
+    }
+}
+
+impl CoreActor {
+    /// Jobs newest first, in `state` if given. Jobs being decided are in
+    /// the core's table; the others are read from the newest changes on.
+    fn jobs_json(&self, now: u64, state: Option<&str>, limit: usize) -> Vec<Value> {
+        let queue = self.core.queue();
+        let mut v = Vec::new();
+        let wanted = |j: &Value| state.is_none_or(|s| j["state"] == s);
+        let live_only = state.is_some_and(|s| {
+            [JobStatus::Pending, JobStatus::Claimed, JobStatus::Running].iter().any(|x| x.as_str() == s)
+        });
+        if live_only {
+            let mut ids: Vec<(u64, Hash32)> = self.core.live_jobs().iter().map(|(id, j)| (j.seen_ms, *id)).collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            v.extend(ids.iter().filter_map(|(_, id)| self.job_json(id, now, &queue)).filter(wanted).take(limit));
+            return v;
+        }
+        // `changes` stops at the first change kept: keep one only once the
+        // page is full.
+        self.core.store().changes(1, &mut |rec| {
+            if let peerbot_protocol::Body::Change(c) = &rec.body {
+                for spec in &c.jobs {
+                    if v.len() < limit {
+                        v.extend(self.job_json(&spec.id, now, &queue).filter(wanted));
+                    }
+                }
+            }
+            v.len() >= limit
+        });
+        v
     }
 }
 
@@ -463,7 +495,7 @@ impl Handler<Query> for CoreActor {
                     "uptime_ms": now.saturating_sub(self.started_ms),
                     "peers_live": live,
                     "peers_connected": connected,
-                    "jobs_known": self.core.jobs().len(),
+                    "jobs_live": self.core.live_jobs().len(),
                     "records_stored_since_start": self.records_stored,
                     "sync": sync,
                     "log_replicas": cfg.log_replicas,
@@ -501,23 +533,7 @@ impl Handler<Query> for CoreActor {
                 }
                 Value::Array(v)
             }
-            Query::Jobs { state, limit } => {
-                let mut v = Vec::new();
-                let mut ids: Vec<(u64, Hash32)> = self.core.jobs().iter().map(|(id, j)| (j.seen_ms, *id)).collect();
-                ids.sort_unstable_by(|a, b| b.cmp(a));
-                let queue = self.core.queue();
-                for (_, id) in &ids {
-                    if let Some(j) = self.job_json(id, now, &queue) {
-                        if state.as_deref().is_none_or(|s| j["state"] == s) {
-                            v.push(j);
-                            if v.len() >= limit {
-                                break;
-                            }
-                        }
-                    }
-                }
-                Value::Array(v)
-            }
+            Query::Jobs { state, limit } => Value::Array(self.jobs_json(now, state.as_deref(), limit)),
             Query::JobsOf(ids) => {
                 let queue = self.core.queue();
                 Value::Array(ids.iter().filter_map(|id| self.job_json(id, now, &queue)).collect())

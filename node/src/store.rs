@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::record::{decode_stored, VerifiedRecord};
-use peerbot_protocol::store::{BucketIndex, Store, StoreError};
+use peerbot_protocol::store::{lookups_of, BucketIndex, Lookup, Store, StoreError};
 use peerbot_protocol::sync::{Fingerprint, SyncKey};
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
@@ -17,7 +17,11 @@ const CF_RESULTS: &str = "idx_results";
 const CF_BLOBS: &str = "blobs";
 const CF_STATE: &str = "state";
 const CF_META: &str = "meta";
-const SCHEMA_VERSION: &[u8] = b"1";
+/// Lookup ‖ key ‖ id → empty: the store's lookups by job and commit.
+const CF_LOOKUPS: &str = "lookups";
+const SCHEMA_VERSION: &[u8] = b"2";
+/// Schema 1 had no lookups; opening it files every record's (see `migrate`).
+const SCHEMA_WITHOUT_LOOKUPS: &[u8] = b"1";
 
 #[derive(Clone)]
 pub struct RocksStore {
@@ -44,8 +48,47 @@ fn parse_order_key(b: &[u8]) -> Option<SyncKey> {
     Some(SyncKey { time, id })
 }
 
+fn lookup_key(lookup: Lookup, key: &Hash32, id: &Hash32) -> [u8; 65] {
+    let mut out = [0u8; 65];
+    out[0] = lookup as u8;
+    out[1..33].copy_from_slice(&key.0);
+    out[33..].copy_from_slice(&id.0);
+    out
+}
+
+fn parse_lookup_key(b: &[u8]) -> Option<(Hash32, Hash32)> {
+    if b.len() != 65 {
+        return None;
+    }
+    Some((Hash32(b[1..33].try_into().ok()?), Hash32(b[33..].try_into().ok()?)))
+}
+
 fn err(e: rocksdb::Error) -> StoreError {
     StoreError(e.to_string())
+}
+
+/// Files the lookups of every stored record, in batches, then marks the
+/// database as schema 2. Safe to run again if it stops half way.
+fn migrate(db: &DB) -> anyhow::Result<u64> {
+    let (records, lookups) = (db.cf_handle(CF_RECORDS).expect("cf"), db.cf_handle(CF_LOOKUPS).expect("cf"));
+    let mut batch = WriteBatch::default();
+    let mut n = 0u64;
+    for item in db.iterator_cf(records, IteratorMode::Start) {
+        let (_, bytes) = item?;
+        let Ok(rec) = decode_stored(&bytes) else { continue };
+        for (l, k, v) in lookups_of(&rec) {
+            batch.put_cf(lookups, lookup_key(l, &k, &v), b"");
+        }
+        n += 1;
+        if batch.len() >= 10_000 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    db.write(batch)?;
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    db.put_cf_opt(db.cf_handle(CF_META).expect("cf"), b"schema", SCHEMA_VERSION, &w)?;
+    Ok(n)
 }
 
 impl RocksStore {
@@ -54,7 +97,7 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
-        let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META]
+        let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META, CF_LOOKUPS]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
@@ -63,6 +106,10 @@ impl RocksStore {
         match db.get_cf(meta, b"schema")? {
             None => db.put_cf(meta, b"schema", SCHEMA_VERSION)?,
             Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v == SCHEMA_WITHOUT_LOOKUPS => {
+                let filed = migrate(&db)?;
+                tracing::info!("database in {}: filed the lookups of {filed} records (schema 1 to 2)", dir.display());
+            }
             Some(v) => anyhow::bail!(
                 "database in {} has schema {:?}, this peerbot reads schema {:?}",
                 dir.display(),
@@ -133,6 +180,7 @@ impl RocksStore {
                 peerbot_protocol::Body::Result(_) => batch.put_cf(self.cf(CF_RESULTS), key, b""),
                 peerbot_protocol::Body::Cancel(_) => {}
             }
+            self.file_lookups(&mut batch, rec);
         }
         self.db.write_opt(batch, &Self::sync_write())?;
         // Only what is on disk counts: a failed write (a full disk) must not
@@ -143,6 +191,28 @@ impl RocksStore {
         }
         self.count.fetch_add(recs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    fn file_lookups(&self, batch: &mut WriteBatch, rec: &VerifiedRecord) {
+        for (l, k, v) in lookups_of(rec) {
+            batch.put_cf(self.cf(CF_LOOKUPS), lookup_key(l, &k, &v), b"");
+        }
+    }
+
+    /// Up to `limit` lookups of one kind whose key starts with `prefix`
+    /// (all 32 bytes of it for one key's ids).
+    fn lookups_from(&self, lookup: Lookup, prefix: &[u8], limit: usize) -> Vec<(Hash32, Hash32)> {
+        let mut start = vec![lookup as u8];
+        start.extend_from_slice(&prefix[..prefix.len().min(32)]);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_LOOKUPS), IteratorMode::From(&start, Direction::Forward)) {
+            let Ok((k, _)) = item else { break };
+            if !k.starts_with(&start) || out.len() >= limit {
+                break;
+            }
+            out.extend(parse_lookup_key(&k));
+        }
+        out
     }
 
     pub fn record(&self, id: &Hash32) -> Option<VerifiedRecord> {
@@ -197,6 +267,7 @@ impl Store for RocksStore {
         if let Some(idx) = idx {
             batch.put_cf(self.cf(idx), key, b"");
         }
+        self.file_lookups(&mut batch, rec);
         self.db.write_opt(batch, &Self::sync_write()).map_err(err)?;
         self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.index.write().unwrap_or_else(|e| e.into_inner()).add(&SyncKey { time: rec.time(), id: rec.id });
@@ -270,6 +341,19 @@ impl Store for RocksStore {
         }
     }
 
+    fn put_lookup(&mut self, lookup: Lookup, key: &Hash32, value: &Hash32) -> Result<(), StoreError> {
+        // Derived again by the replay at start-up: no sync needed.
+        self.db.put_cf(self.cf(CF_LOOKUPS), lookup_key(lookup, key, value), b"").map_err(err)
+    }
+
+    fn lookup(&self, lookup: Lookup, key: &Hash32, limit: usize) -> Vec<Hash32> {
+        self.lookups_from(lookup, &key.0, limit).into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn lookup_prefix(&self, lookup: Lookup, prefix: &[u8], limit: usize) -> Vec<(Hash32, Hash32)> {
+        self.lookups_from(lookup, prefix, limit)
+    }
+
     fn put_blob(&mut self, hash: &Hash32, bytes: &[u8]) -> Result<(), StoreError> {
         if self.has_blob(hash) {
             return Ok(());
@@ -301,5 +385,91 @@ impl Store for RocksStore {
 
     fn delete_state(&mut self, key: &str) -> Result<(), StoreError> {
         self.db.delete_cf_opt(self.cf(CF_STATE), key, &Self::sync_write()).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerbot_protocol::record::{sign, BuildResult, Change, Status};
+    use peerbot_protocol::{deterministic_key, Body};
+
+    const RECIPE: &str = "[[builder]]\nname='linux'\n[[builder.step]]\nrun='make'\n";
+
+    fn change(commit: &str) -> VerifiedRecord {
+        let jobs = peerbot_protocol::recipe::parse_recipe("/repo", commit, RECIPE).unwrap();
+        let c = Change {
+            repo: "/repo".into(),
+            branch: "main".into(),
+            commit: commit.into(),
+            jobs,
+            announced_ms: 1_000,
+            ..Default::default()
+        };
+        sign(&deterministic_key(1), &Body::Change(c))
+    }
+
+    fn result(job: Hash32, attempt: u32) -> VerifiedRecord {
+        let r = BuildResult {
+            job,
+            repo: "/repo".into(),
+            branch: "main".into(),
+            commit: "abcd01".into(),
+            builder: "linux".into(),
+            attempt,
+            labels: vec![],
+            started_ms: 2_000,
+            ended_ms: 3_000 + attempt as u64,
+            status: Status::Success,
+            steps: vec![],
+            metrics: Default::default(),
+            failed_step: None,
+            error: None,
+            author: String::new(),
+            title: String::new(),
+        };
+        sign(&deterministic_key(2), &Body::Result(r))
+    }
+
+    #[test]
+    fn records_file_their_lookups_in_the_write_that_stores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RocksStore::open(dir.path()).unwrap();
+        let c = change("abcd01");
+        let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
+        s.put_record(&c).unwrap();
+        s.put_records(&[result(job, 0), result(job, 1)]).unwrap();
+        assert_eq!(s.change_for_job(&job), Some(c.id));
+        assert_eq!(s.change_for_commit("/repo", "abcd01"), Some(c.id));
+        assert_eq!(s.change_for_commit("/repo", "abcd02"), None);
+        assert_eq!(s.results_for_job(&job).len(), 2);
+        assert_eq!(s.lookup_prefix(Lookup::JobChange, &job.0[..3], 10), vec![(job, c.id)]);
+        assert!(s.superseded_by(&job).is_none());
+    }
+
+    #[test]
+    fn a_schema_1_database_gets_its_lookups_filed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
+        {
+            let mut s = RocksStore::open(dir.path()).unwrap();
+            s.put_record(&change("abcd01")).unwrap();
+            s.put_record(&result(job, 0)).unwrap();
+            // As a schema 1 node left it: no lookups.
+            let all: Vec<_> = s.lookups_from(Lookup::JobChange, &[], 100);
+            assert_eq!(all.len(), 1);
+            for l in [Lookup::JobChange, Lookup::JobResult, Lookup::CommitChange] {
+                for (k, v) in s.lookups_from(l, &[], 100) {
+                    s.db.delete_cf(s.cf(CF_LOOKUPS), lookup_key(l, &k, &v)).unwrap();
+                }
+            }
+            s.db.put_cf(s.cf(CF_META), b"schema", b"1").unwrap();
+            assert!(s.change_for_job(&job).is_none());
+        }
+        let s = RocksStore::open(dir.path()).unwrap();
+        assert!(s.change_for_job(&job).is_some());
+        assert_eq!(s.results_for_job(&job).len(), 1);
+        assert!(s.change_for_commit("/repo", "abcd01").is_some());
+        assert_eq!(s.db.get_cf(s.cf(CF_META), b"schema").unwrap().as_deref(), Some(SCHEMA_VERSION));
     }
 }

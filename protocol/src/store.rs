@@ -4,11 +4,51 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::ids::Hash32;
 use crate::keyspace::{min_bound, Fingerprint, SyncKey};
-use crate::record::VerifiedRecord;
+use crate::record::{Body, VerifiedRecord};
 
 #[derive(Debug, thiserror::Error)]
 #[error("storage: {0}")]
 pub struct StoreError(pub String);
+
+/// Lookups by job and by commit, so that what the past holds can stay on
+/// disk: each maps a 32-byte key to the ids filed under it. All but
+/// `Superseded` are written with the record they come from, in the same
+/// durable write (see [`lookups_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Lookup {
+    /// Job id → the changes that ask for it (two announcers make two).
+    JobChange = 1,
+    /// Job id → its results.
+    JobResult = 2,
+    /// Job id → cancels of it.
+    JobCancel = 3,
+    /// [`commit_key`] → the changes of that commit (forced ones left out).
+    CommitChange = 4,
+    /// Job id → the job that took its place on a collapsing builder. The
+    /// core derives it and files it; replaying the records derives it again.
+    Superseded = 5,
+}
+
+/// The key a commit of a repository is filed under.
+pub fn commit_key(repo: &str, commit: &str) -> Hash32 {
+    Hash32::of_fields("peerbot.lookup.commit.v1", &[repo.as_bytes(), commit.as_bytes()])
+}
+
+/// The lookups a record files itself under.
+pub fn lookups_of(rec: &VerifiedRecord) -> Vec<(Lookup, Hash32, Hash32)> {
+    match &rec.body {
+        Body::Change(c) => {
+            let mut v: Vec<_> = c.jobs.iter().map(|j| (Lookup::JobChange, j.id, rec.id)).collect();
+            if c.force.is_none() {
+                v.push((Lookup::CommitChange, commit_key(&c.repo, &c.commit), rec.id));
+            }
+            v
+        }
+        Body::Result(r) => vec![(Lookup::JobResult, r.job, rec.id)],
+        Body::Cancel(k) => vec![(Lookup::JobCancel, k.job, rec.id)],
+    }
+}
 
 pub trait Store {
     /// Stores a verified record durably; `Ok(false)` if it was already there.
@@ -44,6 +84,34 @@ pub trait Store {
     /// Calls `f` with the bytes of every stored record (used at start-up).
     fn for_each_record(&self, f: &mut dyn FnMut(&[u8]));
 
+    /// Files `value` under `key` (for lookups the core derives; records
+    /// file theirs as they are stored).
+    fn put_lookup(&mut self, lookup: Lookup, key: &Hash32, value: &Hash32) -> Result<(), StoreError>;
+    /// Up to `limit` ids filed under `key`, in id order.
+    fn lookup(&self, lookup: Lookup, key: &Hash32, limit: usize) -> Vec<Hash32>;
+    /// Up to `limit` (key, id) pairs whose key starts with `prefix`.
+    fn lookup_prefix(&self, lookup: Lookup, prefix: &[u8], limit: usize) -> Vec<(Hash32, Hash32)>;
+
+    /// The results of a job, at most 64.
+    fn results_for_job(&self, job: &Hash32) -> Vec<Hash32> {
+        self.lookup(Lookup::JobResult, job, 64)
+    }
+    /// A change that asks for the job.
+    fn change_for_job(&self, job: &Hash32) -> Option<Hash32> {
+        self.lookup(Lookup::JobChange, job, 1).first().copied()
+    }
+    /// A cancel record of the job.
+    fn cancel_for_job(&self, job: &Hash32) -> Option<Hash32> {
+        self.lookup(Lookup::JobCancel, job, 1).first().copied()
+    }
+    /// An unforced change of the commit.
+    fn change_for_commit(&self, repo: &str, commit: &str) -> Option<Hash32> {
+        self.lookup(Lookup::CommitChange, &commit_key(repo, commit), 1).first().copied()
+    }
+    fn superseded_by(&self, job: &Hash32) -> Option<Hash32> {
+        self.lookup(Lookup::Superseded, job, 1).first().copied()
+    }
+
     fn put_blob(&mut self, hash: &Hash32, bytes: &[u8]) -> Result<(), StoreError>;
     fn get_blob(&self, hash: &Hash32) -> Option<Vec<u8>>;
     fn has_blob(&self, hash: &Hash32) -> bool;
@@ -62,6 +130,7 @@ pub struct MemStore {
     blobs: HashMap<Hash32, Vec<u8>>,
     state: BTreeMap<String, Vec<u8>>,
     index: BucketIndex,
+    lookups: BTreeSet<(Lookup, Hash32, Hash32)>,
 }
 
 impl MemStore {
@@ -82,6 +151,7 @@ impl Store for MemStore {
         let key = SyncKey { time: rec.time(), id: rec.id };
         self.order.insert(key);
         self.index.add(&key);
+        self.lookups.extend(lookups_of(rec));
         Ok(true)
     }
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {
@@ -121,6 +191,25 @@ impl Store for MemStore {
                 f(b)
             }
         }
+    }
+    fn put_lookup(&mut self, lookup: Lookup, key: &Hash32, value: &Hash32) -> Result<(), StoreError> {
+        self.lookups.insert((lookup, *key, *value));
+        Ok(())
+    }
+    fn lookup(&self, lookup: Lookup, key: &Hash32, limit: usize) -> Vec<Hash32> {
+        let from = (lookup, *key, Hash32::ZERO);
+        self.lookups.range(from..).take_while(|(l, k, _)| *l == lookup && k == key).take(limit).map(|e| e.2).collect()
+    }
+    fn lookup_prefix(&self, lookup: Lookup, prefix: &[u8], limit: usize) -> Vec<(Hash32, Hash32)> {
+        let mut start = Hash32::ZERO;
+        let n = prefix.len().min(32);
+        start.0[..n].copy_from_slice(&prefix[..n]);
+        self.lookups
+            .range((lookup, start, Hash32::ZERO)..)
+            .take_while(|(l, k, _)| *l == lookup && k.0.starts_with(&prefix[..n]))
+            .take(limit)
+            .map(|e| (e.1, e.2))
+            .collect()
     }
     fn put_blob(&mut self, hash: &Hash32, bytes: &[u8]) -> Result<(), StoreError> {
         self.blobs.insert(*hash, bytes.to_vec());

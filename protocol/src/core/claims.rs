@@ -15,7 +15,7 @@ use crate::Millis;
 /// What a claim heard did to the job table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
-    /// The job is done, or the claim is for an older attempt.
+    /// The job is settled, or the claim is for an older attempt.
     Stale,
     /// The job is not known yet; the claim waits for it.
     Early,
@@ -37,10 +37,9 @@ pub struct Expired {
 
 impl Jobs {
     /// Settles a claim from `from`, whose lease is capped at `lease_cap`.
+    /// The caller answers `Stale` for a job already settled, which is not
+    /// in the table; any other job not in it is not known yet.
     pub fn take_claim(&mut self, now: Millis, from: PeerId, c: Claim, lease_cap: u64) -> ClaimOutcome {
-        if self.results_by_job.contains_key(&c.job) {
-            return ClaimOutcome::Stale;
-        }
         let lease_ms = c.lease_ms.min(lease_cap);
         let Some(job) = self.jobs.get_mut(&c.job) else {
             self.keep_early_claim(now, from, c);
@@ -86,9 +85,8 @@ impl Jobs {
     pub fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>, lease_ms: u64) -> Vec<ClaimOutcome> {
         let mut settled = Vec::new();
         for l in leases {
-            let done = self.results_by_job.contains_key(&l.job);
             let Some(job) = self.jobs.get_mut(&l.job) else { continue };
-            if done || l.attempt < job.attempt {
+            if l.attempt < job.attempt {
                 continue;
             }
             match &mut job.claim {
@@ -123,7 +121,7 @@ impl Jobs {
     pub fn release(&mut self, now: Millis, from: PeerId, job: &Hash32, attempt: u32, reason: &str) -> bool {
         let holds =
             self.jobs.get(job).and_then(|j| j.claim.as_ref()).is_some_and(|c| c.by == from && c.attempt == attempt);
-        if !holds || self.results_by_job.contains_key(job) {
+        if !holds {
             return false;
         }
         self.reopen(now, job, LostAttempt { attempt, holder: from, reason: reason.to_string() });

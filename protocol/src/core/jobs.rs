@@ -1,8 +1,11 @@
-//! The job table: every job this node knows, which are open, their claims,
-//! their results, cancels and collapsing. A job reopens (a new attempt, no
-//! claim) by one rule, `reopen`, whatever the reason.
+//! The job table: the jobs still to be decided (waiting, claimed, being
+//! built), which are open, their claims, and collapsing. A job leaves the
+//! table when it is settled (a result, a cancel, a newer job in its place);
+//! what the past holds is read from the store's lookups, so the table
+//! grows with the work in flight, not with history. A job reopens (a new
+//! attempt, no claim) by one rule, `reopen`, whatever the reason.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use libp2p_identity::PeerId;
 
@@ -14,6 +17,8 @@ use crate::Millis;
 
 /// Claims for jobs not yet known are kept up to this many.
 const MAX_EARLY_CLAIMS: usize = 10_000;
+/// Jobs built more than once, newest kept.
+const MAX_FINDINGS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimView {
@@ -48,15 +53,44 @@ pub struct JobView {
     pub seen_ms: Millis,
     /// Not claimable before this (the builder's tree-stable timer).
     pub not_before: Millis,
-    /// A newer change on the branch took this job's place (collapsing).
+    /// A newer change on the branch took this job's place (collapsing);
+    /// only in views of settled jobs, read from the store.
     pub superseded_by: Option<Hash32>,
-    /// A user cancelled the job: why, and through which node.
+    /// A user cancelled the job: why, and through which node; only in
+    /// views of settled jobs.
     pub cancelled: Option<(String, PeerId)>,
     pub commit_time: i64,
     pub forced: bool,
     /// Which eligible peers had a free slot when last ranked, and since when.
     pub(crate) free_sig: u64,
     pub(crate) free_since: Millis,
+}
+
+/// A job a newer one of a collapsing builder took the place of.
+pub struct Superseded {
+    pub job: Hash32,
+    pub by: Hash32,
+    pub lost: Vec<LostAttempt>,
+}
+
+/// Where a settled job's lost attempts are kept (node-local state).
+pub(crate) fn lost_key(job: &Hash32) -> String {
+    format!("lost/{}", job.to_hex())
+}
+
+pub(crate) fn encode_lost(lost: &[LostAttempt]) -> Vec<u8> {
+    let v: Vec<(u32, Vec<u8>, &str)> =
+        lost.iter().map(|l| (l.attempt, l.holder.to_bytes(), l.reason.as_str())).collect();
+    crate::codec::encode(&v)
+}
+
+pub(crate) fn decode_lost(bytes: &[u8]) -> Vec<LostAttempt> {
+    let v: Vec<(u32, serde_bytes::ByteBuf, String)> = crate::codec::decode(bytes, 1 << 20).unwrap_or_default();
+    v.into_iter()
+        .filter_map(|(attempt, holder, reason)| {
+            Some(LostAttempt { attempt, holder: PeerId::from_bytes(&holder).ok()?, reason })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,72 +104,56 @@ pub enum JobState {
 
 #[derive(Default)]
 pub struct Jobs {
-    /// Hashed with fixed keys: iteration order must not vary between runs.
+    /// Jobs not settled yet. Hashed with fixed keys: iteration order must
+    /// not vary between runs.
     pub(crate) jobs: HashMap<Hash32, JobView, rustc_hash::FxBuildHasher>,
-    /// Jobs with no result yet, not cancelled and not superseded.
+    /// The table's ids in id order: claiming and lease expiry walk them in
+    /// an order that does not depend on the hash map.
     pub(crate) open: BTreeSet<Hash32>,
-    pub(crate) results_by_job: HashMap<Hash32, Vec<Hash32>, rustc_hash::FxBuildHasher>,
-    changes_by_commit: BTreeMap<(String, String), Hash32>,
     /// Claims heard before the change that defines the job.
     early_claims: BTreeMap<Hash32, (PeerId, Claim, Millis)>,
-    /// Cancel records, by job (the job may not be known yet).
-    cancels: HashMap<Hash32, (String, PeerId), rustc_hash::FxBuildHasher>,
     /// Open jobs of collapsing builders, by (repo, branch, builder).
     collapsible: BTreeMap<(String, String, String), Vec<Hash32>>,
+    /// Jobs that got a second result, newest last, at most `MAX_FINDINGS`.
+    findings: VecDeque<(Millis, Hash32)>,
 }
 
 impl Jobs {
     pub fn get(&self, id: &Hash32) -> Option<&JobView> {
         self.jobs.get(id)
     }
-    pub fn all(&self) -> &HashMap<Hash32, JobView, rustc_hash::FxBuildHasher> {
+    /// The jobs still to be decided.
+    pub fn live(&self) -> &HashMap<Hash32, JobView, rustc_hash::FxBuildHasher> {
         &self.jobs
     }
     pub fn is_open(&self, id: &Hash32) -> bool {
         self.open.contains(id)
     }
-    pub fn results_of(&self, job: &Hash32) -> &[Hash32] {
-        self.results_by_job.get(job).map(|v| v.as_slice()).unwrap_or(&[])
-    }
-    pub fn change_of_commit(&self, repo: &str, commit: &str) -> Option<Hash32> {
-        self.changes_by_commit.get(&(repo.to_string(), commit.to_string())).copied()
+
+    /// The state of a job of the table; `None` for one not in it (settled,
+    /// or never heard of).
+    pub fn state(&self, job: &Hash32) -> Option<JobState> {
+        let j = self.jobs.get(job)?;
+        Some(if j.claim.is_some() { JobState::Claimed } else { JobState::Pending })
     }
 
-    pub fn state(&self, job: &Hash32) -> JobState {
-        let view = self.jobs.get(job);
-        if self.results_by_job.contains_key(job) {
-            JobState::Done
-        } else if self.cancels.contains_key(job) {
-            JobState::Cancelled
-        } else if view.is_some_and(|j| j.superseded_by.is_some() && j.claim.is_none()) {
-            JobState::Superseded
-        } else if view.is_some_and(|j| j.claim.is_some()) {
-            JobState::Claimed
-        } else {
-            JobState::Pending
-        }
-    }
-
-    /// Adds the jobs of a change; returns the claims heard for them before
-    /// the change arrived, to be applied now.
-    pub fn add_change(&mut self, now: Millis, c: &Change, change: Hash32) -> Vec<(PeerId, Claim, Millis)> {
-        if c.force.is_none() {
-            self.changes_by_commit.entry((c.repo.clone(), c.commit.clone())).or_insert(change);
-        }
+    /// Adds the jobs of a change that are not settled yet; returns the
+    /// claims heard for them before the change arrived, to be applied now.
+    pub fn add_change(
+        &mut self,
+        now: Millis,
+        c: &Change,
+        change: Hash32,
+        settled: &dyn Fn(&Hash32) -> bool,
+    ) -> Vec<(PeerId, Claim, Millis)> {
         let mut early = Vec::new();
         for spec in &c.jobs {
-            if self.jobs.contains_key(&spec.id) {
+            if self.jobs.contains_key(&spec.id) || settled(&spec.id) {
+                self.early_claims.remove(&spec.id);
                 continue;
             }
             self.jobs.insert(spec.id, new_job(now, c, change, spec));
-            if !self.results_by_job.contains_key(&spec.id) && !self.cancels.contains_key(&spec.id) {
-                self.open.insert(spec.id);
-            }
-            if let Some((reason, by)) = self.cancels.get(&spec.id).cloned() {
-                if let Some(j) = self.jobs.get_mut(&spec.id) {
-                    j.cancelled = Some((reason, by));
-                }
-            }
+            self.open.insert(spec.id);
             if let Some(e) = self.early_claims.remove(&spec.id) {
                 early.push(e);
             }
@@ -143,25 +161,38 @@ impl Jobs {
         early
     }
 
+    /// A job is settled (built, cancelled, superseded): it leaves the
+    /// table. Returns its lost attempts, which only this node saw, for the
+    /// caller to keep.
+    pub fn settle(&mut self, job: &Hash32) -> Vec<LostAttempt> {
+        self.open.remove(job);
+        self.early_claims.remove(job);
+        self.jobs.remove(job).map(|j| j.lost).unwrap_or_default()
+    }
+
+    /// A job got another result: a reproducibility finding.
+    pub fn note_finding(&mut self, seen_ms: Millis, job: Hash32) {
+        if self.findings.iter().any(|(_, j)| *j == job) {
+            return;
+        }
+        if self.findings.len() >= MAX_FINDINGS {
+            self.findings.pop_front();
+        }
+        self.findings.push_back((seen_ms, job));
+    }
+
+    /// Jobs built more than once, newest first.
+    pub fn findings(&self) -> Vec<Hash32> {
+        let mut v: Vec<(Millis, Hash32)> = self.findings.iter().copied().collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// Keeps a claim for a job not known yet, up to a bound.
     pub fn keep_early_claim(&mut self, now: Millis, from: PeerId, c: Claim) {
         if self.early_claims.len() < MAX_EARLY_CLAIMS {
             self.early_claims.insert(c.job, (from, c, now));
         }
-    }
-
-    pub fn add_cancel(&mut self, job: Hash32, reason: &str, by: PeerId) {
-        self.cancels.insert(job, (reason.to_string(), by));
-        self.open.remove(&job);
-        if let Some(j) = self.jobs.get_mut(&job) {
-            j.cancelled = Some((reason.to_string(), by));
-        }
-    }
-
-    pub fn add_result(&mut self, job: Hash32, record: Hash32) {
-        self.results_by_job.entry(job).or_default().push(record);
-        self.open.remove(&job);
-        self.early_claims.remove(&job);
     }
 
     /// The one way a job opens again: the attempt that was held is lost, a
@@ -177,8 +208,9 @@ impl Jobs {
 
     /// A new change on a branch restarts the tree-stable timers of the
     /// branch's waiting jobs, and supersedes older unclaimed jobs of
-    /// collapsing builders.
-    pub fn branch_activity(&mut self, now: Millis, c: &Change) {
+    /// collapsing builders; returns those, each with the job in its place
+    /// and its lost attempts.
+    pub fn branch_activity(&mut self, now: Millis, c: &Change) -> Vec<Superseded> {
         let open_waiting: Vec<Hash32> = self
             .open
             .iter()
@@ -194,12 +226,14 @@ impl Jobs {
                 j.not_before = j.not_before.max(now + j.spec.tree_stable_secs * 1000);
             }
         }
+        let mut superseded = Vec::new();
         for spec in c.jobs.iter().filter(|s| s.collapse) {
-            self.collapse(&c.repo, &c.branch, spec);
+            self.collapse(&c.repo, &c.branch, spec, &mut superseded);
         }
+        superseded
     }
 
-    fn collapse(&mut self, repo: &str, branch: &str, spec: &JobSpec) {
+    fn collapse(&mut self, repo: &str, branch: &str, spec: &JobSpec, superseded: &mut Vec<Superseded>) {
         let key = (repo.to_string(), branch.to_string(), spec.builder.clone());
         let mut group = self.collapsible.remove(&key).unwrap_or_default();
         if !group.contains(&spec.id) {
@@ -215,11 +249,9 @@ impl Jobs {
         let mut keep = Vec::new();
         for id in group {
             let unclaimed = self.jobs.get(&id).is_some_and(|j| j.claim.is_none());
-            if Some(id) != newest && unclaimed {
-                if let (Some(j), Some(n)) = (self.jobs.get_mut(&id), newest) {
-                    j.superseded_by = Some(n);
-                }
-                self.open.remove(&id);
+            if let (Some(n), true) = (newest.filter(|n| *n != id), unclaimed) {
+                let lost = self.settle(&id);
+                superseded.push(Superseded { job: id, by: n, lost });
             } else {
                 keep.push(id);
             }
@@ -227,18 +259,9 @@ impl Jobs {
         self.collapsible.insert(key, keep);
     }
 
-    /// A job by a unique hex prefix of its id.
-    pub fn find(&self, prefix: &str) -> Result<Hash32, String> {
-        let p = prefix.to_ascii_lowercase();
-        if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("{prefix:?} is not a job id (at least 4 hex digits)"));
-        }
-        let mut found = self.jobs.keys().filter(|id| id.to_hex().starts_with(&p));
-        match (found.next(), found.next()) {
-            (Some(id), None) => Ok(*id),
-            (None, _) => Err(format!("no job {prefix}")),
-            _ => Err(format!("job id prefix {prefix} is ambiguous")),
-        }
+    /// Jobs of the table whose id starts with the hex prefix `p`.
+    pub fn with_prefix<'a>(&'a self, p: &'a str) -> impl Iterator<Item = Hash32> + 'a {
+        self.jobs.keys().filter(move |id| id.to_hex().starts_with(p)).copied()
     }
 
     /// Waiting jobs in the order nodes take them: priority, then age.
@@ -258,7 +281,7 @@ impl Jobs {
     }
 }
 
-fn new_job(now: Millis, c: &Change, change: Hash32, spec: &JobSpec) -> JobView {
+pub(crate) fn new_job(now: Millis, c: &Change, change: Hash32, spec: &JobSpec) -> JobView {
     JobView {
         spec: spec.clone(),
         repo: c.repo.clone(),

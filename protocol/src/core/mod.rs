@@ -203,14 +203,10 @@ impl<S: Store> NodeCore<S> {
     pub fn into_store(self) -> S {
         self.store
     }
-    pub fn jobs(&self) -> &std::collections::HashMap<Hash32, JobView, rustc_hash::FxBuildHasher> {
-        self.jobs.all()
-    }
-    pub fn results_of(&self, job: &Hash32) -> &[Hash32] {
-        self.jobs.results_of(job)
-    }
-    pub fn job_state(&self, job: &Hash32) -> JobState {
-        self.jobs.state(job)
+    /// The jobs still to be decided: waiting, claimed, being built. Settled
+    /// ones are read from the store (`job`, `job_state`, `results_of`).
+    pub fn live_jobs(&self) -> &std::collections::HashMap<Hash32, JobView, rustc_hash::FxBuildHasher> {
+        self.jobs.live()
     }
     pub fn peers(&self) -> &std::collections::HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher> {
         self.members.peers()
@@ -241,10 +237,6 @@ impl<S: Store> NodeCore<S> {
     /// Live peers (this node included) that have every required label.
     pub fn eligible(&self, requires: &[String]) -> Vec<PeerId> {
         self.members.eligible(requires)
-    }
-    /// A job by a unique hex prefix of its id.
-    pub fn find_job(&self, prefix: &str) -> Result<Hash32, String> {
-        self.jobs.find(prefix)
     }
     /// Waiting jobs in the order nodes take them: priority, then age.
     pub fn queue(&self) -> Vec<Hash32> {
@@ -434,8 +426,7 @@ impl<S: Store> NodeCore<S> {
             }
             Gossip::Claim(c) => {
                 self.reconsider(now);
-                let lease_cap = self.cfg.lease_ms.saturating_mul(4);
-                let outcome = self.jobs.take_claim(now, from, c, lease_cap);
+                let outcome = self.take_claim(now, from, c);
                 self.settle(now, outcome);
                 Verdict::Accept
             }
@@ -472,6 +463,16 @@ impl<S: Store> NodeCore<S> {
             self.reconsider(now);
             self.settle(now, outcome);
         }
+    }
+
+    /// A claim heard, for a job of the table or one not heard of yet; a job
+    /// the store knows but the table does not is settled.
+    fn take_claim(&mut self, now: Millis, from: PeerId, c: wire::Claim) -> Outcome {
+        if self.jobs.get(&c.job).is_none() && self.store_knows_job(&c.job) {
+            return Outcome::Stale;
+        }
+        let lease_cap = self.cfg.lease_ms.saturating_mul(4);
+        self.jobs.take_claim(now, from, c, lease_cap)
     }
 
     /// Turns what a claim did into events, and stops this node's build when
@@ -587,7 +588,7 @@ impl<S: Store> NodeCore<S> {
 
     fn claim(&mut self, now: Millis, id: Hash32) {
         let Some(attempt) = self.jobs.claim_own(now, self.me, &id, self.cfg.lease_ms) else { return };
-        let j = &self.jobs.all()[&id];
+        let Some(j) = self.jobs.get(&id) else { return };
         let order = BuildOrder {
             job: id,
             attempt,

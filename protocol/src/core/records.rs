@@ -8,12 +8,12 @@ use serde_bytes::ByteBuf;
 
 use super::builds::assemble_result;
 use super::io::{Announced, BuildOutcome, CommitInfo, Event, Output, Verdict};
-use super::jobs::JobState;
+use super::jobs::{encode_lost, lost_key, JobState, LostAttempt};
 use super::NodeCore;
 use crate::ids::Hash32;
 use crate::recipe::parse_recipe;
 use crate::record::{self, Body, VerifiedRecord};
-use crate::store::{Store, StoreError};
+use crate::store::{Lookup, Store, StoreError};
 use crate::wire::{self, Gossip};
 use crate::Millis;
 
@@ -24,6 +24,13 @@ fn clip(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+/// A job out of the table for good: built, cancelled, or superseded.
+pub(super) fn settled_in<S: Store>(store: &S, job: &Hash32) -> bool {
+    store.lookup(Lookup::JobResult, job, 1).len() == 1
+        || store.cancel_for_job(job).is_some()
+        || store.superseded_by(job).is_some()
 }
 
 impl<S: Store> NodeCore<S> {
@@ -93,18 +100,23 @@ impl<S: Store> NodeCore<S> {
         self.reconsider(now);
         match &rec.body {
             Body::Change(c) => {
-                for (by, claim, at) in self.jobs.add_change(now, c, rec.id) {
+                let store = &self.store;
+                for (by, claim, at) in self.jobs.add_change(now, c, rec.id, &|job| settled_in(store, job)) {
                     self.reconsider(now);
                     let lease_cap = self.cfg.lease_ms.saturating_mul(4);
                     let outcome = self.jobs.take_claim(at, by, claim, lease_cap);
                     self.settle(now, outcome);
                 }
                 if c.force.is_none() {
-                    self.jobs.branch_activity(now, c);
+                    for s in self.jobs.branch_activity(now, c) {
+                        self.file_superseded(now, &s.job, &s.by);
+                        self.keep_lost(now, &s.job, &s.lost);
+                    }
                 }
             }
             Body::Cancel(k) => {
-                self.jobs.add_cancel(k.job, &k.reason, rec.signer);
+                let lost = self.jobs.settle(&k.job);
+                self.keep_lost(now, &k.job, &lost);
                 if let Some(attempt) = self.builds.attempt_of(&k.job) {
                     // Keep it as ours: the build ends as a `cancelled` result.
                     self.out.push_back(Output::CancelBuild { job: k.job, attempt });
@@ -114,7 +126,11 @@ impl<S: Store> NodeCore<S> {
                 if !self.replaying {
                     self.replicate_logs(now, r, rec.signer);
                 }
-                self.jobs.add_result(r.job, rec.id);
+                let lost = self.jobs.settle(&r.job);
+                self.keep_lost(now, &r.job, &lost);
+                if self.store.lookup(Lookup::JobResult, &r.job, 2).len() > 1 {
+                    self.jobs.note_finding(rec.time(), r.job);
+                }
                 if rec.signer != self.me {
                     if let Some(attempt) = self.stop_own_build(now, &r.job) {
                         // Someone else finished it: our build is now redundant.
@@ -122,6 +138,24 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// Files that a newer job took a job's place. The replay at start-up
+    /// derives it again, so a lost write loses nothing; it is reported.
+    fn file_superseded(&mut self, now: Millis, job: &Hash32, by: &Hash32) {
+        if let Err(e) = self.store.put_lookup(Lookup::Superseded, job, by) {
+            self.storage_failed(now, &e.to_string());
+        }
+    }
+
+    /// Keeps a settled job's lost attempts, which no record holds.
+    fn keep_lost(&mut self, now: Millis, job: &Hash32, lost: &[LostAttempt]) {
+        if lost.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.put_state(&lost_key(job), &encode_lost(lost)) {
+            self.storage_failed(now, &e.to_string());
         }
     }
 
@@ -142,7 +176,7 @@ impl<S: Store> NodeCore<S> {
             // We lost the claim or someone else finished first: nothing to publish.
             return;
         }
-        let Some(job) = self.jobs.get(&o.job).cloned() else { return };
+        let Some(job) = self.job(&o.job) else { return };
         for s in &o.steps {
             if let Err(e) = self.store.put_blob(&Hash32::of(&s.log), &s.log) {
                 self.storage_failed(now, &e.to_string());
@@ -180,7 +214,7 @@ impl<S: Store> NodeCore<S> {
         if info.commit.len() < 4 || info.commit.len() > 64 || !info.commit.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(format!("commit {:?} is not a hex object id", info.commit));
         }
-        if let Some(id) = self.jobs.change_of_commit(&info.repo, &info.commit) {
+        if let Some(id) = self.store.change_for_commit(&info.repo, &info.commit) {
             return Ok(Announced::Known(id));
         }
         let (jobs, recipe_error) = match &info.recipe {
@@ -225,13 +259,13 @@ impl<S: Store> NodeCore<S> {
 
     /// Cancels a job everywhere: a signed record every node applies.
     pub fn cancel(&mut self, now: Millis, job: Hash32, reason: String) -> Result<Hash32, String> {
-        match self.jobs.state(&job) {
+        if self.jobs.get(&job).is_none() && !self.store_knows_job(&job) {
+            return Err(format!("no job {}", job.to_hex()));
+        }
+        match self.job_state(&job) {
             JobState::Done => return Err(format!("job {} is already done", job.short())),
             JobState::Cancelled => return Err(format!("job {} is already cancelled", job.short())),
             _ => {}
-        }
-        if self.jobs.get(&job).is_none() {
-            return Err(format!("no job {}", job.to_hex()));
         }
         let body = Body::Cancel(record::Cancel { job, reason: clip(&reason, 1024), requested_ms: now });
         self.publish_now(now, body)

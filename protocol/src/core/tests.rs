@@ -93,7 +93,7 @@ fn each_job_is_claimed_once_by_an_eligible_node() {
     for (i, order) in &started {
         let holder = nodes[*i].peer_id();
         for n in &nodes {
-            assert_eq!(n.jobs()[&order.job].claim.as_ref().unwrap().by, holder);
+            assert_eq!(n.job(&order.job).unwrap().claim.as_ref().unwrap().by, holder);
         }
     }
     // A second announcement of the same commit is recognised.
@@ -112,7 +112,7 @@ fn job_with_no_eligible_node_stays_pending() {
         now += 1_000;
     }
     assert!(started.iter().all(|(_, o)| o.builder == "linux"));
-    let gpu = nodes[1].jobs().values().find(|j| j.spec.builder == "gpu").unwrap();
+    let gpu = nodes[1].live_jobs().values().find(|j| j.spec.builder == "gpu").unwrap();
     assert_eq!(nodes[1].job_state(&gpu.spec.id), JobState::Pending);
     assert!(nodes[1].eligible(&gpu.spec.requires).is_empty());
     let id = gpu.spec.id;
@@ -121,7 +121,7 @@ fn job_with_no_eligible_node_stays_pending() {
         nodes[1].waiting_reason(now, &id),
         Some(WaitingReason::NoEligibleNode { requires: vec!["gpu=yes".to_string()] })
     );
-    let linux = nodes[1].jobs().values().find(|j| j.spec.builder == "linux").unwrap().spec.id;
+    let linux = nodes[1].live_jobs().values().find(|j| j.spec.builder == "linux").unwrap().spec.id;
     assert_eq!(nodes[1].waiting_reason(now, &linux), None, "a job being built does not wait");
 }
 
@@ -152,7 +152,7 @@ fn forged_and_garbage_gossip_is_rejected_and_not_stored() {
     }
     assert_eq!(verdicts, vec![(7, Verdict::Reject), (8, Verdict::Reject)]);
     assert_eq!(b.store().record_count(), 0);
-    assert!(b.jobs().is_empty());
+    assert!(b.live_jobs().is_empty());
 }
 
 fn commit_with(c: &str, time: i64, recipe: &str) -> CommitInfo {
@@ -229,11 +229,12 @@ fn collapsing_builds_only_the_newest_waiting_change() {
     let newest = built[0].1.job;
     for n in &nodes {
         for c in ["bbbb01", "bbbb02"] {
-            let j = n.jobs().values().find(|j| j.commit == c).unwrap();
+            let j = n.job(&crate::recipe::job_id("/repo", c, "c")).unwrap();
             assert_eq!(n.job_state(&j.spec.id), JobState::Superseded);
+            assert!(!n.live_jobs().contains_key(&j.spec.id), "a superseded job leaves the table");
             // Recorded, not silently dropped: the chain of supersessions ends at the newest.
             let mut at = j.superseded_by.expect("superseded_by is set");
-            while let Some(next) = n.jobs()[&at].superseded_by {
+            while let Some(next) = n.job(&at).unwrap().superseded_by {
                 at = next;
             }
             assert_eq!(at, newest);
@@ -265,7 +266,7 @@ fn cancel_stops_waiting_and_running_jobs_everywhere() {
     // Waiting (tree-stable) job: cancelled, never built.
     nodes[0].announce(10_000, commit_with("dddd01", 1, STABLE)).unwrap();
     run_for(&mut nodes, 10_000, 11_000, true);
-    let waiting = nodes[0].jobs().values().find(|j| j.commit == "dddd01").unwrap().spec.id;
+    let waiting = nodes[0].live_jobs().values().find(|j| j.commit == "dddd01").unwrap().spec.id;
     nodes[2].cancel(11_000, waiting, "not needed".into()).unwrap();
     let built = run_for(&mut nodes, 11_000, 100_000, true);
     assert!(built.is_empty(), "{built:?}");
@@ -385,6 +386,21 @@ impl Store for FullableStore {
     fn for_each_record(&self, f: &mut dyn FnMut(&[u8])) {
         self.inner.for_each_record(f)
     }
+    fn put_lookup(
+        &mut self,
+        lookup: crate::store::Lookup,
+        key: &Hash32,
+        value: &Hash32,
+    ) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        self.inner.put_lookup(lookup, key, value)
+    }
+    fn lookup(&self, lookup: crate::store::Lookup, key: &Hash32, limit: usize) -> Vec<Hash32> {
+        self.inner.lookup(lookup, key, limit)
+    }
+    fn lookup_prefix(&self, lookup: crate::store::Lookup, prefix: &[u8], limit: usize) -> Vec<(Hash32, Hash32)> {
+        self.inner.lookup_prefix(lookup, prefix, limit)
+    }
     fn put_blob(&mut self, hash: &Hash32, bytes: &[u8]) -> Result<(), crate::store::StoreError> {
         self.check()?;
         self.inner.put_blob(hash, bytes)
@@ -448,7 +464,7 @@ fn a_full_disk_gives_the_job_back_and_it_is_built_once_space_is_freed() {
     assert!(events.iter().any(|e| matches!(e, Event::GaveBack { job, .. } if *job == order.job)));
     assert!(n.results_of(&order.job).is_empty());
     assert_eq!(n.job_state(&order.job), JobState::Pending, "given back, not stuck as claimed");
-    assert_eq!(n.jobs()[&order.job].attempt, order.attempt + 1);
+    assert_eq!(n.job(&order.job).unwrap().attempt, order.attempt + 1);
     // A tick; a build it starts finishes at once like the first. True when
     // one started.
     let mut tick = |n: &mut NodeCore<FullableStore>, now: Millis, events: &mut Vec<Event>| {
@@ -543,7 +559,7 @@ fn a_build_whose_end_never_comes_frees_its_slot_and_another_node_takes_the_job()
         now += 500;
     }
     assert!(cancels.is_empty(), "{cancels:?}");
-    assert_eq!(nodes[y].jobs()[&order.job].claim.as_ref().map(|c| c.by), Some(nodes[x].peer_id()));
+    assert_eq!(nodes[y].job(&order.job).unwrap().claim.as_ref().map(|c| c.by), Some(nodes[x].peer_id()));
     assert_eq!(nodes[x].running().len(), 1);
     // At the deadline: the executor is told to stop, the slot frees, the
     // release reaches the other node, which reopens the job at once and
@@ -552,7 +568,7 @@ fn a_build_whose_end_never_comes_frees_its_slot_and_another_node_takes_the_job()
     assert_eq!(cancels, vec![(x, order.job)]);
     assert!(nodes[x].running().is_empty(), "the slot is free");
     assert!(nodes[x].next_timeout() > give_up_at, "the give-up timer moved on");
-    let seen_by_y = &nodes[y].jobs()[&order.job];
+    let seen_by_y = &nodes[y].job(&order.job).unwrap();
     assert_eq!(seen_by_y.attempt, 1, "reopened on the release, not on a lease running out");
     assert_eq!(seen_by_y.lost.last().map(|l| l.reason.as_str()), Some(GIVEN_UP_REASON));
     let mut t = give_up_at;

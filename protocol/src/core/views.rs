@@ -4,11 +4,12 @@
 
 use libp2p_identity::PeerId;
 
-use super::jobs::JobState;
+use super::jobs::{decode_lost, lost_key, new_job, JobState, JobView};
+use super::records::settled_in;
 use super::NodeCore;
 use crate::ids::Hash32;
-use crate::record::{Body, Status};
-use crate::store::Store;
+use crate::record::{decode_stored, Body, Status, VerifiedRecord};
+use crate::store::{Lookup, Store};
 use crate::Millis;
 
 /// A job's state as a user sees it: `Claimed` splits into claimed and
@@ -103,9 +104,96 @@ pub fn mark_breakages<K: PartialEq>(results: &[(K, Status)]) -> Vec<bool> {
 }
 
 impl<S: Store> NodeCore<S> {
+    fn stored(&self, id: &Hash32) -> Option<VerifiedRecord> {
+        decode_stored(&self.store.get_record(id)?).ok()
+    }
+
+    /// Whether the store holds any record of the job (its change, a result
+    /// or a cancel).
+    pub(super) fn store_knows_job(&self, job: &Hash32) -> bool {
+        self.store.change_for_job(job).is_some() || settled_in(&self.store, job)
+    }
+
+    /// A job's state: from the table while it is being decided, from the
+    /// store once it is settled. A job never heard of is `Pending`.
+    pub fn job_state(&self, job: &Hash32) -> JobState {
+        if let Some(s) = self.jobs.state(job) {
+            return s;
+        }
+        if self.store.lookup(Lookup::JobResult, job, 1).len() == 1 {
+            JobState::Done
+        } else if self.store.cancel_for_job(job).is_some() {
+            JobState::Cancelled
+        } else if self.store.superseded_by(job).is_some() {
+            JobState::Superseded
+        } else {
+            JobState::Pending
+        }
+    }
+
+    /// A job as the table holds it, or as the store tells it once settled
+    /// (its change, the latest attempt of its results, its cancel, the job
+    /// in its place, the attempts this node saw lost).
+    pub fn job(&self, id: &Hash32) -> Option<JobView> {
+        if let Some(j) = self.jobs.get(id) {
+            return Some(j.clone());
+        }
+        let change = self.store.change_for_job(id)?;
+        let Body::Change(c) = self.stored(&change)?.body else { return None };
+        let spec = c.jobs.iter().find(|s| s.id == *id)?;
+        let mut v = new_job(c.announced_ms, &c, change, spec);
+        v.not_before = 0;
+        v.attempt = self
+            .store
+            .results_for_job(id)
+            .iter()
+            .filter_map(|r| match self.stored(r)?.body {
+                Body::Result(b) => Some(b.attempt),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        v.superseded_by = self.store.superseded_by(id);
+        v.lost = self.store.get_state(&lost_key(id)).map(|b| decode_lost(&b)).unwrap_or_default();
+        v.cancelled = self.store.cancel_for_job(id).and_then(|k| {
+            let rec = self.stored(&k)?;
+            match rec.body {
+                Body::Cancel(k) => Some((k.reason, rec.signer)),
+                _ => None,
+            }
+        });
+        Some(v)
+    }
+
+    /// The results stored for a job (more than one when it was built twice).
+    pub fn results_of(&self, job: &Hash32) -> Vec<Hash32> {
+        self.store.results_for_job(job)
+    }
+
+    /// A job by a unique hex prefix of its id, among the jobs being decided
+    /// and the jobs the store holds changes for.
+    pub fn find_job(&self, prefix: &str) -> Result<Hash32, String> {
+        let p = prefix.to_ascii_lowercase();
+        if p.len() < 4 || p.len() > 64 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("{prefix:?} is not a job id (4 to 64 hex digits)"));
+        }
+        let bytes = hex::decode(&p[..p.len() & !1]).unwrap_or_default();
+        let mut found: Vec<Hash32> = self.jobs.with_prefix(&p).collect();
+        for (job, _) in self.store.lookup_prefix(Lookup::JobChange, &bytes, 64) {
+            if job.to_hex().starts_with(&p) && !found.contains(&job) {
+                found.push(job);
+            }
+        }
+        match found.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(format!("no job {prefix}")),
+            _ => Err(format!("job id prefix {prefix} is ambiguous")),
+        }
+    }
+
     /// A job's state as a user sees it.
     pub fn job_status(&self, job: &Hash32) -> JobStatus {
-        match self.jobs.state(job) {
+        match self.job_state(job) {
             JobState::Done => JobStatus::Done,
             JobState::Claimed
                 if self.jobs.get(job).and_then(|j| j.claim.as_ref()).is_some_and(|c| c.step.is_some()) =>
@@ -121,7 +209,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Why a pending job waits; `None` for a job that is not pending.
     pub fn waiting_reason(&self, now: Millis, job: &Hash32) -> Option<WaitingReason> {
-        if self.jobs.state(job) != JobState::Pending {
+        if self.jobs.state(job) != Some(JobState::Pending) {
             return None;
         }
         let j = self.jobs.get(job)?;
@@ -147,30 +235,19 @@ impl<S: Store> NodeCore<S> {
         Some(WaitingReason::InLine)
     }
 
-    /// Jobs built more than once, newest first.
+    /// Jobs built more than once, newest first (the latest 1024).
     pub fn findings(&self) -> Vec<Hash32> {
-        let mut v: Vec<(Millis, Hash32)> = self
-            .jobs
-            .all()
-            .iter()
-            .filter(|(id, _)| self.jobs.results_of(id).len() > 1)
-            .map(|(id, j)| (j.seen_ms, *id))
-            .collect();
-        v.sort_unstable_by(|a, b| b.cmp(a));
-        v.into_iter().map(|(_, id)| id).collect()
+        self.jobs.findings()
     }
 
     /// The statuses of a job's results, as stored.
     pub fn result_statuses(&self, job: &Hash32) -> Vec<(Hash32, Status)> {
-        self.jobs
-            .results_of(job)
+        self.store
+            .results_for_job(job)
             .iter()
-            .filter_map(|id| {
-                let bytes = self.store.get_record(id)?;
-                match crate::record::decode_stored(&bytes).ok()?.body {
-                    Body::Result(r) => Some((*id, r.status)),
-                    _ => None,
-                }
+            .filter_map(|id| match self.stored(id)?.body {
+                Body::Result(r) => Some((*id, r.status)),
+                _ => None,
             })
             .collect()
     }

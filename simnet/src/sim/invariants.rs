@@ -259,7 +259,8 @@ impl Sim {
         let mut views = Vec::new();
         for &i in live.iter().filter(|&&i| satisfies(&self.nodes[i].labels, &j.requires)).take(VIEWS_SHOWN) {
             let core = self.nodes[i].core.as_ref().expect("live");
-            let view = core.jobs().get(id);
+            let view = core.job(id);
+            let view = view.as_ref();
             let claim = view
                 .and_then(|v| v.claim.as_ref())
                 .map(|c| (self.by_peer.get(&c.by).copied(), c.attempt, c.lease_until));
