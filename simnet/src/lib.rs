@@ -7,6 +7,7 @@
 //! virtual; one seeded RNG drives every choice, so one seed and one set of
 //! flags give one run, byte for byte.
 
+pub mod modelcheck;
 pub mod sim;
 pub mod soak;
 

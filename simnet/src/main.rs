@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use peerbot_protocol::core::defaults;
+use peerbot_simnet::modelcheck;
 use peerbot_simnet::soak::{self, SoakPlan};
 use peerbot_simnet::{parse_label_mix, parse_ms, parse_partition, parse_range_ms, parse_rate_per_min, Sim, SimConfig};
 
@@ -24,6 +25,40 @@ enum Command {
     /// Run many seeds, each drawing its own cluster and faults; print each
     /// failure with the command that replays it, then the figures.
     Soak(SoakArgs),
+    /// Explore every schedule of a small cluster (deliveries, losses,
+    /// duplicates, a crash, build ends) and check the claim and lease
+    /// rules in each; print the state count, or the steps to a violation.
+    Modelcheck(ModelcheckArgs),
+}
+
+#[derive(clap::Args)]
+struct ModelcheckArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Jobs of the one commit announced.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Executors of each node.
+    #[arg(long, default_value_t = 1)]
+    executors: u32,
+    /// Messages that may be lost.
+    #[arg(long, default_value_t = 1)]
+    losses: u32,
+    /// Gossip messages that may be delivered twice.
+    #[arg(long, default_value_t = 1)]
+    dups: u32,
+    /// Deliveries that may overtake the oldest message in flight.
+    #[arg(long, default_value_t = 1)]
+    reorders: u32,
+    /// Node crashes (each restarts later, its store kept).
+    #[arg(long, default_value_t = 1)]
+    crashes: u32,
+    /// How long after the announce faults and reordering may happen.
+    #[arg(long, default_value = "4s", value_parser = parse_ms)]
+    horizon: u64,
+    /// Give up (incomplete) after this many states.
+    #[arg(long, default_value_t = 50_000_000)]
+    max_states: u64,
 }
 
 #[derive(clap::Args)]
@@ -165,6 +200,7 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Soak(a)) => run_soak(a),
+        Some(Command::Modelcheck(a)) => run_modelcheck(a),
         None => run_one(cli.run),
     }
 }
@@ -237,6 +273,34 @@ fn run_one(a: RunArgs) {
             }
             std::process::exit(1);
         }
+    }
+}
+
+/// Exits 1 on a violation, 3 when the bound on states cut it short.
+fn run_modelcheck(a: ModelcheckArgs) {
+    if a.nodes < 2 || a.jobs == 0 || a.executors == 0 {
+        eprintln!("peerbot-simnet modelcheck: needs --nodes >= 2, --jobs >= 1 and --executors >= 1");
+        std::process::exit(2);
+    }
+    let b = modelcheck::Bounds {
+        nodes: a.nodes,
+        jobs: a.jobs,
+        executors: a.executors,
+        losses: a.losses,
+        dups: a.dups,
+        reorders: a.reorders,
+        crashes: a.crashes,
+        horizon_ms: a.horizon,
+        max_states: a.max_states,
+        ..modelcheck::Bounds::default()
+    };
+    let r = modelcheck::explore(&b);
+    print!("{}", r.to_text());
+    if r.counterexample.is_some() {
+        std::process::exit(1);
+    }
+    if !r.complete {
+        std::process::exit(3);
     }
 }
 

@@ -75,7 +75,7 @@ pub fn on_chunk(mut f: BlobFetch, resp: Result<Response, CodecError>) -> ChunkSt
 }
 
 /// The log last asked for, kept while a peer takes it chunk by chunk.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct BlobServer {
     current: Option<(Hash32, Vec<u8>)>,
 }

@@ -44,6 +44,7 @@ pub fn give_up_deadline(started_ms: Millis, steps: &[StepSpec], grace_ms: u64) -
     started_ms.saturating_add(steps_ms).saturating_add(grace_ms)
 }
 
+#[derive(Clone)]
 pub struct OwnBuilds {
     pub(crate) running: Running,
     /// When this node last finished a build: others learn it is free only

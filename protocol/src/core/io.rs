@@ -52,7 +52,7 @@ pub enum Verdict {
 }
 
 /// What the core asks the runtime to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Output {
     Broadcast(Vec<u8>),
     Request { peer: PeerId, id: u64, bytes: Vec<u8> },

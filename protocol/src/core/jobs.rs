@@ -102,7 +102,7 @@ pub enum JobState {
     Cancelled,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Jobs {
     /// Jobs not settled yet. Hashed with fixed keys: iteration order must
     /// not vary between runs.

@@ -59,6 +59,7 @@ pub struct HeartbeatSummary {
 /// An eligible live peer as the ranking sees it.
 pub type Eligible = (u64, PeerId, u32);
 
+#[derive(Clone)]
 pub struct Membership {
     me: PeerId,
     my_key: u64,

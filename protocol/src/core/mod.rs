@@ -97,6 +97,8 @@ impl Verify for SignatureCheck {
     }
 }
 
+/// Clone, so that an explorer can branch from a state (the model checker).
+#[derive(Clone)]
 pub struct NodeCore<S: Store> {
     cfg: Config,
     key: Keypair,

@@ -32,7 +32,7 @@ pub struct SyncProgress {
     pub sessions: usize,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct SyncTally {
     need: usize,
     have: usize,
@@ -60,7 +60,7 @@ pub enum Next {
     },
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Sessions {
     open: BTreeMap<PeerId, SyncTally>,
     /// Ids being fetched from some peer: a record missing from two peers'

@@ -17,6 +17,7 @@ pub const MAX_TRANSFERS: usize = 4;
 pub const REPLICATION_TOKEN: u64 = 1 << 63;
 
 /// What an outgoing request was for.
+#[derive(Clone)]
 pub enum Pending {
     Sync {
         peer: PeerId,
@@ -32,6 +33,7 @@ pub enum Pending {
 }
 
 /// A log being fetched in chunks, with the sources still to try.
+#[derive(Clone)]
 pub struct BlobFetch {
     pub token: u64,
     pub hash: Hash32,
@@ -58,6 +60,7 @@ impl Pending {
     }
 }
 
+#[derive(Clone)]
 pub struct Requests {
     pending: BTreeMap<u64, Pending>,
     next_id: u64,

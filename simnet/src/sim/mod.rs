@@ -34,7 +34,7 @@ mod network;
 mod nodes;
 mod report;
 mod trace;
-mod workload;
+pub(crate) mod workload;
 
 use events::{Ev, EventQueue};
 use faults::Faults;

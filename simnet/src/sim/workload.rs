@@ -226,7 +226,7 @@ fn build_recipe(cfg: &SimConfig) -> String {
 
 /// A one-step build that exited 0, or 2 if it failed, or was cancelled.
 /// The simulated duration is not recorded: the step takes 1 ms.
-fn simulated_outcome(job: Hash32, attempt: u32, now: Millis, cancelled: bool, failed: bool) -> BuildOutcome {
+pub(crate) fn simulated_outcome(job: Hash32, attempt: u32, now: Millis, cancelled: bool, failed: bool) -> BuildOutcome {
     BuildOutcome {
         job,
         attempt,

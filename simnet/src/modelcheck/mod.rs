@@ -1,0 +1,193 @@
+//! Exhaustive exploration of the claim and lease rules on a small cluster.
+//!
+//! Where the simulator draws one schedule per seed, this tries them all,
+//! up to a bound: from a warmed-up cluster of real `NodeCore`s that has
+//! just heard of a commit, every order of message deliveries against every
+//! node's timers, every loss, duplication and crash the budget allows, and
+//! every moment a build may end. States are told apart by what the claim
+//! rules read (each node's job states, attempts, claims and leases, its
+//! running builds and next timer, who it holds live, its record count; the
+//! messages in flight; the clock), so two paths to the same state are
+//! explored once. Checked:
+//!
+//! - in every state, no node runs more builds than it has executors;
+//! - every node that sees a conflict names the same winner for it;
+//! - from every final state (the horizon reached, nothing in flight), once
+//!   the network is quiet every job is built on every node, and every node
+//!   holds the same results.
+
+mod world;
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peerbot_protocol::core::SignatureCheck;
+use peerbot_protocol::Millis;
+
+use self::world::{Action, World};
+
+/// How much of the state space to explore.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub nodes: usize,
+    pub jobs: usize,
+    pub executors: u32,
+    /// Messages that may be lost in one run (a lost request fails at its sender).
+    pub losses: u32,
+    /// Gossip messages that may be delivered twice.
+    pub dups: u32,
+    /// Deliveries that may overtake the oldest message in flight.
+    pub reorders: u32,
+    /// Crashes (the store kept); a crashed node restarts at any later step.
+    pub crashes: u32,
+    /// Faults and reordering happen within this long after the announce.
+    pub horizon_ms: Millis,
+    /// How long the quiet spell after the horizon may take.
+    pub quiet_ms: Millis,
+    /// Stop (incomplete) after this many distinct states.
+    pub max_states: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            nodes: 3,
+            jobs: 2,
+            executors: 1,
+            losses: 1,
+            dups: 1,
+            reorders: 1,
+            crashes: 1,
+            horizon_ms: 4_000,
+            quiet_ms: 60_000,
+            max_states: 50_000_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Counterexample {
+    pub violation: String,
+    /// The steps from the announce to the violation.
+    pub trail: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub bounds: Bounds,
+    /// Distinct states explored.
+    pub states: u64,
+    /// Steps taken, revisits included.
+    pub transitions: u64,
+    /// Final states whose quiet spell was checked.
+    pub finals: u64,
+    pub max_depth: usize,
+    /// False if `max_states` cut the exploration short.
+    pub complete: bool,
+    pub elapsed: Duration,
+    pub counterexample: Option<Counterexample>,
+}
+
+impl Report {
+    pub fn to_text(&self) -> String {
+        let b = &self.bounds;
+        let mut s = format!(
+            "model: {} nodes x {} executor(s), {} jobs; at most {} lost, {} duplicated, {} reordered, {} crashed; horizon {} ms\n",
+            b.nodes, b.executors, b.jobs, b.losses, b.dups, b.reorders, b.crashes, b.horizon_ms
+        );
+        s += &format!(
+            "explored: {} states, {} transitions, {} final states checked once quiet, depth {}, in {:.1} s{}\n",
+            self.states,
+            self.transitions,
+            self.finals,
+            self.max_depth,
+            self.elapsed.as_secs_f64(),
+            if self.complete { "" } else { " (cut short by --max-states)" }
+        );
+        match &self.counterexample {
+            None => s += "no violation\n",
+            Some(c) => {
+                s += &format!("VIOLATION: {}\nsteps:\n", c.violation);
+                for step in &c.trail {
+                    s += &format!("  {step}\n");
+                }
+            }
+        }
+        s
+    }
+}
+
+struct Frame {
+    world: World,
+    actions: Vec<Action>,
+    next: usize,
+}
+
+/// Explores every state within `b`, depth first; stops at the first
+/// violation, with the steps that led to it.
+pub fn explore(b: &Bounds) -> Report {
+    let started = Instant::now();
+    let start = World::start(b, Arc::new(SignatureCheck));
+    let horizon = start.now + b.horizon_ms;
+    let mut report = Report {
+        bounds: b.clone(),
+        states: 1,
+        transitions: 0,
+        finals: 0,
+        max_depth: 0,
+        complete: true,
+        elapsed: Duration::ZERO,
+        counterexample: None,
+    };
+    let mut seen: HashSet<u64> = HashSet::new();
+    seen.insert(start.fingerprint());
+    let actions = start.actions(horizon);
+    let mut stack = vec![Frame { world: start, actions, next: 0 }];
+    while let Some(top) = stack.last_mut() {
+        if top.next == top.actions.len() {
+            stack.pop();
+            continue;
+        }
+        let action = top.actions[top.next].clone();
+        top.next += 1;
+        let mut w = top.world.clone();
+        report.transitions += 1;
+        if let Err(why) = catch_unwind(AssertUnwindSafe(|| w.apply(&action))) {
+            w.fail(format!("the core panicked: {}", panic_text(&why)));
+        }
+        if w.violation.is_none() && !seen.insert(w.fingerprint()) {
+            continue;
+        }
+        report.states += 1;
+        report.max_depth = report.max_depth.max(stack.len());
+        let actions = if w.violation.is_none() { w.actions(horizon) } else { vec![] };
+        if actions.is_empty() && w.violation.is_none() {
+            report.finals += 1;
+            if let Err(why) = catch_unwind(AssertUnwindSafe(|| w.check_quiet(b.quiet_ms))) {
+                w.fail(format!("the core panicked once quiet: {}", panic_text(&why)));
+            }
+        }
+        if let Some(violation) = w.violation.take() {
+            report.counterexample = Some(Counterexample { violation, trail: std::mem::take(&mut w.trail) });
+            break;
+        }
+        if report.states >= b.max_states {
+            report.complete = false;
+            break;
+        }
+        if !actions.is_empty() {
+            stack.push(Frame { world: w, actions, next: 0 });
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}
