@@ -20,17 +20,26 @@ use super::Bounds;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Payload {
     Gossip(Vec<u8>),
-    Request { id: u64, bytes: Vec<u8> },
-    Reply { id: u64, bytes: Vec<u8> },
-    Failed { id: u64 },
+    /// `back`: the incarnation of the sender, which the answer must reach.
+    Request {
+        id: u64,
+        bytes: Vec<u8>,
+        back: u32,
+    },
+    Reply {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Failed {
+        id: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
 pub(super) struct Msg {
     pub(super) from: usize,
     pub(super) to: usize,
-    /// The incarnation of the node that is to take it (requests: of the
-    /// sender, whose reply must reach the same incarnation).
+    /// The incarnation of the node that is to take it.
     pub(super) incarnation: u32,
     pub(super) payload: Payload,
     heartbeat: bool,
@@ -189,10 +198,13 @@ impl World {
             match out {
                 Output::Broadcast(bytes) => self.broadcast(i, bytes),
                 Output::Request { peer, id, bytes } => {
-                    let incarnation = self.nodes[i].incarnation;
+                    let back = self.nodes[i].incarnation;
                     match self.index_of(&peer) {
-                        Some(to) => self.send(i, to, incarnation, Payload::Request { id, bytes }, false),
-                        None => self.send(i, i, incarnation, Payload::Failed { id }, false),
+                        Some(to) => {
+                            let inc = self.nodes[to].incarnation;
+                            self.send(i, to, inc, Payload::Request { id, bytes, back }, false);
+                        }
+                        None => self.send(i, i, back, Payload::Failed { id }, false),
                     }
                 }
                 // Requests are answered at once; `deliver` routes the reply.
@@ -322,9 +334,10 @@ impl World {
             Action::Lose(k) => {
                 self.losses -= 1;
                 let m = self.inflight.remove(k);
-                if let Payload::Request { id, .. } | Payload::Reply { id, .. } = m.payload {
-                    let caller = if matches!(m.payload, Payload::Request { .. }) { m.from } else { m.to };
-                    self.send(caller, caller, m.incarnation, Payload::Failed { id }, false);
+                match m.payload {
+                    Payload::Request { id, back, .. } => self.send(m.from, m.from, back, Payload::Failed { id }, false),
+                    Payload::Reply { id, .. } => self.send(m.to, m.to, m.incarnation, Payload::Failed { id }, false),
+                    _ => {}
                 }
             }
             Action::Duplicate(k) => {
@@ -371,11 +384,10 @@ impl World {
         let from = self.nodes[m.from].peer;
         match m.payload {
             Payload::Gossip(bytes) => self.input(m.to, Input::Gossip { from, token: 0, bytes }),
-            Payload::Request { id, bytes } => {
+            Payload::Request { id, bytes, back } => {
                 self.reply = None;
                 self.input(m.to, Input::Request { from, id, bytes });
                 let reply = self.reply.take().filter(|(r, _)| *r == id).map(|(_, b)| b);
-                let back = self.nodes[m.from].incarnation;
                 let payload = match reply {
                     Some(bytes) => Payload::Reply { id, bytes },
                     None => Payload::Failed { id },
@@ -399,8 +411,8 @@ impl World {
             if m.to != i {
                 return true;
             }
-            if let Payload::Request { id, .. } = m.payload {
-                failed.push((m.from, m.incarnation, id));
+            if let Payload::Request { id, back, .. } = m.payload {
+                failed.push((m.from, back, id));
             }
             false
         });
@@ -457,19 +469,31 @@ impl World {
         }
     }
 
-    /// Every job done on every node, nothing in flight, no build running.
+    /// Every job done on every node with the same results everywhere,
+    /// nothing in flight, no build running.
     fn settled(&self) -> bool {
-        self.inflight.is_empty()
+        let idle = self.inflight.is_empty()
             && self.nodes.iter().all(|n| {
                 n.builds.is_empty()
                     && n.core.as_ref().is_some_and(|c| {
                         self.jobs.iter().all(|j| c.job_state(j) == JobState::Done) && c.running().is_empty()
                     })
-            })
+            });
+        idle && self.jobs.iter().all(|j| self.nodes.iter().all(|n| results(n, j) == results(&self.nodes[0], j)))
     }
 
-    /// The liveness and agreement check of a final state: after a quiet
-    /// spell every job is built, and every node holds the same results.
+    /// Each node's record count and reconciliation progress, for a report.
+    fn sync_states(&self) -> String {
+        let per_node: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.core.as_ref().map(|c| (i, c)))
+            .map(|(i, c)| format!("node {i}: {} records, {:?}", c.store().record_count(), c.sync_progress()))
+            .collect();
+        per_node.join("; ")
+    }
+
     pub(super) fn check_quiet(&mut self, quiet_ms: Millis) {
         let until = self.now + quiet_ms;
         self.trail.push(format!("t={} the network turns quiet", self.now));
@@ -488,17 +512,15 @@ impl World {
                 }
             }
         }
-        let results = |c: &NodeCore<MemStore>, j: &Hash32| {
-            let mut r = c.results_of(j);
-            r.sort();
-            r
-        };
-        let first = self.nodes[0].core.as_ref().expect("up");
         for j in &self.jobs {
-            let want = results(first, j);
+            let want = results(&self.nodes[0], j);
             for (i, n) in self.nodes.iter().enumerate().skip(1) {
-                if results(n.core.as_ref().expect("up"), j) != want {
-                    let why = format!("nodes 0 and {i} hold different results for job {} once quiet", j.short());
+                if results(n, j) != want {
+                    let why = format!(
+                        "nodes 0 and {i} hold different results for job {} once quiet ({})",
+                        j.short(),
+                        self.sync_states()
+                    );
                     return self.fail(why);
                 }
             }
@@ -549,6 +571,13 @@ impl World {
         self.winners.hash(&mut h);
         h.finish()
     }
+}
+
+/// A node's results for a job, in id order; none while it is down.
+fn results(n: &Node, job: &Hash32) -> Vec<Hash32> {
+    let mut r = n.core.as_ref().map(|c| c.results_of(job)).unwrap_or_default();
+    r.sort();
+    r
 }
 
 fn is_heartbeat(bytes: &[u8]) -> bool {
