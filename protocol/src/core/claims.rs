@@ -49,8 +49,18 @@ impl Jobs {
             return ClaimOutcome::Stale;
         }
         if c.attempt > job.attempt {
+            // Someone opened a later attempt: whatever this node took to be
+            // held was lost, even if the release or the expiry that opened it
+            // has not been seen here.
+            if let Some(cur) = job.claim.take() {
+                let reason = if now > cur.lease_until {
+                    "lease expired".to_string()
+                } else {
+                    format!("taken over by attempt {}", c.attempt)
+                };
+                job.lost.push(LostAttempt { attempt: cur.attempt, holder: cur.by, reason });
+            }
             job.attempt = c.attempt;
-            job.claim = None;
         }
         let fresh =
             ClaimView { by: from, attempt: c.attempt, claimed_ms: now, lease_until: now + lease_ms, step: None };

@@ -617,3 +617,53 @@ fn the_only_eligible_node_gives_up_a_lost_build_and_builds_the_job_again() {
     assert!(nodes[0].running().is_empty());
     assert_eq!(nodes[0].results_of(&first.job).len(), 1);
 }
+
+#[test]
+fn a_node_that_hears_a_later_attempt_before_its_own_expiry_keeps_the_lost_one() {
+    let mut nodes = cluster();
+    nodes[0].announce(13_000, commit_with("abab03", 1, RECIPE)).unwrap();
+    let started = run_for(&mut nodes, 13_000, 16_000, false);
+    assert_eq!(started.len(), 1, "{started:?}");
+    let (x, first) = started[0].clone();
+    let (y, z) = match x {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    // x dies. y alone runs on until its lease of x's attempt runs out and it
+    // claims the next one; z hears nothing until then.
+    let mut gossip = Vec::new();
+    let mut second = None;
+    let mut now = 16_500;
+    while second.is_none() && now < 600_000 {
+        nodes[y].handle(now, Input::Tick);
+        while let Some(o) = nodes[y].poll_output() {
+            match o {
+                Output::Broadcast(b) => gossip.push(b),
+                Output::StartBuild(order) => second = Some(order),
+                _ => {}
+            }
+        }
+        now += 500;
+    }
+    let second = second.expect("y claims the job once x's lease runs out");
+    assert_eq!(second.attempt, 1);
+    nodes[y].handle(now, Input::BuildFinished(finished(&second, now)));
+    while let Some(o) = nodes[y].poll_output() {
+        if let Output::Broadcast(b) = o {
+            gossip.push(b);
+        }
+    }
+    // z gets it all while its own view of x's lease has not run out yet.
+    let y_id = nodes[y].peer_id();
+    for (token, bytes) in gossip.into_iter().enumerate() {
+        nodes[z].handle(16_001, Input::Gossip { from: y_id, token: token as u64, bytes });
+    }
+    assert_eq!(nodes[z].results_of(&first.job).len(), 1, "z has y's result");
+    let x_id = nodes[x].peer_id();
+    let lost = |n: &NodeCore<MemStore>| {
+        n.job(&first.job).unwrap().lost.iter().map(|l| (l.attempt, l.holder, l.reason.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(lost(&nodes[z]), vec![(0, x_id, "taken over by attempt 1".to_string())]);
+    assert_eq!(lost(&nodes[y]), vec![(0, x_id, "lease expired".to_string())]);
+}
