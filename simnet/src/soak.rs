@@ -368,6 +368,8 @@ pub struct RunClass {
     pub runs: u64,
     pub jobs: u64,
     pub buildable_jobs: u64,
+    /// Jobs whose change was lost with every store that held it.
+    pub lost_with_change: u64,
     /// Jobs with two or more results.
     pub built_twice: u64,
     pub builds_started: u64,
@@ -384,7 +386,8 @@ impl RunClass {
     fn add(&mut self, r: &Report) {
         self.runs += 1;
         self.jobs += r.jobs as u64;
-        self.buildable_jobs += (r.jobs - r.jobs_unbuildable) as u64;
+        self.buildable_jobs += (r.jobs - r.jobs_unbuildable - r.jobs_lost_with_change) as u64;
+        self.lost_with_change += r.jobs_lost_with_change as u64;
         self.built_twice += r.jobs_built_2_plus as u64;
         self.builds_started += r.builds_started;
         if self.worst.is_none_or(|(_, w)| r.duplicate_rate > w) {
@@ -500,7 +503,7 @@ impl Tally {
         Some(format!(
             "{} of {} buildable jobs built twice or more ({:.2}%) in a run without a partition; the limit is {}%\n{}",
             r.jobs_built_2_plus,
-            r.jobs - r.jobs_unbuildable,
+            r.jobs - r.jobs_unbuildable - r.jobs_lost_with_change,
             r.duplicate_rate * 100.0,
             DUPLICATE_LIMIT * 100.0,
             r.to_text().trim_end()
@@ -575,10 +578,11 @@ fn class_line(name: &str, c: &RunClass) -> String {
         _ => String::new(),
     };
     format!(
-        "runs {name} {}: {} jobs ({} buildable), {} built twice or more ({:.3}%), {} builds started{worst}\n",
+        "runs {name} {}: {} jobs ({} buildable, {} lost with their change), {} built twice or more ({:.3}%), {} builds started{worst}\n",
         c.runs,
         c.jobs,
         c.buildable_jobs,
+        c.lost_with_change,
         c.built_twice,
         c.duplicate_share() * 100.0,
         c.builds_started

@@ -179,7 +179,7 @@ impl Sim {
             return;
         }
         if self.rng.gen::<f64>() < self.cfg.lose_store {
-            self.nodes[node].wipe_store();
+            self.nodes[node].wipe_store(self.now);
         }
         self.faults.counts.restarts += 1;
         self.boot(node);

@@ -16,6 +16,15 @@ use super::faults::QUIET_CHECK_MS;
 use super::workload::JobInfo;
 use super::Sim;
 
+/// Jobs rightly left without a result at the end.
+#[derive(Clone, Copy, Default)]
+pub(super) struct JobsLeft {
+    /// No live node has the labels.
+    pub(super) unbuildable: usize,
+    /// Their change was lost with every store that held it.
+    pub(super) lost: usize,
+}
+
 /// Eligible nodes whose view of an unbuilt job a violation shows.
 const VIEWS_SHOWN: usize = 8;
 
@@ -138,7 +147,11 @@ impl Sim {
         if live.len() < self.nodes.len() {
             return false;
         }
-        let open = self.workload.jobs().values().any(|j| j.results.is_empty() && self.buildable(j, &live));
+        let open = self
+            .workload
+            .jobs()
+            .values()
+            .any(|j| j.results.is_empty() && self.buildable(j, &live) && !self.change_lost(j));
         !open && self.converged()
     }
 
@@ -154,13 +167,23 @@ impl Sim {
         live.iter().any(|&i| satisfies(&self.nodes[i].labels, &job.requires))
     }
 
-    /// The checks at the end, over the live nodes; returns how many jobs no
-    /// live node can build.
-    pub(super) fn check_final(&self, live: &[usize]) -> Result<usize, Box<Violation>> {
+    /// The job's change was destroyed with every copy: each node that ever
+    /// stored it came back with an empty store afterwards, so no node can
+    /// know the job. (A real node's watcher announces again only the branch
+    /// head it finds after such a loss.)
+    pub(super) fn change_lost(&self, job: &JobInfo) -> bool {
+        let Some(change) = job.change else { return false };
+        let stored = self.observed.stored_by(&change);
+        !stored.is_empty() && stored.iter().all(|&(i, at)| self.nodes[i].wiped_at.iter().any(|&w| w > at))
+    }
+
+    /// The checks at the end, over the live nodes; returns how many jobs
+    /// were rightly left unbuilt.
+    pub(super) fn check_final(&self, live: &[usize]) -> Result<JobsLeft, Box<Violation>> {
         self.check_signatures(live)?;
-        let unbuildable = self.check_jobs(live)?;
+        let left = self.check_jobs(live)?;
         self.check_same_records(live)?;
-        Ok(unbuildable)
+        Ok(left)
     }
 
     /// Nothing badly signed is stored anywhere. Verified afresh, not through
@@ -191,10 +214,15 @@ impl Sim {
 
     /// Every buildable job was built, exactly once if no fault was
     /// configured; no unbuildable one was.
-    fn check_jobs(&self, live: &[usize]) -> Result<usize, Box<Violation>> {
+    fn check_jobs(&self, live: &[usize]) -> Result<JobsLeft, Box<Violation>> {
         let fault_free = self.cfg.fault_free();
         let mut unbuildable = 0;
+        let mut lost = 0;
         for (id, j) in self.workload.jobs() {
+            if j.results.is_empty() && self.change_lost(j) {
+                lost += 1;
+                continue;
+            }
             if self.buildable(j, live) {
                 self.check_buildable_job(id, j, live, fault_free)?;
                 continue;
@@ -209,7 +237,7 @@ impl Sim {
                 ));
             }
         }
-        Ok(unbuildable)
+        Ok(JobsLeft { unbuildable, lost })
     }
 
     fn check_buildable_job(
@@ -231,9 +259,10 @@ impl Sim {
             return Err(self.violation(
                 "every job some live node can build is built once the network is quiet",
                 format!(
-                    "job {id} requiring {:?} has no result{}; eligible nodes see:\n  {}",
+                    "job {id} requiring {:?} has no result{}; {}; eligible nodes see:\n  {}",
                     j.requires,
                     if self.quiet { "" } else { " (the run ended without going quiet)" },
+                    self.change_whereabouts(j, live),
                     self.unbuilt_job_views(id, j, live).join("\n  ")
                 ),
                 Some(*id),
@@ -249,6 +278,29 @@ impl Sim {
             ));
         }
         Ok(())
+    }
+
+    /// Who announced a job's change, which nodes stored it and when, and
+    /// which live nodes hold it now.
+    fn change_whereabouts(&self, j: &JobInfo, live: &[usize]) -> String {
+        let Some(change) = j.change else {
+            return format!("node {} announced its commit at {} ms and it was not new there", j.announcer, j.born);
+        };
+        let stored: Vec<String> =
+            self.observed.stored_by(&change).iter().map(|(i, at)| format!("{i}@{at}ms")).collect();
+        let holding: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].core.as_ref().is_some_and(|c| c.store().has_record(&change)))
+            .collect();
+        format!(
+            "node {} announced its change {} at {} ms; stored by [{}]; live nodes holding it now: {:?}",
+            j.announcer,
+            change.short(),
+            j.born,
+            stored.join(", "),
+            holding
+        )
     }
 
     /// What some eligible nodes know of a job: its attempt, the claim they

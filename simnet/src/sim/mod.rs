@@ -172,8 +172,8 @@ impl Sim {
     /// that does not settle shows up as a violation.
     fn finish(&self, wall: Instant) -> Result<Report, Box<Violation>> {
         let live = self.live_nodes();
-        let unbuildable = self.check_final(&live)?;
-        Ok(self.figures(wall, &live, unbuildable))
+        let left = self.check_final(&live)?;
+        Ok(self.figures(wall, &live, left))
     }
 
     fn note(&mut self, node: usize, job: Option<Hash32>, what: &'static str, other: u64) {

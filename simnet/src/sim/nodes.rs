@@ -68,6 +68,8 @@ pub(super) struct SimNode {
     /// Requests it is answering, by the id its core knows them by.
     inbound: HashMap<u64, Caller>,
     next_inbound: u64,
+    /// When it came back with an empty store.
+    pub(super) wiped_at: Vec<u64>,
 }
 
 impl SimNode {
@@ -90,6 +92,7 @@ impl SimNode {
             timer_at: None,
             inbound: HashMap::new(),
             next_inbound: 1,
+            wiped_at: Vec::new(),
         }
     }
 
@@ -109,8 +112,9 @@ impl SimNode {
     }
 
     /// The node will come back with an empty store, as after a lost disk.
-    pub(super) fn wipe_store(&mut self) {
+    pub(super) fn wipe_store(&mut self, now: u64) {
         self.kept_store = Some(MemStore::new());
+        self.wiped_at.push(now);
     }
 }
 

@@ -9,6 +9,7 @@ use peerbot_protocol::record;
 use peerbot_protocol::store::Store;
 use serde::Serialize;
 
+use super::invariants::JobsLeft;
 use super::workload::JobInfo;
 use super::Sim;
 
@@ -24,6 +25,9 @@ pub struct Report {
     pub changes: usize,
     pub jobs: usize,
     pub jobs_unbuildable: usize,
+    /// Jobs whose change was lost with every store that held it, before it
+    /// reached another node: nobody can know them.
+    pub jobs_lost_with_change: usize,
     pub jobs_built_0: usize,
     pub jobs_built_1: usize,
     pub jobs_built_2_plus: usize,
@@ -126,6 +130,14 @@ impl Observed {
         self.records.insert(id, RecordTrack { born: now, is_change, job, arrivals });
     }
 
+    /// The nodes that stored a record, with when they first did.
+    pub(super) fn stored_by(&self, id: &Hash32) -> Vec<(usize, u64)> {
+        self.records
+            .get(id)
+            .map(|t| t.arrivals.iter().enumerate().filter(|(_, at)| **at != u64::MAX).map(|(i, at)| (i, *at)).collect())
+            .unwrap_or_default()
+    }
+
     /// Counted at every node that rejects one.
     pub(super) fn rejected(&mut self) {
         self.records_rejected += 1;
@@ -166,7 +178,7 @@ impl Observed {
 
 impl Sim {
     /// The figures, once the final checks have passed.
-    pub(super) fn figures(&self, wall: Instant, live: &[usize], unbuildable: usize) -> Report {
+    pub(super) fn figures(&self, wall: Instant, live: &[usize], left: JobsLeft) -> Report {
         let faults = self.faults.counts();
         let mut r = Report {
             seed: self.cfg.seed,
@@ -193,7 +205,7 @@ impl Sim {
             slot_utilisation: self.workload.slot_utilisation(self.nodes.len() as f64 * self.cfg.executors as f64),
             ..Default::default()
         };
-        self.job_figures(&mut r, unbuildable);
+        self.job_figures(&mut r, left);
         self.timing_figures(&mut r, live);
         self.traffic_figures(&mut r);
         r
@@ -204,10 +216,12 @@ impl Sim {
         live.first().and_then(|&i| self.nodes[i].core.as_ref()).map(|c| c.store())
     }
 
-    fn job_figures(&self, r: &mut Report, unbuildable: usize) {
+    fn job_figures(&self, r: &mut Report, left: JobsLeft) {
         let jobs = self.workload.jobs();
         r.jobs = jobs.len();
-        r.jobs_unbuildable = unbuildable;
+        r.jobs_unbuildable = left.unbuildable;
+        r.jobs_lost_with_change = left.lost;
+        let unbuildable = left.unbuildable + left.lost;
         let mut built = [0usize; 3];
         for j in jobs.values() {
             built[j.results.len().min(2)] += 1;
@@ -289,8 +303,8 @@ impl Report {
             self.simulated_ms as f64 / 60_000.0
         ));
         s.push_str(&format!(
-            "changes {} · jobs {} (unbuildable, left pending: {})\n",
-            self.changes, self.jobs, self.jobs_unbuildable
+            "changes {} · jobs {} (unbuildable, left pending: {}; lost with their change: {})\n",
+            self.changes, self.jobs, self.jobs_unbuildable, self.jobs_lost_with_change
         ));
         s.push_str(&format!(
             "jobs built 0×: {}  1×: {}  2+×: {}  (duplicate rate {:.3}%) · builds started {} · cancelled {} · given up {}\n",

@@ -21,6 +21,9 @@ const CANCEL_MS: u64 = 10;
 /// A job of an announced commit, as the simulator saw it come and go.
 pub(super) struct JobInfo {
     pub(super) born: u64,
+    /// The node that announced its change, and the change's record id.
+    pub(super) announcer: usize,
+    pub(super) change: Option<Hash32>,
     pub(super) requires: Vec<String>,
     pub(super) first_claim: Option<u64>,
     /// Result records published for it.
@@ -100,12 +103,22 @@ impl Workload {
         }
     }
 
-    fn add_jobs(&mut self, cfg: &SimConfig, repo: &str, commit: &str, now: u64) {
+    fn add_jobs(&mut self, cfg: &SimConfig, info: &CommitInfo, announcer: usize, now: u64) -> Vec<Hash32> {
+        let mut ids = Vec::new();
         for b in 0..cfg.builders + cfg.unbuildable_builders {
-            let id = job_id(repo, commit, &format!("b{b}"));
-            let job = JobInfo { born: now, requires: cfg.builder_requires(b), first_claim: None, results: vec![] };
+            let id = job_id(&info.repo, &info.commit, &format!("b{b}"));
+            let job = JobInfo {
+                born: now,
+                announcer,
+                change: None,
+                requires: cfg.builder_requires(b),
+                first_claim: None,
+                results: vec![],
+            };
             self.jobs.insert(id, job);
+            ids.push(id);
         }
+        ids
     }
 
     fn build_started(&mut self, node: usize, job: Hash32, attempt: u32, now: u64) {
@@ -270,11 +283,18 @@ impl Sim {
         let alive = self.live_nodes();
         let Some(&announcer) = alive.get(self.rng.gen_range(0..alive.len().max(1))) else { return };
         let info = self.next_commit_info();
-        self.workload.add_jobs(&self.cfg, &info.repo, &info.commit, self.now);
+        let jobs = self.workload.add_jobs(&self.cfg, &info, announcer, self.now);
         let now = self.local_now(announcer);
         if let Some(core) = self.nodes[announcer].core.as_mut() {
             match core.announce(now, info) {
-                Ok(Announced::New(id)) => self.note(announcer, None, "announce", id.prefix_u64()),
+                Ok(Announced::New(id)) => {
+                    for j in &jobs {
+                        if let Some(info) = self.workload.jobs.get_mut(j) {
+                            info.change = Some(id);
+                        }
+                    }
+                    self.note(announcer, None, "announce", id.prefix_u64())
+                }
                 Ok(Announced::Known(_)) => {}
                 Err(e) => {
                     self.violation_now("a valid commit could not be announced", e, None, Some(announcer));
