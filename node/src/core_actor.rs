@@ -524,7 +524,7 @@ impl Handler<Query> for CoreActor {
                         "self": false,
                         "live": self.core.is_live(p),
                         "connected": view.connected,
-                        "labels": view.labels,
+                        "labels": &*view.labels,
                         "executors": view.executors,
                         "busy": view.busy,
                         "last_heard_ms_ago": if view.last_heard == 0 { None } else { Some(now.saturating_sub(view.last_heard)) },

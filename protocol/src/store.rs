@@ -1,6 +1,7 @@
 //! Storage as the core sees it. `MemStore` here; RocksDB in the node.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::ids::Hash32;
 use crate::keyspace::{min_bound, Fingerprint, SyncKey};
@@ -123,9 +124,49 @@ pub trait Store {
     fn delete_state(&mut self, key: &str) -> Result<(), StoreError>;
 }
 
+/// Record bytes shared by the stores of one process, each distinct record
+/// kept once: the simulator's nodes all hold the same records, and without
+/// this a cluster of n nodes keeps n copies of its history.
+#[derive(Clone, Default)]
+pub struct RecordPool(Arc<Mutex<PoolInner>>);
+
+#[derive(Default)]
+struct PoolInner {
+    live: HashMap<Hash32, Weak<[u8]>>,
+    /// Entries whose records every store dropped are swept at this size.
+    sweep_at: usize,
+}
+
+impl RecordPool {
+    fn share(&self, id: &Hash32, bytes: &[u8]) -> Arc<[u8]> {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = p.live.get(id).and_then(Weak::upgrade) {
+            return b;
+        }
+        let b: Arc<[u8]> = bytes.into();
+        p.live.insert(*id, Arc::downgrade(&b));
+        if p.live.len() >= p.sweep_at {
+            p.live.retain(|_, w| w.strong_count() > 0);
+            p.sweep_at = (p.live.len() * 2).max(1024);
+        }
+        b
+    }
+
+    /// Distinct records held by some store of the pool.
+    pub fn len(&self) -> usize {
+        let p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        p.live.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Default, Clone)]
 pub struct MemStore {
-    records: HashMap<Hash32, Vec<u8>>,
+    records: HashMap<Hash32, Arc<[u8]>>,
+    pool: Option<RecordPool>,
     order: BTreeSet<SyncKey>,
     blobs: HashMap<Hash32, Vec<u8>>,
     state: BTreeMap<String, Vec<u8>>,
@@ -137,6 +178,10 @@ impl MemStore {
     pub fn new() -> Self {
         Self::default()
     }
+    /// A store whose record bytes are shared through `pool`.
+    pub fn with_pool(pool: RecordPool) -> Self {
+        MemStore { pool: Some(pool), ..Self::default() }
+    }
     pub fn ids(&self) -> BTreeSet<Hash32> {
         self.records.keys().copied().collect()
     }
@@ -147,7 +192,11 @@ impl Store for MemStore {
         if self.records.contains_key(&rec.id) {
             return Ok(false);
         }
-        self.records.insert(rec.id, rec.bytes.clone());
+        let bytes = match &self.pool {
+            Some(pool) => pool.share(&rec.id, &rec.bytes),
+            None => rec.bytes.as_slice().into(),
+        };
+        self.records.insert(rec.id, bytes);
         let key = SyncKey { time: rec.time(), id: rec.id };
         self.order.insert(key);
         self.index.add(&key);
@@ -155,7 +204,7 @@ impl Store for MemStore {
         Ok(true)
     }
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {
-        self.records.get(id).cloned()
+        self.records.get(id).map(|b| b.to_vec())
     }
     fn has_record(&self, id: &Hash32) -> bool {
         self.records.contains_key(id)

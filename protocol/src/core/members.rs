@@ -4,10 +4,12 @@
 //! set of live peers or what they offer changes) are kept by this table,
 //! which owns what they count.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use libp2p_identity::PeerId;
 
+use super::peer_table::PeerTable;
 use super::rank::peer_key;
 use crate::labels::{satisfies, MAX_LABELS};
 use crate::wire::{self, Heartbeat};
@@ -15,7 +17,8 @@ use crate::Millis;
 
 #[derive(Debug, Clone)]
 pub struct PeerView {
-    pub labels: Vec<String>,
+    /// Shared with the other peers that have the same set.
+    pub labels: Arc<[String]>,
     pub executors: u32,
     pub busy: u32,
     pub last_heard: Millis,
@@ -27,14 +30,14 @@ pub struct PeerView {
     /// Liveness as of the last sweep; changes bump the membership generation.
     pub live: bool,
     /// Where the peer says it can be reached.
-    pub addrs: Vec<String>,
+    pub addrs: Box<[String]>,
     pub(crate) key: u64,
 }
 
 impl PeerView {
-    fn new(peer: &PeerId) -> Self {
+    pub(crate) fn new(peer: &PeerId) -> Self {
         PeerView {
-            labels: vec![],
+            labels: Arc::new([]),
             executors: 0,
             busy: 0,
             last_heard: 0,
@@ -42,10 +45,17 @@ impl PeerView {
             connected: false,
             interval_ms: 0,
             live: false,
-            addrs: vec![],
+            addrs: Box::new([]),
             key: peer_key(peer),
         }
     }
+}
+
+/// The one liveness rule: heard within max(the configured window, three of
+/// the peer's own heartbeat intervals and a second), and not suspect.
+fn heard_recently(liveness_ms: u64, now: Millis, v: &PeerView) -> bool {
+    let window = liveness_ms.max(3 * v.interval_ms + 1_000);
+    v.last_heard > 0 && !v.suspect && now.saturating_sub(v.last_heard) <= window
 }
 
 /// What a heartbeat changed.
@@ -56,8 +66,8 @@ pub struct HeartbeatSummary {
     pub new_addrs: Option<Vec<String>>,
 }
 
-/// An eligible live peer as the ranking sees it.
-pub type Eligible = (u64, PeerId, u32);
+/// An eligible live peer as the ranking sees it: (rendezvous key, executors).
+pub type Eligible = (u64, u32);
 
 #[derive(Clone)]
 pub struct Membership {
@@ -68,8 +78,7 @@ pub struct Membership {
     liveness_ms: u64,
     heartbeat_ms: u64,
     cluster_heartbeats_per_sec: u64,
-    /// Hashed with fixed keys: iteration order must not vary between runs.
-    peers: HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher>,
+    peers: PeerTable,
     live_peers: usize,
     generation: u64,
     eligible_cache: BTreeMap<Vec<String>, (u64, Vec<Eligible>)>,
@@ -85,7 +94,7 @@ impl Membership {
             liveness_ms: cfg.liveness_ms(),
             heartbeat_ms: cfg.heartbeat_ms,
             cluster_heartbeats_per_sec: cfg.cluster_heartbeats_per_sec,
-            peers: HashMap::default(),
+            peers: PeerTable::default(),
             live_peers: 0,
             generation: 0,
             eligible_cache: BTreeMap::new(),
@@ -95,7 +104,7 @@ impl Membership {
     pub fn my_key(&self) -> u64 {
         self.my_key
     }
-    pub fn peers(&self) -> &HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher> {
+    pub fn peers(&self) -> &PeerTable {
         &self.peers
     }
     pub fn key_of(&self, p: &PeerId) -> Option<u64> {
@@ -103,13 +112,6 @@ impl Membership {
             return Some(self.my_key);
         }
         self.peers.get(p).map(|v| v.key)
-    }
-
-    /// The one liveness rule: heard within max(the configured window, three
-    /// of the peer's own heartbeat intervals and a second), and not suspect.
-    fn heard_recently(&self, now: Millis, v: &PeerView) -> bool {
-        let window = self.liveness_ms.max(3 * v.interval_ms + 1_000);
-        v.last_heard > 0 && !v.suspect && now.saturating_sub(v.last_heard) <= window
     }
 
     /// Live as of the last sweep: the ranking, the heartbeat interval and
@@ -129,16 +131,16 @@ impl Membership {
         self.check();
         let mut changed = false;
         let mut live = 0;
-        let verdicts: Vec<(PeerId, bool)> = self.peers.iter().map(|(p, v)| (*p, self.heard_recently(now, v))).collect();
-        for (p, l) in verdicts {
-            if let Some(v) = self.peers.get_mut(&p) {
-                if v.live != l {
-                    v.live = l;
-                    changed = true;
-                }
+        let (liveness_ms, mut peers) = (self.liveness_ms, std::mem::take(&mut self.peers));
+        for v in peers.values_mut() {
+            let l = heard_recently(liveness_ms, now, v);
+            if v.live != l {
+                v.live = l;
+                changed = true;
             }
             live += l as usize;
         }
+        self.peers = peers;
         self.live_peers = live;
         if changed {
             self.generation += 1;
@@ -148,7 +150,7 @@ impl Membership {
 
     pub fn set_connected(&mut self, p: PeerId, connected: bool) {
         if connected {
-            self.peers.entry(p).or_insert_with(|| PeerView::new(&p)).connected = true;
+            self.peers.get_or_insert(&p, || PeerView::new(&p)).connected = true;
         } else if let Some(v) = self.peers.get_mut(&p) {
             v.connected = false;
         }
@@ -174,11 +176,15 @@ impl Membership {
         {
             return Err("heartbeat over its limits");
         }
-        let view = self.peers.entry(from).or_insert_with(|| PeerView::new(&from));
+        let labels = match self.peers.get(&from) {
+            Some(v) if *v.labels == *h.labels => None,
+            _ => Some(self.peers.shared_labels(&h.labels)),
+        };
+        let view = self.peers.get_or_insert(&from, || PeerView::new(&from));
         let was_live = view.live;
         let mut changed = false;
-        if view.labels != h.labels {
-            view.labels = h.labels.clone();
+        if let Some(labels) = labels {
+            view.labels = labels;
             changed = true;
         }
         if view.executors != h.executors {
@@ -189,8 +195,8 @@ impl Membership {
         view.last_heard = now;
         let was_suspect = std::mem::replace(&mut view.suspect, false);
         view.interval_ms = h.interval_ms.clamp(50, 3_600_000);
-        let new_addrs = if view.addrs != h.addrs && !h.addrs.is_empty() {
-            view.addrs = h.addrs.clone();
+        let new_addrs = if *view.addrs != *h.addrs && !h.addrs.is_empty() {
+            view.addrs = h.addrs.clone().into_boxed_slice();
             Some(h.addrs.clone())
         } else {
             None
@@ -222,7 +228,7 @@ impl Membership {
         self.live_peers
     }
 
-    /// (rendezvous key, id, executors) of each eligible live peer, this node
+    /// (rendezvous key, executors) of each eligible live peer, this node
     /// included when it has the labels; cached per label set until the
     /// membership changes.
     pub fn eligible_keys(&mut self, requires: &[String]) -> &[Eligible] {
@@ -233,10 +239,10 @@ impl Membership {
                 .peers
                 .iter()
                 .filter(|(_, view)| view.live && satisfies(&view.labels, requires))
-                .map(|(p, view)| (view.key, *p, view.executors.max(1)))
+                .map(|(_, view)| (view.key, view.executors.max(1)))
                 .collect();
             if satisfies(&self.my_labels, requires) {
-                v.push((self.my_key, self.me, self.my_executors));
+                v.push((self.my_key, self.my_executors));
             }
             if self.eligible_cache.len() > 256 {
                 self.eligible_cache.clear();
@@ -265,7 +271,7 @@ impl Membership {
         self.peers.values().filter(|v| v.live).map(|v| v.key)
     }
 
-    /// (score key, id) of every known peer, and the connected ones.
+    /// Every known peer, in the order first heard of.
     pub fn all(&self) -> impl Iterator<Item = (&PeerId, &PeerView)> {
         self.peers.iter()
     }

@@ -30,6 +30,7 @@ mod health;
 mod io;
 mod jobs;
 mod members;
+mod peer_table;
 pub mod rank;
 mod records;
 mod requests;
@@ -59,6 +60,7 @@ pub use self::health::StorageHealth;
 pub use self::io::{Announced, BuildOrder, BuildOutcome, CommitInfo, Event, Input, Output, StepOutcome, Verdict};
 pub use self::jobs::{ClaimView, JobState, JobView, LostAttempt};
 pub use self::members::PeerView;
+pub use self::peer_table::PeerTable;
 pub use self::rank::{claim_winner, peer_key, rank, score};
 pub use self::sessions::SyncProgress;
 pub use self::views::{JobStatus, WaitingReason};
@@ -210,7 +212,7 @@ impl<S: Store> NodeCore<S> {
     pub fn live_jobs(&self) -> &std::collections::HashMap<Hash32, JobView, rustc_hash::FxBuildHasher> {
         self.jobs.live()
     }
-    pub fn peers(&self) -> &std::collections::HashMap<PeerId, PeerView, rustc_hash::FxBuildHasher> {
+    pub fn peers(&self) -> &PeerTable {
         self.members.peers()
     }
     pub fn running(&self) -> &Running {

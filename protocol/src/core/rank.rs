@@ -39,23 +39,25 @@ pub fn claim_winner(job: &Hash32, a: PeerId, b: PeerId) -> PeerId {
 
 /// Where this node stands for a job among the eligible peers with a free
 /// slot, and a signature of that set (it changes when the set does).
-/// `eligible` holds (rendezvous key, id, executors); `held` counts the
-/// claims each key holds.
+/// `eligible` holds (rendezvous key, executors); `held` counts the claims
+/// each key holds. A score is a bijection of the key, so only a peer with
+/// this node's own key could tie, and that one is passed over: no PeerId
+/// is needed to break ties.
 pub fn position_among_free(
     job: &Hash32,
-    me: (u64, PeerId),
-    eligible: &[(u64, PeerId, u32)],
+    my_key: u64,
+    eligible: &[(u64, u32)],
     held: impl Fn(u64) -> u32,
 ) -> (u64, u64) {
-    let mine = (std::cmp::Reverse(score(job, me.0)), me.1);
+    let mine = score(job, my_key);
     let mut ahead = 0u64;
     let mut sig = 0u64;
-    for (k, p, executors) in eligible {
-        if *k == me.0 || held(*k) >= *executors {
+    for &(k, executors) in eligible {
+        if k == my_key || held(k) >= executors {
             continue;
         }
-        sig ^= *k;
-        if (std::cmp::Reverse(score(job, *k)), *p) < mine {
+        sig ^= k;
+        if score(job, k) > mine {
             ahead += 1;
         }
     }
@@ -103,17 +105,17 @@ mod tests {
     fn position_counts_only_better_ranked_peers_with_a_free_slot() {
         let job = Hash32::of(b"job");
         let ids: Vec<PeerId> = (0..6).map(|i| deterministic_key(i).public().to_peer_id()).collect();
-        let elig: Vec<(u64, PeerId, u32)> = ids.iter().map(|p| (peer_key(p), *p, 1)).collect();
+        let elig: Vec<(u64, u32)> = ids.iter().map(|p| (peer_key(p), 1)).collect();
         let mut order = ids.clone();
         rank(&job, &mut order);
         for (r, p) in order.iter().enumerate() {
-            let (ahead, _) = position_among_free(&job, (peer_key(p), *p), &elig, |_| 0);
+            let (ahead, _) = position_among_free(&job, peer_key(p), &elig, |_| 0);
             assert_eq!(ahead, r as u64);
         }
         // The best peer busy: everyone behind it moves up one place.
         let best = peer_key(&order[0]);
         let last = order[5];
-        let (ahead, _) = position_among_free(&job, (peer_key(&last), last), &elig, |k| (k == best) as u32);
+        let (ahead, _) = position_among_free(&job, peer_key(&last), &elig, |k| (k == best) as u32);
         assert_eq!(ahead, 4);
     }
 

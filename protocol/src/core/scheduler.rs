@@ -64,7 +64,7 @@ pub fn plan_claims(
         let (opened, priority) = (j.opened_ms.max(j.not_before), j.spec.priority);
         let requires = j.spec.requires.clone();
         let elig = members.eligible_keys(&requires);
-        let (ahead, sig) = position_among_free(&id, (my_key, me), elig, |k| held.get(&k).copied().unwrap_or(0));
+        let (ahead, sig) = position_among_free(&id, my_key, elig, |k| held.get(&k).copied().unwrap_or(0));
         let Some(j) = jobs.jobs.get_mut(&id) else { continue };
         if j.free_sig != sig {
             j.free_sig = sig;

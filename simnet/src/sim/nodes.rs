@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use peerbot_protocol::core::{Config, Event, Input, NodeCore, Output, Verify};
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::record::{self, RecordError, VerifiedRecord};
-use peerbot_protocol::store::{MemStore, Store};
+use peerbot_protocol::store::{MemStore, RecordPool, Store};
 use peerbot_protocol::{deterministic_key, Keypair, Millis, PeerId};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -70,11 +70,13 @@ pub(super) struct SimNode {
     next_inbound: u64,
     /// When it came back with an empty store.
     pub(super) wiped_at: Vec<u64>,
+    /// Record bytes shared with the other nodes' stores.
+    pool: RecordPool,
 }
 
 impl SimNode {
     /// Draws the node's labels, clock skew and slowness, in that order.
-    fn new(cfg: &SimConfig, i: usize, rng: &mut ChaCha8Rng) -> SimNode {
+    fn new(cfg: &SimConfig, i: usize, rng: &mut ChaCha8Rng, pool: &RecordPool) -> SimNode {
         let key = deterministic_key(cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
         let peer = key.public().to_peer_id();
         let labels = draw_labels(cfg, rng);
@@ -82,7 +84,7 @@ impl SimNode {
         let slow = draw_slow(cfg, rng);
         SimNode {
             core: None,
-            kept_store: Some(MemStore::new()),
+            kept_store: Some(MemStore::with_pool(pool.clone())),
             key,
             peer,
             labels,
@@ -93,6 +95,7 @@ impl SimNode {
             inbound: HashMap::new(),
             next_inbound: 1,
             wiped_at: Vec::new(),
+            pool: pool.clone(),
         }
     }
 
@@ -113,7 +116,7 @@ impl SimNode {
 
     /// The node will come back with an empty store, as after a lost disk.
     pub(super) fn wipe_store(&mut self, now: u64) {
-        self.kept_store = Some(MemStore::new());
+        self.kept_store = Some(MemStore::with_pool(self.pool.clone()));
         self.wiped_at.push(now);
     }
 }
@@ -129,7 +132,8 @@ impl Hosts for [SimNode] {
 
 /// The cluster's nodes, each drawing its make-up in turn.
 pub(super) fn make_nodes(cfg: &SimConfig, rng: &mut ChaCha8Rng) -> Vec<SimNode> {
-    let nodes: Vec<SimNode> = (0..cfg.nodes).map(|i| SimNode::new(cfg, i, rng)).collect();
+    let pool = RecordPool::default();
+    let nodes: Vec<SimNode> = (0..cfg.nodes).map(|i| SimNode::new(cfg, i, rng, &pool)).collect();
     if std::env::var("SIMNET_DEBUG_LABELS").is_ok() {
         let mut counts: BTreeMap<Vec<String>, usize> = BTreeMap::new();
         for n in &nodes {

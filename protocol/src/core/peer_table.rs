@@ -1,0 +1,141 @@
+//! The peers a node knows, packed: every node of a cluster knows every
+//! other, so this table is the one structure that grows with the square of
+//! the cluster across a simulation, and with the cluster on each node. The
+//! entries live in one vector (insertion order, grown by an eighth at a
+//! time rather than doubled); a hash table of `u32` slots finds them by
+//! PeerId. Peers' label sets are shared: a cluster has few distinct ones.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+use libp2p_identity::PeerId;
+
+use super::members::PeerView;
+
+/// Distinct label sets kept for sharing; past this, a new set is stored on
+/// its own (a hostile peer cannot grow the cache without bound).
+const MAX_SHARED_LABEL_SETS: usize = 1024;
+
+#[derive(Clone, Default)]
+pub struct PeerTable {
+    slots: Vec<(PeerId, PeerView)>,
+    index: HashTable<u32>,
+    label_sets: HashMap<Arc<[String]>, (), rustc_hash::FxBuildHasher>,
+}
+
+fn hash_of(p: &PeerId) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(p)
+}
+
+impl PeerTable {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn slot_of(&self, p: &PeerId) -> Option<usize> {
+        let slots = &self.slots;
+        self.index.find(hash_of(p), |&i| slots[i as usize].0 == *p).map(|&i| i as usize)
+    }
+
+    pub fn get(&self, p: &PeerId) -> Option<&PeerView> {
+        self.slot_of(p).map(|i| &self.slots[i].1)
+    }
+
+    pub fn get_mut(&mut self, p: &PeerId) -> Option<&mut PeerView> {
+        self.slot_of(p).map(move |i| &mut self.slots[i].1)
+    }
+
+    /// The peer's entry, made with `new` if it has none.
+    pub fn get_or_insert(&mut self, p: &PeerId, new: impl FnOnce() -> PeerView) -> &mut PeerView {
+        let i = match self.slot_of(p) {
+            Some(i) => i,
+            None => {
+                if self.slots.len() == self.slots.capacity() {
+                    self.slots.reserve_exact((self.slots.len() / 8).max(4));
+                }
+                let i = self.slots.len();
+                self.slots.push((*p, new()));
+                let slots = &self.slots;
+                self.index.insert_unique(hash_of(p), i as u32, |&j| hash_of(&slots[j as usize].0));
+                i
+            }
+        };
+        &mut self.slots[i].1
+    }
+
+    /// Entries in the order they were first heard of.
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerView)> {
+        self.slots.iter().map(|(p, v)| (p, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &PeerView> {
+        self.slots.iter().map(|(_, v)| v)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut PeerView> {
+        self.slots.iter_mut().map(|(_, v)| v)
+    }
+
+    /// One shared copy of a label set.
+    pub fn shared_labels(&mut self, labels: &[String]) -> Arc<[String]> {
+        if let Some((k, _)) = self.label_sets.get_key_value(labels) {
+            return k.clone();
+        }
+        let set: Arc<[String]> = labels.into();
+        if self.label_sets.len() < MAX_SHARED_LABEL_SETS {
+            self.label_sets.insert(set.clone(), ());
+        }
+        set
+    }
+}
+
+impl<'a> IntoIterator for &'a PeerTable {
+    type Item = (&'a PeerId, &'a PeerView);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (PeerId, PeerView)>, fn(&'a (PeerId, PeerView)) -> Self::Item>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.slots.iter().map(|(p, v)| (p, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deterministic_key;
+
+    #[test]
+    fn finds_every_peer_it_was_given_and_no_other() {
+        let ids: Vec<PeerId> = (0..300).map(|i| deterministic_key(i).public().to_peer_id()).collect();
+        let mut t = PeerTable::default();
+        for (n, p) in ids.iter().enumerate().take(200) {
+            t.get_or_insert(p, || PeerView::new(p)).executors = n as u32;
+        }
+        // A second sight of a peer keeps its entry.
+        t.get_or_insert(&ids[7], || unreachable!()).busy = 3;
+        assert_eq!(t.len(), 200);
+        for (n, p) in ids.iter().enumerate() {
+            assert_eq!(t.get(p).map(|v| v.executors), (n < 200).then_some(n as u32), "peer {n}");
+        }
+        assert_eq!(t.get(&ids[7]).unwrap().busy, 3);
+        let order: Vec<PeerId> = t.iter().map(|(p, _)| *p).collect();
+        assert_eq!(order, ids[..200].to_vec(), "insertion order");
+    }
+
+    #[test]
+    fn label_sets_are_shared_up_to_a_bound() {
+        let mut t = PeerTable::default();
+        let a = t.shared_labels(&["os=linux".to_string()]);
+        let b = t.shared_labels(&["os=linux".to_string()]);
+        assert!(Arc::ptr_eq(&a, &b));
+        for i in 0..MAX_SHARED_LABEL_SETS + 10 {
+            t.shared_labels(&[format!("x={i}")]);
+        }
+        assert_eq!(t.label_sets.len(), MAX_SHARED_LABEL_SETS);
+        let c = t.shared_labels(&["y=1".to_string()]);
+        assert_eq!(&*c, &["y=1".to_string()], "a set past the bound is still stored, unshared");
+    }
+}
