@@ -518,11 +518,11 @@ impl Handler<Query> for CoreActor {
                     "executors": self.core.config().executors,
                     "busy": self.core.running().len(),
                 })];
-                for (p, view) in self.core.peers() {
+                for (p, view) in self.core.peers().iter() {
                     v.push(json!({
                         "peer_id": p.to_string(),
                         "self": false,
-                        "live": self.core.is_live(p),
+                        "live": self.core.is_live(&p),
                         "connected": view.connected,
                         "labels": &*view.labels,
                         "executors": view.executors,

@@ -28,7 +28,7 @@ pub fn sources(
     replicas: usize,
     rng: &mut ChaCha8Rng,
 ) -> Vec<PeerId> {
-    let mut holders: Vec<(u64, PeerId)> = members.all().map(|(p, v)| (score(hash, v.key), *p)).collect();
+    let mut holders: Vec<(u64, PeerId)> = members.all().map(|(p, v)| (score(hash, v.key), p)).collect();
     holders.sort_unstable_by(|a, b| b.cmp(a));
     let mut rest: Vec<PeerId> = members.connected_sorted();
     rest.shuffle(rng);

@@ -5,6 +5,7 @@
 //! which owns what they count.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use libp2p_identity::PeerId;
@@ -26,11 +27,12 @@ pub struct PeerView {
     pub suspect: bool,
     pub connected: bool,
     /// The heartbeat interval the peer announced.
-    pub interval_ms: u64,
+    pub interval_ms: u32,
     /// Liveness as of the last sweep; changes bump the membership generation.
     pub live: bool,
-    /// Where the peer says it can be reached.
-    pub addrs: Box<[String]>,
+    /// A hash of where the peer last said it can be reached: the node keeps
+    /// the addresses themselves (`Event::PeerAddrs`).
+    addrs_sig: u64,
     pub(crate) key: u64,
 }
 
@@ -45,7 +47,7 @@ impl PeerView {
             connected: false,
             interval_ms: 0,
             live: false,
-            addrs: Box::new([]),
+            addrs_sig: 0,
             key: peer_key(peer),
         }
     }
@@ -54,7 +56,7 @@ impl PeerView {
 /// The one liveness rule: heard within max(the configured window, three of
 /// the peer's own heartbeat intervals and a second), and not suspect.
 fn heard_recently(liveness_ms: u64, now: Millis, v: &PeerView) -> bool {
-    let window = liveness_ms.max(3 * v.interval_ms + 1_000);
+    let window = liveness_ms.max(3 * v.interval_ms as u64 + 1_000);
     v.last_heard > 0 && !v.suspect && now.saturating_sub(v.last_heard) <= window
 }
 
@@ -162,7 +164,7 @@ impl Membership {
 
     /// Connected peers in a fixed order, for seeded random choices.
     pub fn connected_sorted(&self) -> Vec<PeerId> {
-        let mut v: Vec<PeerId> = self.peers.iter().filter(|(_, v)| v.connected).map(|(p, _)| *p).collect();
+        let mut v: Vec<PeerId> = self.peers.filtered(|v| v.connected).map(|(p, _)| p).collect();
         v.sort_unstable();
         v
     }
@@ -194,9 +196,10 @@ impl Membership {
         view.busy = h.busy;
         view.last_heard = now;
         let was_suspect = std::mem::replace(&mut view.suspect, false);
-        view.interval_ms = h.interval_ms.clamp(50, 3_600_000);
-        let new_addrs = if *view.addrs != *h.addrs && !h.addrs.is_empty() {
-            view.addrs = h.addrs.clone().into_boxed_slice();
+        view.interval_ms = h.interval_ms.clamp(50, 3_600_000) as u32;
+        let sig = rustc_hash::FxBuildHasher.hash_one(&h.addrs);
+        let new_addrs = if view.addrs_sig != sig && !h.addrs.is_empty() {
+            view.addrs_sig = sig;
             Some(h.addrs.clone())
         } else {
             None
@@ -254,12 +257,8 @@ impl Membership {
 
     /// Live peers (this node included) that have every required label.
     pub fn eligible(&self, requires: &[String]) -> Vec<PeerId> {
-        let mut v: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, view)| view.live && satisfies(&view.labels, requires))
-            .map(|(p, _)| *p)
-            .collect();
+        let mut v: Vec<PeerId> =
+            self.peers.filtered(|view| view.live && satisfies(&view.labels, requires)).map(|(p, _)| p).collect();
         if satisfies(&self.my_labels, requires) {
             v.push(self.me);
         }
@@ -272,7 +271,7 @@ impl Membership {
     }
 
     /// Every known peer, in the order first heard of.
-    pub fn all(&self) -> impl Iterator<Item = (&PeerId, &PeerView)> {
+    pub fn all(&self) -> impl Iterator<Item = (PeerId, &PeerView)> {
         self.peers.iter()
     }
 

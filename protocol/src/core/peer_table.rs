@@ -3,7 +3,9 @@
 //! the cluster across a simulation, and with the cluster on each node. The
 //! entries live in one vector (insertion order, grown by an eighth at a
 //! time rather than doubled); a hash table of `u32` slots finds them by
-//! PeerId. Peers' label sets are shared: a cluster has few distinct ones.
+//! PeerId, which is kept in its 44-byte encoding rather than libp2p's
+//! 80-byte value. Peers' label sets are shared: a cluster has few distinct
+//! ones.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 use libp2p_identity::PeerId;
+use multihash::Multihash;
 
 use super::members::PeerView;
 
@@ -18,14 +21,37 @@ use super::members::PeerView;
 /// its own (a hostile peer cannot grow the cache without bound).
 const MAX_SHARED_LABEL_SETS: usize = 1024;
 
+/// A PeerId's byte encoding: its multihash code (identity or sha256, each
+/// one byte as a varint), the digest's length (at most 42, one byte) and the
+/// digest. Every PeerId fits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Packed([u8; 44]);
+
+impl Packed {
+    fn of(p: &PeerId) -> Packed {
+        let mh: &Multihash<64> = p.as_ref();
+        let d = mh.digest();
+        let n = d.len().min(42);
+        let mut b = [0u8; 44];
+        b[0] = mh.code() as u8;
+        b[1] = n as u8;
+        b[2..2 + n].copy_from_slice(&d[..n]);
+        Packed(b)
+    }
+
+    fn peer(&self) -> Option<PeerId> {
+        PeerId::from_bytes(&self.0[..2 + self.0[1] as usize]).ok()
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct PeerTable {
-    slots: Vec<(PeerId, PeerView)>,
+    slots: Vec<(Packed, PeerView)>,
     index: HashTable<u32>,
     label_sets: HashMap<Arc<[String]>, (), rustc_hash::FxBuildHasher>,
 }
 
-fn hash_of(p: &PeerId) -> u64 {
+fn hash_of(p: &Packed) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(p)
 }
 
@@ -38,8 +64,8 @@ impl PeerTable {
     }
 
     fn slot_of(&self, p: &PeerId) -> Option<usize> {
-        let slots = &self.slots;
-        self.index.find(hash_of(p), |&i| slots[i as usize].0 == *p).map(|&i| i as usize)
+        let (slots, packed) = (&self.slots, Packed::of(p));
+        self.index.find(hash_of(&packed), |&i| slots[i as usize].0 == packed).map(|&i| i as usize)
     }
 
     pub fn get(&self, p: &PeerId) -> Option<&PeerView> {
@@ -58,10 +84,10 @@ impl PeerTable {
                 if self.slots.len() == self.slots.capacity() {
                     self.slots.reserve_exact((self.slots.len() / 8).max(4));
                 }
-                let i = self.slots.len();
-                self.slots.push((*p, new()));
+                let (i, packed) = (self.slots.len(), Packed::of(p));
+                self.slots.push((packed, new()));
                 let slots = &self.slots;
-                self.index.insert_unique(hash_of(p), i as u32, |&j| hash_of(&slots[j as usize].0));
+                self.index.insert_unique(hash_of(&packed), i as u32, |&j| hash_of(&slots[j as usize].0));
                 i
             }
         };
@@ -69,8 +95,16 @@ impl PeerTable {
     }
 
     /// Entries in the order they were first heard of.
-    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerView)> {
-        self.slots.iter().map(|(p, v)| (p, v))
+    pub fn iter(&self) -> impl Iterator<Item = (PeerId, &PeerView)> {
+        self.slots.iter().filter_map(|(p, v)| Some((p.peer()?, v)))
+    }
+
+    /// The entries whose view passes `keep`; only those ids are unpacked.
+    pub fn filtered<'a>(
+        &'a self,
+        keep: impl Fn(&PeerView) -> bool + 'a,
+    ) -> impl Iterator<Item = (PeerId, &'a PeerView)> {
+        self.slots.iter().filter(move |(_, v)| keep(v)).filter_map(|(p, v)| Some((p.peer()?, v)))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &PeerView> {
@@ -94,14 +128,6 @@ impl PeerTable {
     }
 }
 
-impl<'a> IntoIterator for &'a PeerTable {
-    type Item = (&'a PeerId, &'a PeerView);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (PeerId, PeerView)>, fn(&'a (PeerId, PeerView)) -> Self::Item>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.slots.iter().map(|(p, v)| (p, v))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,8 +147,22 @@ mod tests {
             assert_eq!(t.get(p).map(|v| v.executors), (n < 200).then_some(n as u32), "peer {n}");
         }
         assert_eq!(t.get(&ids[7]).unwrap().busy, 3);
-        let order: Vec<PeerId> = t.iter().map(|(p, _)| *p).collect();
+        let order: Vec<PeerId> = t.iter().map(|(p, _)| p).collect();
         assert_eq!(order, ids[..200].to_vec(), "insertion order");
+    }
+
+    #[test]
+    fn packing_keeps_every_kind_of_peer_id() {
+        let mut ids: Vec<PeerId> = (0..20).map(|i| deterministic_key(i).public().to_peer_id()).collect();
+        // Hashed ids (sha256), as keys too large to inline make.
+        ids.extend((0..20u8).map(|i| {
+            let mh = Multihash::<64>::wrap(0x12, &[i; 32]).unwrap();
+            PeerId::from_multihash(mh).unwrap()
+        }));
+        for p in &ids {
+            assert_eq!(Packed::of(p).peer(), Some(*p));
+            assert_eq!(&Packed::of(p).0[..p.to_bytes().len()], p.to_bytes().as_slice());
+        }
     }
 
     #[test]
