@@ -38,6 +38,7 @@ pub struct CoreActor {
     net_gone: bool,
     executor: Option<Addr<Executor>>,
     data_dir: PathBuf,
+    jail: std::sync::Arc<crate::sandbox::StepJail>,
     timer: Option<SpawnHandle>,
     blob_waiters: HashMap<u64, oneshot::Sender<Result<(), String>>>,
     next_token: u64,
@@ -49,7 +50,12 @@ pub struct CoreActor {
 }
 
 impl CoreActor {
-    pub fn new(core: NodeCore<RocksStore>, net: mpsc::Sender<NetCommand>, data_dir: PathBuf) -> Self {
+    pub fn new(
+        core: NodeCore<RocksStore>,
+        net: mpsc::Sender<NetCommand>,
+        data_dir: PathBuf,
+        jail: std::sync::Arc<crate::sandbox::StepJail>,
+    ) -> Self {
         CoreActor {
             core,
             net,
@@ -57,6 +63,7 @@ impl CoreActor {
             net_gone: false,
             executor: None,
             data_dir,
+            jail,
             timer: None,
             blob_waiters: HashMap::new(),
             next_token: 1,
@@ -338,7 +345,7 @@ pub fn load_peer_addrs<S: Store>(store: &S) -> BTreeMap<String, Vec<String>> {
 impl Actor for CoreActor {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let ex = Executor::new(self.data_dir.clone(), ctx.address().recipient()).start();
+        let ex = Executor::new(self.data_dir.clone(), self.jail.clone(), ctx.address().recipient()).start();
         self.executor = Some(ex);
         self.drain(ctx);
     }
@@ -501,6 +508,10 @@ impl Handler<Query> for CoreActor {
                     "log_replicas": cfg.log_replicas,
                     "log_horizon_ms": cfg.log_horizon_ms,
                     "records_rejected_since_start": self.records_rejected,
+                    "builds": {
+                        "work_root": self.jail.work_root().display().to_string(),
+                        "sandbox": if self.jail.sandboxed() { "bwrap" } else { "none" },
+                    },
                     "storage": {
                         "ok": self.core.storage_health().ok(),
                         "error": self.core.storage_health().last_error(),
@@ -563,7 +574,14 @@ mod tests {
         let store = RocksStore::open(&dir.join("db")).unwrap();
         let key = libp2p::identity::Keypair::generate_ed25519();
         let core = NodeCore::new(Config::new(vec!["os=linux".into()], 1), key, store, now_ms());
-        CoreActor::new(core, net, dir.to_path_buf())
+        let jail = crate::sandbox::StepJail::prepare(
+            crate::sandbox::SandboxMode::None,
+            &dir.join("..").join(format!("{}-work", dir.file_name().unwrap().to_string_lossy())),
+            dir,
+            None,
+        )
+        .unwrap();
+        CoreActor::new(core, net, dir.to_path_buf(), std::sync::Arc::new(jail))
     }
 
     #[test]

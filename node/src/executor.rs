@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -15,6 +16,7 @@ use peerbot_protocol::ids::Hash32;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::sandbox::StepJail;
 use crate::{git, now_ms};
 
 #[derive(Message)]
@@ -47,14 +49,15 @@ pub const EXECUTOR_MAILBOX: usize = 4 * MAX_EXECUTORS as usize;
 
 pub struct Executor {
     data_dir: PathBuf,
+    jail: Arc<StepJail>,
     report: Recipient<BuildReport>,
     cancels: HashMap<(Hash32, u32), watch::Sender<bool>>,
     log_limit: u64,
 }
 
 impl Executor {
-    pub fn new(data_dir: PathBuf, report: Recipient<BuildReport>) -> Self {
-        Executor { data_dir, report, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES }
+    pub fn new(data_dir: PathBuf, jail: Arc<StepJail>, report: Recipient<BuildReport>) -> Self {
+        Executor { data_dir, jail, report, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES }
     }
 }
 
@@ -76,12 +79,13 @@ impl Handler<StartBuild> for Executor {
         let (tx, rx) = watch::channel(false);
         self.cancels.insert((order.job, order.attempt), tx);
         let data_dir = self.data_dir.clone();
+        let jail = self.jail.clone();
         let report = self.report.clone();
         let me = ctx.address();
         let limit = self.log_limit;
         actix::spawn(async move {
             let key = (order.job, order.attempt);
-            let outcome = run_build(&data_dir, order, rx, &report, limit).await;
+            let outcome = run_build(&data_dir, &jail, order, rx, &report, limit).await;
             // One outcome and one note per build, and the core runs at most
             // `--executors` builds: these are bounded without a capacity, and
             // neither may be lost.
@@ -111,7 +115,8 @@ impl Handler<Done> for Executor {
 }
 
 async fn run_build(
-    data_dir: &std::path::Path,
+    data_dir: &Path,
+    jail: &StepJail,
     order: BuildOrder,
     mut cancel: watch::Receiver<bool>,
     report: &Recipient<BuildReport>,
@@ -120,19 +125,26 @@ async fn run_build(
     let started = now_ms();
     let mut outcome =
         BuildOutcome { job: order.job, attempt: order.attempt, started_ms: started, ..Default::default() };
-    let ws = data_dir.join("work").join(format!("{}-{}", order.job.short(), order.attempt));
+    let name = format!("{}-{}", order.job.short(), order.attempt);
+    let ws = jail.work_root().join(&name);
+    let home = jail.work_root().join(format!("{name}.home"));
     let prepared = async {
         let mirror = git::fetch_mirror(data_dir, &order.repo).await?;
         git::checkout(&mirror, &ws, &order.commit).await?;
-        anyhow::Ok(())
+        let _ = tokio::fs::remove_dir_all(&home).await;
+        tokio::fs::create_dir_all(&home).await?;
+        anyhow::Ok(mirror)
     }
     .await;
-    if let Err(e) = prepared {
-        warn!(job = %order.job.short(), "cannot prepare the build: {e:#}");
-        outcome.error = Some(format!("{e:#}"));
-        outcome.ended_ms = now_ms();
-        return outcome;
-    }
+    let mirror = match prepared {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(job = %order.job.short(), "cannot prepare the build: {e:#}");
+            outcome.error = Some(format!("{e:#}"));
+            outcome.ended_ms = now_ms();
+            return outcome;
+        }
+    };
     info!(job = %order.job.short(), builder = %order.builder, commit = %order.commit, "build started");
     for step in &order.steps {
         // Progress may be lost when the core's mailbox is full: the next step or the outcome says more.
@@ -149,7 +161,8 @@ async fn run_build(
             ("PEERBOT_BUILDER", order.builder.clone()),
             ("PEERBOT_STEP", step.name.clone()),
         ];
-        let so = run_step(&ws, &step.run, &envs, Duration::from_secs(step.timeout_secs), &mut cancel, log_limit).await;
+        let cmd = jail.command(&ws, &home, &[&mirror], &step.run, &envs);
+        let so = run_step(cmd, &step.run, Duration::from_secs(step.timeout_secs), &mut cancel, log_limit).await;
         let so = match so {
             Ok(mut so) => {
                 so.name = step.name.clone();
@@ -173,6 +186,7 @@ async fn run_build(
         }
     }
     let _ = tokio::fs::remove_dir_all(&ws).await;
+    let _ = tokio::fs::remove_dir_all(&home).await;
     outcome.ended_ms = now_ms();
     outcome
 }
@@ -206,20 +220,15 @@ fn kill_group(pid: u32) {
 }
 
 async fn run_step(
-    ws: &std::path::Path,
+    mut std_cmd: std::process::Command,
     run: &str,
-    envs: &[(&str, String)],
     timeout: Duration,
     cancel: &mut watch::Receiver<bool>,
     log_limit: u64,
 ) -> anyhow::Result<StepOutcome> {
     let (reader, writer) = std::io::pipe()?;
     let writer2 = writer.try_clone()?;
-    let mut std_cmd = std::process::Command::new("sh");
-    std_cmd.arg("-c").arg(run).current_dir(ws).stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
-    for (k, v) in envs {
-        std_cmd.env(k, v);
-    }
+    std_cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
     let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.kill_on_drop(true);
     let start = Instant::now();

@@ -7,6 +7,7 @@ mod git;
 mod http;
 mod identity;
 mod net;
+mod sandbox;
 mod store;
 mod watcher;
 
@@ -192,11 +193,12 @@ const CONFIG_KEYS: &[&str] = &[
     "log_replicas",
     "log_horizon",
     "api_token",
+    "work_dir",
+    "sandbox",
 ];
 
-/// Reads the node's config file into `PEERBOT_*` variables that are not
-/// already set, so that flags beat the environment, which beats the file.
-fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
+/// The config file named by `--config` or `PEERBOT_CONFIG`.
+fn config_path(args: &[String]) -> Option<String> {
     let mut path = std::env::var("PEERBOT_CONFIG").ok();
     for (i, a) in args.iter().enumerate() {
         if a == "--config" {
@@ -205,7 +207,13 @@ fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
             path = Some(p.to_string());
         }
     }
-    let Some(path) = path else { return Ok(()) };
+    path
+}
+
+/// Reads the node's config file into `PEERBOT_*` variables that are not
+/// already set, so that flags beat the environment, which beats the file.
+fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
+    let Some(path) = config_path(args) else { return Ok(()) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
     let table: toml::Table = toml::from_str(&text).with_context(|| format!("config file {path} is not valid TOML"))?;
     for (key, value) in table {
@@ -283,6 +291,12 @@ struct NodeArgs {
     /// Drop this node's copies of logs of results older than this (e.g. 180d); records stay. Default: keep all.
     #[arg(long, env = "PEERBOT_LOG_HORIZON", value_parser = parse_duration_ms)]
     log_horizon: Option<u64>,
+    /// Where builds check out and run, outside the data dir [default: DATA_DIR-work, beside it].
+    #[arg(long, env = "PEERBOT_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// How build steps are confined: bwrap hides the data dir and the config file from them.
+    #[arg(long, env = "PEERBOT_SANDBOX", value_enum, default_value = "auto")]
+    sandbox: sandbox::SandboxMode,
 }
 
 fn parse_duration_ms(s: &str) -> Result<u64, String> {
@@ -448,6 +462,10 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--heartbeat-ms must be at least 50, and --poll-secs, --lease-secs, --sync-secs at least 1");
     }
     let key = identity::load_or_create(&a.data_dir)?;
+    let work_root = a.work_dir.clone().unwrap_or_else(|| sandbox::default_work_root(&a.data_dir));
+    let config_file = config_path(&std::env::args().collect::<Vec<_>>()).map(PathBuf::from);
+    let jail =
+        std::sync::Arc::new(sandbox::StepJail::prepare(a.sandbox, &work_root, &a.data_dir, config_file.as_deref())?);
     let api_token = match a.api_token.clone() {
         Some(t) if t.trim().len() >= 16 => t.trim().to_string(),
         Some(_) => anyhow::bail!("--api-token must be at least 16 characters"),
@@ -480,7 +498,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         let core_addr = CoreActor::create(|ctx| {
             ctx.set_mailbox_capacity(core_actor::CORE_MAILBOX);
             ctx.add_stream(tokio_stream(ev_rx));
-            CoreActor::new(core, net_tx, data_dir.clone())
+            CoreActor::new(core, net_tx, data_dir.clone(), jail)
         });
         let net_cfg = net::NetConfig { listen: a.listen.clone(), bootstrap: a.bootstrap.clone(), known };
         actix_rt::spawn(async move {
