@@ -53,12 +53,67 @@ pub fn post_json(node: &str, token: Option<&str>, path: &str, body: &Value) -> a
     resp.into_json().with_context(|| format!("{url}: not JSON"))
 }
 
-fn short(s: &str, n: usize) -> &str {
-    &s[..s.len().min(n)]
+/// At most `n` characters from the start.
+fn short(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
-fn tail(s: &str, n: usize) -> &str {
-    &s[s.len().saturating_sub(n)..]
+/// At most `n` characters from the end.
+fn tail(s: &str, n: usize) -> String {
+    let skip = s.chars().count().saturating_sub(n);
+    s.chars().skip(skip).collect()
+}
+
+/// Characters a terminal would act on rather than show: controls, and the
+/// marks that reorder text (bidirectional overrides).
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text that came from a node, and so perhaps from any peer or repository,
+/// made safe to print: what a terminal would act on is shown escaped.
+pub fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if acts_on_terminal(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A step's log for a terminal: lines, tabs and colours (SGR sequences,
+/// `ESC [ ... m`) as the build printed them, anything else a terminal would
+/// act on (cursor moves, titles, lone carriage returns) escaped.
+pub fn clean_log(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\u{1b}' if chars.peek() == Some(&'[') => {
+                let rest: String = chars.clone().skip(1).take_while(|d| d.is_ascii_digit() || *d == ';').collect();
+                let after = chars.clone().nth(1 + rest.len());
+                if after == Some('m') && rest.len() <= 32 {
+                    out.push(c);
+                    out.push('[');
+                    out.push_str(&rest);
+                    out.push('m');
+                    for _ in 0..rest.len() + 2 {
+                        chars.next();
+                    }
+                } else {
+                    out.extend(c.escape_unicode());
+                }
+            }
+            c if acts_on_terminal(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub fn print_results(v: &Value) -> anyhow::Result<()> {
@@ -72,7 +127,7 @@ pub fn print_results(v: &Value) -> anyhow::Result<()> {
         "ID", "STATUS", "BUILDER", "COMMIT", "BRANCH", "ATT", "TOOK", "BUILT BY", "FAILED STEP"
     );
     for b in items {
-        let s = |k: &str| b[k].as_str().unwrap_or("").to_string();
+        let s = |k: &str| clean(b[k].as_str().unwrap_or(""));
         println!(
             "{:<12} {:<9} {:<16} {:<10} {:<10} {:>3} {:>7.1}s  …{:<9} {}",
             short(&s("id"), 12),
@@ -93,12 +148,14 @@ pub fn print_peers(v: &Value) -> anyhow::Result<()> {
     let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
     println!("{:<54} {:<5} {:<9} {:>9}  {}", "PEER", "LIVE", "CONNECTED", "BUSY", "LABELS");
     for p in items {
-        let labels: Vec<&str> =
-            p["labels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str()).collect()).unwrap_or_default();
+        let labels: Vec<String> = p["labels"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|l| l.as_str()).map(clean).collect())
+            .unwrap_or_default();
         let me = if p["self"].as_bool().unwrap_or(false) { " (this node)" } else { "" };
         println!(
             "{:<54} {:<5} {:<9} {:>4}/{:<4}  {}{}",
-            p["peer_id"].as_str().unwrap_or(""),
+            clean(p["peer_id"].as_str().unwrap_or("")),
             p["live"].as_bool().unwrap_or(false),
             p["connected"].as_bool().unwrap_or(false),
             p["busy"].as_u64().unwrap_or(0),
@@ -117,14 +174,14 @@ pub fn print_jobs(v: &Value) -> anyhow::Result<()> {
         "JOB", "STATE", "BUILDER", "COMMIT", "ATT", "QUEUE", "CLAIMED BY", "STEP", "NOTE"
     );
     for j in items {
-        let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
-        let by = j["claim"]["by"].as_str().map(|b| format!("…{}", tail(b, 8))).unwrap_or_default();
+        let s = |k: &str| clean(j[k].as_str().unwrap_or(""));
+        let by = j["claim"]["by"].as_str().map(|b| format!("…{}", tail(&clean(b), 8))).unwrap_or_default();
         let note = if let Some(w) = j["waiting_reason"].as_str() {
-            w.to_string()
+            clean(w)
         } else if let Some(c) = j["cancelled"]["reason"].as_str() {
-            format!("cancelled: {c}")
+            format!("cancelled: {}", clean(c))
         } else if let Some(n) = j["superseded_by"].as_str() {
-            format!("superseded by {}", short(n, 12))
+            format!("superseded by {}", short(&clean(n), 12))
         } else if j["disagreeing_results"].as_bool().unwrap_or(false) {
             "results disagree".to_string()
         } else {
@@ -139,9 +196,34 @@ pub fn print_jobs(v: &Value) -> anyhow::Result<()> {
             j["attempt"].as_u64().unwrap_or(0),
             j["queue_position"].as_u64().map(|p| (p + 1).to_string()).unwrap_or_default(),
             by,
-            j["claim"]["step"].as_str().unwrap_or(""),
+            clean(j["claim"]["step"].as_str().unwrap_or("")),
             note
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_cut_characters_not_bytes() {
+        assert_eq!(short("fix-ünïcødé-分支", 10), "fix-ünïcød");
+        assert_eq!(tail("…分支x", 2), "支x");
+        assert_eq!(short("ab", 10), "ab");
+    }
+
+    #[test]
+    fn what_a_terminal_acts_on_is_escaped() {
+        assert_eq!(clean("ok\u{1b}]0;pwned\u{7}"), "ok\\u{1b}]0;pwned\\u{7}");
+        assert_eq!(clean("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
+        assert_eq!(clean("ünïcødé 分支"), "ünïcødé 分支");
+    }
+
+    #[test]
+    fn logs_keep_lines_and_colours_only() {
+        let log = "\u{1b}[1;31merror\u{1b}[0m: x\r\n\tat y\u{1b}[2J\u{1b}]0;t\u{7}\rover";
+        assert_eq!(clean_log(log), "\u{1b}[1;31merror\u{1b}[0m: x\n\tat y\\u{1b}[2J\\u{1b}]0;t\\u{7}\\u{d}over");
+    }
 }

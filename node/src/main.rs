@@ -11,6 +11,7 @@ mod sandbox;
 mod store;
 mod watcher;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -311,6 +312,14 @@ fn main() {
             std::process::exit(2);
         }
     }
+    if args.get(1).map(String::as_str) != Some("node") {
+        // `peerbot jobs | head` ends quietly when the reader goes, as Unix
+        // tools do; the node keeps Rust's default and sees EPIPE as errors.
+        // SAFETY: setting a signal's disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Node(args) => run_node(args),
@@ -340,7 +349,14 @@ fn main() {
             })
         }
         Cmd::Log { node, build_id, step } => {
-            client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| print!("{t}"))
+            client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| {
+                // Raw into a pipe or a file; made safe for a terminal.
+                if std::io::stdout().is_terminal() {
+                    print!("{}", client::clean_log(&t))
+                } else {
+                    print!("{t}")
+                }
+            })
         }
         Cmd::Force { at, builder, reason } => force(&at, builder, reason),
         Cmd::Cancel { node, job, reason } => client::post_json(
@@ -352,8 +368,8 @@ fn main() {
         .map(|v| {
             println!(
                 "cancelled job {} (record {})",
-                v["job"].as_str().unwrap_or("?"),
-                v["cancel_record"].as_str().unwrap_or("?")
+                client::clean(v["job"].as_str().unwrap_or("?")),
+                client::clean(v["cancel_record"].as_str().unwrap_or("?"))
             )
         }),
         Cmd::Jobs { node, state, json } => client::get_json(&node.url, "/api/v1/jobs", &[("state", state.as_deref())])
@@ -376,7 +392,7 @@ fn main() {
         }),
     };
     if let Err(e) = r {
-        eprintln!("peerbot: {e:#}");
+        eprintln!("peerbot: {}", client::clean(&format!("{e:#}")));
         std::process::exit(1);
     }
 }
@@ -389,18 +405,20 @@ fn announce(at: &CommitArgs) -> anyhow::Result<()> {
         &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit}),
     )
     .map(|v| {
-        let jobs: Vec<&str> =
-            v["jobs"].as_array().map(|a| a.iter().filter_map(|j| j["builder"].as_str()).collect()).unwrap_or_default();
+        let jobs: Vec<String> = v["jobs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|j| j["builder"].as_str()).map(client::clean).collect())
+            .unwrap_or_default();
         let known = if v["already_known"].as_bool().unwrap_or(false) { " (already known)" } else { "" };
         println!(
-            "change {}{} for commit {}: builders {:?}",
-            v["id"].as_str().unwrap_or("?"),
+            "change {}{} for commit {}: builders {}",
+            client::clean(v["id"].as_str().unwrap_or("?")),
             known,
-            v["commit"].as_str().unwrap_or("?"),
-            jobs
+            client::clean(v["commit"].as_str().unwrap_or("?")),
+            jobs.join(", ")
         );
         if let Some(e) = v["recipe_error"].as_str() {
-            println!("recipe error: {e}");
+            println!("recipe error: {}", client::clean(e));
         }
     })
 }
@@ -417,14 +435,17 @@ fn force(at: &CommitArgs, builder: Option<String>, reason: String) -> anyhow::Re
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|j| format!("{} {}", j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?")))
+                    .map(|j| {
+                        let (b, id) = (j["builder"].as_str().unwrap_or("?"), j["job"].as_str().unwrap_or("?"));
+                        client::clean(&format!("{b} {id}"))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         println!(
             "forced change {} for commit {}",
-            v["id"].as_str().unwrap_or("?"),
-            v["commit"].as_str().unwrap_or("?")
+            client::clean(v["id"].as_str().unwrap_or("?")),
+            client::clean(v["commit"].as_str().unwrap_or("?"))
         );
         for j in jobs {
             println!("  job {j}");
@@ -438,7 +459,6 @@ fn init_logging() {
             "info,libp2p_gossipsub=warn,libp2p_kad=error,libp2p_swarm=warn,actix_server=warn",
         )
     });
-    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,0 +1,63 @@
+//! The CLI prints what peers and repositories send without panicking and
+//! without letting a terminal act on it: a branch named in several scripts,
+//! a cancel reason (free text any node's user may give, replicated to all)
+//! that carries escape sequences, and a reader that goes away.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use peerbot_tests::{wait_for, GitRepo, Node};
+
+const BIN: &str = env!("CARGO_BIN_EXE_peerbot");
+const LONG: Duration = Duration::from_secs(120);
+const BRANCH: &str = "fixü-分支-ünïcødé";
+
+const RECIPE: &str =
+    "[[builder]]\nname = \"t\"\nrequires = [\"os=linux\"]\n[[builder.step]]\nname = \"wait\"\nrun = \"sleep 60\"\n";
+/// Clears the screen and sets the window title.
+const REASON: &str = "stop\u{1b}[2J\u{1b}]0;pwned\u{7}now";
+
+#[test]
+fn peer_strings_are_printed_safely_and_a_closed_pipe_ends_quietly() {
+    let root = tempfile::Builder::new().prefix("peerbot-cli-").tempdir().unwrap();
+    let repo = GitRepo::new().unwrap();
+    repo.commit(&[("README", "x\n")], "start").unwrap();
+    repo.git(&["checkout", "-q", "-b", BRANCH]).unwrap();
+    let commit = repo.commit(&[(".peerbot.toml", RECIPE)], "escape").unwrap();
+    let watch = format!("{}#{BRANCH}", repo.path().display());
+    let n = Node::start(Path::new(BIN), "A", &root.path().join("a"), &["--watch".into(), watch]).unwrap();
+    let job = wait_for("the build running", LONG, || {
+        let jobs = n.get("/api/v1/jobs").ok()?;
+        let j = jobs.as_array()?.iter().find(|j| j["commit"] == commit.as_str())?.clone();
+        (j["state"] == "running").then(|| j["job"].as_str().unwrap().to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()));
+    n.cli(&["cancel", &job[..12], "--reason", REASON]).unwrap();
+    wait_for("the cancelled result", LONG, || {
+        let v = n.get(&format!("/api/v1/builds?commit={commit}")).ok()?;
+        (v.as_array()?.first()?["status"] == "cancelled").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()));
+
+    let out = n.cli(&["results"]).unwrap();
+    assert!(out.contains("fixü-分支-ün "), "the branch, cut at 10 characters: {out}");
+    let jobs = n.cli(&["jobs"]).unwrap();
+    assert!(!jobs.contains('\u{1b}') && !jobs.contains('\u{7}'), "raw escapes reached the terminal: {jobs:?}");
+    assert!(jobs.contains("cancelled: stop\\u{1b}[2J\\u{1b}]0;pwned\\u{7}now"), "{jobs}");
+
+    // `peerbot jobs | head -0`: the reader is gone before the CLI writes.
+    for args in [&["jobs"][..], &["results"], &["peers"]] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("PEERBOT_NODE", n.url())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "peerbot {args:?}: {err}");
+    }
+}
