@@ -29,6 +29,10 @@ pub struct AppState {
     pub core_slots: tokio::sync::Semaphore,
     /// Log fetches from peers in flight (each may wait up to a minute).
     pub fetch_slots: tokio::sync::Semaphore,
+    /// Host names requests may be addressed to (lower case, no port): a
+    /// page of another site that points its own name at this address
+    /// (DNS rebinding) is refused.
+    pub hosts: Vec<String>,
 }
 
 /// See `AppState::core_slots`: actix queues `send` past a mailbox's
@@ -37,12 +41,19 @@ pub const MAX_CORE_QUERIES: usize = 256;
 pub const MAX_LOG_FETCHES: usize = 16;
 
 impl AppState {
-    pub fn new(core: Addr<CoreActor>, store: RocksStore, data_dir: PathBuf, api_token: String) -> Self {
+    pub fn new(
+        core: Addr<CoreActor>,
+        store: RocksStore,
+        data_dir: PathBuf,
+        api_token: String,
+        hosts: Vec<String>,
+    ) -> Self {
         AppState {
             core,
             store,
             data_dir,
             api_token,
+            hosts,
             core_slots: tokio::sync::Semaphore::new(MAX_CORE_QUERIES),
             fetch_slots: tokio::sync::Semaphore::new(MAX_LOG_FETCHES),
         }
@@ -82,6 +93,54 @@ fn authorize(req: &actix_web::HttpRequest, st: &AppState) -> Result<(), HttpResp
 }
 
 type State = web::Data<AppState>;
+
+/// The names a node answers to: localhost and the loopback addresses, the
+/// address it is bound to unless that is a wildcard, and `--http-host`.
+pub fn allowed_hosts(bind: &str, extra: &[String]) -> Vec<String> {
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"].iter().map(|h| h.to_string()).collect();
+    if let Ok(addr) = bind.parse::<std::net::SocketAddr>() {
+        if !addr.ip().is_unspecified() {
+            hosts.push(addr.ip().to_string());
+        }
+    }
+    hosts.extend(extra.iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()));
+    hosts
+}
+
+/// The name in a `Host` header, without its port or an IPv6 literal's brackets.
+fn host_name(header: &str) -> String {
+    let h = header.trim().to_ascii_lowercase();
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_string();
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
+        _ => h,
+    }
+}
+
+/// Answers 421 to a request addressed to a name this node does not answer to.
+pub async fn check_host(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let header = req.headers().get(actix_web::http::header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
+    let refused = match (header, req.app_data::<State>()) {
+        (Some(h), Some(st)) => {
+            let name = host_name(h);
+            (!st.hosts.contains(&name)).then_some(name)
+        }
+        _ => None,
+    };
+    if let Some(name) = refused {
+        let msg = format!(
+            "this node does not answer to the host name {name:?}; start it with --http-host {name} if that name is meant to reach it"
+        );
+        let resp = error(actix_web::http::StatusCode::MISDIRECTED_REQUEST, msg);
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    next.call(req).await.map(|r| r.map_into_left_body())
+}
 
 const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
@@ -531,5 +590,21 @@ async fn list_jobs(st: State, q: web::Query<JobsQuery>) -> HttpResponse {
     match st.ask(Query::Jobs { state: q.state.clone(), limit }).await {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_compared_without_ports() {
+        assert_eq!(host_name("LocalHost:7401"), "localhost");
+        assert_eq!(host_name("[::1]:7401"), "::1");
+        assert_eq!(host_name("ci.example.org"), "ci.example.org");
+        let hosts = allowed_hosts("0.0.0.0:7401", &["CI.example.org".into()]);
+        assert!(hosts.contains(&"ci.example.org".to_string()));
+        assert!(!hosts.contains(&"0.0.0.0".to_string()));
+        assert!(allowed_hosts("10.1.2.3:80", &[]).contains(&"10.1.2.3".to_string()));
     }
 }

@@ -181,6 +181,7 @@ struct NodeUrl {
 const CONFIG_KEYS: &[&str] = &[
     "data_dir",
     "http",
+    "http_host",
     "listen",
     "bootstrap",
     "watch",
@@ -253,6 +254,9 @@ struct NodeArgs {
     /// Address of the HTTP API and web page (port 0: any free port, see node.json).
     #[arg(long, env = "PEERBOT_HTTP", default_value = "127.0.0.1:7401")]
     http: String,
+    /// A host name the HTTP API answers to, beside localhost, the loopback addresses and the bound address; repeatable.
+    #[arg(long, env = "PEERBOT_HTTP_HOST", value_delimiter = ',')]
+    http_host: Vec<String>,
     /// libp2p listen multiaddr; repeatable.
     #[arg(long, env = "PEERBOT_LISTEN", value_delimiter = ',', default_value = "/ip4/0.0.0.0/tcp/7400")]
     listen: Vec<Multiaddr>,
@@ -542,13 +546,18 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             store.clone(),
             data_dir.clone(),
             api_token,
+            http::allowed_hosts(&a.http, &a.http_host),
         ));
-        let server =
-            actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))
-                .workers(2)
-                .disable_signals()
-                .bind(&a.http)
-                .with_context(|| format!("cannot serve HTTP on {}", a.http))?;
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(http::check_host))
+                .configure(http::routes)
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(&a.http)
+        .with_context(|| format!("cannot serve HTTP on {}", a.http))?;
         let bound = server.addrs().first().map(|s| s.to_string()).unwrap_or_default();
         info!(http = %bound, "HTTP API listening");
         core_addr.do_send(SetHttp(bound));

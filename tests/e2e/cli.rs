@@ -61,3 +61,28 @@ fn peer_strings_are_printed_safely_and_a_closed_pipe_ends_quietly() {
         assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "peerbot {args:?}: {err}");
     }
 }
+
+/// A page on another site that points its own name at the node's address
+/// (DNS rebinding) sends that name as `Host`: the node refuses it.
+#[test]
+fn http_answers_only_to_the_names_the_node_is_known_by() {
+    let root = tempfile::Builder::new().prefix("peerbot-host-").tempdir().unwrap();
+    let extra = ["--http-host".to_string(), "ci.example.org".into()];
+    let n = Node::start(Path::new(BIN), "A", &root.path().join("a"), &extra).unwrap();
+    let port = n.url().rsplit(':').next().unwrap().to_string();
+    let ask = |host: &str| {
+        let mut stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        use std::io::{Read, Write};
+        write!(stream, "GET /api/v1/node HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    for good in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "CI.example.org".into()] {
+        let a = ask(&good);
+        assert!(a.starts_with("HTTP/1.1 200"), "{good}: {a}");
+    }
+    let a = ask(&format!("attacker.example:{port}"));
+    assert!(a.starts_with("HTTP/1.1 421"), "{a}");
+    assert!(a.contains("--http-host attacker.example"), "{a}");
+}
