@@ -39,6 +39,8 @@ pub struct CoreActor {
     executor: Option<Addr<Executor>>,
     data_dir: PathBuf,
     jail: std::sync::Arc<crate::sandbox::StepJail>,
+    /// The cluster and this node's admission, as the API shows them.
+    cluster: Value,
     timer: Option<SpawnHandle>,
     blob_waiters: HashMap<u64, oneshot::Sender<Result<(), String>>>,
     next_token: u64,
@@ -64,6 +66,7 @@ impl CoreActor {
             executor: None,
             data_dir,
             jail,
+            cluster: Value::Null,
             timer: None,
             blob_waiters: HashMap::new(),
             next_token: 1,
@@ -226,6 +229,7 @@ impl CoreActor {
             "peer_id": self.core.peer_id().to_string(),
             "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "http": http,
+            "cluster": self.cluster["id"],
         });
         let tmp = self.data_dir.join("node.json.tmp");
         let res = std::fs::write(&tmp, serde_json::to_vec_pretty(&v).unwrap_or_default())
@@ -388,6 +392,19 @@ impl Handler<BuildReport> for CoreActor {
 #[rtype(result = "()")]
 pub struct SetHttp(pub String);
 
+/// The cluster the node was admitted to, for `/api/v1/node` and node.json.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetCluster(pub Value);
+
+impl Handler<SetCluster> for CoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetCluster, _: &mut Context<Self>) {
+        self.cluster = msg.0;
+        self.write_node_json();
+    }
+}
+
 impl Handler<SetHttp> for CoreActor {
     type Result = ();
     fn handle(&mut self, msg: SetHttp, _: &mut Context<Self>) {
@@ -508,6 +525,7 @@ impl Handler<Query> for CoreActor {
                     "log_replicas": cfg.log_replicas,
                     "log_horizon_ms": cfg.log_horizon_ms,
                     "records_rejected_since_start": self.records_rejected,
+                    "cluster": self.cluster,
                     "builds": {
                         "work_root": self.jail.work_root().display().to_string(),
                         "sandbox": if self.jail.sandboxed() { "bwrap" } else { "none" },

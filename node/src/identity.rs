@@ -18,7 +18,16 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Keypair> {
     }
     let key = Keypair::generate_ed25519();
     let bytes = key.to_protobuf_encoding().context("encoding the new key")?;
-    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+    write_secret(&path, &bytes)?;
+    Ok(key)
+}
+
+/// Writes a secret file readable by its owner only (mode 0600), whole or
+/// not at all (written beside it, then renamed).
+pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut name = path.file_name().context("a file name")?.to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -26,19 +35,24 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Keypair> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(&bytes)?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    Ok(key)
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reads a secret file, refusing one that others may read.
+pub fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let meta = fs::metadata(path).with_context(|| format!("no key at {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!("{} is readable by others (mode {:o}); chmod 600 it", path.display(), meta.permissions().mode() & 0o777);
+    }
+    Ok(fs::read(path)?)
 }
 
 pub fn load(data_dir: &Path) -> anyhow::Result<Keypair> {
     let path = data_dir.join(KEY_FILE);
-    let meta = fs::metadata(&path).with_context(|| format!("no node key at {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!("{} is readable by others (mode {:o}); chmod 600 it", path.display(), meta.permissions().mode() & 0o777);
-    }
-    let bytes = fs::read(&path)?;
+    let bytes = read_secret(&path)?;
     let key =
         Keypair::from_protobuf_encoding(&bytes).with_context(|| format!("{} is not a node key", path.display()))?;
     if key.key_type() != libp2p::identity::KeyType::Ed25519 {

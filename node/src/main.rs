@@ -1,6 +1,7 @@
 //! `peerbot`: build/test automation with no master.
 
 mod client;
+mod cluster;
 mod core_actor;
 mod executor;
 mod git;
@@ -42,6 +43,11 @@ struct Cli {
 enum Cmd {
     /// Run a node: join the cluster, watch repositories, claim and run builds, serve results.
     Node(NodeArgs),
+    /// Cluster keys and admission certificates.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
     /// Print this node's PeerId (creating its key if the data dir has none).
     Id {
         /// The node's data directory.
@@ -197,6 +203,8 @@ const CONFIG_KEYS: &[&str] = &[
     "api_token",
     "work_dir",
     "sandbox",
+    "cluster",
+    "admission",
 ];
 
 /// The config file named by `--config` or `PEERBOT_CONFIG`.
@@ -296,6 +304,12 @@ struct NodeArgs {
     /// Drop this node's copies of logs of results older than this (e.g. 180d); records stay. Default: keep all.
     #[arg(long, env = "PEERBOT_LOG_HORIZON", value_parser = parse_duration_ms)]
     log_horizon: Option<u64>,
+    /// The public key of the cluster to join (`peerbot cluster init` printed it) [default: a cluster of this node's own, made at first start].
+    #[arg(long, env = "PEERBOT_CLUSTER")]
+    cluster: Option<String>,
+    /// This node's admission certificate for --cluster (`peerbot cluster admit` printed it).
+    #[arg(long, env = "PEERBOT_ADMISSION")]
+    admission: Option<PathBuf>,
     /// Where builds check out and run, outside the data dir [default: DATA_DIR-work, beside it].
     #[arg(long, env = "PEERBOT_WORK_DIR")]
     work_dir: Option<PathBuf>,
@@ -327,6 +341,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Node(args) => run_node(args),
+        Cmd::Cluster { cmd } => cluster::run(cmd),
         Cmd::Id { data_dir } => identity::load_or_create(&data_dir).map(|k| println!("{}", k.public().to_peer_id())),
         Cmd::Announce { at } => announce(&at),
         Cmd::Results { node, repo, branch, commit, builder, status, limit, json } => {
@@ -486,6 +501,16 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--heartbeat-ms must be at least 50, and --poll-secs, --lease-secs, --sync-secs at least 1");
     }
     let key = identity::load_or_create(&a.data_dir)?;
+    let extra_labels: Vec<String> = a.label.iter().filter_map(|l| parse_label(l).ok()).collect();
+    let membership =
+        cluster::admit_self(&a.data_dir, &key, a.cluster.as_deref(), a.admission.as_deref(), &labels, &extra_labels)?;
+    let cluster_json = serde_json::json!({
+        "id": membership.cluster.to_text(),
+        "keeper": membership.keeper,
+        "admitted_labels": membership.admission.labels(),
+        "admission_expires_ms": membership.admission.expires_ms(),
+    });
+    info!(cluster = %membership.cluster.to_text(), keeper = membership.keeper, "admitted");
     let work_root = a.work_dir.clone().unwrap_or_else(|| sandbox::default_work_root(&a.data_dir));
     let config_file = config_path(&std::env::args().collect::<Vec<_>>()).map(PathBuf::from);
     let jail =
@@ -561,6 +586,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         let bound = server.addrs().first().map(|s| s.to_string()).unwrap_or_default();
         info!(http = %bound, "HTTP API listening");
         core_addr.do_send(SetHttp(bound));
+        core_addr.do_send(core_actor::SetCluster(cluster_json));
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);

@@ -20,6 +20,7 @@ macro_rules! invariant {
     };
 }
 
+pub mod admission;
 pub mod codec;
 pub mod core;
 pub mod ids;

@@ -1,0 +1,266 @@
+//! Cluster keys and admission certificates. A cluster is named by the
+//! public half of an ed25519 key; whoever holds the secret half admits a
+//! node by signing a certificate that names the node's PeerId, the labels
+//! it may claim, and when the admission runs out. A node checks its own
+//! certificate before it starts.
+
+use libp2p_identity::{ed25519, Keypair, PeerId};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::labels::{parse_label, MAX_LABELS};
+use crate::Millis;
+
+const CLUSTER_PREFIX: &str = "peerbot-cluster-v1:";
+const ADMISSION_PREFIX: &str = "peerbot-admission-v1:";
+/// Signatures cover this and the body, so no other signed message of the
+/// project can pass for a certificate.
+const DOMAIN: &[u8] = b"peerbot.admission.v1\0";
+/// A certificate's text is at most this long.
+pub const MAX_ADMISSION_TEXT: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AdmissionError {
+    #[error("not a cluster key: {0}")]
+    BadClusterKey(String),
+    #[error("not an admission certificate: {0}")]
+    Malformed(String),
+    #[error("the certificate is for cluster {cert}, not {expected}")]
+    OtherCluster { cert: String, expected: String },
+    #[error("the certificate admits {cert}, not this node ({node})")]
+    OtherPeer { cert: String, node: String },
+    #[error("the certificate expired at {expired_ms} ms since the epoch")]
+    Expired { expired_ms: Millis },
+    #[error("the certificate's signature does not verify with the cluster key")]
+    BadSignature,
+    #[error("the certificate does not grant the label {0:?}")]
+    LabelNotGranted(String),
+}
+
+/// The public key that names a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterId(ed25519::PublicKey);
+
+impl ClusterId {
+    pub fn to_text(&self) -> String {
+        format!("{CLUSTER_PREFIX}{}", hex::encode(self.0.to_bytes()))
+    }
+
+    pub fn from_text(s: &str) -> Result<ClusterId, AdmissionError> {
+        let bad =
+            |why: &str| AdmissionError::BadClusterKey(format!("{why} (expected {CLUSTER_PREFIX}<64 hex digits>)"));
+        let hex_part = s.trim().strip_prefix(CLUSTER_PREFIX).ok_or_else(|| bad("no prefix"))?;
+        let bytes = hex::decode(hex_part).map_err(|_| bad("not hex"))?;
+        ed25519::PublicKey::try_from_bytes(&bytes).map(ClusterId).map_err(|_| bad("not an ed25519 public key"))
+    }
+}
+
+/// The secret that admits nodes to a cluster.
+pub struct ClusterKey(ed25519::Keypair);
+
+impl ClusterKey {
+    /// A key from 32 random bytes the caller drew (this crate draws none).
+    pub fn from_seed(mut seed: [u8; 32]) -> ClusterKey {
+        let secret = ed25519::SecretKey::try_from_bytes(&mut seed).expect("any 32 bytes are an ed25519 secret");
+        ClusterKey(ed25519::Keypair::from(secret))
+    }
+
+    pub fn id(&self) -> ClusterId {
+        ClusterId(self.0.public())
+    }
+
+    /// The key in libp2p's protobuf encoding, as a node key is kept.
+    pub fn to_protobuf(&self) -> Vec<u8> {
+        Keypair::from(self.0.clone()).to_protobuf_encoding().unwrap_or_default()
+    }
+
+    pub fn from_protobuf(bytes: &[u8]) -> Result<ClusterKey, AdmissionError> {
+        let k = Keypair::from_protobuf_encoding(bytes)
+            .map_err(|e| AdmissionError::BadClusterKey(format!("cannot decode it: {e}")))?;
+        k.try_into_ed25519().map(ClusterKey).map_err(|_| AdmissionError::BadClusterKey("not an ed25519 key".into()))
+    }
+
+    /// Admits `peer` with `labels` until `expires_ms` (for ever if `None`).
+    pub fn admit(
+        &self,
+        peer: &PeerId,
+        labels: Vec<String>,
+        issued_ms: Millis,
+        expires_ms: Option<Millis>,
+    ) -> Result<Admission, AdmissionError> {
+        let labels = check_labels(labels)?;
+        let body = Body {
+            cluster: ByteBuf::from(self.0.public().to_bytes().to_vec()),
+            peer: ByteBuf::from(peer.to_bytes()),
+            labels,
+            issued_ms,
+            expires_ms,
+        };
+        let sig = self.0.sign(&signed_bytes(&body));
+        Ok(Admission { body, sig: ByteBuf::from(sig) })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Body {
+    cluster: ByteBuf,
+    peer: ByteBuf,
+    labels: Vec<String>,
+    issued_ms: Millis,
+    expires_ms: Option<Millis>,
+}
+
+/// A node's admission to a cluster, signed by the cluster key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Admission {
+    body: Body,
+    sig: ByteBuf,
+}
+
+fn signed_bytes(body: &Body) -> Vec<u8> {
+    let mut b = DOMAIN.to_vec();
+    b.extend_from_slice(&crate::codec::encode(body));
+    b
+}
+
+fn check_labels(labels: Vec<String>) -> Result<Vec<String>, AdmissionError> {
+    if labels.len() > MAX_LABELS {
+        return Err(AdmissionError::Malformed(format!("more than {MAX_LABELS} labels")));
+    }
+    let mut out = Vec::with_capacity(labels.len());
+    for l in labels {
+        let l = parse_label(&l).map_err(|e| AdmissionError::Malformed(e.to_string()))?;
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
+impl Admission {
+    pub fn to_text(&self) -> String {
+        format!("{ADMISSION_PREFIX}{}", hex::encode(crate::codec::encode(self)))
+    }
+
+    /// Reads a certificate's text; its contents are checked by `check`.
+    pub fn from_text(s: &str) -> Result<Admission, AdmissionError> {
+        let s = s.trim();
+        if s.len() > MAX_ADMISSION_TEXT {
+            return Err(AdmissionError::Malformed(format!("longer than {MAX_ADMISSION_TEXT} bytes")));
+        }
+        let hex_part = s
+            .strip_prefix(ADMISSION_PREFIX)
+            .ok_or_else(|| AdmissionError::Malformed(format!("it does not start with {ADMISSION_PREFIX}")))?;
+        let bytes = hex::decode(hex_part).map_err(|_| AdmissionError::Malformed("not hex".into()))?;
+        let a: Admission =
+            crate::codec::decode(&bytes, MAX_ADMISSION_TEXT).map_err(|e| AdmissionError::Malformed(e.to_string()))?;
+        if crate::codec::encode(&a) != bytes {
+            return Err(AdmissionError::Malformed("not in canonical form".into()));
+        }
+        Ok(a)
+    }
+
+    /// Whether this certificate admits `peer` to `cluster` at `now`.
+    pub fn check(&self, cluster: &ClusterId, peer: &PeerId, now: Millis) -> Result<(), AdmissionError> {
+        let cert_cluster = ed25519::PublicKey::try_from_bytes(&self.body.cluster)
+            .map_err(|_| AdmissionError::Malformed("its cluster key is not an ed25519 key".into()))?;
+        if cert_cluster != cluster.0 {
+            return Err(AdmissionError::OtherCluster {
+                cert: ClusterId(cert_cluster).to_text(),
+                expected: cluster.to_text(),
+            });
+        }
+        if !cluster.0.verify(&signed_bytes(&self.body), &self.sig) {
+            return Err(AdmissionError::BadSignature);
+        }
+        let cert_peer = PeerId::from_bytes(&self.body.peer)
+            .map_err(|_| AdmissionError::Malformed("its PeerId does not decode".into()))?;
+        if cert_peer != *peer {
+            return Err(AdmissionError::OtherPeer { cert: cert_peer.to_string(), node: peer.to_string() });
+        }
+        if let Some(expired_ms) = self.body.expires_ms.filter(|e| now >= *e) {
+            return Err(AdmissionError::Expired { expired_ms });
+        }
+        check_labels(self.body.labels.clone()).map(|_| ())
+    }
+
+    /// Every label in `labels` is granted.
+    pub fn grants_all(&self, labels: &[String]) -> Result<(), AdmissionError> {
+        match labels.iter().find(|l| !self.body.labels.contains(l)) {
+            Some(l) => Err(AdmissionError::LabelNotGranted(l.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.body.labels
+    }
+
+    pub fn expires_ms(&self) -> Option<Millis> {
+        self.body.expires_ms
+    }
+
+    /// The PeerId the certificate names, if it decodes.
+    pub fn peer(&self) -> Option<PeerId> {
+        PeerId::from_bytes(&self.body.peer).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deterministic_key;
+
+    fn peer(n: u64) -> PeerId {
+        deterministic_key(n).public().to_peer_id()
+    }
+
+    fn key(n: u8) -> ClusterKey {
+        ClusterKey::from_seed([n; 32])
+    }
+
+    #[test]
+    fn an_admission_checks_for_its_cluster_peer_and_time_only() {
+        let key = key(1);
+        let cluster = key.id();
+        let a = key.admit(&peer(1), vec!["gpu=yes".into()], 1_000, Some(10_000)).unwrap();
+        let a = Admission::from_text(&a.to_text()).unwrap();
+        assert_eq!(a.check(&cluster, &peer(1), 5_000), Ok(()));
+        assert_eq!(a.check(&cluster, &peer(1), 10_000), Err(AdmissionError::Expired { expired_ms: 10_000 }));
+        assert!(matches!(a.check(&cluster, &peer(2), 5_000), Err(AdmissionError::OtherPeer { .. })));
+        let other = super::tests::key(2).id();
+        assert!(matches!(a.check(&other, &peer(1), 5_000), Err(AdmissionError::OtherCluster { .. })));
+        assert_eq!(a.grants_all(&["gpu=yes".into()]), Ok(()));
+        assert_eq!(a.grants_all(&["os=macos".into()]), Err(AdmissionError::LabelNotGranted("os=macos".into())));
+        assert_eq!(ClusterId::from_text(&cluster.to_text()), Ok(cluster));
+    }
+
+    #[test]
+    fn a_changed_certificate_does_not_verify() {
+        let key = key(3);
+        let a = key.admit(&peer(1), vec!["gpu=no".into()], 1_000, None).unwrap();
+        let mut forged = a.clone();
+        forged.body.labels = vec!["gpu=yes".into()];
+        assert_eq!(forged.check(&key.id(), &peer(1), 2_000), Err(AdmissionError::BadSignature));
+        let mut later = a.clone();
+        later.body.expires_ms = Some(u64::MAX);
+        assert_eq!(later.check(&key.id(), &peer(1), 2_000), Err(AdmissionError::BadSignature));
+        // Signed by another key but naming this cluster.
+        let mut stolen = super::tests::key(4).admit(&peer(1), vec![], 1_000, None).unwrap();
+        stolen.body.cluster = a.body.cluster.clone();
+        assert_eq!(stolen.check(&key.id(), &peer(1), 2_000), Err(AdmissionError::BadSignature));
+    }
+
+    #[test]
+    fn garbage_is_an_error_that_says_what_is_wrong() {
+        for bad in ["", "peerbot-admission-v1:", "peerbot-admission-v1:zz", "peerbot-admission-v1:a0", "hello"] {
+            assert!(matches!(Admission::from_text(bad), Err(AdmissionError::Malformed(_))), "{bad:?}");
+        }
+        assert!(Admission::from_text(&"a".repeat(MAX_ADMISSION_TEXT + 1)).is_err());
+        assert!(ClusterId::from_text("peerbot-cluster-v1:00").is_err());
+        let key = key(5);
+        assert!(key.admit(&peer(1), vec!["no label".into()], 0, None).is_err());
+        let back = ClusterKey::from_protobuf(&key.to_protobuf()).unwrap();
+        assert_eq!(back.id(), key.id());
+    }
+}
