@@ -23,6 +23,8 @@ macro_rules! invariant {
 pub mod admission;
 pub mod codec;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ids;
 pub mod keyspace;
 pub mod labels;
