@@ -68,6 +68,11 @@ pub struct HeartbeatSummary {
     pub new_addrs: Option<Vec<String>>,
 }
 
+/// A peer that is not connected and has not been heard for this long is
+/// forgotten (so is one never heard from once it disconnects): peer entries
+/// do not pile up from nodes long gone or from one-off keys.
+pub const FORGET_PEER_MS: Millis = 24 * 3_600_000;
+
 /// An eligible live peer as the ranking sees it: (rendezvous key, executors).
 pub type Eligible = (u64, u32);
 
@@ -142,6 +147,10 @@ impl Membership {
             }
             live += l as usize;
         }
+        let forget = |v: &PeerView| {
+            !v.connected && !v.live && (v.last_heard == 0 || now.saturating_sub(v.last_heard) > FORGET_PEER_MS)
+        };
+        peers.retain(|v| !forget(v));
         self.peers = peers;
         self.live_peers = live;
         if changed {
@@ -328,6 +337,25 @@ mod tests {
         assert_eq!(m.live_count(), 3);
         assert!(!m.sweep(2_000), "the sweep agrees with the count it finds");
         assert_eq!(m.live_count(), 3);
+    }
+
+    #[test]
+    fn peers_long_gone_are_forgotten_unless_connected() {
+        let (mut m, peers) = table();
+        for p in &peers {
+            m.on_heartbeat(1_000, *p, &heartbeat(2_000)).unwrap();
+        }
+        m.set_connected(peers[0], true);
+        let stranger = deterministic_key(99).public().to_peer_id();
+        m.set_connected(stranger, true);
+        m.set_connected(stranger, false);
+        m.sweep(2_000);
+        assert!(m.peers().get(&stranger).is_none(), "never heard from, and gone");
+        assert_eq!(m.peers().len(), 3, "heard a second ago");
+        m.sweep(1_000 + FORGET_PEER_MS + 1);
+        assert_eq!(m.peers().len(), 1, "silent for a day");
+        assert!(m.peers().get(&peers[0]).is_some(), "still connected");
+        assert_eq!(m.live_count(), 0);
     }
 
     #[test]

@@ -94,6 +94,25 @@ impl PeerTable {
         &mut self.slots[i].1
     }
 
+    /// Keeps only the entries whose view passes `keep`; returns how many
+    /// went. The slots left are renumbered, in the same order.
+    pub fn retain(&mut self, keep: impl Fn(&PeerView) -> bool) -> usize {
+        let before = self.slots.len();
+        self.slots.retain(|(_, v)| keep(v));
+        let gone = before - self.slots.len();
+        if gone > 0 {
+            if self.slots.capacity() > 2 * self.slots.len() + 16 {
+                self.slots.shrink_to(self.slots.len() + self.slots.len() / 8);
+            }
+            self.index.clear();
+            for (i, (p, _)) in self.slots.iter().enumerate() {
+                let slots = &self.slots;
+                self.index.insert_unique(hash_of(p), i as u32, |&j| hash_of(&slots[j as usize].0));
+            }
+        }
+        gone
+    }
+
     /// Entries in the order they were first heard of.
     pub fn iter(&self) -> impl Iterator<Item = (PeerId, &PeerView)> {
         self.slots.iter().filter_map(|(p, v)| Some((p.peer()?, v)))
@@ -149,6 +168,18 @@ mod tests {
         assert_eq!(t.get(&ids[7]).unwrap().busy, 3);
         let order: Vec<PeerId> = t.iter().map(|(p, _)| p).collect();
         assert_eq!(order, ids[..200].to_vec(), "insertion order");
+        // Dropping some keeps the others findable, in their order.
+        assert_eq!(t.retain(|v| v.executors % 3 != 0), 67);
+        for (n, p) in ids.iter().enumerate().take(200) {
+            assert_eq!(t.get(p).map(|v| v.executors), (n % 3 != 0).then_some(n as u32), "peer {n}");
+        }
+        let kept: Vec<PeerId> = t.iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            kept,
+            ids[..200].iter().enumerate().filter(|(n, _)| n % 3 != 0).map(|(_, p)| *p).collect::<Vec<_>>()
+        );
+        t.get_or_insert(&ids[0], || PeerView::new(&ids[0]));
+        assert!(t.get(&ids[0]).is_some() && t.len() == 134);
     }
 
     #[test]
