@@ -41,6 +41,7 @@ pub struct CoreActor {
     jail: std::sync::Arc<crate::sandbox::StepJail>,
     /// The cluster and this node's admission, as the API shows them.
     cluster: Value,
+    metrics: crate::metrics::Metrics,
     timer: Option<SpawnHandle>,
     blob_waiters: HashMap<u64, oneshot::Sender<Result<(), String>>>,
     next_token: u64,
@@ -67,6 +68,7 @@ impl CoreActor {
             data_dir,
             jail,
             cluster: Value::Null,
+            metrics: Default::default(),
             timer: None,
             blob_waiters: HashMap::new(),
             next_token: 1,
@@ -79,6 +81,10 @@ impl CoreActor {
     }
 
     fn input(&mut self, ctx: &mut Context<Self>, input: Input) {
+        match &input {
+            Input::Request { bytes, .. } | Input::Response { bytes, .. } => self.metrics.bytes("in", bytes.len()),
+            _ => {}
+        }
         self.core.handle(now_ms(), input);
         self.drain(ctx);
     }
@@ -100,8 +106,14 @@ impl CoreActor {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Broadcast(bytes) => self.send_net(NetCommand::Publish(bytes)),
-                Output::Request { peer, id, bytes } => self.send_net(NetCommand::Request { peer, id, bytes }),
-                Output::Reply { id, bytes } => self.send_net(NetCommand::Reply { id, bytes }),
+                Output::Request { peer, id, bytes } => {
+                    self.metrics.bytes("out", bytes.len());
+                    self.send_net(NetCommand::Request { peer, id, bytes })
+                }
+                Output::Reply { id, bytes } => {
+                    self.metrics.bytes("out", bytes.len());
+                    self.send_net(NetCommand::Reply { id, bytes })
+                }
                 Output::Verdict { token, verdict } => self.send_net(NetCommand::Verdict { token, verdict }),
                 Output::StartBuild(order) => self.send_executor(StartBuild(order)),
                 Output::CancelBuild { job, attempt } => self.send_executor(CancelBuild { job, attempt }),
@@ -154,6 +166,7 @@ impl CoreActor {
     }
 
     fn on_event(&mut self, e: Event) {
+        self.count(&e);
         match e {
             Event::RecordStored { id, kind, signer, from } => {
                 self.records_stored += 1;
@@ -218,6 +231,62 @@ impl CoreActor {
                 warn!(job = %job.short(), attempt, "gave the job back: {reason}")
             }
         }
+    }
+
+    /// Moves the counters of `/metrics`.
+    fn count(&mut self, e: &Event) {
+        use crate::metrics::Metrics as M;
+        let m = &mut self.metrics;
+        match e {
+            Event::RecordStored { .. } => {
+                m.records_stored.inc();
+            }
+            Event::RecordRejected { reason, .. } => m.record_rejected(reason),
+            Event::MessageRejected { reason, .. } => m.message_rejected(reason),
+            Event::ClaimConflict { winner, loser, .. } => {
+                let me = self.core.peer_id();
+                if *winner == me {
+                    M::outcome(&m.claims, "won");
+                } else if *loser == me {
+                    M::outcome(&m.claims, "lost");
+                }
+            }
+            Event::LeaseExpired { .. } => {
+                m.lease_expiries.inc();
+            }
+            Event::BuildStarted { .. } => M::outcome(&m.builds, "started"),
+            Event::BuildPublished { status, .. } => M::outcome(&m.builds, status.as_str()),
+            Event::BuildGivenUp { .. } => M::outcome(&m.builds, "given_up"),
+            Event::GaveBack { .. } => M::outcome(&m.builds, "gave_back"),
+            Event::SyncFinished { .. } => M::outcome(&m.sync_rounds, "finished"),
+            Event::SyncFailed { .. } => M::outcome(&m.sync_rounds, "failed"),
+            _ => {}
+        }
+    }
+
+    /// `/metrics`: the counters, and gauges read now.
+    fn metrics_text(&mut self) -> String {
+        use crate::metrics::Metrics as M;
+        let peers = self.core.peers();
+        let live = peers.values().filter(|v| v.live).count() as i64;
+        let connected = peers.values().filter(|v| v.connected).count() as i64;
+        M::set(&self.metrics.peers, "known", peers.len() as i64);
+        M::set(&self.metrics.peers, "live", live);
+        M::set(&self.metrics.peers, "connected", connected);
+        let mut by_state = [0i64; 3];
+        for id in self.core.live_jobs().keys() {
+            match self.core.job_status(id) {
+                JobStatus::Pending => by_state[0] += 1,
+                JobStatus::Claimed => by_state[1] += 1,
+                JobStatus::Running => by_state[2] += 1,
+                _ => {}
+            }
+        }
+        for (state, n) in ["pending", "claimed", "running"].iter().zip(by_state) {
+            M::set(&self.metrics.jobs, state, n);
+        }
+        self.metrics.storage_ok.set(self.core.storage_health().ok() as i64);
+        self.metrics.text()
     }
 
     fn write_node_json(&self) {
@@ -391,6 +460,17 @@ impl Handler<BuildReport> for CoreActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetHttp(pub String);
+
+#[derive(Message)]
+#[rtype(result = "String")]
+pub struct GetMetrics;
+
+impl Handler<GetMetrics> for CoreActor {
+    type Result = String;
+    fn handle(&mut self, _: GetMetrics, _: &mut Context<Self>) -> String {
+        self.metrics_text()
+    }
+}
 
 /// The cluster the node was admitted to, for `/api/v1/node` and node.json.
 #[derive(Message)]

@@ -161,6 +161,7 @@ fn unavailable(msg: impl Into<String>) -> HttpResponse {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(index)
         .service(node)
+        .service(metrics)
         .service(peers)
         .service(list_changes)
         .service(post_change)
@@ -272,6 +273,16 @@ async fn node(st: State) -> HttpResponse {
             v["records"] = json!(st.store.record_count());
             HttpResponse::Ok().json(v)
         }
+        Err(r) => r,
+    }
+}
+
+/// Prometheus text: rejections by reason, peers, jobs by state, claims
+/// won and lost, builds, sync rounds and bytes, storage.
+#[get("/metrics")]
+async fn metrics(st: State) -> HttpResponse {
+    match st.ask(crate::core_actor::GetMetrics).await {
+        Ok(text) => HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text),
         Err(r) => r,
     }
 }

@@ -7,6 +7,7 @@ mod executor;
 mod git;
 mod http;
 mod identity;
+mod metrics;
 mod net;
 mod sandbox;
 mod store;

@@ -133,6 +133,16 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
         let log = n.get_text(&format!("/api/v1/builds/{}/steps/0/log", gpu1["id"].as_str().unwrap())).unwrap();
         assert_eq!(log, "gpu kernels for cuda\n");
     }
+    // Prometheus text: C built the gpu job and sees both others live.
+    let metrics = c.get_text("/metrics").unwrap();
+    for line in ["peerbot_peers{state=\"live\"} 2", "peerbot_storage_ok 1", "peerbot_builds_total{outcome=\"success\"}"]
+    {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("peerbot_records_stored_total") && metrics.contains("peerbot_request_bytes_total"),
+        "{metrics}"
+    );
     // The CLI, with a short commit prefix.
     let table = b.cli(&["results", "--commit", &c1[..7]]).unwrap();
     assert!(table.contains(&test1["id"].as_str().unwrap()[..12]) && table.contains("cuda"), "{table}");
