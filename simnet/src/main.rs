@@ -53,6 +53,9 @@ struct ModelcheckArgs {
     /// Node crashes (each restarts later, its store kept).
     #[arg(long, default_value_t = 1)]
     crashes: u32,
+    /// Delay bound: times the clock may move on (or a build end) while messages are in flight; all orders if not given.
+    #[arg(long)]
+    delays: Option<u32>,
     /// How long after the announce faults and reordering may happen.
     #[arg(long, default_value = "4s", value_parser = parse_ms)]
     horizon: u64,
@@ -290,6 +293,7 @@ fn run_modelcheck(a: ModelcheckArgs) {
         dups: a.dups,
         reorders: a.reorders,
         crashes: a.crashes,
+        delays: a.delays,
         horizon_ms: a.horizon,
         max_states: a.max_states,
         ..modelcheck::Bounds::default()

@@ -1,6 +1,6 @@
 //! The model checker's small bounds: every schedule of 3 nodes x 2 jobs
 //! shortly after an announce, without faults, with a lost message, and
-//! with a crash.
+//! with a crash; and, under a delay bound, a crash that outlasts a lease.
 
 use peerbot_simnet::modelcheck::{explore, Bounds, Report};
 
@@ -31,6 +31,15 @@ fn every_schedule_with_one_lost_message_builds_each_job_and_agrees_on_results() 
 #[test]
 fn every_schedule_with_one_crash_builds_each_job_and_agrees_on_results() {
     holds(Bounds { crashes: 1, ..no_faults(500) });
+}
+
+/// Delay bounding reaches past a lease: the clock and build ends wait for
+/// what is in flight but once, so a crashed claimant can stay down while
+/// its lease runs out on the others, who reopen and build the job.
+#[test]
+fn every_schedule_with_a_crash_that_outlasts_a_lease_reopens_and_builds_each_job() {
+    let r = holds(Bounds { crashes: 1, delays: Some(1), ..no_faults(5_000) });
+    assert!(r.finals_after_lease_expiry > 0, "no path let a lease run out: {}", r.to_text());
 }
 
 /// The checker finds what it looks for: with a quiet spell too short for a

@@ -42,6 +42,12 @@ pub struct Bounds {
     pub reorders: u32,
     /// Crashes (the store kept); a crashed node restarts at any later step.
     pub crashes: u32,
+    /// Delay bounding: `Some(d)` lets the clock move on, or a build end,
+    /// while messages are in flight at most `d` times; otherwise what is in
+    /// flight is delivered first. `None` tries every such order, which
+    /// limits the horizon to about a second; a bound of one or two reaches
+    /// horizons past a lease, so that leases run out under faults.
+    pub delays: Option<u32>,
     /// Faults and reordering happen within this long after the announce.
     pub horizon_ms: Millis,
     /// How long the quiet spell after the horizon may take.
@@ -60,6 +66,7 @@ impl Default for Bounds {
             dups: 1,
             reorders: 1,
             crashes: 1,
+            delays: None,
             horizon_ms: 4_000,
             quiet_ms: 60_000,
             max_states: 50_000_000,
@@ -83,6 +90,8 @@ pub struct Report {
     pub transitions: u64,
     /// Final states whose quiet spell was checked.
     pub finals: u64,
+    /// Of those, the ones reached through a lease that ran out.
+    pub finals_after_lease_expiry: u64,
     pub max_depth: usize,
     /// False if `max_states` cut the exploration short.
     pub complete: bool,
@@ -93,15 +102,17 @@ pub struct Report {
 impl Report {
     pub fn to_text(&self) -> String {
         let b = &self.bounds;
+        let delays = b.delays.map(|d| format!(", {d} delayed")).unwrap_or_default();
         let mut s = format!(
-            "model: {} nodes x {} executor(s), {} jobs; at most {} lost, {} duplicated, {} reordered, {} crashed; horizon {} ms\n",
+            "model: {} nodes x {} executor(s), {} jobs; at most {} lost, {} duplicated, {} reordered, {} crashed{delays}; horizon {} ms\n",
             b.nodes, b.executors, b.jobs, b.losses, b.dups, b.reorders, b.crashes, b.horizon_ms
         );
         s += &format!(
-            "explored: {} states, {} transitions, {} final states checked once quiet, depth {}, in {:.1} s{}\n",
+            "explored: {} states, {} transitions, {} final states checked once quiet ({} reached through a lease that ran out), depth {}, in {:.1} s{}\n",
             self.states,
             self.transitions,
             self.finals,
+            self.finals_after_lease_expiry,
             self.max_depth,
             self.elapsed.as_secs_f64(),
             if self.complete { "" } else { " (cut short by --max-states)" }
@@ -136,6 +147,7 @@ pub fn explore(b: &Bounds) -> Report {
         states: 1,
         transitions: 0,
         finals: 0,
+        finals_after_lease_expiry: 0,
         max_depth: 0,
         complete: true,
         elapsed: Duration::ZERO,
@@ -165,6 +177,7 @@ pub fn explore(b: &Bounds) -> Report {
         let actions = if w.violation.is_none() { w.actions(horizon) } else { vec![] };
         if actions.is_empty() && w.violation.is_none() {
             report.finals += 1;
+            report.finals_after_lease_expiry += w.lease_expired as u64;
             if let Err(why) = catch_unwind(AssertUnwindSafe(|| w.check_quiet(b.quiet_ms))) {
                 w.fail(format!("the core panicked once quiet: {}", panic_text(&why)));
             }

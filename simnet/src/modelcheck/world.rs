@@ -76,6 +76,11 @@ pub(super) struct World {
     pub(super) reorders: u32,
     pub(super) dups: u32,
     pub(super) crashes: u32,
+    /// What is left of the delay bound (`Bounds::delays`).
+    pub(super) delays: Option<u32>,
+    /// Some node saw a lease run out on the way here (not part of the
+    /// state: it only says which paths the bound reached).
+    pub(super) lease_expired: bool,
     pub(super) jobs: Vec<Hash32>,
     executors: u32,
     /// The winner each conflict was given, by (job, attempt), by any node.
@@ -141,6 +146,8 @@ impl World {
             reorders: b.reorders,
             dups: b.dups,
             crashes: b.crashes,
+            delays: b.delays,
+            lease_expired: false,
             jobs: vec![],
             executors: b.executors,
             winners: BTreeMap::new(),
@@ -223,6 +230,9 @@ impl World {
     /// Each pair of claimants of one attempt must be settled the same way
     /// wherever it meets (three claimants make three pairs).
     fn on_event(&mut self, i: usize, e: Event) {
+        if matches!(e, Event::LeaseExpired { .. }) {
+            self.lease_expired = true;
+        }
         if let Event::ClaimConflict { job, attempt, winner, loser } = e {
             let pair = if winner < loser { (winner, loser) } else { (loser, winner) };
             match self.winners.get(&(job, attempt, pair)) {
@@ -299,9 +309,14 @@ impl World {
                 acts.push(Action::Duplicate(k));
             }
         }
+        // Under a delay bound, time and build ends wait for what is in
+        // flight, unless a delay is spent.
+        let may_wait = self.inflight.is_empty() || self.delays != Some(0);
         for (i, n) in self.nodes.iter().enumerate() {
             for b in 0..n.builds.len() {
-                acts.push(Action::Finish { node: i, build: b });
+                if may_wait {
+                    acts.push(Action::Finish { node: i, build: b });
+                }
             }
             if n.core.is_some() && self.crashes > 0 {
                 acts.push(Action::Crash(i));
@@ -310,7 +325,7 @@ impl World {
                 acts.push(Action::Restart(i));
             }
         }
-        if self.next_tick().is_some_and(|t| t <= horizon) {
+        if may_wait && self.next_tick().is_some_and(|t| t <= horizon) {
             acts.push(Action::Tick);
         }
         acts
@@ -323,6 +338,11 @@ impl World {
     pub(super) fn apply(&mut self, a: &Action) {
         let what = self.describe(a);
         self.trail.push(format!("t={} {what}", self.now));
+        if matches!(a, Action::Tick | Action::Finish { .. }) && !self.inflight.is_empty() {
+            if let Some(d) = self.delays.as_mut() {
+                *d -= 1;
+            }
+        }
         match *a {
             Action::Deliver(k) => {
                 if k > 0 {
@@ -531,7 +551,7 @@ impl World {
     /// fingerprint are explored once.
     pub(super) fn fingerprint(&self) -> u64 {
         let mut h = DefaultHasher::new();
-        (self.now, self.losses, self.reorders, self.dups, self.crashes).hash(&mut h);
+        (self.now, self.losses, self.reorders, self.dups, self.crashes, self.delays).hash(&mut h);
         for n in &self.nodes {
             n.incarnation.hash(&mut h);
             n.builds.hash(&mut h);
