@@ -672,13 +672,8 @@ mod tests {
         let store = RocksStore::open(&dir.join("db")).unwrap();
         let key = libp2p::identity::Keypair::generate_ed25519();
         let core = NodeCore::new(Config::new(vec!["os=linux".into()], 1), key, store, now_ms());
-        let jail = crate::sandbox::StepJail::prepare(
-            crate::sandbox::SandboxMode::None,
-            &dir.join("..").join(format!("{}-work", dir.file_name().unwrap().to_string_lossy())),
-            dir,
-            None,
-        )
-        .unwrap();
+        let work = crate::sandbox::default_work_root(dir);
+        let jail = crate::sandbox::StepJail::prepare(crate::sandbox::SandboxMode::None, &work, dir, None).unwrap();
         CoreActor::new(core, net, dir.to_path_buf(), std::sync::Arc::new(jail))
     }
 

@@ -199,11 +199,6 @@ impl Admission {
     pub fn expires_ms(&self) -> Option<Millis> {
         self.body.expires_ms
     }
-
-    /// The PeerId the certificate names, if it decodes.
-    pub fn peer(&self) -> Option<PeerId> {
-        PeerId::from_bytes(&self.body.peer).ok()
-    }
 }
 
 #[cfg(test)]

@@ -218,34 +218,28 @@ fn next_request(n: &mut NodeCore<MemStore>, now: &mut Millis) -> Option<u64> {
     None
 }
 
+/// Hands each input from a peer to a warmed core, as `input` makes it
+/// (with a fresh token or request id).
+fn inbound(name: &'static str, corpus: &Corpus, seeds: &[Vec<u8>], input: fn(PeerId, u64, Vec<u8>) -> Input) -> Target {
+    let (mut n, peer) = warmed(corpus);
+    let mut token = 1 << 32;
+    Target {
+        name,
+        seeds: seeds.to_vec(),
+        run: Box::new(move |b| {
+            token += 1;
+            n.handle(2_000, input(peer, token, b.to_vec()));
+            while n.poll_output().is_some() {}
+        }),
+    }
+}
+
 pub fn target(name: &str, corpus: &Corpus) -> Option<Target> {
     let t = match name {
         "gossip" => {
-            let (mut n, peer) = warmed(corpus);
-            let mut token = 1 << 32;
-            Target {
-                name: "gossip",
-                seeds: corpus.gossip.clone(),
-                run: Box::new(move |b| {
-                    token += 1;
-                    n.handle(2_000, Input::Gossip { from: peer, token, bytes: b.to_vec() });
-                    while n.poll_output().is_some() {}
-                }),
-            }
+            inbound("gossip", corpus, &corpus.gossip, |from, token, bytes| Input::Gossip { from, token, bytes })
         }
-        "request" => {
-            let (mut n, peer) = warmed(corpus);
-            let mut id = 0;
-            Target {
-                name: "request",
-                seeds: corpus.requests.clone(),
-                run: Box::new(move |b| {
-                    id += 1;
-                    n.handle(2_000, Input::Request { from: peer, id, bytes: b.to_vec() });
-                    while n.poll_output().is_some() {}
-                }),
-            }
-        }
+        "request" => inbound("request", corpus, &corpus.requests, |from, id, bytes| Input::Request { from, id, bytes }),
         "response" => {
             let (mut n, _) = warmed(corpus);
             let mut now = 2_000;

@@ -151,16 +151,6 @@ impl RecordPool {
         }
         b
     }
-
-    /// Distinct records held by some store of the pool.
-    pub fn len(&self) -> usize {
-        let p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        p.live.values().filter(|w| w.strong_count() > 0).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[derive(Default, Clone)]
