@@ -111,7 +111,10 @@ impl StepJail {
                     c.arg("--ro-bind").arg("/dev/null").arg(f);
                 }
                 for r in readable {
-                    c.arg("--ro-bind").arg(r).arg(r);
+                    // bwrap runs in the build's directory: a path relative
+                    // to the node's (the default `.peerbot`) must not be.
+                    let r = std::path::absolute(r).unwrap_or_else(|_| r.to_path_buf());
+                    c.arg("--ro-bind").arg(&r).arg(&r);
                 }
                 for w in [ws, home] {
                     c.arg("--bind").arg(w).arg(w);
@@ -162,6 +165,32 @@ mod tests {
         assert!(around.is_err());
         assert_eq!(default_work_root(&data), root.path().canonicalize().unwrap().join("data-work"));
         assert!(StepJail::prepare(SandboxMode::None, &default_work_root(&data), &data, None).is_ok());
+    }
+
+    /// The default data dir is relative (`.peerbot`), and so is the mirror
+    /// a checkout borrows from; the step runs elsewhere.
+    #[test]
+    fn a_relative_readable_path_is_found_from_the_build_dir() {
+        if working_bwrap().is_err() {
+            eprintln!("skipped: bubblewrap cannot make a sandbox here");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        let mirror = data.join("repos/m.git");
+        std::fs::create_dir_all(&mirror).unwrap();
+        std::fs::write(mirror.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        let relative = up.join(mirror.strip_prefix("/").unwrap());
+        assert!(relative.is_relative());
+        let jail = StepJail::prepare(SandboxMode::Bwrap, &root.path().join("w"), &data, None).unwrap();
+        let ws = jail.work_root().join("b");
+        std::fs::create_dir_all(&ws).unwrap();
+        let script = format!("cat {}/HEAD", mirror.display());
+        let out = jail.command(&ws, &ws, &[&relative], &script, &[]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ref: refs/heads/main\n");
     }
 
     #[test]
