@@ -43,6 +43,24 @@ pub enum ClusterCmd {
         #[command(flatten)]
         key: KeyArgs,
     },
+    /// Print a revocation of a node's admission, for `peerbot cluster publish`.
+    Revoke {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The node's PeerId.
+        peer_id: String,
+    },
+    /// Give a revocation to a node, which publishes it to the whole cluster.
+    Publish {
+        /// Base URL of any node's HTTP API.
+        #[arg(long = "node", env = "PEERBOT_NODE", default_value = "http://127.0.0.1:7401")]
+        node: String,
+        /// The node's API token (see DATA_DIR/api.token).
+        #[arg(long, env = "PEERBOT_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The file `peerbot cluster revoke` wrote (or - for standard input).
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -90,6 +108,27 @@ pub fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
             println!("{}", cert.to_text());
         }
         ClusterCmd::Id { key } => println!("{}", key.load()?.id().to_text()),
+        ClusterCmd::Revoke { key, peer_id } => {
+            let key = key.load()?;
+            let peer: PeerId =
+                peer_id.trim().parse().map_err(|e| anyhow::anyhow!("{peer_id:?} is not a PeerId: {e}"))?;
+            println!("{}", key.revoke(&peer, crate::now_ms()).to_text());
+        }
+        ClusterCmd::Publish { node, token, file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?
+            };
+            peerbot_protocol::admission::Revocation::from_text(&text).with_context(|| format!("{}", file.display()))?;
+            let v = crate::client::post_json(
+                &node,
+                token.as_deref(),
+                "/api/v1/revocations",
+                &serde_json::json!({ "revocation": text.trim() }),
+            )?;
+            println!("published as record {}", v["revocation_record"].as_str().unwrap_or("?"));
+        }
     }
     Ok(())
 }
@@ -140,8 +179,20 @@ pub fn admit_self(
                 write_secret(&path, &key.to_protobuf())?;
                 key
             };
-            let admission = key.admit(&me, labels.to_vec(), now, None)?;
-            std::fs::write(data_dir.join(ADMISSION_FILE), admission.to_text() + "\n")?;
+            // The same certificate from one start to the next while it
+            // grants the labels: each new one would be one more record.
+            let kept = std::fs::read_to_string(data_dir.join(ADMISSION_FILE))
+                .ok()
+                .and_then(|t| Admission::from_text(&t).ok())
+                .filter(|a| a.check(&key.id(), &me, now).is_ok() && a.grants_all(labels).is_ok());
+            let admission = match kept {
+                Some(a) => a,
+                None => {
+                    let a = key.admit(&me, labels.to_vec(), now, None)?;
+                    std::fs::write(data_dir.join(ADMISSION_FILE), a.to_text() + "\n")?;
+                    a
+                }
+            };
             Ok(Membership { cluster: key.id(), admission, keeper: true })
         }
     }

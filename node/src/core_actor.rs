@@ -52,6 +52,13 @@ pub struct CoreActor {
     records_rejected: u64,
 }
 
+/// Nodes whose admission was revoked, and from when: the HTTP API marks
+/// their results, which it reads from the store without the core.
+pub fn revoked_signers() -> &'static std::sync::RwLock<HashMap<PeerId, u64>> {
+    static R: std::sync::OnceLock<std::sync::RwLock<HashMap<PeerId, u64>>> = std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
 impl CoreActor {
     pub fn new(
         core: NodeCore<RocksStore>,
@@ -59,6 +66,9 @@ impl CoreActor {
         data_dir: PathBuf,
         jail: std::sync::Arc<crate::sandbox::StepJail>,
     ) -> Self {
+        if let Ok(mut r) = revoked_signers().write() {
+            r.extend(core.revocations());
+        }
         CoreActor {
             core,
             net,
@@ -117,6 +127,7 @@ impl CoreActor {
                 Output::Verdict { token, verdict } => self.send_net(NetCommand::Verdict { token, verdict }),
                 Output::StartBuild(order) => self.send_executor(StartBuild(order)),
                 Output::CancelBuild { job, attempt } => self.send_executor(CancelBuild { job, attempt }),
+                Output::Disconnect { peer } => self.send_net(NetCommand::Disconnect { peer }),
                 Output::Event(e) => self.on_event(e),
             }
         }
@@ -230,6 +241,12 @@ impl CoreActor {
             Event::GaveBack { job, attempt, reason } => {
                 warn!(job = %job.short(), attempt, "gave the job back: {reason}")
             }
+            Event::Revoked { peer, revoked_ms } => {
+                if let Ok(mut r) = revoked_signers().write() {
+                    r.insert(peer, revoked_ms);
+                }
+                warn!(%peer, revoked_ms, "admission revoked: its records from then on are refused")
+            }
         }
     }
 
@@ -273,6 +290,8 @@ impl CoreActor {
         M::set(&self.metrics.peers, "known", peers.len() as i64);
         M::set(&self.metrics.peers, "live", live);
         M::set(&self.metrics.peers, "connected", connected);
+        M::set(&self.metrics.peers, "admitted", self.core.admitted_peer_count(now_ms()) as i64);
+        self.metrics.records_held.set(self.core.held_records() as i64);
         let mut by_state = [0i64; 3];
         for id in self.core.live_jobs().keys() {
             match self.core.job_status(id) {
@@ -530,6 +549,21 @@ pub struct Cancel {
     pub reason: String,
 }
 
+/// A revocation's text, to check and publish.
+#[derive(Message)]
+#[rtype(result = "Result<Hash32, String>")]
+pub struct Revoke(pub String);
+
+impl Handler<Revoke> for CoreActor {
+    type Result = Result<Hash32, String>;
+    fn handle(&mut self, msg: Revoke, ctx: &mut Context<Self>) -> Self::Result {
+        let r = peerbot_protocol::admission::Revocation::from_text(&msg.0).map_err(|e| e.to_string());
+        let r = r.and_then(|r| self.core.publish_revocation(now_ms(), r));
+        self.drain(ctx);
+        r
+    }
+}
+
 impl Handler<Cancel> for CoreActor {
     type Result = Result<(Hash32, Hash32), String>;
     fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
@@ -606,6 +640,11 @@ impl Handler<Query> for CoreActor {
                     "log_horizon_ms": cfg.log_horizon_ms,
                     "records_rejected_since_start": self.records_rejected,
                     "cluster": self.cluster,
+                    "admission": {
+                        "peers_admitted": self.core.admitted_peer_count(now),
+                        "records_held": self.core.held_records(),
+                        "rejections": self.metrics.rejected,
+                    },
                     "builds": {
                         "work_root": self.jail.work_root().display().to_string(),
                         "sandbox": if self.jail.sandboxed() { "bwrap" } else { "none" },

@@ -173,6 +173,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(cancel_job)
         .service(force)
         .service(findings)
+        .service(post_revocation)
         .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _| {
             actix_web::error::InternalError::from_response("", bad_request(format!("request body: {e}"))).into()
         }))
@@ -222,6 +223,7 @@ pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
         "ended_ms": r.ended_ms,
         "duration_ms": r.ended_ms.saturating_sub(r.started_ms),
         "signer": rec.signer.to_string(),
+        "signer_revoked_ms": crate::core_actor::revoked_signers().read().ok().and_then(|m| m.get(&rec.signer).copied()),
         "labels": r.labels,
         "steps": steps,
         "metrics": r.metrics,
@@ -508,6 +510,27 @@ async fn cancel_job(
     let reason = body.and_then(|b| b.into_inner().reason).unwrap_or_else(|| "cancelled by a user".into());
     match st.ask(Cancel { job: id.into_inner(), reason }).await {
         Ok(Ok((job, rec))) => HttpResponse::Ok().json(json!({"job": job.to_hex(), "cancel_record": rec.to_hex()})),
+        Ok(Err(e)) => bad_request(e),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationBody {
+    /// `peerbot cluster revoke` printed it.
+    revocation: String,
+}
+
+/// Takes a revocation the cluster's keeper signed and publishes it: every
+/// node refuses what the revoked node signs from its date on.
+#[post("/api/v1/revocations")]
+async fn post_revocation(req: actix_web::HttpRequest, st: State, body: web::Json<RevocationBody>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &st) {
+        return r;
+    }
+    match st.ask(crate::core_actor::Revoke(body.into_inner().revocation)).await {
+        Ok(Ok(rec)) => HttpResponse::Ok().json(json!({"revocation_record": rec.to_hex()})),
         Ok(Err(e)) => bad_request(e),
         Err(r) => r,
     }

@@ -534,6 +534,8 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     cfg.seed = rand::random();
     cfg.log_replicas = a.log_replicas;
     cfg.log_horizon_ms = a.log_horizon;
+    cfg.cluster = Some(membership.cluster.clone());
+    cfg.admission = Some(membership.admission.clone());
     let peer_id = key.public().to_peer_id();
     info!(%peer_id, labels = ?labels, data_dir = %a.data_dir.display(), "starting node");
 

@@ -37,6 +37,8 @@ pub struct Metrics {
     records_rejected: Family<Reason, Counter>,
     messages_rejected: Family<Reason, Counter>,
     reasons: std::collections::HashSet<String>,
+    /// Rejections of records and messages together, by reason, for the API.
+    pub rejected: std::collections::BTreeMap<String, u64>,
     pub claims: Family<Outcome, Counter>,
     pub lease_expiries: Counter,
     pub builds: Family<Outcome, Counter>,
@@ -45,6 +47,7 @@ pub struct Metrics {
     pub peers: Family<State, Gauge>,
     pub jobs: Family<State, Gauge>,
     pub storage_ok: Gauge,
+    pub records_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +58,7 @@ impl Default for Metrics {
             records_rejected: Family::default(),
             messages_rejected: Family::default(),
             reasons: Default::default(),
+            rejected: Default::default(),
             claims: Family::default(),
             lease_expiries: Counter::default(),
             builds: Family::default(),
@@ -63,6 +67,7 @@ impl Default for Metrics {
             peers: Family::default(),
             jobs: Family::default(),
             storage_ok: Gauge::default(),
+            records_held: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register("records_stored", "Records stored since start", m.records_stored.clone());
@@ -84,6 +89,7 @@ impl Default for Metrics {
         r.register("peers", "Peers known, by state (known, live, connected)", m.peers.clone());
         r.register("jobs", "Jobs being decided, by state (pending, claimed, running)", m.jobs.clone());
         r.register("storage_ok", "1 while the database takes writes", m.storage_ok.clone());
+        r.register("records_held", "Records held until their signer's admission arrives", m.records_held.clone());
         m
     }
 }
@@ -103,11 +109,13 @@ impl Metrics {
     pub fn record_rejected(&mut self, why: &str) {
         let r = self.reason(why);
         self.records_rejected.get_or_create(&r).inc();
+        *self.rejected.entry(r.reason).or_default() += 1;
     }
 
     pub fn message_rejected(&mut self, why: &str) {
         let r = self.reason(why);
         self.messages_rejected.get_or_create(&r).inc();
+        *self.rejected.entry(r.reason).or_default() += 1;
     }
 
     pub fn outcome(family: &Family<Outcome, Counter>, outcome: &str) {

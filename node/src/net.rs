@@ -38,7 +38,14 @@ pub enum NetCommand {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
     },
+    /// A peer not admitted: close its connections and refuse it for a while.
+    Disconnect {
+        peer: PeerId,
+    },
 }
+
+/// A peer disconnected for want of an admission is refused this long.
+const REFUSE_FOR: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub enum NetEvent {
@@ -348,6 +355,8 @@ struct NetTask {
     unanswered: DropCount,
     dialers: Vec<Backoff>,
     connected: HashSet<PeerId>,
+    /// Peers the core disconnected, until when their connections are closed at once.
+    refused: HashMap<PeerId, Instant>,
     listen_addrs: Vec<Multiaddr>,
     last_kad_bootstrap: Instant,
 }
@@ -412,6 +421,7 @@ impl NetTask {
             unanswered: DropCount::default(),
             dialers,
             connected: HashSet::new(),
+            refused: HashMap::new(),
             listen_addrs: Vec::new(),
             last_kad_bootstrap: Instant::now() - Duration::from_secs(3600),
         })
@@ -444,6 +454,12 @@ impl NetTask {
                 for a in addrs {
                     b.kad.add_address(&peer, a);
                 }
+            }
+            NetCommand::Disconnect { peer } => {
+                self.refused.retain(|_, until| *until > Instant::now());
+                self.refused.insert(peer, Instant::now() + REFUSE_FOR);
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
             NetCommand::Verdict { token, verdict } => {
                 if let Some((mid, source)) = self.verdicts.take(token) {
@@ -490,6 +506,11 @@ impl NetTask {
                 self.to_core.deliver(NetEvent::Listening(self.listen_addrs.clone()));
             }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                if self.refused.get(&peer_id).is_some_and(|until| *until > Instant::now()) {
+                    debug!(peer = %peer_id, "closing a connection from a peer refused for want of an admission");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 if num_established.get() == 1 {
                     self.connected.insert(peer_id);
                     info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");

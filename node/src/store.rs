@@ -178,7 +178,7 @@ impl RocksStore {
             match rec.body {
                 peerbot_protocol::Body::Change(_) => batch.put_cf(self.cf(CF_CHANGES), key, b""),
                 peerbot_protocol::Body::Result(_) => batch.put_cf(self.cf(CF_RESULTS), key, b""),
-                peerbot_protocol::Body::Cancel(_) => {}
+                _ => {}
             }
             self.file_lookups(&mut batch, rec);
         }
@@ -262,7 +262,7 @@ impl Store for RocksStore {
         let idx = match rec.body {
             peerbot_protocol::Body::Change(_) => Some(CF_CHANGES),
             peerbot_protocol::Body::Result(_) => Some(CF_RESULTS),
-            peerbot_protocol::Body::Cancel(_) => None,
+            _ => None,
         };
         if let Some(idx) = idx {
             batch.put_cf(self.cf(idx), key, b"");

@@ -13,9 +13,14 @@ use crate::Millis;
 
 const CLUSTER_PREFIX: &str = "peerbot-cluster-v1:";
 const ADMISSION_PREFIX: &str = "peerbot-admission-v1:";
+const REVOCATION_PREFIX: &str = "peerbot-revocation-v1:";
 /// Signatures cover this and the body, so no other signed message of the
 /// project can pass for a certificate.
 const DOMAIN: &[u8] = b"peerbot.admission.v1\0";
+const REVOCATION_DOMAIN: &[u8] = b"peerbot.revocation.v1\0";
+/// Label keys every node may claim without a grant: they describe its
+/// platform, which `requires` matches but no certificate needs to vouch for.
+pub const PLATFORM_KEYS: &[&str] = &["os", "arch"];
 /// A certificate's text is at most this long.
 pub const MAX_ADMISSION_TEXT: usize = 16 * 1024;
 
@@ -35,6 +40,8 @@ pub enum AdmissionError {
     BadSignature,
     #[error("the certificate does not grant the label {0:?}")]
     LabelNotGranted(String),
+    #[error("not a revocation: {0}")]
+    BadRevocation(String),
 }
 
 /// The public key that names a cluster.
@@ -98,6 +105,74 @@ impl ClusterKey {
         };
         let sig = self.0.sign(&signed_bytes(&body));
         Ok(Admission { body, sig: ByteBuf::from(sig) })
+    }
+
+    /// Revokes `peer`'s admission from `revoked_ms` on.
+    pub fn revoke(&self, peer: &PeerId, revoked_ms: Millis) -> Revocation {
+        let body = RevocationBody {
+            cluster: ByteBuf::from(self.0.public().to_bytes().to_vec()),
+            peer: ByteBuf::from(peer.to_bytes()),
+            revoked_ms,
+        };
+        let sig = self.0.sign(&revocation_bytes(&body));
+        Revocation { body, sig: ByteBuf::from(sig) }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct RevocationBody {
+    cluster: ByteBuf,
+    peer: ByteBuf,
+    revoked_ms: Millis,
+}
+
+/// The end of a node's admission, signed by the cluster key: records the
+/// node signs dated from `revoked_ms` on, and anything it says live, are
+/// refused everywhere once the revocation has reached them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    body: RevocationBody,
+    sig: ByteBuf,
+}
+
+fn revocation_bytes(body: &RevocationBody) -> Vec<u8> {
+    let mut b = REVOCATION_DOMAIN.to_vec();
+    b.extend_from_slice(&crate::codec::encode(body));
+    b
+}
+
+impl Revocation {
+    pub fn to_text(&self) -> String {
+        format!("{REVOCATION_PREFIX}{}", hex::encode(crate::codec::encode(self)))
+    }
+
+    pub fn from_text(s: &str) -> Result<Revocation, AdmissionError> {
+        let s = s.trim();
+        let bad = |why: &str| AdmissionError::BadRevocation(why.to_string());
+        if s.len() > MAX_ADMISSION_TEXT {
+            return Err(bad(&format!("longer than {MAX_ADMISSION_TEXT} bytes")));
+        }
+        let hex_part = s
+            .strip_prefix(REVOCATION_PREFIX)
+            .ok_or_else(|| bad(&format!("it does not start with {REVOCATION_PREFIX}")))?;
+        let bytes = hex::decode(hex_part).map_err(|_| bad("not hex"))?;
+        crate::codec::decode(&bytes, MAX_ADMISSION_TEXT).map_err(|e| bad(&e.to_string()))
+    }
+
+    /// The node it revokes, if it was signed by `cluster`'s key.
+    pub fn check(&self, cluster: &ClusterId) -> Result<PeerId, AdmissionError> {
+        if self.body.cluster.as_slice() != cluster.0.to_bytes().as_slice() {
+            return Err(AdmissionError::BadRevocation("it is for another cluster".into()));
+        }
+        if !cluster.0.verify(&revocation_bytes(&self.body), &self.sig) {
+            return Err(AdmissionError::BadSignature);
+        }
+        PeerId::from_bytes(&self.body.peer)
+            .map_err(|_| AdmissionError::BadRevocation("its PeerId does not decode".into()))
+    }
+
+    pub fn revoked_ms(&self) -> Millis {
+        self.body.revoked_ms
     }
 }
 
@@ -196,6 +271,22 @@ impl Admission {
         &self.body.labels
     }
 
+    /// A node admitted by this certificate may say it has `label`: a
+    /// platform label, or one the certificate grants.
+    pub fn permits(&self, label: &str) -> bool {
+        let key = label.split_once('=').map_or(label, |(k, _)| k);
+        PLATFORM_KEYS.contains(&key) || self.body.labels.iter().any(|l| l == label)
+    }
+
+    /// The node the certificate names, if its bytes are a PeerId.
+    pub fn peer(&self) -> Option<PeerId> {
+        PeerId::from_bytes(&self.body.peer).ok()
+    }
+
+    pub fn issued_ms(&self) -> Millis {
+        self.body.issued_ms
+    }
+
     pub fn expires_ms(&self) -> Option<Millis> {
         self.body.expires_ms
     }
@@ -228,6 +319,34 @@ mod tests {
         assert_eq!(a.grants_all(&["gpu=yes".into()]), Ok(()));
         assert_eq!(a.grants_all(&["os=macos".into()]), Err(AdmissionError::LabelNotGranted("os=macos".into())));
         assert_eq!(ClusterId::from_text(&cluster.to_text()), Ok(cluster));
+    }
+
+    #[test]
+    fn a_revocation_names_its_peer_only_under_its_own_cluster() {
+        let k = key(6);
+        let r = k.revoke(&peer(3), 42);
+        let r = Revocation::from_text(&r.to_text()).unwrap();
+        assert_eq!(r.check(&k.id()), Ok(peer(3)));
+        assert_eq!(r.revoked_ms(), 42);
+        assert!(r.check(&key(7).id()).is_err());
+        let mut forged = r.clone();
+        forged.body.revoked_ms = 99;
+        assert_eq!(forged.check(&k.id()), Err(AdmissionError::BadSignature));
+        assert!(Revocation::from_text("peerbot-revocation-v1:zz").is_err());
+        // A certificate's signature cannot pass for a revocation's.
+        let a = k.admit(&peer(3), vec![], 1, None).unwrap();
+        let posing = Revocation {
+            body: RevocationBody { cluster: a.body.cluster.clone(), peer: a.body.peer.clone(), revoked_ms: 1 },
+            sig: a.sig.clone(),
+        };
+        assert!(posing.check(&k.id()).is_err());
+    }
+
+    #[test]
+    fn platform_labels_need_no_grant() {
+        let a = key(8).admit(&peer(1), vec!["gpu=yes".into()], 1, None).unwrap();
+        assert!(a.permits("os=linux") && a.permits("arch=x86_64") && a.permits("gpu=yes"));
+        assert!(!a.permits("gpu=no") && !a.permits("role=admin"));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub fn lookups_of(rec: &VerifiedRecord) -> Vec<(Lookup, Hash32, Hash32)> {
         }
         Body::Result(r) => vec![(Lookup::JobResult, r.job, rec.id)],
         Body::Cancel(k) => vec![(Lookup::JobCancel, k.job, rec.id)],
+        Body::Admission(_) | Body::Revocation(_) => vec![],
     }
 }
 

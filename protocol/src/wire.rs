@@ -102,6 +102,11 @@ pub enum Request {
         #[serde(default)]
         offset: u64,
     },
+    /// The first request on a connection: the sender's admission. Nothing
+    /// else is answered before the receiver has checked it.
+    Hello {
+        admission: Option<crate::admission::Admission>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +130,9 @@ pub enum Response {
     },
     Error {
         message: String,
+    },
+    Hello {
+        admission: Option<crate::admission::Admission>,
     },
 }
 

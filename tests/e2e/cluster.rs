@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use peerbot_tests::{wait_for, GitRepo, Node};
+use peerbot_tests::{wait_for, GitRepo, Keeper, Node};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_peerbot");
@@ -71,12 +71,29 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
 
     let (da, db, dc) = dirs(root.path());
     let watch = format!("{}#main", repo.path().display());
-    let a = Node::start(Path::new(BIN), "A", &da, &["--watch".into(), watch]).unwrap();
-    let boot = a.multiaddr();
-    let b = Node::start(Path::new(BIN), "B", &db, &["--bootstrap".into(), boot.clone()]).unwrap();
-    let mut c =
-        Node::start(Path::new(BIN), "C", &dc, &["--bootstrap".into(), boot, "--label".into(), "gpu=yes".into()])
+    let keeper = Keeper::new(Path::new(BIN), &root.path().join("keeper")).unwrap();
+    let with = |mut v: Vec<String>, flags: Vec<String>| {
+        v.extend(flags);
+        v
+    };
+    let a =
+        Node::start(Path::new(BIN), "A", &da, &with(vec!["--watch".into(), watch], keeper.admit(&da, &[]).unwrap()))
             .unwrap();
+    let boot = a.multiaddr();
+    let b = Node::start(
+        Path::new(BIN),
+        "B",
+        &db,
+        &with(vec!["--bootstrap".into(), boot.clone()], keeper.admit(&db, &[]).unwrap()),
+    )
+    .unwrap();
+    let mut c = Node::start(
+        Path::new(BIN),
+        "C",
+        &dc,
+        &with(vec!["--bootstrap".into(), boot], keeper.admit(&dc, &["gpu=yes"]).unwrap()),
+    )
+    .unwrap();
 
     // Identity: a key in the data dir, mode 0600, whose PeerId the node uses.
     let id_out = a.cli(&["id", "--data-dir", da.to_str().unwrap()]).unwrap();
@@ -248,14 +265,18 @@ fn a_bootstrap_that_is_down_is_retried_until_it_comes_up() {
     let a_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let boot = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{a_id}");
-    let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &["--bootstrap".into(), boot]).unwrap();
+    let keeper = Keeper::new(Path::new(BIN), &root.path().join("keeper")).unwrap();
+    let mut b_args = vec!["--bootstrap".to_string(), boot];
+    b_args.extend(keeper.admit(&root.path().join("b"), &[]).unwrap());
+    let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &b_args).unwrap();
     wait_for("B to say why the bootstrap is unreachable", LONG, || {
         let log = std::fs::read_to_string(root.path().join("b").join("node.log")).ok()?;
         log.contains("cannot reach bootstrap peer").then_some(())
     })
     .unwrap();
-    let a =
-        Node::start(Path::new(BIN), "A", &a_dir, &["--listen".into(), format!("/ip4/127.0.0.1/tcp/{port}")]).unwrap();
+    let mut a_args = vec!["--listen".to_string(), format!("/ip4/127.0.0.1/tcp/{port}")];
+    a_args.extend(keeper.admit(&a_dir, &[]).unwrap());
+    let a = Node::start(Path::new(BIN), "A", &a_dir, &a_args).unwrap();
     assert_eq!(a.peer_id(), a_id);
     wait_for("B to reach A once it is up", LONG, || {
         let v = b.get("/api/v1/peers").ok()?;

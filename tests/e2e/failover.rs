@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use peerbot_tests::{wait_for, GitRepo, Node};
+use peerbot_tests::{wait_for, GitRepo, Keeper, Node};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_peerbot");
@@ -46,12 +46,17 @@ fn killed_claimant_job_is_rebuilt_and_restarted_claimant_loses_nothing() {
     let watch = format!("{}#main", repo.path().display());
     let mut extra = common.clone();
     extra.extend(["--watch".to_string(), watch]);
-    let a = Node::start(Path::new(BIN), "A", &root.path().join("a"), &extra).unwrap();
+    let keeper = Keeper::new(Path::new(BIN), &root.path().join("keeper")).unwrap();
+    let admitted = |dir: &str, mut extra: Vec<String>| {
+        extra.extend(keeper.admit(&root.path().join(dir), &[]).unwrap());
+        extra
+    };
+    let a = Node::start(Path::new(BIN), "A", &root.path().join("a"), &admitted("a", extra)).unwrap();
     let mut extra = common.clone();
     extra.extend(["--bootstrap".to_string(), a.multiaddr()]);
     let mut nodes = vec![a];
-    nodes.push(Node::start(Path::new(BIN), "B", &root.path().join("b"), &extra).unwrap());
-    nodes.push(Node::start(Path::new(BIN), "C", &root.path().join("c"), &extra).unwrap());
+    nodes.push(Node::start(Path::new(BIN), "B", &root.path().join("b"), &admitted("b", extra.clone())).unwrap());
+    nodes.push(Node::start(Path::new(BIN), "C", &root.path().join("c"), &admitted("c", extra)).unwrap());
     for n in &nodes {
         wait_for("peers", LONG, || (n.get("/api/v1/node").ok()?["peers_live"].as_u64()? >= 2).then_some(())).unwrap();
     }

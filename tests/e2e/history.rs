@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use peerbot_tests::{wait_for, GitRepo, Node};
+use peerbot_tests::{wait_for, GitRepo, Keeper, Node};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_peerbot");
@@ -44,10 +44,15 @@ fn late_joiner_and_killed_syncer_end_with_the_whole_history() {
     let fast = ["--lease-secs", "6", "--executors", "4", "--log-replicas", "1"].map(String::from).to_vec();
     let mut extra = fast.clone();
     extra.extend(["--watch".to_string(), watch]);
-    let a = Node::start(Path::new(BIN), "A", &root.path().join("a"), &extra).unwrap();
+    let keeper = Keeper::new(Path::new(BIN), &root.path().join("keeper")).unwrap();
+    let admitted = |dir: &str, mut extra: Vec<String>| {
+        extra.extend(keeper.admit(&root.path().join(dir), &[]).unwrap());
+        extra
+    };
+    let a = Node::start(Path::new(BIN), "A", &root.path().join("a"), &admitted("a", extra)).unwrap();
     let mut extra = fast.clone();
     extra.extend(["--bootstrap".to_string(), a.multiaddr()]);
-    let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &extra).unwrap();
+    let b = Node::start(Path::new(BIN), "B", &root.path().join("b"), &admitted("b", extra)).unwrap();
     wait_for("A's first build", LONG, || (results(&a).len() == 1).then_some(()))
         .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail()));
 
@@ -67,11 +72,11 @@ fn late_joiner_and_killed_syncer_end_with_the_whole_history() {
     // A late joiner with an empty data dir catches up the whole history.
     let mut extra = fast.clone();
     extra.extend(["--bootstrap".to_string(), b.multiaddr()]);
-    let c = Node::start(Path::new(BIN), "C", &root.path().join("c"), &extra).unwrap();
+    let c = Node::start(Path::new(BIN), "C", &root.path().join("c"), &admitted("c", extra)).unwrap();
     wait_for("C to catch up", LONG, || (ids(&c) == want).then_some(()))
         .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail()));
     let node = c.get("/api/v1/node").unwrap();
-    assert_eq!(node["records"], want_records);
+    assert_eq!(node["records"], want_records + 1, "A's records and C's own admission");
     wait_for("C to report it is caught up", LONG, || {
         (c.get("/api/v1/node").ok()?["sync"]["caught_up"] == true).then_some(())
     })
@@ -101,17 +106,19 @@ fn late_joiner_and_killed_syncer_end_with_the_whole_history() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let s = Node::start(Path::new(BIN), "S", &s_dir, &fast).unwrap();
+    let s = Node::start(Path::new(BIN), "S", &s_dir, &admitted("s", fast.clone())).unwrap();
     let total = record_count(&s);
-    assert_eq!(total, 60_000);
+    assert_eq!(total, 60_001, "the seeded history and S's admission");
     let mut extra = fast.clone();
     extra.extend(["--bootstrap".to_string(), s.multiaddr()]);
-    let mut d = Node::start(Path::new(BIN), "D", &root.path().join("d"), &extra).unwrap();
+    let mut d = Node::start(Path::new(BIN), "D", &root.path().join("d"), &admitted("d", extra)).unwrap();
+    let total = total + 1; // D's own admission
     let mut kills = 0;
     for _ in 0..3 {
         let had = wait_for("D to be part-way through catching up", LONG, || {
             let n = record_count(&d);
-            (n > 0).then_some(n)
+            // More than its own admission: some of S's history.
+            (n > 1).then_some(n)
         })
         .unwrap();
         if had >= total {

@@ -233,3 +233,57 @@ impl Drop for Node {
         self.kill();
     }
 }
+
+/// A cluster key in a directory, and the flags that admit a node to it.
+pub struct Keeper {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub cluster: String,
+}
+
+fn run(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin).args(args).output()?;
+    if !out.status.success() {
+        bail!("peerbot {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Keeper {
+    /// `peerbot cluster init` into `dir`.
+    pub fn new(bin: &Path, dir: &Path) -> anyhow::Result<Keeper> {
+        fs::create_dir_all(dir)?;
+        let key = dir.join("cluster.key");
+        let cluster = run(bin, &["cluster", "init", "--out", &key.to_string_lossy()])?;
+        Ok(Keeper { bin: bin.to_path_buf(), dir: dir.to_path_buf(), cluster })
+    }
+
+    fn key(&self) -> String {
+        self.dir.join("cluster.key").to_string_lossy().into_owned()
+    }
+
+    /// Admits the node of `data_dir` (making its key if need be) with
+    /// `labels` granted; the flags to start it with.
+    pub fn admit(&self, data_dir: &Path, labels: &[&str]) -> anyhow::Result<Vec<String>> {
+        let peer = run(&self.bin, &["id", "--data-dir", &data_dir.to_string_lossy()])?;
+        let key = self.key();
+        let mut args = vec!["cluster", "admit", "--key", &key, &peer];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        let cert = run(&self.bin, &args)?;
+        let file = self.dir.join(format!("{peer}.admission"));
+        fs::write(&file, cert)?;
+        let mut flags = vec!["--cluster".to_string(), self.cluster.clone(), "--admission".into()];
+        flags.push(file.to_string_lossy().into_owned());
+        for l in labels {
+            flags.extend(["--label".to_string(), l.to_string()]);
+        }
+        Ok(flags)
+    }
+
+    /// `peerbot cluster revoke` of a node; the revocation's text.
+    pub fn revoke(&self, peer: &str) -> anyhow::Result<String> {
+        run(&self.bin, &["cluster", "revoke", "--key", &self.key(), peer])
+    }
+}

@@ -28,6 +28,14 @@ pub struct Config {
     /// and its claim is released. The grace covers what the step timeouts
     /// do not: fetch and checkout, log collection, a loaded machine.
     pub build_grace_ms: u64,
+    /// The cluster this node belongs to; `None` counts every peer as
+    /// admitted (simulations and tests only: the node always has one).
+    pub cluster: Option<crate::admission::ClusterId>,
+    /// This node's own admission, sent on every connection and published.
+    pub admission: Option<crate::admission::Admission>,
+    /// A connected peer that shows no admission within this long is
+    /// disconnected.
+    pub admission_grace_ms: u64,
 }
 
 /// The defaults, named once; the node's flags and the simulator's options
@@ -39,6 +47,7 @@ pub mod defaults {
     pub const LEASE_MS: u64 = 30_000;
     pub const SYNC_INTERVAL_MS: u64 = 15_000;
     pub const LOG_REPLICAS: usize = 3;
+    pub const ADMISSION_GRACE_MS: u64 = 10_000;
 }
 
 impl Config {
@@ -55,6 +64,9 @@ impl Config {
             log_replicas: defaults::LOG_REPLICAS,
             log_horizon_ms: None,
             build_grace_ms: 15 * 60_000,
+            cluster: None,
+            admission: None,
+            admission_grace_ms: defaults::ADMISSION_GRACE_MS,
         }
     }
 

@@ -55,11 +55,28 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub enum Output {
     Broadcast(Vec<u8>),
-    Request { peer: PeerId, id: u64, bytes: Vec<u8> },
-    Reply { id: u64, bytes: Vec<u8> },
-    Verdict { token: u64, verdict: Verdict },
+    Request {
+        peer: PeerId,
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Reply {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Verdict {
+        token: u64,
+        verdict: Verdict,
+    },
     StartBuild(BuildOrder),
-    CancelBuild { job: Hash32, attempt: u32 },
+    CancelBuild {
+        job: Hash32,
+        attempt: u32,
+    },
+    /// Close every connection to a peer that is not (or no longer) admitted.
+    Disconnect {
+        peer: PeerId,
+    },
     Event(Event),
 }
 
@@ -193,6 +210,11 @@ pub enum Event {
     /// Durable writes work again after failing this long.
     StorageRecovered {
         failing_ms: u64,
+    },
+    /// A revocation arrived: what `peer` signs from `revoked_ms` on is refused.
+    Revoked {
+        peer: PeerId,
+        revoked_ms: Millis,
     },
     /// This node gave a job back instead of publishing its result.
     GaveBack {

@@ -22,6 +22,7 @@
 //! (requests in flight, bounded transfers), `blobs` (logs), `retention`,
 //! `timer` (all deadlines), `views` (read-only answers for the API).
 
+mod admissions;
 mod blobs;
 mod builds;
 mod claims;
@@ -65,6 +66,7 @@ pub use self::rank::{claim_winner, peer_key, rank, score};
 pub use self::sessions::SyncProgress;
 pub use self::views::{JobStatus, WaitingReason};
 
+use self::admissions::Admissions;
 use self::blobs::BlobServer;
 use self::builds::OwnBuilds;
 use self::claims::ClaimOutcome as Outcome;
@@ -110,6 +112,7 @@ pub struct NodeCore<S: Store> {
     started_ms: Millis,
     out: VecDeque<Output>,
     members: Membership,
+    admissions: Admissions,
     jobs: Jobs,
     builds: OwnBuilds,
     requests: Requests,
@@ -142,6 +145,7 @@ impl<S: Store> NodeCore<S> {
             started_ms: now,
             out: VecDeque::new(),
             members: Membership::new(me, &cfg),
+            admissions: Admissions::new(cfg.cluster.clone()),
             jobs: Jobs::default(),
             builds: OwnBuilds::new(),
             requests: Requests::new(),
@@ -156,12 +160,19 @@ impl<S: Store> NodeCore<S> {
             verifier: Arc::new(SignatureCheck),
             cfg,
         };
+        if let Some(own) = core.cfg.admission.clone() {
+            if let Err(e) = core.admissions.learn(me, &own) {
+                core.emit(Event::MessageRejected { from: me, reason: format!("not admitted: own admission: {e}") });
+            }
+        }
         core.replay(now);
         core.release_claims_held_at_stop(now);
+        core.publish_own_admission(now);
         core
     }
 
-    /// Applies every stored record, as if heard again.
+    /// Applies every stored record, as if heard again; who was admitted and
+    /// revoked first, as the records' acceptance took it into account.
     fn replay(&mut self, now: Millis) {
         let mut stored = Vec::new();
         self.store.for_each_record(&mut |b| {
@@ -169,6 +180,7 @@ impl<S: Store> NodeCore<S> {
                 stored.push(r)
             }
         });
+        stored.sort_by_key(|r| !matches!(r.body, record::Body::Admission(_) | record::Body::Revocation(_)));
         for r in stored {
             self.apply(now, &r);
         }
@@ -308,9 +320,16 @@ impl<S: Store> NodeCore<S> {
             }
             Input::PeerConnected(p) => {
                 self.members.set_connected(p, true);
-                self.start_sync(p);
+                if !self.admissions.open() {
+                    self.admissions.connected(p, now);
+                    self.say_hello(p);
+                }
+                self.start_sync(now, p);
             }
-            Input::PeerDisconnected(p) => self.members.set_connected(p, false),
+            Input::PeerDisconnected(p) => {
+                self.members.set_connected(p, false);
+                self.admissions.disconnected(&p);
+            }
             Input::Request { from, id, bytes } => {
                 let resp = self.on_request(now, from, &bytes);
                 self.out.push_back(Output::Reply { id, bytes: wire::encode_response(&resp) });
@@ -331,6 +350,7 @@ impl<S: Store> NodeCore<S> {
     fn on_timers(&mut self, now: Millis) {
         if self.timers.is_due(Timer::Sweep, now) {
             self.members.sweep(now);
+            self.gate_connections(now);
             self.timers.set(Timer::Sweep, now + (self.heartbeat_interval() / 4).max(500));
         }
         if self.timers.is_due(Timer::Heartbeat, now) {
@@ -348,9 +368,10 @@ impl<S: Store> NodeCore<S> {
             self.give_up_overdue_builds(now);
         }
         if self.timers.is_due(Timer::Sync, now) {
-            let connected = self.members.connected_sorted();
+            let mut connected = self.members.connected_sorted();
+            connected.retain(|p| self.admissions.admitted_at(p, now).is_ok());
             if let Some(p) = connected.choose(&mut self.rng).copied() {
-                self.start_sync(p);
+                self.start_sync(now, p);
             }
             self.timers.set(Timer::Sync, now + self.cfg.sync_interval_ms);
         }
@@ -360,6 +381,45 @@ impl<S: Store> NodeCore<S> {
             self.builds.next_give_up().is_none_or(|t| self.timers.get(Timer::GiveUp).is_some_and(|at| at <= t)),
             "every running build's give-up deadline is in the timer table"
         );
+    }
+
+    /// Disconnects peers that showed no admission within the grace period,
+    /// or whose admission ended; drops records held too long.
+    fn gate_connections(&mut self, now: Millis) {
+        if self.admissions.open() {
+            return;
+        }
+        let connected = self.members.connected_sorted();
+        for (peer, why) in self.admissions.overdue(now, self.cfg.admission_grace_ms, &connected) {
+            let reason = format!(
+                "not admitted: {} after {} ms connected: disconnected",
+                why.as_str(),
+                self.cfg.admission_grace_ms
+            );
+            self.emit(Event::MessageRejected { from: peer, reason });
+            self.out.push_back(Output::Disconnect { peer });
+        }
+        self.admissions.expire_held(now);
+    }
+
+    /// Peers with a valid admission now (this node not included).
+    pub fn admitted_peer_count(&self, now: Millis) -> usize {
+        self.admissions.admitted_count(now).saturating_sub(1)
+    }
+
+    /// Records held until their signer's admission arrives.
+    pub fn held_records(&self) -> usize {
+        self.admissions.held_count()
+    }
+
+    /// Every revocation known: who, and from when.
+    pub fn revocations(&self) -> Vec<(PeerId, Millis)> {
+        self.admissions.revocations().map(|(p, t)| (*p, *t)).collect()
+    }
+
+    /// When `peer`'s admission was revoked, if it was.
+    pub fn revoked_at(&self, peer: &PeerId) -> Option<Millis> {
+        self.admissions.revoked_at(peer)
     }
 
     /// This node's running builds as leases, renewed in its own view too.
@@ -417,6 +477,17 @@ impl<S: Store> NodeCore<S> {
                 return Verdict::Reject;
             }
         };
+        if !matches!(msg, Gossip::Record(_)) {
+            if let Err(why) = self.admissions.admitted_at(&from, now) {
+                self.emit(Event::MessageRejected { from, reason: format!("not admitted: {}", why.as_str()) });
+                // Its relayer may be honest and ahead of us; a direct peer is not.
+                return if self.members.peers().get(&from).is_some_and(|v| v.connected) {
+                    Verdict::Reject
+                } else {
+                    Verdict::Ignore
+                };
+            }
+        }
         match msg {
             Gossip::Record(b) => self.accept_record(now, &b, Some(from)),
             Gossip::Heartbeat(h) => self.on_heartbeat(now, from, h),
@@ -445,6 +516,11 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn on_heartbeat(&mut self, now: Millis, from: PeerId, h: Heartbeat) -> Verdict {
+        if let Some(l) = self.admissions.unpermitted(&from, &h.labels) {
+            let reason = format!("not admitted: label {l:?} is not granted by its admission");
+            self.emit(Event::MessageRejected { from, reason });
+            return Verdict::Reject;
+        }
         let summary = match self.members.on_heartbeat(now, from, &h) {
             Ok(s) => s,
             Err(why) => {

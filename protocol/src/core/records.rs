@@ -9,7 +9,7 @@ use serde_bytes::ByteBuf;
 use super::builds::assemble_result;
 use super::io::{Announced, BuildOutcome, CommitInfo, Event, Output, Verdict};
 use super::jobs::{encode_lost, lost_key, JobState, LostAttempt};
-use super::NodeCore;
+use super::{admissions, NodeCore};
 use crate::ids::Hash32;
 use crate::recipe::parse_recipe;
 use crate::record::{self, Body, VerifiedRecord};
@@ -33,7 +33,38 @@ pub(super) fn settled_in<S: Store>(store: &S, job: &Hash32) -> bool {
         || store.superseded_by(job).is_some()
 }
 
+/// What the cluster's membership says of a verified record.
+enum Screen {
+    Take,
+    /// Its signer's admission has not arrived yet.
+    Hold,
+    Refuse(String),
+}
+
 impl<S: Store> NodeCore<S> {
+    /// Whether a record's signer counted when it signed it. Admissions and
+    /// revocations carry the cluster's own signature.
+    fn screen(&self, rec: &VerifiedRecord) -> Screen {
+        let Some(cluster) = self.admissions.cluster() else { return Screen::Take };
+        match &rec.body {
+            Body::Admission(a) => match a.check(cluster, &rec.signer, a.issued_ms()) {
+                Ok(()) => Screen::Take,
+                Err(e) => Screen::Refuse(format!("not admitted: an admission record that does not hold: {e}")),
+            },
+            Body::Revocation(r) => match r.check(cluster) {
+                Ok(_) => Screen::Take,
+                Err(e) => Screen::Refuse(format!("not admitted: a revocation that does not hold: {e}")),
+            },
+            _ => match self.admissions.admitted_at(&rec.signer, rec.time()) {
+                Ok(()) => Screen::Take,
+                Err(admissions::Refusal::Unknown) => Screen::Hold,
+                Err(why) => {
+                    Screen::Refuse(format!("not admitted: the signer's {}", why.as_str().trim_start_matches("its ")))
+                }
+            },
+        }
+    }
+
     /// Verifies a record from the network; stores and applies it if new.
     pub(super) fn accept_record(&mut self, now: Millis, bytes: &[u8], from: Option<PeerId>) -> Verdict {
         let rec = match self.verifier.verify(bytes) {
@@ -48,6 +79,19 @@ impl<S: Store> NodeCore<S> {
         if self.store.has_record(&rec.id) {
             return Verdict::Ignore;
         }
+        match self.screen(&rec) {
+            Screen::Take => {}
+            Screen::Hold => {
+                self.admissions.hold(rec, from, now);
+                return Verdict::Ignore;
+            }
+            Screen::Refuse(reason) => {
+                if let Some(from) = from {
+                    self.emit(Event::RecordRejected { from, reason });
+                }
+                return Verdict::Reject;
+            }
+        }
         match self.commit(now, std::slice::from_ref(&rec), from) {
             Ok(()) => Verdict::Accept,
             Err(_) => Verdict::Ignore,
@@ -55,19 +99,78 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Verifies a batch of records from one peer and stores the new valid
-    /// ones in one durable write; returns how many were new.
+    /// ones in one durable write; returns how many were new or held for
+    /// their signer's admission.
     pub(super) fn accept_records(&mut self, now: Millis, batch: &[ByteBuf], from: PeerId) -> usize {
         let mut fresh: Vec<VerifiedRecord> = Vec::new();
+        let mut held = 0;
         for bytes in batch.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
             match self.verifier.verify(bytes) {
-                Ok(rec) if !self.store.has_record(&rec.id) && !fresh.iter().any(|r| r.id == rec.id) => fresh.push(rec),
+                Ok(rec) if !self.store.has_record(&rec.id) && !fresh.iter().any(|r| r.id == rec.id) => {
+                    match self.screen(&rec) {
+                        Screen::Take => fresh.push(rec),
+                        Screen::Hold => held += self.admissions.hold(rec, Some(from), now) as usize,
+                        Screen::Refuse(reason) => self.emit(Event::RecordRejected { from, reason }),
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => self.emit(Event::RecordRejected { from, reason: e.to_string() }),
             }
         }
+        // Admissions first: the records they vouch for may be in this batch.
+        fresh.sort_by_key(|r| !matches!(r.body, Body::Admission(_) | Body::Revocation(_)));
         match self.commit(now, &fresh, Some(from)) {
-            Ok(()) => fresh.len(),
+            Ok(()) => fresh.len() + held,
             Err(_) => 0,
+        }
+    }
+
+    /// Takes a peer's admission; records held for it are taken too. False
+    /// (and the refusal reported) if it does not hold.
+    pub(super) fn learn_admission(&mut self, now: Millis, peer: PeerId, cert: &crate::admission::Admission) -> bool {
+        match self.admissions.learn(peer, cert) {
+            Ok(true) => {
+                self.reconsider(now);
+                self.take_held(now, &peer);
+                self.admissions.admitted_at(&peer, now).is_ok()
+            }
+            Ok(false) => self.admissions.admitted_at(&peer, now).is_ok(),
+            Err(e) => {
+                self.emit(Event::MessageRejected { from: peer, reason: format!("not admitted: {e}") });
+                false
+            }
+        }
+    }
+
+    fn take_held(&mut self, now: Millis, signer: &PeerId) {
+        for (rec, from) in self.admissions.release(signer) {
+            if self.store.has_record(&rec.id) {
+                continue;
+            }
+            match self.screen(&rec) {
+                Screen::Take => {
+                    let _ = self.commit(now, std::slice::from_ref(&rec), from);
+                }
+                Screen::Hold => {}
+                Screen::Refuse(reason) => {
+                    if let Some(from) = from {
+                        self.emit(Event::RecordRejected { from, reason });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes this node's admission as a record once, so that nodes
+    /// that never meet it can still check what it signed.
+    pub(super) fn publish_own_admission(&mut self, now: Millis) {
+        let Some(cert) = self.cfg.admission.clone() else { return };
+        if self.admissions.open() {
+            return;
+        }
+        let rec = record::sign(&self.key, &Body::Admission(cert));
+        if !self.store.has_record(&rec.id) {
+            let _ = self.publish(now, &rec.body);
         }
     }
 
@@ -111,6 +214,22 @@ impl<S: Store> NodeCore<S> {
                     for s in self.jobs.branch_activity(now, c) {
                         self.file_superseded(now, &s.job, &s.by);
                         self.keep_lost(now, &s.job, &s.lost);
+                    }
+                }
+            }
+            Body::Admission(a) => {
+                if self.admissions.learn(rec.signer, a).unwrap_or(false) && !self.replaying {
+                    self.take_held(now, &rec.signer);
+                }
+            }
+            Body::Revocation(r) => {
+                let Some(peer) = self.admissions.cluster().and_then(|c| r.check(c).ok()) else { return };
+                if self.admissions.revoke(peer, r.revoked_ms()) && !self.replaying {
+                    self.emit(Event::Revoked { peer, revoked_ms: r.revoked_ms() });
+                    if self.members.peers().get(&peer).is_some_and(|v| v.connected)
+                        && self.admissions.admitted_at(&peer, now).is_err()
+                    {
+                        self.out.push_back(Output::Disconnect { peer });
                     }
                 }
             }
@@ -269,6 +388,19 @@ impl<S: Store> NodeCore<S> {
         }
         let body = Body::Cancel(record::Cancel { job, reason: clip(&reason, 1024), requested_ms: now });
         self.publish_now(now, body)
+    }
+
+    /// Publishes a revocation the cluster's keeper signed: every node
+    /// refuses what the revoked node signs from then on.
+    pub fn publish_revocation(&mut self, now: Millis, r: crate::admission::Revocation) -> Result<Hash32, String> {
+        let Some(cluster) = self.admissions.cluster() else {
+            return Err("this node has no cluster key to check a revocation with".into());
+        };
+        let peer = r.check(cluster).map_err(|e| e.to_string())?;
+        if peer == self.me {
+            return Err("this node cannot publish its own revocation; give it to another node".into());
+        }
+        self.publish_now(now, Body::Revocation(r))
     }
 
     /// Publishes a record a user asked for, and acts on it at once.

@@ -45,7 +45,15 @@ impl<S: Store> NodeCore<S> {
                 return Response::Error { message: e.to_string() };
             }
         };
+        if let Request::Hello { admission } = req {
+            return self.on_hello(now, from, admission);
+        }
+        if let Err(why) = self.admissions.admitted_at(&from, now) {
+            self.emit(Event::MessageRejected { from, reason: format!("not admitted: {}", why.as_str()) });
+            return Response::Error { message: format!("not admitted to this cluster: {}", why.as_str()) };
+        }
         match req {
+            Request::Hello { .. } => unreachable!("answered above"),
             Request::Reconcile { ranges } => match sync::process(&self.store, &ranges, false) {
                 Ok(out) => Response::Reconcile { ranges: out.reply },
                 Err(e) => {
@@ -92,7 +100,8 @@ impl<S: Store> NodeCore<S> {
                 self.transfer_done();
             }
             Some(Pending::Push) => self.transfer_done(),
-            None => {}
+            // The grace period decides what a peer that never answers gets.
+            Some(Pending::Hello { .. }) | None => {}
         }
     }
 
@@ -110,7 +119,11 @@ impl<S: Store> NodeCore<S> {
                     Ok(Response::Records { records }) => self.accept_records(now, &records, peer),
                     _ => 0,
                 };
-                let missing: Vec<Hash32> = ids.iter().filter(|id| !self.store.has_record(id)).copied().collect();
+                let missing: Vec<Hash32> = ids
+                    .iter()
+                    .filter(|id| !self.store.has_record(id) && !self.admissions.is_held(id))
+                    .copied()
+                    .collect();
                 let again = self.sessions.fetch_answered(&ids, fetched, missing);
                 if !again.is_empty() {
                     // The answer stopped at its size limit: the rest next.
@@ -127,7 +140,43 @@ impl<S: Store> NodeCore<S> {
             }
             Pending::Push => self.transfer_done(),
             Pending::Blob(f) => self.on_blob_chunk(f, resp),
+            Pending::Hello { peer } => match resp {
+                Ok(Response::Hello { admission: Some(cert) }) => {
+                    if self.learn_admission(now, peer, &cert) {
+                        self.start_sync(now, peer);
+                    }
+                }
+                Ok(Response::Error { message }) => self.emit(Event::MessageRejected {
+                    from: peer,
+                    reason: format!("not admitted: it refused ours: {message}"),
+                }),
+                _ => self.emit(Event::MessageRejected {
+                    from: peer,
+                    reason: "not admitted: its answer to hello carried no admission".into(),
+                }),
+            },
         }
+    }
+
+    /// Sends this node's admission to a peer just connected.
+    pub(super) fn say_hello(&mut self, peer: PeerId) {
+        let req = Request::Hello { admission: self.cfg.admission.clone() };
+        self.send(peer, &req, Pending::Hello { peer });
+    }
+
+    /// A peer's hello: its admission, answered with ours if it holds.
+    fn on_hello(&mut self, now: Millis, from: PeerId, admission: Option<crate::admission::Admission>) -> Response {
+        if self.admissions.open() {
+            return Response::Hello { admission: self.cfg.admission.clone() };
+        }
+        let Some(cert) = admission else {
+            self.emit(Event::MessageRejected { from, reason: "not admitted: hello without an admission".into() });
+            return Response::Error { message: "not admitted to this cluster: no admission".into() };
+        };
+        if !self.learn_admission(now, from, &cert) {
+            return Response::Error { message: "not admitted to this cluster: the admission does not hold".into() };
+        }
+        Response::Hello { admission: self.cfg.admission.clone() }
     }
 
     fn on_blob_chunk(&mut self, f: BlobFetch, resp: Result<Response, crate::codec::CodecError>) {
@@ -157,8 +206,8 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    pub(super) fn start_sync(&mut self, peer: PeerId) {
-        if peer == self.me {
+    pub(super) fn start_sync(&mut self, now: Millis, peer: PeerId) {
+        if peer == self.me || self.admissions.admitted_at(&peer, now).is_err() {
             return;
         }
         if let Some(req) = self.sessions.start(&self.store, peer) {

@@ -667,3 +667,165 @@ fn a_node_that_hears_a_later_attempt_before_its_own_expiry_keeps_the_lost_one() 
     assert_eq!(lost(&nodes[z]), vec![(0, x_id, "taken over by attempt 1".to_string())]);
     assert_eq!(lost(&nodes[y]), vec![(0, x_id, "lease expired".to_string())]);
 }
+
+// ---- admission ----
+
+fn admitted_node(n: u64, labels: &[&str], key: &crate::admission::ClusterKey, granted: &[&str]) -> NodeCore<MemStore> {
+    let mut cfg = Config::new(labels.iter().map(|s| s.to_string()).collect(), 1);
+    cfg.seed = n;
+    let me = deterministic_key(n).public().to_peer_id();
+    cfg.cluster = Some(key.id());
+    cfg.admission = Some(key.admit(&me, granted.iter().map(|s| s.to_string()).collect(), 0, None).unwrap());
+    NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
+}
+
+fn signed_by(n: &NodeCore<MemStore>, signer: &PeerId) -> usize {
+    let mut count = 0;
+    n.store().for_each_record(&mut |b| {
+        if crate::record::decode_stored(b).is_ok_and(|r| r.signer == *signer) {
+            count += 1;
+        }
+    });
+    count
+}
+
+/// Hands what `from` broadcasts now to `to`; the rejections `to` reports
+/// whose reason contains `needle`.
+fn rejections(nodes: &mut [NodeCore<MemStore>], from: usize, to: usize, now: Millis, needle: &str) -> usize {
+    let src = nodes[from].peer_id();
+    let mut msgs = Vec::new();
+    while let Some(o) = nodes[from].poll_output() {
+        if let Output::Broadcast(b) = o {
+            msgs.push(b);
+        }
+    }
+    let mut count = 0;
+    for (token, bytes) in msgs.into_iter().enumerate() {
+        nodes[to].handle(now, Input::Gossip { from: src, token: token as u64, bytes });
+        while let Some(o) = nodes[to].poll_output() {
+            if let Output::Event(Event::MessageRejected { reason, .. } | Event::RecordRejected { reason, .. }) = o {
+                count += reason.contains(needle) as usize;
+            }
+        }
+    }
+    count
+}
+
+#[test]
+fn an_unadmitted_node_is_neither_stored_nor_ranked_and_ungranted_labels_do_not_count() {
+    let key = crate::admission::ClusterKey::from_seed([9; 32]);
+    let outsider_key = crate::admission::ClusterKey::from_seed([10; 32]);
+    let mut nodes = vec![
+        admitted_node(1, &["os=linux"], &key, &[]),
+        admitted_node(2, &["os=linux", "gpu=yes"], &key, &["gpu=yes"]),
+        // Admitted, but says gpu=yes without the grant.
+        admitted_node(3, &["os=linux", "gpu=yes"], &key, &[]),
+        // A valid key and a certificate of another cluster.
+        admitted_node(4, &["os=linux", "gpu=yes"], &outsider_key, &["gpu=yes"]),
+    ];
+    settle(&mut nodes, 0);
+    settle(&mut nodes, 10_000);
+    let outsider = nodes[3].peer_id();
+    let liar = nodes[2].peer_id();
+    for n in &mut nodes[..2] {
+        assert!(!n.is_live(&outsider) && !n.is_live(&liar));
+        assert_eq!(n.eligible(&["gpu=yes".into()]).len(), 1, "only node 2 is a gpu node");
+    }
+    // The outsider announces; nothing of it is stored by the cluster.
+    let mut now = 10_000;
+    nodes[3].announce(now, commit("eeee01")).unwrap();
+    nodes[2].handle(now + 30_000, Input::Tick);
+    assert!(rejections(&mut nodes, 2, 0, now + 30_000, "not granted") > 0, "the liar's heartbeat");
+    settle(&mut nodes, now);
+    for n in &nodes[..3] {
+        assert_eq!(signed_by(n, &outsider), 0);
+        assert!(n.job(&crate::recipe::job_id("/repo", "eeee01", "linux")).is_none());
+    }
+    // A member announces: the gpu job goes to node 2 in every member's view.
+    nodes[0].announce(now, commit("eeee02")).unwrap();
+    for _ in 0..10 {
+        settle(&mut nodes, now);
+        now += 500;
+    }
+    let gpu = crate::recipe::job_id("/repo", "eeee02", "gpu");
+    let node2 = nodes[1].peer_id();
+    for n in &nodes[..3] {
+        assert_eq!(n.job(&gpu).unwrap().claim.as_ref().map(|c| c.by), Some(node2));
+    }
+    nodes[3].handle(now + 60_000, Input::Tick);
+    assert!(rejections(&mut nodes, 3, 0, now + 60_000, "not admitted") > 0, "the outsider's heartbeat");
+}
+
+#[test]
+fn a_connected_peer_must_say_hello_with_an_admission_or_is_disconnected() {
+    let key = crate::admission::ClusterKey::from_seed([11; 32]);
+    let mut a = admitted_node(1, &["os=linux"], &key, &[]);
+    let b = admitted_node(2, &["os=linux"], &key, &[]);
+    let stranger = deterministic_key(3).public().to_peer_id();
+    let mut now = 1_000;
+    for p in [b.peer_id(), stranger] {
+        a.handle(now, Input::PeerConnected(p));
+    }
+    let mut hellos = 0;
+    while let Some(o) = a.poll_output() {
+        if let Output::Request { bytes, .. } = o {
+            hellos += matches!(wire::decode_request(&bytes), Ok(wire::Request::Hello { admission: Some(_) })) as usize;
+        }
+    }
+    assert_eq!(hellos, 2, "a hello with its admission to each new connection");
+    let ask = |a: &mut NodeCore<MemStore>, from: PeerId, req: wire::Request, now| {
+        a.handle(now, Input::Request { from, id: 7, bytes: wire::encode_request(&req) });
+        let mut reply = None;
+        while let Some(o) = a.poll_output() {
+            if let Output::Reply { bytes, .. } = o {
+                reply = Some(wire::decode_response(&bytes).unwrap());
+            }
+        }
+        reply.unwrap()
+    };
+    let reconcile = wire::Request::Reconcile { ranges: crate::sync::initial(a.store()) };
+    assert!(
+        matches!(ask(&mut a, stranger, reconcile.clone(), now), wire::Response::Error { message } if message.contains("not admitted"))
+    );
+    assert!(matches!(
+        ask(&mut a, stranger, wire::Request::Hello { admission: None }, now),
+        wire::Response::Error { .. }
+    ));
+    // Someone else's certificate does not pass for the stranger's own.
+    let stolen = wire::Request::Hello { admission: b.config().admission.clone() };
+    assert!(matches!(ask(&mut a, stranger, stolen, now), wire::Response::Error { .. }));
+    let hello = wire::Request::Hello { admission: b.config().admission.clone() };
+    assert!(matches!(ask(&mut a, b.peer_id(), hello, now), wire::Response::Hello { admission: Some(_) }));
+    assert!(matches!(ask(&mut a, b.peer_id(), reconcile, now), wire::Response::Reconcile { .. }));
+    now += a.config().admission_grace_ms + 1_000;
+    a.handle(now, Input::Tick);
+    let mut dropped = Vec::new();
+    while let Some(o) = a.poll_output() {
+        if let Output::Disconnect { peer } = o {
+            dropped.push(peer);
+        }
+    }
+    assert_eq!(dropped, vec![stranger]);
+}
+
+#[test]
+fn a_revoked_node_s_new_records_are_refused_and_its_old_ones_stay() {
+    let key = crate::admission::ClusterKey::from_seed([12; 32]);
+    let mut nodes = vec![admitted_node(1, &["os=linux"], &key, &[]), admitted_node(2, &["os=linux"], &key, &[])];
+    settle(&mut nodes, 0);
+    let two = nodes[1].peer_id();
+    nodes[1].announce(1_000, commit("ffff01")).unwrap();
+    settle(&mut nodes, 1_000);
+    let before = signed_by(&nodes[0], &two);
+    assert!(before >= 2, "its admission and its change");
+    // A forged revocation (another key) is refused; the keeper's is taken.
+    let forged = crate::admission::ClusterKey::from_seed([13; 32]).revoke(&two, 2_000);
+    assert!(nodes[0].publish_revocation(2_000, forged).is_err());
+    nodes[0].publish_revocation(2_000, key.revoke(&two, 2_000)).unwrap();
+    settle(&mut nodes, 2_000);
+    assert_eq!(nodes[0].revoked_at(&two), Some(2_000));
+    nodes[1].announce(3_000, commit("ffff02")).unwrap();
+    assert!(rejections(&mut nodes, 1, 0, 3_000, "revoked") > 0);
+    settle(&mut nodes, 3_000);
+    assert_eq!(signed_by(&nodes[0], &two), before, "nothing new of it, nothing old lost");
+}

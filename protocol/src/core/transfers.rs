@@ -30,6 +30,10 @@ pub enum Pending {
     },
     Push,
     Blob(BlobFetch),
+    /// This node's admission, sent on connecting.
+    Hello {
+        peer: PeerId,
+    },
 }
 
 /// A log being fetched in chunks, with the sources still to try.
@@ -53,7 +57,7 @@ impl BlobFetch {
 impl Pending {
     fn is_transfer(&self) -> bool {
         match self {
-            Pending::Sync { .. } => false,
+            Pending::Sync { .. } | Pending::Hello { .. } => false,
             Pending::Fetch { .. } | Pending::Push => true,
             Pending::Blob(b) => b.is_transfer(),
         }

@@ -559,6 +559,7 @@ impl Net {
                     self.schedule(self.now + 1, Carry::BuildDone { node: i, inc, outcome });
                 }
             }
+            Output::Disconnect { .. } => {}
             Output::Event(e) => self.members[i].events.push((self.now, e)),
         }
     }
@@ -708,6 +709,7 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::GetRecords { .. } => "get_records",
         Request::PushRecords { .. } => "push_records",
         Request::GetBlob { .. } => "get_blob",
+        Request::Hello { .. } => "hello",
     }
 }
 

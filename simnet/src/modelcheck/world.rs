@@ -222,6 +222,7 @@ impl World {
                     self.check_slots(i);
                 }
                 Output::CancelBuild { job, attempt } => self.nodes[i].builds.retain(|b| *b != (job, attempt)),
+                Output::Disconnect { .. } => {}
                 Output::Event(e) => self.on_event(i, e),
             }
         }

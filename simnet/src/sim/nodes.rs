@@ -244,6 +244,7 @@ impl Sim {
                 Output::Verdict { .. } => {}
                 Output::StartBuild(order) => self.start_build(i, order.job, order.attempt),
                 Output::CancelBuild { job, attempt } => self.cancel_build(i, job, attempt),
+                Output::Disconnect { .. } => {}
                 Output::Event(e) => self.on_event(i, e),
             }
         }
@@ -313,6 +314,7 @@ impl Sim {
             | Event::StorageFailing { .. }
             | Event::StorageRecovered { .. }
             | Event::GaveBack { .. }
+            | Event::Revoked { .. }
             | Event::CatchingUp { .. }
             | Event::PeerAddrs { .. }
             | Event::LogsExpired { .. } => {}

@@ -123,7 +123,7 @@ impl Observed {
         let (is_change, job) = match record::decode_stored(bytes).map(|r| r.body) {
             Ok(peerbot_protocol::Body::Change(_)) => (true, None),
             Ok(peerbot_protocol::Body::Result(r)) => (false, Some(r.job)),
-            Ok(peerbot_protocol::Body::Cancel(_)) | Err(_) => (false, None),
+            Ok(_) | Err(_) => (false, None),
         };
         let mut arrivals = vec![u64::MAX; nodes];
         arrivals[i] = now;
