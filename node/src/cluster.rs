@@ -16,6 +16,8 @@ use crate::identity::{read_secret, write_secret};
 pub const CLUSTER_KEY_FILE: &str = "cluster.key";
 /// The certificate a node of its own cluster issues itself.
 pub const ADMISSION_FILE: &str = "admission";
+/// What a certificate grants to let a node cancel any job of the cluster.
+pub const ADMIN_LABEL: &str = "role=admin";
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
@@ -179,16 +181,19 @@ pub fn admit_self(
                 write_secret(&path, &key.to_protobuf())?;
                 key
             };
+            // The keeper may cancel any job of its cluster.
+            let mut granted = labels.to_vec();
+            granted.push(ADMIN_LABEL.to_string());
             // The same certificate from one start to the next while it
             // grants the labels: each new one would be one more record.
             let kept = std::fs::read_to_string(data_dir.join(ADMISSION_FILE))
                 .ok()
                 .and_then(|t| Admission::from_text(&t).ok())
-                .filter(|a| a.check(&key.id(), &me, now).is_ok() && a.grants_all(labels).is_ok());
+                .filter(|a| a.check(&key.id(), &me, now).is_ok() && a.grants_all(&granted).is_ok());
             let admission = match kept {
                 Some(a) => a,
                 None => {
-                    let a = key.admit(&me, labels.to_vec(), now, None)?;
+                    let a = key.admit(&me, granted, now, None)?;
                     std::fs::write(data_dir.join(ADMISSION_FILE), a.to_text() + "\n")?;
                     a
                 }

@@ -25,6 +25,12 @@ pub const ANSWER_MAX: usize = 1024;
 pub const MESSAGE_BUDGET: usize = 16 * 1024;
 pub const MAX_RANGES: usize = 64 * 1024;
 pub const MAX_IDS: usize = 64 * 1024;
+/// An id list from a peer is compared with at most this many of this
+/// node's own keys in its range; a range holding more here is split and
+/// compared again in the next round, as a fingerprint would be.
+pub const LIST_LIMIT: usize = 4 * ANSWER_MAX;
+/// Keys of its own one message may make this node read for id lists.
+pub const MAX_SCAN: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RangeMode {
@@ -178,7 +184,7 @@ pub fn initial<S: Store + ?Sized>(store: &S) -> Vec<SyncRange> {
     if count < INITIAL_SPLIT_MIN {
         return vec![SyncRange { upper: None, mode: RangeMode::Fingerprint { fp: fp.finish(count) } }];
     }
-    let mut reply = Reply { ranges: Vec::new(), budget: MESSAGE_BUDGET, initiator: true };
+    let mut reply = Reply { ranges: Vec::new(), budget: MESSAGE_BUDGET, scan: MAX_SCAN, initiator: true };
     reply.split_or_list(store, &SyncKey::MIN, None, count);
     reply.ranges
 }
@@ -186,6 +192,9 @@ pub fn initial<S: Store + ?Sized>(store: &S) -> Vec<SyncRange> {
 struct Reply {
     ranges: Vec<SyncRange>,
     budget: usize,
+    /// Keys this node may still read to compare a peer's id lists with its
+    /// own: one message cannot make it read its whole index.
+    scan: usize,
     /// The initiator lists small ranges by id prefixes; the responder by ids.
     initiator: bool,
 }
@@ -263,7 +272,7 @@ fn check_message(ranges: &[SyncRange]) -> Result<(), SyncError> {
 pub fn process<S: Store + ?Sized>(store: &S, ranges: &[SyncRange], initiator: bool) -> Result<Outcome, SyncError> {
     check_message(ranges)?;
     let mut out = Outcome::default();
-    let mut reply = Reply { ranges: Vec::new(), budget: MESSAGE_BUDGET, initiator };
+    let mut reply = Reply { ranges: Vec::new(), budget: MESSAGE_BUDGET, scan: MAX_SCAN, initiator };
     let mut lo = SyncKey::MIN;
     for (i, r) in ranges.iter().enumerate() {
         let hi = r.upper;
@@ -327,9 +336,18 @@ fn on_id_list<S: Store + ?Sized>(
     out: &mut Outcome,
 ) {
     if reply.initiator {
-        let theirs: HashSet<Hash32> = ids.iter().copied().collect();
+        let limit = LIST_LIMIT.min(reply.scan);
         let mine: Vec<Hash32> =
-            store.keys_in(&span.lo, span.hi.as_ref(), usize::MAX).into_iter().map(|k| k.id).collect();
+            store.keys_in(&span.lo, span.hi.as_ref(), limit + 1).into_iter().map(|k| k.id).collect();
+        reply.scan = reply.scan.saturating_sub(mine.len());
+        if mine.len() > limit {
+            // Far more here than a peer lists: take what it has that this
+            // node lacks, and compare the rest by fingerprint.
+            out.need.extend(ids.iter().filter(|id| !store.has_record(id)));
+            describe(store, span, reply, None);
+            return;
+        }
+        let theirs: HashSet<Hash32> = ids.iter().copied().collect();
         let mine_set: HashSet<Hash32> = mine.iter().copied().collect();
         out.have.extend(mine.iter().filter(|id| !theirs.contains(id)));
         out.need.extend(ids.iter().filter(|id| !mine_set.contains(id)));
@@ -460,6 +478,24 @@ mod tests {
         let (need, have, _) = reconcile(&b, &a);
         assert!(need.is_empty());
         assert_eq!(have, b.ids());
+    }
+
+    #[test]
+    fn an_id_list_over_a_large_range_reads_a_bounded_part_of_the_store() {
+        let keys: Vec<(u64, u32)> = (0..20_000).map(|i| (i as u64, i)).collect();
+        let big = store_with(&keys);
+        // A peer "lists" the whole key space with three ids of its own.
+        let theirs = vec![Hash32::of(b"x"), Hash32::of(b"y"), Hash32::of(b"z")];
+        let msg = vec![SyncRange { upper: None, mode: RangeMode::IdList { ids: theirs.clone(), answer: false } }];
+        let out = process(&big, &msg, true).unwrap();
+        assert_eq!(out.need, theirs);
+        assert!(out.have.is_empty(), "nothing pushed from a range this large: {}", out.have.len());
+        assert!(out.reply.iter().any(|r| !matches!(r.mode, RangeMode::Skip)), "the range is compared further");
+        // And an honest exchange between such stores still converges.
+        let mut other_keys = keys.clone();
+        other_keys.truncate(19_990);
+        let (need, have, _) = reconcile(&store_with(&other_keys), &big);
+        assert_eq!((need.len(), have.len()), (10, 0));
     }
 
     #[test]

@@ -47,8 +47,10 @@ fn killed_claimant_job_is_rebuilt_and_restarted_claimant_loses_nothing() {
     let mut extra = common.clone();
     extra.extend(["--watch".to_string(), watch]);
     let keeper = Keeper::new(Path::new(BIN), &root.path().join("keeper")).unwrap();
+    // B cancels a job A announced: its admission makes it an admin.
     let admitted = |dir: &str, mut extra: Vec<String>| {
-        extra.extend(keeper.admit(&root.path().join(dir), &[]).unwrap());
+        let labels: &[&str] = if dir == "b" { &["role=admin"] } else { &[] };
+        extra.extend(keeper.admit(&root.path().join(dir), labels).unwrap());
         extra
     };
     let a = Node::start(Path::new(BIN), "A", &root.path().join("a"), &admitted("a", extra)).unwrap();

@@ -13,6 +13,9 @@ use crate::admission::{Admission, ClusterId};
 use crate::record::VerifiedRecord;
 use crate::Millis;
 
+/// The label a certificate grants to let a node cancel anyone's jobs.
+pub const ADMIN_LABEL: &str = "role=admin";
+
 /// Records held for a signer not known yet, at most this many and bytes.
 pub const MAX_HELD_RECORDS: usize = 1024;
 pub const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
@@ -119,6 +122,11 @@ impl Admissions {
         }
         let cert = self.known.get(peer);
         labels.iter().find(|l| !cert.is_some_and(|c| c.permits(l))).map(|l| l.as_str())
+    }
+
+    /// Whether `peer`'s certificate grants `label` (everyone's does in an open cluster).
+    pub fn grants(&self, peer: &PeerId, label: &str) -> bool {
+        self.open() || self.known.get(peer).is_some_and(|c| c.labels().iter().any(|l| l == label))
     }
 
     pub fn admitted_count(&self, now: Millis) -> usize {

@@ -6,11 +6,37 @@ use std::collections::HashMap;
 
 use libp2p_identity::PeerId;
 
-use super::jobs::{ClaimView, Jobs, LostAttempt};
+use super::builds::give_up_deadline;
+use super::jobs::{ClaimView, JobView, Jobs, LostAttempt};
 use super::rank::claim_winner;
 use crate::ids::Hash32;
 use crate::wire::{Claim, Lease};
 use crate::Millis;
+
+/// Why an attempt was lost when its claimant kept renewing it past its
+/// steps' timeouts and the grace: that claimant may claim the job no more,
+/// so that a peer that claims and never builds cannot hold a job for ever.
+pub const OVERSTAYED: &str = "renewed past its steps' timeouts: lease expired";
+
+/// The timings claims are judged by, this node's own.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRules {
+    pub lease_ms: u64,
+    /// What a build may take beyond its steps' timeouts.
+    pub grace_ms: u64,
+}
+
+impl ClaimRules {
+    fn lease_cap(&self) -> u64 {
+        self.lease_ms.saturating_mul(4)
+    }
+
+    /// A claim is renewed no later than this: its steps' timeouts and the
+    /// grace from when it was heard, as its claimant gives it up by then.
+    fn renewable_until(&self, steps: &[crate::recipe::StepSpec], claimed_ms: Millis) -> Millis {
+        give_up_deadline(claimed_ms, steps, self.grace_ms)
+    }
+}
 
 /// What a claim heard did to the job table.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +51,8 @@ pub enum ClaimOutcome {
     Extended,
     /// Two claims for one attempt: the better-ranked one holds it.
     Conflict { job: Hash32, attempt: u32, winner: PeerId, loser: PeerId },
+    /// The claim breaks a rule; nothing changed.
+    Refused { job: Hash32, by: PeerId, why: &'static str },
 }
 
 /// A lease that ran out: the job reopened as the next attempt.
@@ -39,14 +67,17 @@ impl Jobs {
     /// Settles a claim from `from`, whose lease is capped at `lease_cap`.
     /// The caller answers `Stale` for a job already settled, which is not
     /// in the table; any other job not in it is not known yet.
-    pub fn take_claim(&mut self, now: Millis, from: PeerId, c: Claim, lease_cap: u64) -> ClaimOutcome {
-        let lease_ms = c.lease_ms.min(lease_cap);
+    pub fn take_claim(&mut self, now: Millis, from: PeerId, c: Claim, rules: ClaimRules) -> ClaimOutcome {
+        let lease_ms = c.lease_ms.min(rules.lease_cap());
         let Some(job) = self.jobs.get_mut(&c.job) else {
             self.keep_early_claim(now, from, c);
             return ClaimOutcome::Early;
         };
         if c.attempt < job.attempt {
             return ClaimOutcome::Stale;
+        }
+        if let Some(why) = refusal(job, now, from, c.attempt, rules) {
+            return ClaimOutcome::Refused { job: c.job, by: from, why };
         }
         if c.attempt > job.attempt {
             // Someone opened a later attempt: whatever this node took to be
@@ -62,15 +93,26 @@ impl Jobs {
             }
             job.attempt = c.attempt;
         }
-        let fresh =
-            ClaimView { by: from, attempt: c.attempt, claimed_ms: now, lease_until: now + lease_ms, step: None };
+        let renewable_until = job.claim.as_ref().map(|cur| rules.renewable_until(&job.spec.steps, cur.claimed_ms));
+        let fresh = ClaimView {
+            by: from,
+            attempt: c.attempt,
+            claimed_ms: now,
+            lease_until: now + lease_ms,
+            step: None,
+            overstayed: false,
+        };
         match &mut job.claim {
             None => {
                 job.claim = Some(fresh);
                 ClaimOutcome::Claimed { job: c.job, attempt: c.attempt, by: from }
             }
             Some(cur) if cur.by == from => {
-                cur.lease_until = now + lease_ms;
+                if renewable_until.is_some_and(|u| now <= u) {
+                    cur.lease_until = now + lease_ms;
+                } else {
+                    cur.overstayed = true;
+                }
                 ClaimOutcome::Extended
             }
             Some(cur) => {
@@ -92,25 +134,36 @@ impl Jobs {
     /// A claimant's running builds, heard in a heartbeat or a renewal:
     /// extends its leases, learns claims it missed, and settles claims that
     /// collide with the ones this node knew.
-    pub fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>, lease_ms: u64) -> Vec<ClaimOutcome> {
+    pub fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>, rules: ClaimRules) -> Vec<ClaimOutcome> {
         let mut settled = Vec::new();
+        let lease_ms = rules.lease_ms;
         for l in leases {
             let Some(job) = self.jobs.get_mut(&l.job) else { continue };
             if l.attempt < job.attempt {
                 continue;
             }
+            let until = job.claim.as_ref().map(|c| rules.renewable_until(&job.spec.steps, c.claimed_ms));
+            let refused = refusal(job, now, from, l.attempt, rules).is_some();
             match &mut job.claim {
                 Some(c) if c.by == from && c.attempt == l.attempt => {
-                    c.lease_until = now + lease_ms;
+                    if until.is_some_and(|u| now <= u) {
+                        c.lease_until = now + lease_ms;
+                    } else {
+                        c.overstayed = true;
+                    }
                     c.step = l.step;
                 }
                 Some(c) if c.attempt == l.attempt || l.attempt > c.attempt => {
                     // Someone else builds what we took for another's (or our
                     // own) claim: settle it as two claims are settled.
                     let claim = Claim { job: l.job, attempt: l.attempt, lease_ms, sent_ms: now };
-                    settled.push(self.take_claim(now, from, claim, lease_ms.saturating_mul(4)));
+                    settled.push(self.take_claim(now, from, claim, rules));
                 }
                 Some(_) => {}
+                // A lease names a claim this node missed (a restarted node
+                // learns what is being built this way); it stands for the
+                // claim where a claim would.
+                None if refused => {}
                 None => {
                     // We missed the claim itself; the lease carries it.
                     job.attempt = l.attempt;
@@ -120,6 +173,7 @@ impl Jobs {
                         claimed_ms: now,
                         lease_until: now + lease_ms,
                         step: l.step,
+                        overstayed: false,
                     });
                 }
             }
@@ -141,19 +195,18 @@ impl Jobs {
     /// Reopens open jobs whose holder (not `me`) let the lease run out.
     pub fn expire_leases(&mut self, now: Millis, me: PeerId) -> Vec<Expired> {
         let mut expired = Vec::new();
+        let mut overstayed = Vec::new();
         for id in &self.open {
             if let Some(c) = self.jobs.get(id).and_then(|j| j.claim.as_ref()) {
                 if c.by != me && now > c.lease_until {
                     expired.push(Expired { job: *id, attempt: c.attempt, holder: c.by });
+                    overstayed.push(c.overstayed);
                 }
             }
         }
-        for e in &expired {
-            self.reopen(
-                now,
-                &e.job,
-                LostAttempt { attempt: e.attempt, holder: e.holder, reason: "lease expired".into() },
-            );
+        for (e, over) in expired.iter().zip(overstayed) {
+            let reason = if over { OVERSTAYED } else { "lease expired" };
+            self.reopen(now, &e.job, LostAttempt { attempt: e.attempt, holder: e.holder, reason: reason.into() });
         }
         expired
     }
@@ -189,8 +242,14 @@ impl Jobs {
     /// Marks this node's own claim on a job: the build it starts now.
     pub fn claim_own(&mut self, now: Millis, me: PeerId, id: &Hash32, lease_ms: u64) -> Option<u32> {
         let j = self.jobs.get_mut(id)?;
-        j.claim =
-            Some(ClaimView { by: me, attempt: j.attempt, claimed_ms: now, lease_until: now + lease_ms, step: None });
+        j.claim = Some(ClaimView {
+            by: me,
+            attempt: j.attempt,
+            claimed_ms: now,
+            lease_until: now + lease_ms,
+            step: None,
+            overstayed: false,
+        });
         Some(j.attempt)
     }
 
@@ -212,5 +271,21 @@ impl Jobs {
                 c.step = Some(step);
             }
         }
+    }
+}
+
+/// Why a claim of `attempt` by `from` may not stand, if it may not: a peer
+/// that held an attempt of this job past its timeouts before, or a later attempt while the
+/// current claim's lease is far from running out here (an honest claimant
+/// of the next attempt saw it run out, or heard it released, moments ago).
+fn refusal(job: &JobView, now: Millis, from: PeerId, attempt: u32, rules: ClaimRules) -> Option<&'static str> {
+    if job.lost.iter().any(|l| l.holder == from && l.reason == OVERSTAYED) {
+        return Some("it held an attempt of this job past its steps' timeouts");
+    }
+    match &job.claim {
+        Some(cur) if attempt > job.attempt && cur.by != from && cur.lease_until > now + rules.lease_ms / 2 => {
+            Some("a later attempt while the current claim's lease holds")
+        }
+        _ => None,
     }
 }

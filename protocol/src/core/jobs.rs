@@ -27,6 +27,9 @@ pub struct ClaimView {
     pub claimed_ms: Millis,
     pub lease_until: Millis,
     pub step: Option<String>,
+    /// Its claimant renewed it past its steps' timeouts and the grace,
+    /// which an honest claimant, having given the build up, never does.
+    pub overstayed: bool,
 }
 
 /// An attempt whose claimant went silent or gave up.

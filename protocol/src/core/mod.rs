@@ -55,7 +55,7 @@ use rand_chacha::ChaCha8Rng;
 
 pub use self::blobs::MAX_LOG_BYTES;
 pub use self::builds::{give_up_deadline, Running, RunningBuild};
-pub use self::claims::{ClaimOutcome, Expired};
+pub use self::claims::{ClaimOutcome, ClaimRules, Expired};
 pub use self::config::{defaults, Config};
 pub use self::health::StorageHealth;
 pub use self::io::{Announced, BuildOrder, BuildOutcome, CommitInfo, Event, Input, Output, StepOutcome, Verdict};
@@ -538,10 +538,29 @@ impl<S: Store> NodeCore<S> {
         Verdict::Accept
     }
 
-    fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>) {
-        for outcome in self.jobs.renew(now, from, leases, self.cfg.lease_ms) {
+    fn renew(&mut self, now: Millis, from: PeerId, mut leases: Vec<Lease>) {
+        leases.retain(|l| self.jobs.get(&l.job).is_none_or(|j| self.ineligible(&from, &j.spec).is_none()));
+        for outcome in self.jobs.renew(now, from, leases, self.claim_rules()) {
             self.reconsider(now);
             self.settle(now, outcome);
+        }
+    }
+
+    pub(super) fn claim_rules(&self) -> ClaimRules {
+        ClaimRules { lease_ms: self.cfg.lease_ms, grace_ms: self.cfg.build_grace_ms }
+    }
+
+    /// Why `peer` may not build `spec`, if it may not: its admission does
+    /// not grant a label the job requires, or its heartbeats lack one.
+    pub(super) fn ineligible(&self, peer: &PeerId, spec: &crate::recipe::JobSpec) -> Option<&'static str> {
+        if self.admissions.unpermitted(peer, &spec.requires).is_some() {
+            return Some("its admission does not grant a label the job requires");
+        }
+        match self.members.peers().get(peer) {
+            Some(v) if !v.labels.is_empty() && !crate::labels::satisfies(&v.labels, &spec.requires) => {
+                Some("it lacks a label the job requires")
+            }
+            _ => None,
         }
     }
 
@@ -551,8 +570,10 @@ impl<S: Store> NodeCore<S> {
         if self.jobs.get(&c.job).is_none() && self.store_knows_job(&c.job) {
             return Outcome::Stale;
         }
-        let lease_cap = self.cfg.lease_ms.saturating_mul(4);
-        self.jobs.take_claim(now, from, c, lease_cap)
+        if let Some(why) = self.jobs.get(&c.job).and_then(|j| self.ineligible(&from, &j.spec)) {
+            return Outcome::Refused { job: c.job, by: from, why };
+        }
+        self.jobs.take_claim(now, from, c, self.claim_rules())
     }
 
     /// Turns what a claim did into events, and stops this node's build when
@@ -560,6 +581,10 @@ impl<S: Store> NodeCore<S> {
     fn settle(&mut self, now: Millis, outcome: Outcome) {
         match outcome {
             Outcome::Stale | Outcome::Early | Outcome::Extended => {}
+            Outcome::Refused { job, by, why } => self.emit(Event::MessageRejected {
+                from: by,
+                reason: format!("claim refused: {why} (job {})", job.short()),
+            }),
             Outcome::Claimed { job, attempt, by } => self.emit(Event::Claimed { job, attempt, by }),
             Outcome::Conflict { job, attempt, winner, loser } => {
                 self.emit(Event::ClaimConflict { job, attempt, winner, loser });
@@ -619,7 +644,7 @@ impl<S: Store> NodeCore<S> {
     /// building for ever).
     pub fn caught_up(&self, now: Millis) -> bool {
         let waited_long = now > self.started_ms + 3 * self.cfg.sync_interval_ms;
-        !self.sessions.fetching() && (self.sessions.synced_once() || !self.members.any_connected() || waited_long)
+        !self.sessions.fetching(now) && (self.sessions.synced_once() || !self.members.any_connected() || waited_long)
     }
 
     /// May this node claim at all now? Not while warming up, catching up,

@@ -9,7 +9,7 @@ use serde_bytes::ByteBuf;
 use super::builds::assemble_result;
 use super::io::{Announced, BuildOutcome, CommitInfo, Event, Output, Verdict};
 use super::jobs::{encode_lost, lost_key, JobState, LostAttempt};
-use super::{admissions, NodeCore};
+use super::{admissions, ClaimOutcome as Outcome, NodeCore};
 use crate::ids::Hash32;
 use crate::recipe::parse_recipe;
 use crate::record::{self, Body, VerifiedRecord};
@@ -56,12 +56,42 @@ impl<S: Store> NodeCore<S> {
                 Err(e) => Screen::Refuse(format!("not admitted: a revocation that does not hold: {e}")),
             },
             _ => match self.admissions.admitted_at(&rec.signer, rec.time()) {
-                Ok(()) => Screen::Take,
+                Ok(()) => match &rec.body {
+                    Body::Cancel(k) => match self.may_cancel(&rec.signer, &k.job) {
+                        Ok(()) => Screen::Take,
+                        Err(why) => Screen::Refuse(why),
+                    },
+                    _ => Screen::Take,
+                },
                 Err(admissions::Refusal::Unknown) => Screen::Hold,
                 Err(why) => {
                     Screen::Refuse(format!("not admitted: the signer's {}", why.as_str().trim_start_matches("its ")))
                 }
             },
+        }
+    }
+
+    /// A cancel counts from the node that announced the job's change, or
+    /// from one whose admission grants `role=admin`.
+    fn may_cancel(&self, who: &PeerId, job: &Hash32) -> Result<(), String> {
+        if self.admissions.grants(who, admissions::ADMIN_LABEL) {
+            return Ok(());
+        }
+        let announcer = self
+            .store
+            .lookup(Lookup::JobChange, job, 1)
+            .first()
+            .and_then(|id| self.store.get_record(id))
+            .and_then(|b| record::decode_stored(&b).ok())
+            .map(|r| r.signer);
+        match announcer {
+            Some(a) if a == *who => Ok(()),
+            Some(_) => Err(format!(
+                "not allowed: only the node that announced job {} or one admitted with {} may cancel it",
+                job.short(),
+                admissions::ADMIN_LABEL
+            )),
+            None => Err(format!("not allowed: a cancel of job {}, whose change is not known here", job.short())),
         }
     }
 
@@ -206,8 +236,11 @@ impl<S: Store> NodeCore<S> {
                 let store = &self.store;
                 for (by, claim, at) in self.jobs.add_change(now, c, rec.id, &|job| settled_in(store, job)) {
                     self.reconsider(now);
-                    let lease_cap = self.cfg.lease_ms.saturating_mul(4);
-                    let outcome = self.jobs.take_claim(at, by, claim, lease_cap);
+                    let why = self.jobs.get(&claim.job).and_then(|j| self.ineligible(&by, &j.spec));
+                    let outcome = match why {
+                        Some(why) => Outcome::Refused { job: claim.job, by, why },
+                        None => self.jobs.take_claim(at, by, claim, self.claim_rules()),
+                    };
                     self.settle(now, outcome);
                 }
                 if c.force.is_none() {
@@ -386,6 +419,7 @@ impl<S: Store> NodeCore<S> {
             JobState::Cancelled => return Err(format!("job {} is already cancelled", job.short())),
             _ => {}
         }
+        self.may_cancel(&self.me, &job)?;
         let body = Body::Cancel(record::Cancel { job, reason: clip(&reason, 1024), requested_ms: now });
         self.publish_now(now, body)
     }

@@ -124,7 +124,11 @@ impl<S: Store> NodeCore<S> {
                     .filter(|id| !self.store.has_record(id) && !self.admissions.is_held(id))
                     .copied()
                     .collect();
-                let again = self.sessions.fetch_answered(&ids, fetched, missing);
+                let again = self.sessions.fetch_answered(now, peer, &ids, fetched, missing);
+                if fetched == 0 && !ids.is_empty() && self.sessions.stalled_by(&peer) {
+                    let reason = format!("sync: listed {} records it did not deliver", ids.len());
+                    self.emit(Event::MessageRejected { from: peer, reason });
+                }
                 if !again.is_empty() {
                     // The answer stopped at its size limit: the rest next.
                     self.requests.enqueue(
@@ -221,7 +225,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn sync_round(&mut self, now: Millis, peer: PeerId, round: u32, ranges: &[sync::SyncRange]) {
-        let plan = match self.sessions.round(&self.store, peer, round, ranges) {
+        let plan = match self.sessions.round(now, &self.store, peer, round, ranges) {
             Ok(p) => p,
             Err(e) => return self.sync_failed(peer, e.to_string()),
         };

@@ -2,7 +2,7 @@
 //! come. "Caught up" has one definition here, read by the claim gate, by
 //! log replication and by the API.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use libp2p_identity::PeerId;
 use serde_bytes::ByteBuf;
@@ -20,6 +20,14 @@ pub const RECORD_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Ids wanted (queued or in flight) at once, from all sessions; what a
 /// session finds beyond this waits for a later session.
 pub const MAX_WANTED: usize = 256 * 1024;
+/// Records pushed to a peer in one round, at most about this many bytes;
+/// a later session pushes the rest.
+pub const MAX_PUSH_BYTES: usize = 4 * RECORD_BATCH_BYTES;
+/// An id wanted for this long no longer keeps the node from claiming: a
+/// peer that lists records it never delivers cannot stall the cluster.
+pub const STALL_MS: Millis = 2 * 60_000;
+/// Peers remembered as having listed records they did not deliver.
+const MAX_STALLERS: usize = 1024;
 
 /// How a late or returning node is doing at catching up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,9 +71,12 @@ pub enum Next {
 #[derive(Default, Clone)]
 pub struct Sessions {
     open: BTreeMap<PeerId, SyncTally>,
-    /// Ids being fetched from some peer: a record missing from two peers'
-    /// answers is fetched once.
-    wanted: HashSet<Hash32>,
+    /// Ids being fetched from some peer, and since when: a record missing
+    /// from two peers' answers is fetched once.
+    wanted: HashMap<Hash32, (Millis, PeerId)>,
+    /// Peers that listed records and then delivered none of them, and
+    /// when: what they list does not hold the node back from claiming.
+    stallers: HashMap<PeerId, Millis>,
     progress: SyncProgress,
     progress_said_ms: Millis,
     /// A reconciliation with some peer has completed since start.
@@ -89,6 +100,7 @@ impl Sessions {
     /// Processes a peer's answer to round `round`.
     pub fn round<S: Store>(
         &mut self,
+        now: Millis,
         store: &S,
         peer: PeerId,
         round: u32,
@@ -100,7 +112,8 @@ impl Sessions {
             if self.wanted.len() >= MAX_WANTED {
                 break;
             }
-            if self.wanted.insert(*id) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.wanted.entry(*id) {
+                e.insert((now, peer));
                 new.push(*id);
             }
         }
@@ -124,8 +137,24 @@ impl Sessions {
     /// `missing` are the ids still not stored. When the answer made
     /// progress but was cut short (a reply stops at a size), returns the
     /// ids to ask for again; otherwise the peer has no more of them.
-    pub fn fetch_answered(&mut self, ids: &[Hash32], fetched: usize, missing: Vec<Hash32>) -> Vec<Hash32> {
+    pub fn fetch_answered(
+        &mut self,
+        now: Millis,
+        peer: PeerId,
+        ids: &[Hash32],
+        fetched: usize,
+        missing: Vec<Hash32>,
+    ) -> Vec<Hash32> {
         self.progress.fetched += fetched as u64;
+        if fetched == 0 && !missing.is_empty() {
+            // Records are never deleted: a peer that lists what it cannot give is not to be waited for.
+            if self.stallers.len() >= MAX_STALLERS {
+                self.stallers.retain(|_, at| now < *at + STALL_MS);
+            }
+            if self.stallers.len() < MAX_STALLERS {
+                self.stallers.insert(peer, now);
+            }
+        }
         let again = if fetched > 0 { missing } else { vec![] };
         let done = ids.len() - again.len();
         for id in ids {
@@ -163,8 +192,16 @@ impl Sessions {
         self.synced_once
     }
 
-    pub fn fetching(&self) -> bool {
+    /// Records known to be missing are being fetched, and not for so long
+    /// that their sender looks like it will never deliver them.
+    pub fn fetching(&self, now: Millis) -> bool {
         self.progress.to_fetch > 0
+            && self.wanted.values().any(|(since, from)| now < since + STALL_MS && !self.stallers.contains_key(from))
+    }
+
+    /// Whether `peer` listed records it then did not deliver.
+    pub fn stalled_by(&self, peer: &PeerId) -> bool {
+        self.stallers.contains_key(peer)
     }
 }
 
@@ -173,9 +210,14 @@ fn push_batches<S: Store>(store: &S, have: &[Hash32]) -> Vec<Vec<ByteBuf>> {
     let mut batches = Vec::new();
     let mut batch = Vec::new();
     let mut size = 0;
+    let mut total = 0;
     for id in have {
+        if total > MAX_PUSH_BYTES {
+            break;
+        }
         if let Some(b) = store.get_record(id) {
             size += b.len();
+            total += b.len();
             batch.push(ByteBuf::from(b));
         }
         if batch.len() >= wire::MAX_RECORDS_PER_REQUEST || size > RECORD_BATCH_BYTES {
@@ -187,4 +229,37 @@ fn push_batches<S: Store>(store: &S, have: &[Hash32]) -> Vec<Vec<ByteBuf>> {
         batches.push(batch);
     }
     batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use crate::sync::{RangeMode, SyncRange};
+
+    #[test]
+    fn a_peer_that_lists_records_it_never_delivers_stops_holding_claims_back() {
+        let store = MemStore::new();
+        let mut s = Sessions::default();
+        let liar = crate::deterministic_key(1).public().to_peer_id();
+        let honest = crate::deterministic_key(2).public().to_peer_id();
+        let bogus = |n: u8| vec![Hash32::of(&[n]), Hash32::of(&[n, n])];
+        let listing = |ids: Vec<Hash32>| vec![SyncRange { upper: None, mode: RangeMode::IdList { ids, answer: true } }];
+        s.start(&store, liar);
+        let plan = s.round(0, &store, liar, 1, &listing(bogus(1))).unwrap();
+        assert_eq!(plan.fetches.concat(), bogus(1));
+        assert!(s.fetching(0));
+        // It answers the fetch with none of them.
+        s.fetch_answered(1_000, liar, &bogus(1), 0, bogus(1));
+        assert!(!s.fetching(1_000));
+        // What it lists next does not hold claims back either; an honest
+        // peer's listing does, until it is fetched or grows too old.
+        s.start(&store, liar);
+        s.round(2_000, &store, liar, 1, &listing(bogus(2))).unwrap();
+        assert!(!s.fetching(2_000));
+        s.start(&store, honest);
+        s.round(3_000, &store, honest, 1, &listing(bogus(3))).unwrap();
+        assert!(s.fetching(3_000));
+        assert!(!s.fetching(3_000 + STALL_MS));
+    }
 }

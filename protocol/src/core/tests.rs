@@ -654,10 +654,11 @@ fn a_node_that_hears_a_later_attempt_before_its_own_expiry_keeps_the_lost_one() 
             gossip.push(b);
         }
     }
-    // z gets it all while its own view of x's lease has not run out yet.
+    // z gets it all while its own view of x's lease has not run out yet
+    // (it heard x's last renewal a little later than y did).
     let y_id = nodes[y].peer_id();
     for (token, bytes) in gossip.into_iter().enumerate() {
-        nodes[z].handle(16_001, Input::Gossip { from: y_id, token: token as u64, bytes });
+        nodes[z].handle(now - 5_000, Input::Gossip { from: y_id, token: token as u64, bytes });
     }
     assert_eq!(nodes[z].results_of(&first.job).len(), 1, "z has y's result");
     let x_id = nodes[x].peer_id();
@@ -666,6 +667,60 @@ fn a_node_that_hears_a_later_attempt_before_its_own_expiry_keeps_the_lost_one() 
     };
     assert_eq!(lost(&nodes[z]), vec![(0, x_id, "taken over by attempt 1".to_string())]);
     assert_eq!(lost(&nodes[y]), vec![(0, x_id, "lease expired".to_string())]);
+}
+
+#[test]
+fn a_later_attempt_cannot_take_a_live_claim_and_renewals_end_with_the_builds_timeouts() {
+    let mut nodes = cluster();
+    // One step with a 60 s timeout; the grace is 15 min by default.
+    let recipe = "[[builder]]\nname='linux'\nrequires=['os=linux']\n[[builder.step]]\nrun='make'\ntimeout_secs=60\n";
+    nodes[0].announce(13_000, commit_with("acac01", 1, recipe)).unwrap();
+    let started = run_for(&mut nodes, 13_000, 16_000, false);
+    let (x, order) = started[0].clone();
+    let (y, z) = if x == 0 { (1, 2) } else { (0, if x == 1 { 2 } else { 1 }) };
+    let holder = nodes[x].peer_id();
+    // y claims attempt 7 while x's lease is fresh: z keeps x's claim.
+    let grab = wire::Claim { job: order.job, attempt: 7, lease_ms: 30_000, sent_ms: 16_100 };
+    let bytes = wire::encode_gossip(&Gossip::Claim(grab));
+    let y_id = nodes[y].peer_id();
+    nodes[z].handle(16_100, Input::Gossip { from: y_id, token: 1, bytes });
+    let _ = y_id;
+    let j = nodes[z].job(&order.job).unwrap();
+    assert_eq!((j.attempt, j.claim.as_ref().map(|c| c.by)), (0, Some(holder)));
+    // x renews for ever (it never publishes): z stops extending its lease
+    // once the step's timeout and the grace are past, and the job reopens.
+    let deadline = 16_000 + 60_000 + z_grace(&nodes[z]);
+    let mut now = 16_000;
+    let mut reopened_at = None;
+    while now < deadline + 120_000 && reopened_at.is_none() {
+        now += 5_000;
+        let renew = Gossip::Renew { sent_ms: now, leases: vec![Lease { job: order.job, attempt: 0, step: None }] };
+        nodes[z].handle(now, Input::Gossip { from: holder, token: now, bytes: wire::encode_gossip(&renew) });
+        nodes[z].handle(now, Input::Tick);
+        if nodes[z].job(&order.job).is_some_and(|j| j.attempt == 1) {
+            reopened_at = Some(now);
+        }
+    }
+    let at = reopened_at.expect("the job reopens although its claimant keeps renewing");
+    assert!(at > deadline && at <= deadline + 35_000, "reopened at {at}, renewals end at {deadline}");
+    // It may not claim the job again; another node may.
+    let j = nodes[z].job(&order.job).unwrap();
+    assert_eq!(j.lost.last().map(|l| (l.holder, l.reason.as_str())), Some((holder, claims::OVERSTAYED)));
+    while nodes[z].poll_output().is_some() {}
+    let again = wire::Claim { job: order.job, attempt: 1, lease_ms: 30_000, sent_ms: at };
+    nodes[z].handle(at, Input::Gossip { from: holder, token: 2, bytes: wire::encode_gossip(&Gossip::Claim(again)) });
+    let mut refused = false;
+    while let Some(o) = nodes[z].poll_output() {
+        if let Output::Event(Event::MessageRejected { from, reason }) = o {
+            refused |= from == holder && reason.contains("past its steps' timeouts");
+        }
+    }
+    assert!(refused);
+    assert_ne!(nodes[z].job(&order.job).unwrap().claim.as_ref().map(|c| c.by), Some(holder));
+}
+
+fn z_grace(n: &NodeCore<MemStore>) -> u64 {
+    n.config().build_grace_ms
 }
 
 // ---- admission ----
@@ -828,4 +883,38 @@ fn a_revoked_node_s_new_records_are_refused_and_its_old_ones_stay() {
     assert!(rejections(&mut nodes, 1, 0, 3_000, "revoked") > 0);
     settle(&mut nodes, 3_000);
     assert_eq!(signed_by(&nodes[0], &two), before, "nothing new of it, nothing old lost");
+}
+
+#[test]
+fn only_the_announcer_or_an_admin_may_cancel_a_job() {
+    let key = crate::admission::ClusterKey::from_seed([14; 32]);
+    let mut nodes = vec![
+        admitted_node(1, &["os=linux"], &key, &[]),
+        admitted_node(2, &["os=linux"], &key, &[]),
+        admitted_node(3, &["os=linux"], &key, &["role=admin"]),
+    ];
+    settle(&mut nodes, 0);
+    let none = "[[builder]]\nname='far'\nrequires=['os=plan9']\n[[builder.step]]\nrun='make'\n";
+    nodes[0].announce(1_000, commit_with("adad01", 1, none)).unwrap();
+    nodes[0].announce(1_000, commit_with("adad02", 1, none)).unwrap();
+    settle(&mut nodes, 1_000);
+    let j1 = crate::recipe::job_id("/repo", "adad01", "far");
+    let j2 = crate::recipe::job_id("/repo", "adad02", "far");
+    let err = nodes[1].cancel(2_000, j1, "mine now".into()).unwrap_err();
+    assert!(err.contains("not allowed"), "{err}");
+    // A cancel node 2 signs anyway is refused by the others.
+    let forged = record::sign(
+        &deterministic_key(2),
+        &Body::Cancel(record::Cancel { job: j1, reason: "x".into(), requested_ms: 2_000 }),
+    );
+    let from = nodes[1].peer_id();
+    nodes[0].handle(2_000, Input::Gossip { from, token: 9, bytes: forged.bytes.clone() });
+    assert!(nodes[0].job(&j1).is_some_and(|j| j.cancelled.is_none()) && nodes[0].live_jobs().contains_key(&j1));
+    // The admin and the announcer may.
+    nodes[2].cancel(2_000, j1, "admin".into()).unwrap();
+    nodes[0].cancel(2_000, j2, "announcer".into()).unwrap();
+    settle(&mut nodes, 2_000);
+    for n in &nodes {
+        assert!(!n.live_jobs().contains_key(&j1) && !n.live_jobs().contains_key(&j2));
+    }
 }
