@@ -1,6 +1,9 @@
 //! Runs builds as child processes: a checkout of the commit, then each step
 //! with `sh -c`, stdout and stderr captured together, with timeouts and
 //! cancellation. Reports back to the core; decides nothing.
+//!
+//! A repository this node's policy refuses is not fetched at all (the core
+//! does not claim such jobs; this is the second line).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use peerbot_protocol::core::{BuildOrder, BuildOutcome, StepOutcome, MAX_LOG_BYTES};
 use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::repos::{RepoPolicy, NOT_ALLOWED};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -53,11 +57,14 @@ pub struct Executor {
     report: Recipient<BuildReport>,
     cancels: HashMap<(Hash32, u32), watch::Sender<bool>>,
     log_limit: u64,
+    /// The repositories this node builds (the core's `Config::repos`).
+    repos: Arc<RepoPolicy>,
 }
 
 impl Executor {
-    pub fn new(data_dir: PathBuf, jail: Arc<StepJail>, report: Recipient<BuildReport>) -> Self {
-        Executor { data_dir, jail, report, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES }
+    pub fn new(data_dir: PathBuf, jail: Arc<StepJail>, repos: RepoPolicy, report: Recipient<BuildReport>) -> Self {
+        let repos = Arc::new(repos);
+        Executor { data_dir, jail, report, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES, repos }
     }
 }
 
@@ -83,9 +90,10 @@ impl Handler<StartBuild> for Executor {
         let report = self.report.clone();
         let me = ctx.address();
         let limit = self.log_limit;
+        let repos = self.repos.clone();
         actix::spawn(async move {
             let key = (order.job, order.attempt);
-            let outcome = run_build(&data_dir, &jail, order, rx, &report, limit).await;
+            let outcome = run_build(&data_dir, &jail, &repos, order, rx, &report, limit).await;
             // One outcome and one note per build, and the core runs at most
             // `--executors` builds: these are bounded without a capacity, and
             // neither may be lost.
@@ -114,9 +122,19 @@ impl Handler<Done> for Executor {
     }
 }
 
+/// What an order must pass before anything is fetched: this node's policy
+/// allows its repository.
+fn check_order(order: &BuildOrder, repos: &RepoPolicy) -> anyhow::Result<()> {
+    if !repos.allows(&order.repo) {
+        anyhow::bail!("{NOT_ALLOWED}: {:?}", order.repo);
+    }
+    Ok(())
+}
+
 async fn run_build(
     data_dir: &Path,
     jail: &StepJail,
+    repos: &RepoPolicy,
     order: BuildOrder,
     mut cancel: watch::Receiver<bool>,
     report: &Recipient<BuildReport>,
@@ -129,6 +147,7 @@ async fn run_build(
     let ws = jail.work_root().join(&name);
     let home = jail.work_root().join(format!("{name}.home"));
     let prepared = async {
+        check_order(&order, repos)?;
         let mirror = git::fetch_mirror(data_dir, &order.repo).await?;
         git::checkout(&mirror, &ws, &order.commit).await?;
         let _ = tokio::fs::remove_dir_all(&home).await;
@@ -140,6 +159,7 @@ async fn run_build(
         Ok(m) => m,
         Err(e) => {
             warn!(job = %order.job.short(), "cannot prepare the build: {e:#}");
+            let _ = tokio::fs::remove_dir_all(&ws).await;
             outcome.error = Some(format!("{e:#}"));
             outcome.ended_ms = now_ms();
             return outcome;
@@ -314,4 +334,38 @@ fn collect_log(mut r: std::io::PipeReader, limit: u64) -> (Vec<u8>, bool) {
         );
     }
     (kept, truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(repo: &str, commit: &str, branch: &str) -> BuildOrder {
+        let recipe = "[[builder]]\nname = 'b'\n[[builder.step]]\nrun = 'true'\n";
+        let spec = peerbot_protocol::recipe::parse_recipe(repo, commit, recipe).unwrap().remove(0);
+        BuildOrder {
+            job: spec.id,
+            attempt: 0,
+            repo: repo.into(),
+            branch: branch.into(),
+            commit: commit.into(),
+            builder: "b".into(),
+            steps: spec.steps,
+        }
+    }
+
+    #[test]
+    fn an_order_is_refused_before_any_fetch_unless_the_policy_allows_it() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let default = RepoPolicy::default();
+        assert!(check_order(&order("https://example.org/x.git", commit, "main"), &default).is_ok());
+        let e = check_order(&order("/srv/git/x", commit, "main"), &default).unwrap_err().to_string();
+        assert_eq!(e, "repository not allowed by this node's policy: \"/srv/git/x\"");
+        let listed = RepoPolicy::new(&["/srv/git/*".to_string()], &[]).unwrap();
+        assert!(check_order(&order("/srv/git/x", commit, "main"), &listed).is_ok());
+        let e = check_order(&order("https://example.org/x.git", commit, "main"), &listed).unwrap_err().to_string();
+        assert!(e.starts_with(NOT_ALLOWED), "{e}");
+        let watched = RepoPolicy::new(&[], &["/home/ci/repo".to_string()]).unwrap();
+        assert!(check_order(&order("/home/ci/repo", commit, "main"), &watched).is_ok());
+    }
 }

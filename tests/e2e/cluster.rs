@@ -73,10 +73,12 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
     let watch = format!("{}#main", repo.path().display());
     let a = Node::start(Path::new(BIN), "A", &da, &["--watch".into(), watch]).unwrap();
     let boot = a.multiaddr();
-    let b = Node::start(Path::new(BIN), "B", &db, &["--bootstrap".into(), boot.clone()]).unwrap();
-    let mut c =
-        Node::start(Path::new(BIN), "C", &dc, &["--bootstrap".into(), boot, "--label".into(), "gpu=yes".into()])
-            .unwrap();
+    // B and C build the repository A watches: a local path, so they list it.
+    let allow = repo.path().canonicalize().unwrap().display().to_string();
+    let b_args = ["--bootstrap", &boot, "--allow-repo", &allow].map(String::from);
+    let b = Node::start(Path::new(BIN), "B", &db, &b_args).unwrap();
+    let c_args = ["--bootstrap", &boot, "--label", "gpu=yes", "--allow-repo", &allow].map(String::from);
+    let mut c = Node::start(Path::new(BIN), "C", &dc, &c_args).unwrap();
 
     // Identity: a key in the data dir, mode 0600, whose PeerId the node uses.
     let id_out = a.cli(&["id", "--data-dir", da.to_str().unwrap()]).unwrap();

@@ -1,6 +1,8 @@
 //! What a node is and how it paces itself. Every default lives here; the
 //! node's flags and the simulator start from these.
 
+use crate::repos::RepoPolicy;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// All of this node's labels, platform ones included.
@@ -28,6 +30,9 @@ pub struct Config {
     /// and its claim is released. The grace covers what the step timeouts
     /// do not: fetch and checkout, log collection, a loaded machine.
     pub build_grace_ms: u64,
+    /// Which repositories this node builds; a job of any other is left to
+    /// the nodes that allow it. Default: remote URLs, no local paths.
+    pub repos: RepoPolicy,
 }
 
 /// The defaults, named once; the node's flags and the simulator's options
@@ -55,6 +60,7 @@ impl Config {
             log_replicas: defaults::LOG_REPLICAS,
             log_horizon_ms: None,
             build_grace_ms: 15 * 60_000,
+            repos: RepoPolicy::default(),
         }
     }
 

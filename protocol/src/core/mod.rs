@@ -582,6 +582,7 @@ impl<S: Store> NodeCore<S> {
             stagger_ms: self.cfg.claim_stagger_ms,
             labels: self.cfg.labels.clone(),
             executors: self.cfg.executors,
+            repos: self.cfg.repos.clone(),
         };
         let plan = plan_claims(now, self.me, &pace, &mut self.jobs, &mut self.members, &self.builds, next_due);
         for id in plan.claim {

@@ -6,14 +6,22 @@ use super::*;
 use crate::deterministic_key;
 use crate::recipe::StepSpec;
 use crate::record::{Body, Status};
+use crate::repos::RepoPolicy;
 use crate::store::MemStore;
 
 const RECIPE: &str = "[[builder]]\nname='linux'\nrequires=['os=linux']\n[[builder.step]]\nrun='make'\n\
                       [[builder]]\nname='gpu'\nrequires=['gpu=yes']\n[[builder.step]]\nrun='nvcc'\n";
 
+/// The local repository of these tests; a node builds it only when its
+/// policy lists it.
+fn local_repo_allowed() -> RepoPolicy {
+    RepoPolicy::new(&["/repo".to_string()], &[]).unwrap()
+}
+
 fn node(n: u64, labels: &[&str]) -> NodeCore<MemStore> {
     let mut cfg = Config::new(labels.iter().map(|s| s.to_string()).collect(), 1);
     cfg.seed = n;
+    cfg.repos = local_repo_allowed();
     NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
 }
 
@@ -303,6 +311,7 @@ fn cancel_stops_waiting_and_running_jobs_everywhere() {
 #[test]
 fn log_horizon_drops_old_logs_and_keeps_records() {
     let mut cfg = Config::new(vec!["os=linux".into()], 1);
+    cfg.repos = local_repo_allowed();
     cfg.log_horizon_ms = Some(10 * 24 * 3600 * 1000);
     let n = NodeCore::new(cfg, deterministic_key(9), MemStore::new(), 0);
     let mut nodes = vec![n];
@@ -430,7 +439,9 @@ impl Store for FullableStore {
 fn a_full_disk_gives_the_job_back_and_it_is_built_once_space_is_freed() {
     let full = std::rc::Rc::new(std::cell::Cell::new(false));
     let store = FullableStore { inner: MemStore::new(), full: full.clone() };
-    let mut n = NodeCore::new(Config::new(vec!["os=linux".into()], 1), deterministic_key(5), store, 0);
+    let mut cfg = Config::new(vec!["os=linux".into()], 1);
+    cfg.repos = local_repo_allowed();
+    let mut n = NodeCore::new(cfg, deterministic_key(5), store, 0);
     let mut now = 20_000;
     n.handle(now, Input::Tick);
     n.announce(now, commit("dddd01")).unwrap();
@@ -503,6 +514,7 @@ const TIMED: &str = "[[builder]]\nname='t'\nrequires=['os=linux']\n\
 fn node_with_grace(n: u64, grace_ms: u64) -> NodeCore<MemStore> {
     let mut cfg = Config::new(vec!["os=linux".into()], 1);
     cfg.seed = n;
+    cfg.repos = local_repo_allowed();
     cfg.build_grace_ms = grace_ms;
     NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
 }
@@ -666,4 +678,34 @@ fn a_node_that_hears_a_later_attempt_before_its_own_expiry_keeps_the_lost_one() 
     };
     assert_eq!(lost(&nodes[z]), vec![(0, x_id, "taken over by attempt 1".to_string())]);
     assert_eq!(lost(&nodes[y]), vec![(0, x_id, "lease expired".to_string())]);
+}
+
+#[test]
+fn a_job_of_a_repository_a_node_refuses_is_built_by_one_that_allows_it() {
+    let mut refusing = node(1, &["os=linux"]);
+    refusing.cfg.repos = RepoPolicy::default();
+    let mut nodes = vec![refusing, node(2, &["os=linux"])];
+    let mut now = 0;
+    settle(&mut nodes, now);
+    now += 10_000;
+    settle(&mut nodes, now);
+    nodes[0].announce(now, commit("abcd0a")).unwrap();
+    let mut started = Vec::new();
+    for _ in 0..20 {
+        started.extend(settle(&mut nodes, now));
+        now += 500;
+    }
+    let linux: Vec<_> = started.iter().filter(|(_, o)| o.builder == "linux").collect();
+    assert_eq!(linux.len(), 1, "{started:?}");
+    assert_eq!(linux[0].0, 1, "only the node whose policy lists /repo claims it");
+
+    // Alone, a node that refuses the repository leaves its jobs waiting.
+    let mut alone = vec![node(3, &["os=linux"])];
+    alone[0].cfg.repos = RepoPolicy::new(&["/srv/git/*".to_string()], &[]).unwrap();
+    let mut now = 10_000;
+    alone[0].announce(now, commit("abcd0b")).unwrap();
+    for _ in 0..20 {
+        assert!(settle(&mut alone, now).is_empty(), "/repo is not under /srv/git");
+        now += 1_000;
+    }
 }
