@@ -123,11 +123,15 @@ impl Handler<Done> for Executor {
 }
 
 /// What an order must pass before anything is fetched: this node's policy
-/// allows its repository.
+/// allows its repository, and what reaches git or the steps' environment
+/// is well formed (a repository, a hex commit id, a branch name).
 fn check_order(order: &BuildOrder, repos: &RepoPolicy) -> anyhow::Result<()> {
     if !repos.allows(&order.repo) {
         anyhow::bail!("{NOT_ALLOWED}: {:?}", order.repo);
     }
+    git::check_repo(&order.repo)?;
+    git::check_commit(&order.commit)?;
+    git::check_branch(&order.branch)?;
     Ok(())
 }
 
@@ -355,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn an_order_is_refused_before_any_fetch_unless_the_policy_allows_it() {
+    fn an_order_is_refused_before_any_fetch_unless_policy_and_names_allow_it() {
         let commit = "0123456789abcdef0123456789abcdef01234567";
         let default = RepoPolicy::default();
         assert!(check_order(&order("https://example.org/x.git", commit, "main"), &default).is_ok());
@@ -367,5 +371,9 @@ mod tests {
         assert!(e.starts_with(NOT_ALLOWED), "{e}");
         let watched = RepoPolicy::new(&[], &["/home/ci/repo".to_string()]).unwrap();
         assert!(check_order(&order("/home/ci/repo", commit, "main"), &watched).is_ok());
+        let e = check_order(&order("https://example.org/x.git", "HEAD", "main"), &default).unwrap_err();
+        assert!(e.to_string().contains("not a commit id"), "{e}");
+        let e = check_order(&order("https://example.org/x.git", commit, "--force"), &default).unwrap_err();
+        assert!(e.to_string().contains("not a valid branch name"), "{e}");
     }
 }
