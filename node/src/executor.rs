@@ -2,8 +2,12 @@
 //! with `sh -c`, stdout and stderr captured together, with timeouts and
 //! cancellation. Reports back to the core; decides nothing.
 //!
-//! A repository this node's policy refuses is not fetched at all (the core
-//! does not claim such jobs; this is the second line).
+//! The steps run are those of `.peerbot.toml` in the commit as this node's
+//! own mirror holds it, and only when they are the ones announced
+//! (`recipe::check_announced`); otherwise nothing runs and the build ends as
+//! an exception naming the difference. A repository this node's policy
+//! refuses is not fetched at all (the core does not claim such jobs; this is
+//! the second line).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use peerbot_protocol::core::{BuildOrder, BuildOutcome, StepOutcome, MAX_LOG_BYTES};
 use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::recipe::{check_announced, JobSpec};
 use peerbot_protocol::repos::{RepoPolicy, NOT_ALLOWED};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -135,6 +140,14 @@ fn check_order(order: &BuildOrder, repos: &RepoPolicy) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The job as the commit's own `.peerbot.toml` in `mirror` defines it, if
+/// it is what was announced; else why not ("recipe mismatch: ...").
+async fn own_recipe(mirror: &Path, order: &BuildOrder) -> anyhow::Result<JobSpec> {
+    let text = git::recipe_at(mirror, &order.commit).await;
+    let text = text.as_deref().map_err(String::as_str);
+    Ok(check_announced(&order.announced, &order.repo, &order.commit, text)?)
+}
+
 async fn run_build(
     data_dir: &Path,
     jail: &StepJail,
@@ -154,12 +167,13 @@ async fn run_build(
         check_order(&order, repos)?;
         let mirror = git::fetch_mirror(data_dir, &order.repo).await?;
         git::checkout(&mirror, &ws, &order.commit).await?;
+        let spec = own_recipe(&mirror, &order).await?;
         let _ = tokio::fs::remove_dir_all(&home).await;
         tokio::fs::create_dir_all(&home).await?;
-        anyhow::Ok(mirror)
+        anyhow::Ok((mirror, spec))
     }
     .await;
-    let mirror = match prepared {
+    let (mirror, spec) = match prepared {
         Ok(m) => m,
         Err(e) => {
             warn!(job = %order.job.short(), "cannot prepare the build: {e:#}");
@@ -170,7 +184,7 @@ async fn run_build(
         }
     };
     info!(job = %order.job.short(), builder = %order.builder, commit = %order.commit, "build started");
-    for step in &order.steps {
+    for step in &spec.steps {
         // Progress may be lost when the core's mailbox is full: the next step or the outcome says more.
         let progress = BuildReport::Progress { job: order.job, attempt: order.attempt, step: step.name.clone() };
         if report.try_send(progress).is_err() {
@@ -354,7 +368,7 @@ mod tests {
             branch: branch.into(),
             commit: commit.into(),
             builder: "b".into(),
-            steps: spec.steps,
+            announced: spec,
         }
     }
 

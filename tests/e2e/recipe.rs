@@ -1,14 +1,21 @@
-//! A node builds only the repositories its policy allows.
+//! The repository decides what runs, and a node builds only the
+//! repositories its policy allows.
 //!
-//! 1. A node watching a local repository builds its commits.
-//! 2. A job of a local repository is not built by a node whose policy does
+//! 1. A node watching a repository builds a commit with the steps of that
+//!    commit's `.peerbot.toml`.
+//! 2. A node whose git says a commit holds another recipe (its mirror has a
+//!    replace ref: the commit reads as another one) announces that commit
+//!    with steps of its own. The node that builds it reads the recipe from
+//!    its own mirror, runs nothing, and publishes an exception that names
+//!    the difference.
+//! 3. A job of a local repository is not built by a node whose policy does
 //!    not list it, even while that node is free and claims other work; a
 //!    node that lists it builds it.
 //!
 //! Steps run without a sandbox here (`--sandbox none`), so that a step that
 //! ran would leave its marker file where the test looks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use peerbot_tests::{wait_for, GitRepo, Node};
@@ -46,7 +53,7 @@ fn canonical(p: &Path) -> String {
 }
 
 #[test]
-fn a_node_builds_the_commits_of_a_local_repository_it_watches() {
+fn a_node_builds_a_watched_commit_with_the_steps_of_its_own_recipe() {
     let root = tempfile::Builder::new().prefix("peerbot-recipe-").tempdir().unwrap();
     let marker = root.path().join("built");
     let repo = GitRepo::new().unwrap();
@@ -67,6 +74,77 @@ fn a_node_builds_the_commits_of_a_local_repository_it_watches() {
     assert_eq!(r["steps"][0]["name"], "build", "{r}");
     assert_eq!(r["steps"][0]["command"], run.as_str(), "{r}");
     assert!(marker.exists(), "the commit's step ran");
+}
+
+/// The only bare repository under `data/repos`: a node's mirror.
+fn mirror_of(data: &Path) -> Option<PathBuf> {
+    let mut found = std::fs::read_dir(data.join("repos")).ok()?.filter_map(|e| Some(e.ok()?.path()));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+fn git_in(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn an_announcement_whose_steps_differ_from_the_commit_runs_nothing_and_ends_as_an_exception() {
+    let root = tempfile::Builder::new().prefix("peerbot-recipe-").tempdir().unwrap();
+    let (honest_marker, forged_marker) = (root.path().join("honest-ran"), root.path().join("forged-ran"));
+    let honest = format!("touch {}", honest_marker.display());
+    let forged = format!("touch {}", forged_marker.display());
+    let repo = GitRepo::new().unwrap();
+    let c0 = repo.commit(&[("README", "x\n")], "start").unwrap();
+    let path = canonical(repo.path());
+
+    // A watches the repository but has no role=builder label: it announces
+    // and does not build. B builds, and allows the repository.
+    let a_dir = root.path().join("a");
+    let a = start("A", &a_dir, &["--watch".into(), format!("{path}#main")]);
+    let b_args = ["--bootstrap", &a.multiaddr(), "--label", "role=builder", "--allow-repo", &path];
+    let b = start("B", &root.path().join("b"), &b_args.map(String::from));
+
+    // The commit to build (its recipe runs `honest`), and on another branch
+    // a commit whose recipe runs `forged`.
+    repo.git(&["checkout", "-q", "-b", "side"]).unwrap();
+    let commit = repo.commit(&[(".peerbot.toml", &recipe("unit", "role=builder", &honest, 0))], "honest").unwrap();
+    repo.git(&["checkout", "-q", "-b", "decoy", &c0]).unwrap();
+    let decoy = repo.commit(&[(".peerbot.toml", &recipe("unit", "role=builder", &forged, 0))], "decoy").unwrap();
+    repo.git(&["checkout", "-q", "main"]).unwrap();
+
+    // A's mirror fetches both branches; then A's git is made to read the
+    // commit as the decoy, and main moves to the commit.
+    let mirror = wait_for("A's mirror to hold both commits", LONG, || {
+        let m = mirror_of(&a_dir)?;
+        let has = |c: &str| git_in(&m, &["cat-file", "-e", &format!("{c}^{{commit}}")]).is_ok();
+        (has(&commit) && has(&decoy)).then_some(m)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail()));
+    wait_for("the replace ref in A's mirror", LONG, || git_in(&mirror, &["replace", &commit, &decoy]).ok()).unwrap();
+    let read_by_a = git_in(&mirror, &["cat-file", "blob", &format!("{commit}:.peerbot.toml")]).unwrap();
+    assert!(read_by_a.contains("forged-ran"), "{read_by_a}");
+    repo.git(&["update-ref", "refs/heads/main", &commit]).unwrap();
+
+    let r = first_result(&b, &format!("commit={commit}"));
+    let change = wait_for("A's change", LONG, || {
+        let v = a.get(&format!("/api/v1/changes?commit={commit}")).ok()?;
+        v.as_array()?.first().cloned()
+    })
+    .unwrap();
+    assert_eq!(change["announced_by"], a.peer_id().as_str(), "{change}");
+    assert_eq!(r["status"], "exception", "{r}\n{}", b.log_tail());
+    assert_eq!(r["signer"], b.peer_id().as_str(), "{r}");
+    let want = format!(
+        "recipe mismatch: the announced step \"build\" runs `{forged}`, the commit's .peerbot.toml says `{honest}`"
+    );
+    assert_eq!(r["error"], want.as_str(), "{r}");
+    assert_eq!(r["steps"], serde_json::json!([]), "no step ran: {r}");
+    assert!(!forged_marker.exists(), "the announced step ran");
+    assert!(!honest_marker.exists(), "a step ran though the announcement did not match");
 }
 
 #[test]

@@ -601,9 +601,9 @@ impl<S: Store> NodeCore<S> {
             branch: j.branch.clone(),
             commit: j.commit.clone(),
             builder: j.spec.builder.clone(),
-            steps: j.spec.steps.clone(),
+            announced: j.spec.clone(),
         };
-        let give_up_at = give_up_deadline(now, &order.steps, self.cfg.build_grace_ms);
+        let give_up_at = give_up_deadline(now, &order.announced.steps, self.cfg.build_grace_ms);
         self.builds.start(id, attempt, now, give_up_at);
         self.timers.set_earlier(Timer::GiveUp, give_up_at);
         self.timers.set_earlier(Timer::Renew, now + (self.cfg.lease_ms / 3).max(100));

