@@ -5,7 +5,9 @@
 #
 # Node A listens first; B and C join through A's address. C has the extra
 # label gpu=yes. With a repository argument (a path or URL, optionally
-# followed by #branch), A watches it and announces every new commit.
+# followed by #branch), A watches it and announces every new commit; a
+# local path is also given to B and C with --allow-repo, since nodes build
+# local repositories only when their policy lists them.
 # Every node gets its own directory under one temporary directory (key,
 # database, mirrors, build dirs, node.json, node.log); Ctrl-C stops the
 # nodes and removes it.
@@ -53,7 +55,7 @@ bin=$(find_bin)
 
 # Settings meant for a real node in the caller's environment must not leak
 # into the demo nodes; every node gets its own explicit flags below.
-unset PEERBOT_DATA_DIR PEERBOT_HTTP PEERBOT_LISTEN PEERBOT_BOOTSTRAP PEERBOT_WATCH PEERBOT_LABEL
+unset PEERBOT_DATA_DIR PEERBOT_HTTP PEERBOT_LISTEN PEERBOT_BOOTSTRAP PEERBOT_WATCH PEERBOT_LABEL PEERBOT_ALLOW_REPO
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/peerbot-cluster.XXXXXX")
 pids=()
@@ -132,15 +134,19 @@ show() {
 }
 
 a_args=()
+allow=()
 if [[ $# -eq 1 ]]; then
     a_args=(--watch "$1" --poll-secs 5)
+    if [[ -d ${1%#*} ]]; then
+        allow=(--allow-repo "$(cd "${1%#*}" && pwd -P)")
+    fi
 fi
 
 echo "peerbot: $bin"
 start A "${a_args[@]}"
 boot=$(json_field "$root/A/node.json" listen)
-start B --bootstrap "$boot"
-start C --bootstrap "$boot" --label gpu=yes
+start B --bootstrap "$boot" "${allow[@]}"
+start C --bootstrap "$boot" --label gpu=yes "${allow[@]}"
 
 echo "three nodes in $root"
 show A

@@ -437,7 +437,8 @@ pub fn load_peer_addrs<S: Store>(store: &S) -> BTreeMap<String, Vec<String>> {
 impl Actor for CoreActor {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let ex = Executor::new(self.data_dir.clone(), self.jail.clone(), ctx.address().recipient()).start();
+        let repos = self.core.config().repos.clone();
+        let ex = Executor::new(self.data_dir.clone(), self.jail.clone(), repos, ctx.address().recipient()).start();
         self.executor = Some(ex);
         self.drain(ctx);
     }
@@ -458,6 +459,10 @@ impl StreamHandler<NetEvent> for CoreActor {
             NetEvent::Response { id, bytes } => self.input(ctx, Input::Response { id, bytes }),
             NetEvent::RequestFailed { id, reason } => self.input(ctx, Input::RequestFailed { id, reason }),
             NetEvent::PeerAddrs { peer, addrs } => self.remember_peer(peer, addrs),
+            NetEvent::Limited { peer, what } => {
+                debug!(%peer, "{what}");
+                self.metrics.message_rejected(what)
+            }
         }
     }
     fn finished(&mut self, _: &mut Context<Self>) {
@@ -648,6 +653,11 @@ impl Handler<Query> for CoreActor {
                     "builds": {
                         "work_root": self.jail.work_root().display().to_string(),
                         "sandbox": if self.jail.sandboxed() { "bwrap" } else { "none" },
+                        "repos": {
+                            "allow": cfg.repos.patterns(),
+                            "watched": cfg.repos.watched(),
+                            "remote_by_default": cfg.repos.remote_by_default(),
+                        },
                     },
                     "storage": {
                         "ok": self.core.storage_health().ok(),

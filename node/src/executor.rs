@@ -1,6 +1,13 @@
 //! Runs builds as child processes: a checkout of the commit, then each step
 //! with `sh -c`, stdout and stderr captured together, with timeouts and
 //! cancellation. Reports back to the core; decides nothing.
+//!
+//! The steps run are those of `.peerbot.toml` in the commit as this node's
+//! own mirror holds it, and only when they are the ones announced
+//! (`recipe::check_announced`); otherwise nothing runs and the build ends as
+//! an exception naming the difference. A repository this node's policy
+//! refuses is not fetched at all (the core does not claim such jobs; this is
+//! the second line).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -13,6 +20,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use peerbot_protocol::core::{BuildOrder, BuildOutcome, StepOutcome, MAX_LOG_BYTES};
 use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::recipe::{check_announced, JobSpec};
+use peerbot_protocol::repos::{RepoPolicy, NOT_ALLOWED};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -53,11 +62,14 @@ pub struct Executor {
     report: Recipient<BuildReport>,
     cancels: HashMap<(Hash32, u32), watch::Sender<bool>>,
     log_limit: u64,
+    /// The repositories this node builds (the core's `Config::repos`).
+    repos: Arc<RepoPolicy>,
 }
 
 impl Executor {
-    pub fn new(data_dir: PathBuf, jail: Arc<StepJail>, report: Recipient<BuildReport>) -> Self {
-        Executor { data_dir, jail, report, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES }
+    pub fn new(data_dir: PathBuf, jail: Arc<StepJail>, repos: RepoPolicy, report: Recipient<BuildReport>) -> Self {
+        let repos = Arc::new(repos);
+        Executor { data_dir, jail, report, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES, repos }
     }
 }
 
@@ -83,9 +95,10 @@ impl Handler<StartBuild> for Executor {
         let report = self.report.clone();
         let me = ctx.address();
         let limit = self.log_limit;
+        let repos = self.repos.clone();
         actix::spawn(async move {
             let key = (order.job, order.attempt);
-            let outcome = run_build(&data_dir, &jail, order, rx, &report, limit).await;
+            let outcome = run_build(&data_dir, &jail, &repos, order, rx, &report, limit).await;
             // One outcome and one note per build, and the core runs at most
             // `--executors` builds: these are bounded without a capacity, and
             // neither may be lost.
@@ -114,9 +127,31 @@ impl Handler<Done> for Executor {
     }
 }
 
+/// What an order must pass before anything is fetched: this node's policy
+/// allows its repository, and what reaches git or the steps' environment
+/// is well formed (a repository, a hex commit id, a branch name).
+fn check_order(order: &BuildOrder, repos: &RepoPolicy) -> anyhow::Result<()> {
+    if !repos.allows(&order.repo) {
+        anyhow::bail!("{NOT_ALLOWED}: {:?}", order.repo);
+    }
+    git::check_repo(&order.repo)?;
+    git::check_commit(&order.commit)?;
+    git::check_branch(&order.branch)?;
+    Ok(())
+}
+
+/// The job as the commit's own `.peerbot.toml` in `mirror` defines it, if
+/// it is what was announced; else why not ("recipe mismatch: ...").
+async fn own_recipe(mirror: &Path, order: &BuildOrder) -> anyhow::Result<JobSpec> {
+    let text = git::recipe_at(mirror, &order.commit).await;
+    let text = text.as_deref().map_err(String::as_str);
+    Ok(check_announced(&order.announced, &order.repo, &order.commit, text)?)
+}
+
 async fn run_build(
     data_dir: &Path,
     jail: &StepJail,
+    repos: &RepoPolicy,
     order: BuildOrder,
     mut cancel: watch::Receiver<bool>,
     report: &Recipient<BuildReport>,
@@ -129,24 +164,27 @@ async fn run_build(
     let ws = jail.work_root().join(&name);
     let home = jail.work_root().join(format!("{name}.home"));
     let prepared = async {
+        check_order(&order, repos)?;
         let mirror = git::fetch_mirror(data_dir, &order.repo).await?;
         git::checkout(&mirror, &ws, &order.commit).await?;
+        let spec = own_recipe(&mirror, &order).await?;
         let _ = tokio::fs::remove_dir_all(&home).await;
         tokio::fs::create_dir_all(&home).await?;
-        anyhow::Ok(mirror)
+        anyhow::Ok((mirror, spec))
     }
     .await;
-    let mirror = match prepared {
+    let (mirror, spec) = match prepared {
         Ok(m) => m,
         Err(e) => {
             warn!(job = %order.job.short(), "cannot prepare the build: {e:#}");
+            let _ = tokio::fs::remove_dir_all(&ws).await;
             outcome.error = Some(format!("{e:#}"));
             outcome.ended_ms = now_ms();
             return outcome;
         }
     };
     info!(job = %order.job.short(), builder = %order.builder, commit = %order.commit, "build started");
-    for step in &order.steps {
+    for step in &spec.steps {
         // Progress may be lost when the core's mailbox is full: the next step or the outcome says more.
         let progress = BuildReport::Progress { job: order.job, attempt: order.attempt, step: step.name.clone() };
         if report.try_send(progress).is_err() {
@@ -314,4 +352,42 @@ fn collect_log(mut r: std::io::PipeReader, limit: u64) -> (Vec<u8>, bool) {
         );
     }
     (kept, truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(repo: &str, commit: &str, branch: &str) -> BuildOrder {
+        let recipe = "[[builder]]\nname = 'b'\n[[builder.step]]\nrun = 'true'\n";
+        let spec = peerbot_protocol::recipe::parse_recipe(repo, commit, recipe).unwrap().remove(0);
+        BuildOrder {
+            job: spec.id,
+            attempt: 0,
+            repo: repo.into(),
+            branch: branch.into(),
+            commit: commit.into(),
+            builder: "b".into(),
+            announced: spec,
+        }
+    }
+
+    #[test]
+    fn an_order_is_refused_before_any_fetch_unless_policy_and_names_allow_it() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let default = RepoPolicy::default();
+        assert!(check_order(&order("https://example.org/x.git", commit, "main"), &default).is_ok());
+        let e = check_order(&order("/srv/git/x", commit, "main"), &default).unwrap_err().to_string();
+        assert_eq!(e, "repository not allowed by this node's policy: \"/srv/git/x\"");
+        let listed = RepoPolicy::new(&["/srv/git/*".to_string()], &[]).unwrap();
+        assert!(check_order(&order("/srv/git/x", commit, "main"), &listed).is_ok());
+        let e = check_order(&order("https://example.org/x.git", commit, "main"), &listed).unwrap_err().to_string();
+        assert!(e.starts_with(NOT_ALLOWED), "{e}");
+        let watched = RepoPolicy::new(&[], &["/home/ci/repo".to_string()]).unwrap();
+        assert!(check_order(&order("/home/ci/repo", commit, "main"), &watched).is_ok());
+        let e = check_order(&order("https://example.org/x.git", "HEAD", "main"), &default).unwrap_err();
+        assert!(e.to_string().contains("not a commit id"), "{e}");
+        let e = check_order(&order("https://example.org/x.git", commit, "--force"), &default).unwrap_err();
+        assert!(e.to_string().contains("not a valid branch name"), "{e}");
+    }
 }

@@ -1,5 +1,13 @@
 //! Git through the `git` command: mirrors of watched repositories, commit
 //! facts, the recipe at a commit, and build checkouts.
+//!
+//! What reaches git's command line may come from a peer (a repository, a
+//! commit, a branch) and is checked first: a repository is never read as
+//! an option or a transport helper, a commit is a hex object id, a branch
+//! is a well-formed branch name; `--` ends the options where git takes it.
+//! Whatever the URL, git may only use the file, git, http, https and ssh
+//! transports (`GIT_ALLOW_PROTOCOL`), so `ext::` (which runs a command) and
+//! the other helpers are refused by git itself too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::{anyhow, bail, Context};
 use peerbot_protocol::core::CommitInfo;
 use peerbot_protocol::recipe::{MAX_RECIPE_BYTES, RECIPE_FILE};
+use peerbot_protocol::repos::{kind_of, RepoKind, MAX_REPO_LEN};
 use tokio::process::Command;
 
 const MAX_FILES: usize = 1000;
@@ -15,6 +24,10 @@ const MAX_FILES: usize = 1000;
 /// server that stopped answering must not hold a build or a poll for
 /// ever. Inside the core's grace for a build's fetch and checkout.
 pub const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// The transports git may use, whatever a URL or git's config asks for.
+const ALLOWED_PROTOCOLS: &str = "file:git:http:https:ssh";
+/// A branch name longer than this is refused.
+const MAX_BRANCH_LEN: usize = 255;
 
 /// Runs git; stdout on success, an error naming the command and git's
 /// own message otherwise.
@@ -30,6 +43,7 @@ pub async fn git_within(limit: std::time::Duration, dir: Option<&Path>, args: &[
     }
     cmd.args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS)
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
@@ -57,10 +71,46 @@ pub fn mirror_path(data_dir: &Path, repo: &str) -> PathBuf {
     data_dir.join("repos").join(format!("{}.git", &h[..16]))
 }
 
-/// A repository is a URL or a path; never something git would read as an option.
+/// A repository is a URL or a path; never something git would read as an
+/// option, nor a transport-helper address (`ext::`, `fd::`) or a URL of a
+/// transport git may not use.
 pub fn check_repo(repo: &str) -> anyhow::Result<()> {
-    if repo.is_empty() || repo.starts_with('-') || repo.contains('\0') || repo.len() > 4096 {
+    if repo.is_empty() || repo.starts_with('-') || repo.contains(['\0', '\n', '\r']) || repo.len() > MAX_REPO_LEN {
         bail!("{repo:?} is not a repository URL or path");
+    }
+    if kind_of(repo) == RepoKind::Other {
+        bail!(
+            "{repo:?}: transport helpers (ext::, fd::, ...) and transports other than {ALLOWED_PROTOCOLS} are refused"
+        );
+    }
+    Ok(())
+}
+
+/// A commit is named by its object id, 4 to 64 hex digits: never a
+/// revision expression, a ref or an option.
+pub fn check_commit(commit: &str) -> anyhow::Result<()> {
+    if !(4..=64).contains(&commit.len()) || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{commit:?} is not a commit id (4 to 64 hex digits)");
+    }
+    Ok(())
+}
+
+/// A branch name as `git check-ref-format --branch` would take it, and
+/// not an option: no control characters, space, `~ ^ : ? * [ \`, `..`,
+/// `@{`, `//`; no leading `-` or `/`; no component starting with `.` or
+/// ending with `.lock`; not `@`; not ending with `/` or `.`.
+pub fn check_branch(branch: &str) -> anyhow::Result<()> {
+    let bad_char = |c: char| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\');
+    let bad = branch.is_empty()
+        || branch.len() > MAX_BRANCH_LEN
+        || branch == "@"
+        || branch.starts_with(['-', '/'])
+        || branch.ends_with(['/', '.'])
+        || branch.chars().any(bad_char)
+        || ["..", "@{", "//"].iter().any(|s| branch.contains(s))
+        || branch.split('/').any(|c| c.starts_with('.') || c.ends_with(".lock"));
+    if bad {
+        bail!("{branch:?} is not a valid branch name");
     }
     Ok(())
 }
@@ -75,7 +125,7 @@ pub async fn fetch_mirror(data_dir: &Path, repo: &str) -> anyhow::Result<PathBuf
         tokio::fs::create_dir_all(&path).await?;
         git(Some(&path), &["init", "--bare", "-q"]).await?;
     }
-    git(Some(&path), &["fetch", "--quiet", "--prune", "--force", repo, "+refs/heads/*:refs/heads/*"])
+    git(Some(&path), &["fetch", "--quiet", "--prune", "--force", "--", repo, "+refs/heads/*:refs/heads/*"])
         .await
         .with_context(|| format!("fetching {repo}"))?;
     Ok(path)
@@ -84,10 +134,11 @@ pub async fn fetch_mirror(data_dir: &Path, repo: &str) -> anyhow::Result<PathBuf
 /// The branch the remote's HEAD points at.
 pub async fn default_branch(repo: &str) -> anyhow::Result<String> {
     check_repo(repo)?;
-    let out = git(None, &["ls-remote", "--symref", repo, "HEAD"]).await?;
+    let out = git(None, &["ls-remote", "--symref", "--", repo, "HEAD"]).await?;
     for line in out.lines() {
         if let Some(rest) = line.strip_prefix("ref: refs/heads/") {
             if let Some((branch, _)) = rest.split_once('\t') {
+                check_branch(branch).with_context(|| format!("the HEAD of {repo}"))?;
                 return Ok(branch.to_string());
             }
         }
@@ -95,19 +146,24 @@ pub async fn default_branch(repo: &str) -> anyhow::Result<String> {
     bail!("{repo} has no HEAD branch; name one with #branch")
 }
 
+/// The commit a revision (a commit id, a branch, `HEAD~2`...) names.
 pub async fn resolve(mirror: &Path, rev: &str) -> anyhow::Result<String> {
-    if rev.starts_with('-') {
+    if rev.is_empty() || rev.starts_with('-') || rev.contains(['\0', '\n', '\r']) || rev.len() > MAX_REPO_LEN {
         bail!("{rev:?} is not a revision");
     }
     let spec = format!("{rev}^{{commit}}");
     let out = git(Some(mirror), &["rev-parse", "--verify", "--quiet", &spec])
         .await
         .map_err(|_| anyhow!("no commit {rev:?} in the repository"))?;
-    Ok(out.trim().to_string())
+    let commit = out.trim().to_string();
+    check_commit(&commit)?;
+    Ok(commit)
 }
 
 /// Commits in `old..new`, oldest first.
 pub async fn commits_between(mirror: &Path, old: &str, new: &str) -> anyhow::Result<Vec<String>> {
+    check_commit(old)?;
+    check_commit(new)?;
     let range = format!("{old}..{new}");
     let out = git(Some(mirror), &["rev-list", "--reverse", &range]).await?;
     Ok(out.lines().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
@@ -115,6 +171,8 @@ pub async fn commits_between(mirror: &Path, old: &str, new: &str) -> anyhow::Res
 
 /// What the core needs to announce one commit.
 pub async fn commit_info(mirror: &Path, repo: &str, branch: &str, commit: &str) -> anyhow::Result<CommitInfo> {
+    check_commit(commit)?;
+    check_branch(branch)?;
     let out =
         git(Some(mirror), &["show", "-s", "--format=%H%x00%P%x00%an <%ae>%x00%cn <%ce>%x00%ct%x00%s", commit]).await?;
     let f: Vec<&str> = out.trim_end_matches('\n').split('\0').collect();
@@ -125,14 +183,7 @@ pub async fn commit_info(mirror: &Path, repo: &str, branch: &str, commit: &str) 
         .await
         .map(|o| o.lines().take(MAX_FILES).map(str::to_string).collect())
         .unwrap_or_default();
-    let spec = format!("{commit}:{RECIPE_FILE}");
-    let recipe = match git(Some(mirror), &["cat-file", "-s", &spec]).await {
-        Err(_) => Err(format!("no {RECIPE_FILE} at commit {}", &commit[..commit.len().min(12)])),
-        Ok(size) if size.trim().parse::<usize>().unwrap_or(usize::MAX) > MAX_RECIPE_BYTES => {
-            Err(format!("{RECIPE_FILE} is over the {MAX_RECIPE_BYTES}-byte limit"))
-        }
-        Ok(_) => git(Some(mirror), &["show", &spec]).await.map_err(|e| e.to_string()),
-    };
+    let recipe = recipe_at(mirror, commit).await;
     Ok(CommitInfo {
         repo: repo.to_string(),
         branch: branch.to_string(),
@@ -147,14 +198,30 @@ pub async fn commit_info(mirror: &Path, repo: &str, branch: &str, commit: &str) 
     })
 }
 
+/// The text of `.peerbot.toml` at `commit` of a mirror, or why it cannot
+/// be read (none there, over `MAX_RECIPE_BYTES`, git failed): what the
+/// watcher announces, and what a builder checks an announcement against.
+pub async fn recipe_at(mirror: &Path, commit: &str) -> Result<String, String> {
+    check_commit(commit).map_err(|e| e.to_string())?;
+    let spec = format!("{commit}:{RECIPE_FILE}");
+    match git(Some(mirror), &["cat-file", "-s", &spec]).await {
+        Err(_) => Err(format!("no {RECIPE_FILE} at commit {}", &commit[..commit.len().min(12)])),
+        Ok(size) if size.trim().parse::<usize>().unwrap_or(usize::MAX) > MAX_RECIPE_BYTES => {
+            Err(format!("{RECIPE_FILE} is over the {MAX_RECIPE_BYTES}-byte limit"))
+        }
+        Ok(_) => git(Some(mirror), &["cat-file", "blob", &spec]).await.map_err(|e| format!("{e:#}")),
+    }
+}
+
 /// A working tree of `commit` that shares objects with the mirror.
 pub async fn checkout(mirror: &Path, dest: &Path, commit: &str) -> anyhow::Result<()> {
+    check_commit(commit)?;
     if dest.exists() {
         tokio::fs::remove_dir_all(dest).await?;
     }
     let m = mirror.to_string_lossy().into_owned();
     let d = dest.to_string_lossy().into_owned();
-    git(None, &["clone", "--quiet", "--shared", "--no-checkout", &m, &d]).await?;
+    git(None, &["clone", "--quiet", "--shared", "--no-checkout", "--", &m, &d]).await?;
     git(Some(dest), &["checkout", "--quiet", "--detach", commit]).await?;
     Ok(())
 }
@@ -165,13 +232,103 @@ mod tests {
 
     #[tokio::test]
     async fn a_git_command_that_never_ends_is_killed_at_its_limit() {
-        // A remote whose transport never answers (git's ext:: transport
-        // runs a command that says nothing), as a hung server does.
+        // A git daemon that takes the connection and never answers, as a
+        // hung server does (the kernel accepts it into the listener's backlog).
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("git://{}/repo", silent.local_addr().unwrap());
         let started = std::time::Instant::now();
         let limit = std::time::Duration::from_millis(500);
-        let args = ["-c", "protocol.ext.allow=always", "ls-remote", "ext::sleep 3600"];
-        let err = git_within(limit, None, &args).await.unwrap_err().to_string();
+        let err = git_within(limit, None, &["ls-remote", "--", &url]).await.unwrap_err().to_string();
         assert!(err.contains("did not finish within"), "{err}");
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "killed, not waited for");
+    }
+
+    #[tokio::test]
+    async fn git_refuses_transport_helpers_even_when_its_config_allows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let url = format!("ext::sh -c touch% {}", marker.display());
+        let args = ["-c", "protocol.allow=always", "-c", "protocol.ext.allow=always", "ls-remote", "--", &url];
+        let err = git(None, &args).await.unwrap_err().to_string();
+        assert!(err.contains("transport 'ext' not allowed"), "{err}");
+        assert!(!marker.exists(), "the helper's command ran");
+        let err = git(None, &["ls-remote", "--", "fd::3"]).await.unwrap_err().to_string();
+        assert!(err.contains("not allowed"), "{err}");
+    }
+
+    #[test]
+    fn repositories_that_git_could_read_as_options_or_helpers_are_refused() {
+        for ok in ["https://github.com/org/x.git", "/srv/git/x", "git@host:x.git", "file:///srv/x", "ssh://h/x"] {
+            assert!(check_repo(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-uhelp", "--upload-pack=touch /tmp/x", "ext::sh -c id", "fd::3", "ftp://h/x", "a\0b", "a\nb"] {
+            assert!(check_repo(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_repo(&"a".repeat(MAX_REPO_LEN + 1)).is_err());
+        assert!(check_repo("ext::x").unwrap_err().to_string().contains("transport helpers"));
+    }
+
+    #[test]
+    fn commits_are_hex_object_ids() {
+        for ok in ["abcd", "0123456789abcdef0123456789abcdef01234567", "f".repeat(64).as_str(), "ABCDEF12"] {
+            assert!(check_commit(ok).is_ok(), "{ok}");
+        }
+        for bad in
+            ["", "abc", "f".repeat(65).as_str(), "HEAD", "main", "--output=/tmp/x", "abcd~1", "abcd^{tree}", "ab cd"]
+        {
+            assert!(check_commit(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn branch_names_follow_gits_rules_and_never_look_like_options() {
+        for ok in ["main", "release/1.2", "fixü-分支-ünïcødé", "feature/a-b_c.d", "v1@2"] {
+            assert!(check_branch(ok).is_ok(), "{ok}");
+        }
+        let options = ["-f", "--force"];
+        let shapes =
+            ["", "@", "/main", "main/", "main.", "a..b", "a//b", "a@{1}", ".hidden", "a/.b", "a.lock", "a/b.lock/c"];
+        let chars = ["a b", "a~1", "a^", "a:b", "a?", "a*", "a[", "a\\b", "a\nb", "a\u{1b}[2J"];
+        for b in options.iter().chain(&shapes).chain(&chars) {
+            assert!(check_branch(b).is_err(), "{b:?}");
+        }
+        assert!(check_branch(&"b".repeat(MAX_BRANCH_LEN + 1)).is_err());
+    }
+
+    fn run(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[tokio::test]
+    async fn the_recipe_is_read_at_a_commit_within_its_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        run(repo, &["init", "-q", "-b", "main"]);
+        run(repo, &["commit", "-q", "--allow-empty", "-m", "none"]);
+        let none = run(repo, &["rev-parse", "HEAD"]);
+        std::fs::write(repo.join(RECIPE_FILE), "[[builder]]\n").unwrap();
+        run(repo, &["add", "-A"]);
+        run(repo, &["commit", "-q", "-m", "recipe"]);
+        let with = run(repo, &["rev-parse", "HEAD"]);
+        std::fs::write(repo.join(RECIPE_FILE), "#".repeat(MAX_RECIPE_BYTES + 1)).unwrap();
+        run(repo, &["commit", "-q", "-am", "huge"]);
+        let huge = run(repo, &["rev-parse", "HEAD"]);
+        let git_dir = repo.join(".git");
+        assert_eq!(recipe_at(&git_dir, &with).await.unwrap(), "[[builder]]\n");
+        assert!(recipe_at(&git_dir, &none).await.unwrap_err().starts_with("no .peerbot.toml at commit"));
+        assert!(recipe_at(&git_dir, &huge).await.unwrap_err().contains("limit"));
+        assert!(recipe_at(&git_dir, "HEAD").await.unwrap_err().contains("not a commit id"));
+        let dest = dir.path().join("checkout");
+        checkout(&git_dir, &dest, &with).await.unwrap();
+        assert!(dest.join(RECIPE_FILE).exists());
+        assert!(checkout(&git_dir, &dest, "--orphan").await.is_err());
     }
 }

@@ -23,6 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 use peerbot_protocol::core::{defaults, Config, NodeCore};
 use peerbot_protocol::labels::{parse_label, platform_labels};
+use peerbot_protocol::repos::RepoPolicy;
 use serde_json::json;
 use tracing::info;
 
@@ -192,6 +193,7 @@ const CONFIG_KEYS: &[&str] = &[
     "listen",
     "bootstrap",
     "watch",
+    "allow_repo",
     "poll_secs",
     "label",
     "executors",
@@ -275,6 +277,9 @@ struct NodeArgs {
     /// Repository to watch, PATH_OR_URL[#branch] (default branch: the remote's HEAD); repeatable.
     #[arg(long, env = "PEERBOT_WATCH", value_delimiter = ',')]
     watch: Vec<WatchSpec>,
+    /// Build only repositories this matches (a URL or absolute path, and what is under it; or a glob: `*` within one `/` segment, `**` across) [default: remote URLs; local paths only when watched]; repeatable.
+    #[arg(long, env = "PEERBOT_ALLOW_REPO", value_delimiter = ',', value_name = "PATTERN")]
+    allow_repo: Vec<String>,
     /// Seconds between polls of watched repositories.
     #[arg(long, env = "PEERBOT_POLL_SECS", default_value_t = 30)]
     poll_secs: u64,
@@ -501,6 +506,8 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     if a.heartbeat_ms < 50 || a.poll_secs == 0 || a.lease_secs == 0 || a.sync_secs == 0 {
         anyhow::bail!("--heartbeat-ms must be at least 50, and --poll-secs, --lease-secs, --sync-secs at least 1");
     }
+    let watched: Vec<String> = a.watch.iter().map(|w| w.repo.clone()).collect();
+    let repos = RepoPolicy::new(&a.allow_repo, &watched).map_err(|e| anyhow::anyhow!("--allow-repo {e}"))?;
     let key = identity::load_or_create(&a.data_dir)?;
     let extra_labels: Vec<String> = a.label.iter().filter_map(|l| parse_label(l).ok()).collect();
     let membership =
@@ -536,8 +543,14 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     cfg.log_horizon_ms = a.log_horizon;
     cfg.cluster = Some(membership.cluster.clone());
     cfg.admission = Some(membership.admission.clone());
+    cfg.repos = repos;
     let peer_id = key.public().to_peer_id();
     info!(%peer_id, labels = ?labels, data_dir = %a.data_dir.display(), "starting node");
+    if cfg.repos.remote_by_default() {
+        info!(watched = ?cfg.repos.watched(), "building remote repositories and the watched ones");
+    } else {
+        info!(allow = ?cfg.repos.patterns(), watched = ?cfg.repos.watched(), "building only the repositories allowed");
+    }
 
     let sys = actix_rt::System::new();
     let data_dir = a.data_dir.clone();

@@ -12,7 +12,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::{dial_opts::DialOpts, NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, kad, multiaddr::Protocol, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use peerbot_protocol::core::Verdict;
-use peerbot_protocol::wire::{MAX_GOSSIP_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, REQUEST_PROTOCOL, TOPIC};
+use peerbot_protocol::wire::{self, MAX_GOSSIP_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, REQUEST_PROTOCOL, TOPIC};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
@@ -44,19 +44,81 @@ pub enum NetCommand {
     },
 }
 
-/// A peer disconnected for want of an admission is refused this long.
+/// A peer disconnected for want of an admission, or for flooding, is refused this long.
 const REFUSE_FOR: Duration = Duration::from_secs(60);
+/// Gossip messages a peer may hand this node, per second and at once.
+const GOSSIP_PER_SEC: u32 = 200;
+const GOSSIP_BURST: u32 = 1000;
+/// Requests a peer may make of this node, per second and at once.
+const REQUESTS_PER_SEC: u32 = 50;
+const REQUESTS_BURST: u32 = 200;
+/// A peer over its limits this many times within a minute is disconnected.
+const MAX_STRIKES: u32 = 1000;
+
+type PeerLimiter = governor::DefaultKeyedRateLimiter<PeerId>;
+
+fn limiter(per_sec: u32, burst: u32) -> PeerLimiter {
+    let n = |v: u32| std::num::NonZeroU32::new(v.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_second(n(per_sec)).allow_burst(n(burst)))
+}
+
+/// gossipsub's peer scoring: messages the core rejects count against the
+/// peer that forwarded them (P4), heavily, and decay quickly; a peer with
+/// many is graylisted. Mesh delivery rates (P3) are off: the cluster's
+/// traffic is too sparse for them to mean anything; so is IP colocation,
+/// as several nodes of one machine or one NAT are normal here.
+fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.5,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams { ip_colocation_factor_weight: 0.0, ..Default::default() };
+    params.topics.insert(IdentTopic::new(TOPIC).hash(), topic);
+    (params, gossipsub::PeerScoreThresholds::default())
+}
 
 #[derive(Debug)]
 pub enum NetEvent {
     Listening(Vec<Multiaddr>),
-    Gossip { from: PeerId, token: u64, bytes: Vec<u8> },
+    Gossip {
+        from: PeerId,
+        token: u64,
+        bytes: Vec<u8>,
+    },
     Connected(PeerId),
     Disconnected(PeerId),
-    Request { from: PeerId, id: u64, bytes: Vec<u8> },
-    Response { id: u64, bytes: Vec<u8> },
-    RequestFailed { id: u64, reason: String },
-    PeerAddrs { peer: PeerId, addrs: Vec<Multiaddr> },
+    Request {
+        from: PeerId,
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Response {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    RequestFailed {
+        id: u64,
+        reason: String,
+    },
+    PeerAddrs {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    /// A peer sent more than its share: what was dropped (counted, logged).
+    Limited {
+        peer: PeerId,
+        what: &'static str,
+    },
 }
 
 /// Requests and responses are opaque byte strings, one per stream, read
@@ -165,8 +227,10 @@ fn build_swarm(key: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
                 })
                 .build()
                 .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
-            let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gcfg)
+            let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gcfg)
                 .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+            let (params, thresholds) = peer_score();
+            gossipsub.with_peer_score(params, thresholds).map_err(|e| anyhow::anyhow!("gossipsub scoring: {e}"))?;
             let identify = identify::Behaviour::new(identify::Config::new("/peerbot/1".into(), key.public()));
             let me = key.public().to_peer_id();
             let mut kcfg = kad::Config::new(StreamProtocol::new("/peerbot/kad/1"));
@@ -357,6 +421,11 @@ struct NetTask {
     connected: HashSet<PeerId>,
     /// Peers the core disconnected, until when their connections are closed at once.
     refused: HashMap<PeerId, Instant>,
+    gossip_limit: PeerLimiter,
+    request_limit: PeerLimiter,
+    /// Times each peer went over its limits since `strikes_since`.
+    strikes: HashMap<PeerId, u32>,
+    strikes_since: Instant,
     listen_addrs: Vec<Multiaddr>,
     last_kad_bootstrap: Instant,
 }
@@ -422,6 +491,10 @@ impl NetTask {
             dialers,
             connected: HashSet::new(),
             refused: HashMap::new(),
+            gossip_limit: limiter(GOSSIP_PER_SEC, GOSSIP_BURST),
+            request_limit: limiter(REQUESTS_PER_SEC, REQUESTS_BURST),
+            strikes: HashMap::new(),
+            strikes_since: Instant::now(),
             listen_addrs: Vec::new(),
             last_kad_bootstrap: Instant::now() - Duration::from_secs(3600),
         })
@@ -476,6 +549,12 @@ impl NetTask {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if now.duration_since(self.strikes_since) > Duration::from_secs(60) {
+            self.strikes.clear();
+            self.strikes_since = now;
+            self.gossip_limit.retain_recent();
+            self.request_limit.retain_recent();
+        }
         for b in self.dialers.iter_mut() {
             let up = b.peer.is_some_and(|p| self.connected.contains(&p));
             if up || now < b.next {
@@ -591,7 +670,28 @@ impl NetTask {
 
     /// Holds a gossip message for the core's verdict, or ignores it at once
     /// if the core is too far behind to judge it.
+    /// A peer went over a limit: counted, and disconnected if it keeps at it.
+    fn strike(&mut self, peer: PeerId, what: &'static str) {
+        let n = self.strikes.entry(peer).or_default();
+        *n += 1;
+        if *n == 1 {
+            warn!(%peer, "{what}: over its limit; dropping the excess");
+        }
+        if *n >= MAX_STRIKES {
+            warn!(%peer, strikes = *n, "over its limits again and again: disconnected");
+            self.strikes.remove(&peer);
+            self.refused.insert(peer, Instant::now() + REFUSE_FOR);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let _ = self.to_core.offer(NetEvent::Limited { peer, what });
+    }
+
     fn on_gossip(&mut self, source: PeerId, message_id: MessageId, message: gossipsub::Message) {
+        if self.gossip_limit.check_key(&source).is_err() {
+            let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+            gossipsub.report_message_validation_result(&message_id, &source, MessageAcceptance::Ignore);
+            return self.strike(source, "rate limited: gossip");
+        }
         let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
         let Some(from) = message.source else {
             gossipsub.report_message_validation_result(&message_id, &source, MessageAcceptance::Reject);
@@ -617,6 +717,12 @@ impl NetTask {
     /// core is too far behind: dropping the response channel tells the
     /// requester now, rather than at its timeout.
     fn on_request(&mut self, from: PeerId, bytes: Vec<u8>, channel: ResponseChannel<Vec<u8>>) {
+        if self.request_limit.check_key(&from).is_err() {
+            let busy =
+                wire::encode_response(&wire::Response::Error { message: "rate limited: too many requests".into() });
+            let _ = self.swarm.behaviour_mut().rr.send_response(channel, busy);
+            return self.strike(from, "rate limited: requests");
+        }
         if self.replies.len() >= MAX_PENDING_REPLIES {
             // Requesters that went away need no answer.
             self.replies.retain(|ch| ch.is_open());

@@ -80,6 +80,9 @@ impl std::str::FromStr for WatchSpec {
             repo.to_string()
         };
         git::check_repo(&repo).map_err(|e| e.to_string())?;
+        if let Some(b) = &branch {
+            git::check_branch(b).map_err(|e| format!("--watch {s:?}: {e}"))?;
+        }
         Ok(WatchSpec { repo, branch })
     }
 }

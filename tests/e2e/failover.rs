@@ -55,7 +55,8 @@ fn killed_claimant_job_is_rebuilt_and_restarted_claimant_loses_nothing() {
     };
     let a = Node::start(Path::new(BIN), "A", &root.path().join("a"), &admitted("a", extra)).unwrap();
     let mut extra = common.clone();
-    extra.extend(["--bootstrap".to_string(), a.multiaddr()]);
+    let allow = repo.path().canonicalize().unwrap().display().to_string();
+    extra.extend(["--bootstrap".to_string(), a.multiaddr(), "--allow-repo".into(), allow]);
     let mut nodes = vec![a];
     nodes.push(Node::start(Path::new(BIN), "B", &root.path().join("b"), &admitted("b", extra.clone())).unwrap());
     nodes.push(Node::start(Path::new(BIN), "C", &root.path().join("c"), &admitted("c", extra)).unwrap());

@@ -41,7 +41,9 @@ fn late_joiner_and_killed_syncer_end_with_the_whole_history() {
     let repo = GitRepo::new().unwrap();
     repo.commit(&[(".peerbot.toml", RECIPE), ("n.txt", "0\n")], "start").unwrap();
     let watch = format!("{}#main", repo.path().display());
-    let fast = ["--lease-secs", "6", "--executors", "4", "--log-replicas", "1"].map(String::from).to_vec();
+    let allow = repo.path().canonicalize().unwrap().display().to_string();
+    let fast = ["--lease-secs", "6", "--executors", "4", "--log-replicas", "1", "--allow-repo", &allow];
+    let fast = fast.map(String::from).to_vec();
     let mut extra = fast.clone();
     extra.extend(["--watch".to_string(), watch]);
     let keeper = Keeper::new(Path::new(BIN), &root.path().join("keeper")).unwrap();

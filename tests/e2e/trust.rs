@@ -56,8 +56,10 @@ fn an_unadmitted_node_is_refused_and_a_revoked_one_is_cut_off() {
     };
     let a = start("a", vec!["--watch".into(), format!("{}#main", repo.path().display())], &[]);
     let boot = a.multiaddr();
-    let b = start("b", vec!["--bootstrap".into(), boot.clone()], &[]);
-    let c = start("c", vec!["--bootstrap".into(), boot.clone()], &["gpu=yes"]);
+    // B and C build the repository A watches: a local path, so they list it.
+    let allow = repo.path().canonicalize().unwrap().display().to_string();
+    let b = start("b", vec!["--bootstrap".into(), boot.clone(), "--allow-repo".into(), allow.clone()], &[]);
+    let c = start("c", vec!["--bootstrap".into(), boot.clone(), "--allow-repo".into(), allow], &["gpu=yes"]);
     for n in [&a, &b, &c] {
         wait_for("two live peers", LONG, || (n.get("/api/v1/node").ok()?["peers_live"].as_u64()? >= 2).then_some(()))
             .unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()));

@@ -1,6 +1,8 @@
 //! What a node is and how it paces itself. Every default lives here; the
 //! node's flags and the simulator start from these.
 
+use crate::repos::RepoPolicy;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// All of this node's labels, platform ones included.
@@ -36,6 +38,9 @@ pub struct Config {
     /// A connected peer that shows no admission within this long is
     /// disconnected.
     pub admission_grace_ms: u64,
+    /// Which repositories this node builds; a job of any other is left to
+    /// the nodes that allow it. Default: remote URLs, no local paths.
+    pub repos: RepoPolicy,
 }
 
 /// The defaults, named once; the node's flags and the simulator's options
@@ -67,6 +72,7 @@ impl Config {
             cluster: None,
             admission: None,
             admission_grace_ms: defaults::ADMISSION_GRACE_MS,
+            repos: RepoPolicy::default(),
         }
     }
 

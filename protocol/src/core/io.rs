@@ -4,7 +4,7 @@
 use libp2p_identity::PeerId;
 
 use crate::ids::Hash32;
-use crate::recipe::{JobSpec, StepSpec};
+use crate::recipe::JobSpec;
 use crate::record::{self, Change, Status};
 use crate::Millis;
 
@@ -88,7 +88,9 @@ pub struct BuildOrder {
     pub branch: String,
     pub commit: String,
     pub builder: String,
-    pub steps: Vec<StepSpec>,
+    /// The job as its change announced it. The executor runs the steps of
+    /// the commit's own recipe, and only when they are these.
+    pub announced: JobSpec,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -683,6 +683,7 @@ impl<S: Store> NodeCore<S> {
             stagger_ms: self.cfg.claim_stagger_ms,
             labels: self.cfg.labels.clone(),
             executors: self.cfg.executors,
+            repos: self.cfg.repos.clone(),
         };
         let plan = plan_claims(now, self.me, &pace, &mut self.jobs, &mut self.members, &self.builds, next_due);
         for id in plan.claim {
@@ -701,9 +702,9 @@ impl<S: Store> NodeCore<S> {
             branch: j.branch.clone(),
             commit: j.commit.clone(),
             builder: j.spec.builder.clone(),
-            steps: j.spec.steps.clone(),
+            announced: j.spec.clone(),
         };
-        let give_up_at = give_up_deadline(now, &order.steps, self.cfg.build_grace_ms);
+        let give_up_at = give_up_deadline(now, &order.announced.steps, self.cfg.build_grace_ms);
         self.builds.start(id, attempt, now, give_up_at);
         self.timers.set_earlier(Timer::GiveUp, give_up_at);
         self.timers.set_earlier(Timer::Renew, now + (self.cfg.lease_ms / 3).max(100));

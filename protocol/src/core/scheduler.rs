@@ -1,6 +1,9 @@
 //! Which waiting jobs this node claims now. Every eligible node ranks the
 //! same peers the same way; the node at rank r waits r staggers, counted
-//! from when the job opened or the set of free peers last changed.
+//! from when the job opened or the set of free peers last changed. A node
+//! claims only jobs whose labels it has and whose repository its policy
+//! allows; the others still count it among the eligible peers, so a job it
+//! refuses waits a stagger longer for the next one.
 
 use libp2p_identity::PeerId;
 
@@ -10,6 +13,7 @@ use super::members::Membership;
 use super::rank::position_among_free;
 use crate::ids::Hash32;
 use crate::labels::satisfies;
+use crate::repos::RepoPolicy;
 use crate::Millis;
 
 /// The jobs to claim now, best first, and when to look again.
@@ -22,6 +26,9 @@ pub struct Pace {
     pub stagger_ms: u64,
     pub labels: Vec<String>,
     pub executors: u32,
+    /// This node's policy: jobs of repositories it refuses are left to the
+    /// nodes that allow them.
+    pub repos: RepoPolicy,
 }
 
 /// Plans this node's claims among the open jobs it can build.
@@ -41,7 +48,7 @@ pub fn plan_claims(
             continue;
         }
         let Some(j) = jobs.jobs.get(id) else { continue };
-        if j.claim.is_some() || !satisfies(&pace.labels, &j.spec.requires) {
+        if j.claim.is_some() || !satisfies(&pace.labels, &j.spec.requires) || !pace.repos.allows(&j.repo) {
             continue;
         }
         if now < j.not_before {

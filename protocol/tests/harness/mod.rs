@@ -21,6 +21,7 @@ use peerbot_protocol::core::{
 };
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::record::{self, Body, BuildResult, Change, RecordError, VerifiedRecord};
+use peerbot_protocol::repos::RepoPolicy;
 use peerbot_protocol::store::{MemStore, Store};
 use peerbot_protocol::wire::{self, Gossip, Request, Response};
 use peerbot_protocol::{deterministic_key, Keypair, Millis, PeerId};
@@ -245,6 +246,7 @@ impl Net {
             .map(|i| {
                 let mut c = Config::new(vec!["os=linux".into()], 1);
                 c.seed = i as u64;
+                c.repos = RepoPolicy::new(&["/repo".to_string()], &[]).expect("a valid pattern");
                 c
             })
             .collect();
