@@ -351,12 +351,17 @@ async fn post_change(req: actix_web::HttpRequest, st: State, body: web::Json<Ann
     };
     match st.ask(Announce(info)).await {
         Ok(Ok(a)) => {
-            let (id, known) = match a {
-                Announced::New(id) => (id, false),
-                Announced::Known(id) => (id, true),
+            let (id, known, disputes) = match a {
+                Announced::New(id) => (id, false, None),
+                Announced::Known(id) => (id, true, None),
+                Announced::Disputed { ours, theirs } => (ours, false, Some(theirs.to_hex())),
             };
             let mut v = stored_change_json(&st, &id);
             v["already_known"] = json!(known);
+            if let Some(theirs) = disputes {
+                // Another node announced the commit with another recipe.
+                v["disputes"] = json!(theirs);
+            }
             if known {
                 HttpResponse::Ok().json(v)
             } else {

@@ -445,6 +445,12 @@ fn announce(at: &CommitArgs) -> anyhow::Result<()> {
         if let Some(e) = v["recipe_error"].as_str() {
             println!("recipe error: {}", client::clean(e));
         }
+        if let Some(other) = v["disputes"].as_str() {
+            println!(
+                "another node announced this commit with another recipe (change {}); both are kept",
+                client::clean(other)
+            );
+        }
     })
 }
 

@@ -200,6 +200,10 @@ async fn poll_one(
                 info!(repo = %spec.repo, %branch, commit = %c, change = %id.short(), "announced new commit")
             }
             Ok(Ok(Announced::Known(_))) => {}
+            Ok(Ok(Announced::Disputed { ours, theirs })) => warn!(
+                repo = %spec.repo, %branch, commit = %c, change = %ours.short(), other = %theirs.short(),
+                "another node announced this commit with another recipe; published ours beside it"
+            ),
             Ok(Err(e)) => warn!(commit = %c, "cannot announce: {e}"),
             Err(e) => anyhow::bail!("core is gone: {e}"),
         }

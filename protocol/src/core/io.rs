@@ -272,4 +272,10 @@ impl CommitInfo {
 pub enum Announced {
     New(Hash32),
     Known(Hash32),
+    /// Another node announced the commit with another recipe than the one
+    /// read here: this node published its own change beside that one.
+    Disputed {
+        ours: Hash32,
+        theirs: Hash32,
+    },
 }

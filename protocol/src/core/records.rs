@@ -26,6 +26,17 @@ fn clip(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// Two announcements of one commit agree: the same builders with the same
+/// recipe sections, or both found no usable recipe.
+fn same_recipe(a: &[crate::recipe::JobSpec], a_err: bool, b: &[crate::recipe::JobSpec], b_err: bool) -> bool {
+    let key = |j: &[crate::recipe::JobSpec]| {
+        let mut v: Vec<(String, Hash32)> = j.iter().map(|j| (j.builder.clone(), j.recipe_hash)).collect();
+        v.sort();
+        v
+    };
+    a_err == b_err && key(a) == key(b)
+}
+
 /// A job out of the table for good: built, cancelled, or superseded.
 pub(super) fn settled_in<S: Store>(store: &S, job: &Hash32) -> bool {
     store.lookup(Lookup::JobResult, job, 1).len() == 1
@@ -366,9 +377,6 @@ impl<S: Store> NodeCore<S> {
         if info.commit.len() < 4 || info.commit.len() > 64 || !info.commit.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(format!("commit {:?} is not a hex object id", info.commit));
         }
-        if let Some(id) = self.store.change_for_commit(&info.repo, &info.commit) {
-            return Ok(Announced::Known(id));
-        }
         let (jobs, recipe_error) = match &info.recipe {
             Ok(text) => match parse_recipe(&info.repo, &info.commit, text) {
                 Ok(j) => (j, None),
@@ -376,8 +384,26 @@ impl<S: Store> NodeCore<S> {
             },
             Err(e) => (vec![], Some(e.clone())),
         };
+        let known = self.store.change_for_commit(&info.repo, &info.commit);
+        if let Some(id) = known {
+            let theirs = self.store.get_record(&id).and_then(|b| record::decode_stored(&b).ok());
+            match theirs.map(|r| r.body) {
+                Some(Body::Change(c))
+                    if same_recipe(&c.jobs, c.recipe_error.is_some(), &jobs, recipe_error.is_some()) =>
+                {
+                    return Ok(Announced::Known(id));
+                }
+                // Another node announced this commit with a recipe that is not
+                // the one read here: both stay visible, neither silently wins.
+                _ => {}
+            }
+        }
         let change = info.into_change(jobs, recipe_error, now, None);
-        self.publish_now(now, Body::Change(change)).map(Announced::New)
+        let ours = self.publish_now(now, Body::Change(change))?;
+        Ok(match known {
+            Some(theirs) => Announced::Disputed { ours, theirs },
+            None => Announced::New(ours),
+        })
     }
 
     /// A forced rebuild of a commit: new jobs, built even if the commit was

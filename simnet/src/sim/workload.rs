@@ -296,6 +296,14 @@ impl Sim {
                     self.note(announcer, None, "announce", id.prefix_u64())
                 }
                 Ok(Announced::Known(_)) => {}
+                Ok(Announced::Disputed { .. }) => {
+                    self.violation_now(
+                        "one recipe read twice disagreed with itself",
+                        String::new(),
+                        None,
+                        Some(announcer),
+                    );
+                }
                 Err(e) => {
                     self.violation_now("a valid commit could not be announced", e, None, Some(announcer));
                 }
