@@ -722,7 +722,7 @@ mod tests {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let core = NodeCore::new(Config::new(vec!["os=linux".into()], 1), key, store, now_ms());
         let work = crate::sandbox::default_work_root(dir);
-        let jail = crate::sandbox::StepJail::prepare(crate::sandbox::SandboxMode::None, &work, dir, None).unwrap();
+        let jail = crate::sandbox::StepJail::prepare(crate::sandbox::SandboxMode::None, &work, dir, &[]).unwrap();
         CoreActor::new(core, net, dir.to_path_buf(), std::sync::Arc::new(jail))
     }
 

@@ -204,6 +204,7 @@ const CONFIG_KEYS: &[&str] = &[
     "log_replicas",
     "log_horizon",
     "api_token",
+    "api_token_file",
     "work_dir",
     "sandbox",
     "cluster",
@@ -307,6 +308,10 @@ struct NodeArgs {
     /// Token that HTTP writes (announce, force, cancel) must present [default: DATA_DIR/api.token, made on first start].
     #[arg(long, env = "PEERBOT_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// Read that token from FILE (mode 0600, at least 16 characters): one file copied to
+    /// every node lets one token write through any node of the cluster.
+    #[arg(long, env = "PEERBOT_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
     /// Drop this node's copies of logs of results older than this (e.g. 180d); records stay. Default: keep all.
     #[arg(long, env = "PEERBOT_LOG_HORIZON", value_parser = parse_duration_ms)]
     log_horizon: Option<u64>,
@@ -527,12 +532,15 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     info!(cluster = %membership.cluster.to_text(), keeper = membership.keeper, "admitted");
     let work_root = a.work_dir.clone().unwrap_or_else(|| sandbox::default_work_root(&a.data_dir));
     let config_file = config_path(&std::env::args().collect::<Vec<_>>()).map(PathBuf::from);
-    let jail =
-        std::sync::Arc::new(sandbox::StepJail::prepare(a.sandbox, &work_root, &a.data_dir, config_file.as_deref())?);
-    let api_token = match a.api_token.clone() {
-        Some(t) if t.trim().len() >= 16 => t.trim().to_string(),
-        Some(_) => anyhow::bail!("--api-token must be at least 16 characters"),
-        None => identity::api_token(&a.data_dir)?,
+    let secrets: Vec<&std::path::Path> =
+        config_file.iter().chain(a.api_token_file.iter()).map(|p| p.as_path()).collect();
+    let jail = std::sync::Arc::new(sandbox::StepJail::prepare(a.sandbox, &work_root, &a.data_dir, &secrets)?);
+    let api_token = match (a.api_token.clone(), &a.api_token_file) {
+        (Some(_), Some(_)) => anyhow::bail!("--api-token and --api-token-file: give one"),
+        (Some(t), None) if t.trim().len() >= 16 => t.trim().to_string(),
+        (Some(_), None) => anyhow::bail!("--api-token must be at least 16 characters"),
+        (None, Some(f)) => identity::token_file(f)?,
+        (None, None) => identity::api_token(&a.data_dir)?,
     };
     let store = store::RocksStore::open(&a.data_dir.join("db"))?;
     let known: Vec<(libp2p::PeerId, Vec<Multiaddr>)> = load_peer_addrs(&store)

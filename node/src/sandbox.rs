@@ -48,7 +48,7 @@ impl StepJail {
         mode: SandboxMode,
         work_root: &Path,
         data_dir: &Path,
-        config_file: Option<&Path>,
+        secret_files: &[&Path],
     ) -> anyhow::Result<StepJail> {
         std::fs::create_dir_all(work_root)
             .with_context(|| format!("creating the work root {}", work_root.display()))?;
@@ -72,7 +72,7 @@ impl StepJail {
                 }
             },
         };
-        let hidden_files = config_file.and_then(|f| f.canonicalize().ok()).into_iter().collect();
+        let hidden_files = secret_files.iter().filter_map(|f| f.canonicalize().ok()).collect();
         let path_var = std::env::var("PATH").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_PATH.into());
         info!(work_root = %work_root.display(), sandbox = bwrap.is_some(), "build steps");
         Ok(StepJail { work_root, hidden_dirs: vec![data], hidden_files, bwrap, path_var })
@@ -159,12 +159,12 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let data = root.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let inside = StepJail::prepare(SandboxMode::None, &data.join("work"), &data, None);
+        let inside = StepJail::prepare(SandboxMode::None, &data.join("work"), &data, &[]);
         assert!(inside.err().unwrap().to_string().contains("must not contain one another"));
-        let around = StepJail::prepare(SandboxMode::None, root.path(), &data, None);
+        let around = StepJail::prepare(SandboxMode::None, root.path(), &data, &[]);
         assert!(around.is_err());
         assert_eq!(default_work_root(&data), root.path().canonicalize().unwrap().join("data-work"));
-        assert!(StepJail::prepare(SandboxMode::None, &default_work_root(&data), &data, None).is_ok());
+        assert!(StepJail::prepare(SandboxMode::None, &default_work_root(&data), &data, &[]).is_ok());
     }
 
     /// The default data dir is relative (`.peerbot`), and so is the mirror
@@ -184,7 +184,7 @@ mod tests {
         let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
         let relative = up.join(mirror.strip_prefix("/").unwrap());
         assert!(relative.is_relative());
-        let jail = StepJail::prepare(SandboxMode::Bwrap, &root.path().join("w"), &data, None).unwrap();
+        let jail = StepJail::prepare(SandboxMode::Bwrap, &root.path().join("w"), &data, &[]).unwrap();
         let ws = jail.work_root().join("b");
         std::fs::create_dir_all(&ws).unwrap();
         let script = format!("cat {}/HEAD", mirror.display());
@@ -198,7 +198,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let data = root.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let jail = StepJail::prepare(SandboxMode::None, &root.path().join("w"), &data, None).unwrap();
+        let jail = StepJail::prepare(SandboxMode::None, &root.path().join("w"), &data, &[]).unwrap();
         let out = jail.command(root.path(), root.path(), &[], "env", &[("PEERBOT_STEP", "s".into())]).output().unwrap();
         let env = String::from_utf8_lossy(&out.stdout);
         let mut names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();

@@ -25,6 +25,34 @@ pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 3600;
 pub const MAX_STEP_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 pub const MAX_TREE_STABLE_SECS: u64 = 24 * 3600;
 
+/// Checks a job as a peer announced it against the limits a recipe read
+/// here must keep: what a peer sends is held to the same bounds.
+pub fn check_spec(j: &JobSpec) -> Result<(), String> {
+    if j.builder.is_empty() || j.builder.len() > MAX_NAME_LEN {
+        return Err(format!("builder name of 1 to {MAX_NAME_LEN} bytes expected"));
+    }
+    if j.steps.is_empty() || j.steps.len() > MAX_STEPS {
+        return Err(format!("builder {:?}: 1 to {MAX_STEPS} steps expected", j.builder));
+    }
+    if j.requires.len() > crate::labels::MAX_LABELS
+        || j.requires.iter().any(|l| crate::labels::parse_label(l).ok().as_deref() != Some(l.as_str()))
+    {
+        return Err(format!("builder {:?}: its required labels are not valid labels", j.builder));
+    }
+    if j.tree_stable_secs > MAX_TREE_STABLE_SECS {
+        return Err(format!("builder {:?}: tree_stable_secs over {MAX_TREE_STABLE_SECS}", j.builder));
+    }
+    for s in &j.steps {
+        if s.name.is_empty() || s.name.len() > MAX_NAME_LEN || s.run.len() > MAX_COMMAND_LEN {
+            return Err(format!("builder {:?}: a step's name or command is over its limit", j.builder));
+        }
+        if s.timeout_secs == 0 || s.timeout_secs > MAX_STEP_TIMEOUT_SECS {
+            return Err(format!("builder {:?}: a step's timeout is not 1 to {MAX_STEP_TIMEOUT_SECS} s", j.builder));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSpec {
     pub name: String,

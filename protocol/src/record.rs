@@ -274,7 +274,13 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
             if c.force.as_ref().is_some_and(|f| f.reason.len() > 1024) {
                 return bad("force reason over 1024 bytes");
             }
+            if c.jobs.len() > crate::recipe::MAX_BUILDERS {
+                return bad("change lists more jobs than a recipe may have builders");
+            }
             for j in &c.jobs {
+                if let Err(e) = crate::recipe::check_spec(j) {
+                    return Err(RecordError::Invalid(format!("change: {e}")));
+                }
                 let want = match &c.force {
                     None => crate::recipe::job_id(&c.repo, &c.commit, &j.builder),
                     Some(f) => crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &f.nonce),
@@ -338,6 +344,23 @@ pub(crate) mod tests {
         assert_eq!(back.signer, key.public().to_peer_id());
         assert_eq!(back.body, rec.body);
         assert_eq!(rec.id, Hash32::of(&rec.bytes));
+    }
+
+    #[test]
+    fn a_signed_change_is_held_to_the_recipe_limits() {
+        let key = crate::deterministic_key(1);
+        assert!(verify(&sign(&key, &sample_change()).bytes).is_ok());
+        let bend = |f: &dyn Fn(&mut crate::recipe::JobSpec)| {
+            let Body::Change(mut c) = sample_change() else { unreachable!() };
+            f(&mut c.jobs[0]);
+            verify(&sign(&key, &Body::Change(c)).bytes)
+        };
+        assert!(bend(&|j| j.steps[0].timeout_secs = u64::MAX).is_err());
+        assert!(bend(&|j| j.steps[0].timeout_secs = 0).is_err());
+        assert!(bend(&|j| j.steps = vec![j.steps[0].clone(); crate::recipe::MAX_STEPS + 1]).is_err());
+        assert!(bend(&|j| j.steps[0].run = "x".repeat(crate::recipe::MAX_COMMAND_LEN + 1)).is_err());
+        assert!(bend(&|j| j.requires = vec!["not a label".into()]).is_err());
+        assert!(bend(&|j| j.tree_stable_secs = u64::MAX).is_err());
     }
 
     #[test]

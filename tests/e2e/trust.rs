@@ -59,7 +59,27 @@ fn an_unadmitted_node_is_refused_and_a_revoked_one_is_cut_off() {
     // B and C build the repository A watches: a local path, so they list it.
     let allow = repo.path().canonicalize().unwrap().display().to_string();
     let b = start("b", vec!["--bootstrap".into(), boot.clone(), "--allow-repo".into(), allow.clone()], &[]);
-    let c = start("c", vec!["--bootstrap".into(), boot.clone(), "--allow-repo".into(), allow], &["gpu=yes"]);
+    // C takes its API token from a file an operator shares across nodes.
+    let token_file = root.path().join("cluster.token");
+    std::fs::write(&token_file, "shared-token-5b8e1f0a9c3d7e26\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c_args = vec!["--bootstrap".into(), boot.clone(), "--allow-repo".into(), allow];
+    let c_args = [c_args, vec!["--api-token-file".into(), token_file.display().to_string()]].concat();
+    let c = start("c", c_args, &["gpu=yes"]);
+    let post = |token: &str| {
+        let url = format!("{}/api/v1/revocations", c.url());
+        match ureq::post(&url)
+            .set("authorization", &format!("Bearer {token}"))
+            .send_json(serde_json::json!({"revocation": "x"}))
+        {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(post("shared-token-5b8e1f0a9c3d7e26"), 400, "the shared token is taken; the revocation is not");
+    assert_eq!(post(&b.api_token()), 401);
     for n in [&a, &b, &c] {
         wait_for("two live peers", LONG, || (n.get("/api/v1/node").ok()?["peers_live"].as_u64()? >= 2).then_some(()))
             .unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()));
