@@ -80,6 +80,11 @@ pub struct SimConfig {
     pub crash_claimants: usize,
     /// Forged records injected per minute (a peer flips bits in a record).
     pub forge_per_min: f64,
+    /// The last N nodes are hostile insiders (admitted, with valid keys):
+    /// they replay records, claim jobs with made-up attempts and leases,
+    /// sign cancels of others' jobs, and answer reconciliation with ids
+    /// they never deliver. All nodes then run with a cluster key.
+    pub byzantine: usize,
     /// Scheduled outages: (node, start, length); the node keeps its store.
     pub outages: Vec<(usize, u64, u64)>,
     pub log_replicas: usize,
@@ -124,6 +129,7 @@ impl Default for SimConfig {
             slow_factor: 3.0,
             crash_claimants: 0,
             forge_per_min: 0.0,
+            byzantine: 0,
             outages: vec![],
             log_replicas: defaults::LOG_REPLICAS,
             heartbeat_ms: defaults::HEARTBEAT_MS,

@@ -182,6 +182,12 @@ struct RunArgs {
     /// Forged (bit-flipped) records injected per simulated minute.
     #[arg(long, default_value_t = 0.0)]
     forge_per_min: f64,
+    /// Make the last N nodes hostile insiders: they replay records, claim
+    /// with made-up attempts and leases, cancel others' jobs, and answer
+    /// reconciliation with ids they never deliver (all nodes then run with
+    /// a cluster key and admissions).
+    #[arg(long, default_value_t = 0)]
+    byzantine: usize,
     /// The nodes' claim stagger (a duration such as 2s, or milliseconds).
     #[arg(long, default_value_t = defaults::CLAIM_STAGGER_MS, value_parser = parse_ms)]
     claim_stagger: u64,
@@ -244,6 +250,7 @@ fn config(a: RunArgs) -> Result<SimConfig, String> {
         slow_factor: a.slow_factor,
         crash_claimants: a.crash_claimants,
         forge_per_min: a.forge_per_min,
+        byzantine: a.byzantine,
         outages: a.outage,
         log_replicas: a.log_replicas,
         claim_stagger_ms: a.claim_stagger,

@@ -236,3 +236,24 @@ fn node_down_for_a_simulated_day_catches_up() {
     assert!(caught_up < 120_000, "{}", r.to_text());
     assert!(r.records_per_node_at_end > 3000, "{}", r.to_text());
 }
+
+/// Five hostile insiders among thirty nodes (admitted, with valid keys)
+/// replay records, claim open jobs with made-up attempts and keep leasing
+/// them, lease every open job, cancel others' jobs, and answer every
+/// reconciliation with ids they never deliver, while messages are lost,
+/// duplicated and reordered and nodes crash. Every invariant holds (among
+/// them: no cancel of a job by a node that did not announce it is stored),
+/// and every job that was not withdrawn is built: a hostile claim holds a
+/// job for at most its steps' timeouts and the grace, once.
+#[test]
+fn hostile_insiders_break_no_invariant_and_stall_no_job() {
+    for seed in [1, 2] {
+        let cfg = SimConfig { byzantine: 5, step_timeout_ms: Some(5 * 60_000), ..mixed_faults(30, seed) };
+        let r = run(cfg);
+        assert!(r.byzantine_acts > 500, "{}", r.to_text());
+        assert!(r.records_rejected > 1000, "their lies are refused: {}", r.to_text());
+    }
+    // Without the faults, their lies alone make no job be built twice.
+    let r = run(SimConfig { byzantine: 3, step_timeout_ms: Some(5 * 60_000), ..base(30, 3) });
+    assert_eq!((r.jobs_built_0, r.jobs_built_2_plus), (0, 0), "{}", r.to_text());
+}

@@ -46,6 +46,8 @@ pub(super) enum Ev {
         cancelled: bool,
     },
     Commit,
+    /// The hostile nodes act.
+    Byzantine,
     Crash {
         node: usize,
     },

@@ -181,6 +181,7 @@ impl Sim {
     /// were rightly left unbuilt.
     pub(super) fn check_final(&self, live: &[usize]) -> Result<JobsLeft, Box<Violation>> {
         self.check_signatures(live)?;
+        self.check_cancels(live)?;
         let left = self.check_jobs(live)?;
         self.check_same_records(live)?;
         Ok(left)

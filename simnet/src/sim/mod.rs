@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::SimConfig;
 
+mod byzantine;
 mod events;
 mod faults;
 mod invariants;
@@ -67,6 +68,8 @@ pub struct Sim {
     /// When a node last stored a record it did not have: the settling
     /// phase lasts while the cluster still gets somewhere.
     progress_at: u64,
+    /// With hostile nodes, the cluster's key and each node's admission.
+    cluster: Option<(peerbot_protocol::admission::ClusterId, Vec<peerbot_protocol::admission::Admission>)>,
 }
 
 /// However much progress it makes, a run settles for at most this long
@@ -80,6 +83,12 @@ impl Sim {
         let nodes = nodes::make_nodes(&cfg, &mut rng);
         let network = Network::new(&cfg, &mut rng);
         let by_peer = nodes.iter().enumerate().map(|(i, n)| (n.peer, i)).collect();
+        // No draw from `rng`: runs without hostile nodes replay as before.
+        let cluster = (cfg.byzantine > 0).then(|| {
+            let peers: Vec<_> = nodes.iter().map(|n| (n.peer, n.labels.clone())).collect();
+            let (key, certs) = byzantine::admissions(cfg.seed, &peers);
+            (key.id(), certs)
+        });
         let mut sim = Sim {
             workload: Workload::new(&cfg),
             cfg,
@@ -97,10 +106,12 @@ impl Sim {
             pending_violation: None,
             quiet: false,
             progress_at: 0,
+            cluster,
         };
         sim.boot_all();
         sim.schedule_first_commit();
         sim.schedule_faults();
+        sim.schedule_byzantine();
         sim
     }
 
@@ -165,6 +176,7 @@ impl Sim {
             Ev::ConvergenceCheck => self.convergence_check(),
             Ev::QuietCheck => self.on_quiet_check(),
             Ev::Forge => self.on_forge(),
+            Ev::Byzantine => self.on_byzantine(),
         }
     }
 

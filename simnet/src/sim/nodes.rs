@@ -75,6 +75,10 @@ pub(super) struct SimNode {
 }
 
 impl SimNode {
+    pub(super) fn key(&self) -> &Keypair {
+        &self.key
+    }
+
     /// Draws the node's labels, clock skew and slowness, in that order.
     fn new(cfg: &SimConfig, i: usize, rng: &mut ChaCha8Rng, pool: &RecordPool) -> SimNode {
         let key = deterministic_key(cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
@@ -186,6 +190,10 @@ impl Sim {
         c.sync_interval_ms = self.cfg.sync_ms;
         c.seed = self.cfg.seed ^ ((i as u64) << 20) ^ ((self.nodes[i].incarnation as u64) << 40);
         c.log_replicas = self.cfg.log_replicas;
+        if let Some((cluster, certs)) = &self.cluster {
+            c.cluster = Some(cluster.clone());
+            c.admission = certs.get(i).cloned();
+        }
         c
     }
 
@@ -371,6 +379,7 @@ impl Sim {
     }
 
     fn send_reply(&mut self, i: usize, inbound: u64, bytes: Vec<u8>) {
+        let bytes = self.tamper_reply(i, bytes);
         let Some(caller) = self.nodes[i].inbound.remove(&inbound) else { return };
         let to = caller.node;
         let dest = if self.linked(i, to) && self.nodes[to].incarnation == caller.incarnation {

@@ -57,6 +57,8 @@ pub struct Report {
     pub claim_conflicts: u64,
     pub forged_sent: u64,
     pub records_rejected: u64,
+    /// Lies told by `--byzantine` nodes.
+    pub byzantine_acts: u64,
     pub failovers: Vec<FailoverFigure>,
     pub live_nodes_at_end: usize,
     pub records_per_node_at_end: u64,
@@ -96,6 +98,7 @@ pub(super) struct Observed {
     conflicts_seen: BTreeSet<(Hash32, u32)>,
     expiries_seen: BTreeSet<(Hash32, u32)>,
     records_rejected: u64,
+    byzantine_acts: u64,
 }
 
 /// How fast records spread to the nodes that are up at the end.
@@ -139,6 +142,10 @@ impl Observed {
     }
 
     /// Counted at every node that rejects one.
+    pub(super) fn byzantine_acted(&mut self) {
+        self.byzantine_acts += 1;
+    }
+
     pub(super) fn rejected(&mut self) {
         self.records_rejected += 1;
     }
@@ -199,6 +206,7 @@ impl Sim {
             claim_conflicts: self.observed.conflicts_seen.len() as u64,
             forged_sent: faults.forged_sent,
             records_rejected: self.observed.records_rejected,
+            byzantine_acts: self.observed.byzantine_acts,
             failovers: self.failover_figures(live),
             live_nodes_at_end: live.len(),
             records_per_node_at_end: self.first_store(live).map(|s| s.record_count()).unwrap_or(0),
@@ -341,6 +349,9 @@ impl Report {
             "faults: {} crashes, {} restarts, {} partitions, {} lease expiries, {} claim conflicts, {} forged records sent, {} rejected\n",
             self.crashes, self.restarts, self.partitions, self.lease_expiries, self.claim_conflicts, self.forged_sent, self.records_rejected
         ));
+        if self.byzantine_acts > 0 {
+            s.push_str(&format!("hostile insiders told {} lies\n", self.byzantine_acts));
+        }
         if !self.convergence_after_heal_ms.is_empty() {
             let c: Vec<String> = self.convergence_after_heal_ms.iter().map(|x| ms(*x)).collect();
             s.push_str(&format!("convergence after each heal: {}\n", c.join(", ")));
