@@ -3,8 +3,9 @@
 #
 #   examples/local-cluster.sh [REPO[#BRANCH]]
 #
-# Node A listens first; B and C join through A's address. C has the extra
-# label gpu=yes. With a repository argument (a path or URL, optionally
+# Node A listens first and makes a cluster of its own; A admits B and C,
+# which join through A's address. C is admitted with the extra label
+# gpu=yes. With a repository argument (a path or URL, optionally
 # followed by #branch), A watches it and announces every new commit; a
 # local path is also given to B and C with --allow-repo, since nodes build
 # local repositories only when their policy lists them.
@@ -142,11 +143,26 @@ if [[ $# -eq 1 ]]; then
     fi
 fi
 
+# admit NAME LABELS... : A (which made a cluster of its own at first
+# start) admits node NAME with LABELS; prints the flags that join it.
+admit() {
+    local name=$1
+    shift
+    local id cert=$root/$name.admission
+    id=$("$bin" id --data-dir "$root/$name")
+    local labels=()
+    for l in "$@"; do labels+=(--label "$l"); done
+    "$bin" cluster admit --data-dir "$root/A" "$id" "${labels[@]}" >"$cert"
+    echo --cluster "$("$bin" cluster id --data-dir "$root/A")" --admission "$cert" "${labels[@]}"
+}
+
 echo "peerbot: $bin"
 start A "${a_args[@]}"
 boot=$(json_field "$root/A/node.json" listen)
-start B --bootstrap "$boot" "${allow[@]}"
-start C --bootstrap "$boot" --label gpu=yes "${allow[@]}"
+# shellcheck disable=SC2046 # admit prints flags, one word each
+start B --bootstrap "$boot" "${allow[@]}" $(admit B)
+# shellcheck disable=SC2046
+start C --bootstrap "$boot" "${allow[@]}" $(admit C gpu=yes)
 
 echo "three nodes in $root"
 show A

@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::admission::{Admission, ClusterKey};
+use crate::admission::{Admission, ClusterKey, Revocation};
 use crate::core::{BuildOutcome, CommitInfo, Config, Input, NodeCore, Output, StepOutcome};
 use crate::store::{MemStore, Store};
 use crate::{deterministic_key, record, Millis, PeerId};
@@ -33,10 +33,16 @@ pub struct Corpus {
     pub records: Vec<Vec<u8>>,
 }
 
+/// A core of the fuzzing cluster: admitted, so that hellos, admission
+/// records and the screening of records are on the paths fuzzed.
 fn core(n: u64) -> NodeCore<MemStore> {
     let mut cfg = Config::new(vec!["os=linux".into()], 1);
     cfg.seed = n;
     cfg.sync_interval_ms = 2_000;
+    let key = ClusterKey::from_seed([9; 32]);
+    let me = deterministic_key(n).public().to_peer_id();
+    cfg.cluster = Some(key.id());
+    cfg.admission = key.admit(&me, vec![], 0, None).ok();
     NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
 }
 
@@ -277,13 +283,19 @@ pub fn target(name: &str, corpus: &Corpus) -> Option<Target> {
             let text = cert.to_text();
             let bin = hex::decode(text.split_once(':').map(|(_, h)| h).unwrap_or_default()).unwrap_or_default();
             let id = key.id();
+            let revocation = key.revoke(&me, 5).to_text();
+            let rbin = hex::decode(revocation.split_once(':').map(|(_, h)| h).unwrap_or_default()).unwrap_or_default();
             Target {
                 name: "admission",
-                seeds: vec![bin],
+                seeds: vec![bin, rbin],
                 run: Box::new(move |b| {
                     if let Ok(a) = Admission::from_text(&format!("peerbot-admission-v1:{}", hex::encode(b))) {
                         let _ = a.check(&id, &me, 2);
                         let _ = a.grants_all(&["gpu=yes".into()]);
+                        let _ = a.permits("role=admin");
+                    }
+                    if let Ok(r) = Revocation::from_text(&format!("peerbot-revocation-v1:{}", hex::encode(b))) {
+                        let _ = r.check(&id);
                     }
                 }),
             }
