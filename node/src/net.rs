@@ -760,6 +760,19 @@ mod tests {
     }
 
     #[test]
+    fn peer_scoring_is_valid_and_a_peer_over_its_rate_is_held_to_it() {
+        let (params, thresholds) = peer_score();
+        assert!(params.validate().is_ok() && thresholds.validate().is_ok());
+        let topic = &params.topics[&IdentTopic::new(TOPIC).hash()];
+        assert!(topic.invalid_message_deliveries_weight < 0.0, "rejected messages count against their forwarder");
+        let limit = limiter(REQUESTS_PER_SEC, REQUESTS_BURST);
+        let (flooder, other) = (PeerId::random(), PeerId::random());
+        let allowed = (0..REQUESTS_BURST * 2).filter(|_| limit.check_key(&flooder).is_ok()).count();
+        assert!(allowed >= REQUESTS_BURST as usize && allowed < 2 * REQUESTS_BURST as usize, "{allowed}");
+        assert!(limit.check_key(&other).is_ok(), "one peer's flood does not limit another");
+    }
+
+    #[test]
     fn awaiting_gives_up_the_oldest_beyond_its_cap() {
         let mut a = Awaiting::new(2);
         assert_eq!(a.hold("x"), (1, None));
