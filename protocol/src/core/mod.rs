@@ -171,18 +171,28 @@ impl<S: Store> NodeCore<S> {
         core
     }
 
-    /// Applies every stored record, as if heard again; who was admitted and
-    /// revoked first, as the records' acceptance took it into account.
+    /// Applies every stored record, as if heard again, a chunk at a time in
+    /// (time, id) order: the history is never all in memory at once. The
+    /// order does not matter to the outcome: records were screened when
+    /// stored, and a result applied before its change settles the job all
+    /// the same (the change's jobs are checked against the store).
     fn replay(&mut self, now: Millis) {
-        let mut stored = Vec::new();
-        self.store.for_each_record(&mut |b| {
-            if let Ok(r) = record::decode_stored(b) {
-                stored.push(r)
+        const CHUNK: usize = 4096;
+        let mut from = crate::keyspace::SyncKey::MIN;
+        let mut first = true;
+        loop {
+            let keys = self.store.keys_in(&from, None, CHUNK + 1);
+            let fresh: Vec<_> = keys.iter().filter(|k| first || **k != from).copied().collect();
+            if fresh.is_empty() {
+                break;
             }
-        });
-        stored.sort_by_key(|r| !matches!(r.body, record::Body::Admission(_) | record::Body::Revocation(_)));
-        for r in stored {
-            self.apply(now, &r);
+            for k in &fresh {
+                if let Some(r) = self.store.get_record(&k.id).and_then(|b| record::decode_stored(&b).ok()) {
+                    self.apply(now, &r);
+                }
+            }
+            from = *fresh.last().expect("not empty");
+            first = false;
         }
         self.replaying = false;
     }

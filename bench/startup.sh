@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Start-up time and memory of a node holding N synthetic results.
+#
+#   bench/startup.sh [N] [RUNS]      (defaults: 100000 results, 3 runs)
+#
+# Seeds a stopped node's store with `peerbot seed-history --results N`
+# (N results and their N changes), then starts the node RUNS times on it,
+# each time measuring the seconds until it writes node.json (ready: store
+# opened, history replayed, ports bound), and its resident memory (VmRSS)
+# and peak (VmHWM) 2 s later. Prints each run and the medians. Loopback
+# only, ports chosen by the OS; every node it starts is stopped.
+set -euo pipefail
+n=${1:-100000}
+runs=${2:-3}
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+bin=${PEERBOT_BIN:-${CARGO_TARGET_DIR:-$script_dir/../target}/release/peerbot}
+[[ -x $bin ]] || { echo "no peerbot at $bin: cargo build --release -p peerbot, or set PEERBOT_BIN" >&2; exit 1; }
+dir=$(mktemp -d "${TMPDIR:-/tmp}/peerbot-bench.XXXXXX")
+pid=
+cleanup() {
+    [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+seed_start=$(date +%s.%N)
+"$bin" seed-history --results "$n" --data-dir "$dir/data" >/dev/null
+echo "seeded $n results in $(echo "$(date +%s.%N) - $seed_start" | bc) s; $(du -sk "$dir/data/db" | cut -f1) kB on disk"
+readies=() rsss=() peaks=()
+for ((r = 1; r <= runs; r++)); do
+    rm -f "$dir/data/node.json"
+    start=$(date +%s.%N)
+    "$bin" node --data-dir "$dir/data" --http 127.0.0.1:0 --listen /ip4/127.0.0.1/tcp/0 \
+        --sandbox none >"$dir/node.log" 2>&1 </dev/null &
+    pid=$!
+    for ((i = 0; i < 60000; i++)); do
+        [[ -s $dir/data/node.json ]] && break
+        kill -0 "$pid" 2>/dev/null || { tail -5 "$dir/node.log" >&2; exit 1; }
+        sleep 0.01
+    done
+    ready=$(echo "$(date +%s.%N) - $start" | bc)
+    sleep 2
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    pid=
+    echo "run $r: ready in $ready s, RSS $((rss / 1024)) MiB, peak $((peak / 1024)) MiB"
+    readies+=("$ready") rsss+=("$rss") peaks+=("$peak")
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+echo "median of $runs: ready in $(median "${readies[@]}") s, RSS $(($(median "${rsss[@]}") / 1024)) MiB, peak $(($(median "${peaks[@]}") / 1024)) MiB ($n results)"
