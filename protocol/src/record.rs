@@ -228,6 +228,32 @@ fn signed_message(body: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Signer keys already parsed, per thread: a cluster has few signers, and
+/// parsing a key (a point decompression) cost more than a sixth of a
+/// node's start-up, once per record.
+const SIGNER_CACHE: usize = 4096;
+
+thread_local! {
+    static SIGNERS: std::cell::RefCell<std::collections::HashMap<Vec<u8>, (libp2p_identity::ed25519::PublicKey, PeerId)>> =
+        Default::default();
+}
+
+fn signer_key(raw: &[u8]) -> Result<(libp2p_identity::ed25519::PublicKey, PeerId), RecordError> {
+    if let Some(hit) = SIGNERS.with(|c| c.borrow().get(raw).cloned()) {
+        return Ok(hit);
+    }
+    let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(raw).map_err(|_| RecordError::Signer)?;
+    let peer = PublicKey::from(ed.clone()).to_peer_id();
+    SIGNERS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= SIGNER_CACHE {
+            c.clear();
+        }
+        c.insert(raw.to_vec(), (ed.clone(), peer));
+    });
+    Ok((ed, peer))
+}
+
 /// Signs a body with the node's key, giving the record as it goes on the wire.
 pub fn sign(key: &Keypair, body: &Body) -> VerifiedRecord {
     let body_bytes = encode(body);
@@ -254,13 +280,12 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
     if encode(&env) != bytes {
         return Err(RecordError::NonCanonical);
     }
-    let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(&env.signer).map_err(|_| RecordError::Signer)?;
+    let (ed, signer) = signer_key(&env.signer)?;
     if !ed.verify(&signed_message(&env.body), &env.sig) {
         return Err(RecordError::Signature);
     }
     let body: Body = decode(&env.body, MAX_RECORD_BYTES).map_err(RecordError::Body)?;
     validate_body(&body)?;
-    let signer = PublicKey::from(ed).to_peer_id();
     Ok(VerifiedRecord { id: Hash32::of(bytes), signer, body, bytes: bytes.to_vec(), signature: env.sig })
 }
 
@@ -411,13 +436,7 @@ pub fn decode_stored(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
     if env.v != ENVELOPE_VERSION {
         return Err(RecordError::Version(env.v));
     }
-    let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(&env.signer).map_err(|_| RecordError::Signer)?;
+    let (_, signer) = signer_key(&env.signer)?;
     let body: Body = decode(&env.body, MAX_RECORD_BYTES).map_err(RecordError::Body)?;
-    Ok(VerifiedRecord {
-        id: Hash32::of(bytes),
-        signer: PublicKey::from(ed).to_peer_id(),
-        body,
-        bytes: bytes.to_vec(),
-        signature: env.sig,
-    })
+    Ok(VerifiedRecord { id: Hash32::of(bytes), signer, body, bytes: bytes.to_vec(), signature: env.sig })
 }
