@@ -136,9 +136,7 @@ pub struct Revocation {
 }
 
 fn revocation_bytes(body: &RevocationBody) -> Vec<u8> {
-    let mut b = REVOCATION_DOMAIN.to_vec();
-    b.extend_from_slice(&crate::codec::encode(body));
-    b
+    domain_signed(REVOCATION_DOMAIN, body)
 }
 
 impl Revocation {
@@ -193,7 +191,12 @@ pub struct Admission {
 }
 
 fn signed_bytes(body: &Body) -> Vec<u8> {
-    let mut b = DOMAIN.to_vec();
+    domain_signed(DOMAIN, body)
+}
+
+/// What the cluster key signs: a domain string, then the encoded body.
+fn domain_signed<T: Serialize>(domain: &[u8], body: &T) -> Vec<u8> {
+    let mut b = domain.to_vec();
     b.extend_from_slice(&crate::codec::encode(body));
     b
 }
