@@ -115,17 +115,20 @@ impl<S: Store> NodeCore<S> {
                 Err(e) => self.sync_failed(peer, e.to_string()),
             },
             Pending::Fetch { peer, ids } => {
-                let fetched = match resp {
-                    Ok(Response::Records { records }) => self.accept_records(now, &records, peer),
-                    _ => 0,
+                let (fetched, delivered) = match resp {
+                    Ok(Response::Records { records }) => {
+                        (self.accept_records(now, &records, peer), !records.is_empty())
+                    }
+                    _ => (0, false),
                 };
                 let missing: Vec<Hash32> = ids
                     .iter()
                     .filter(|id| !self.store.has_record(id) && !self.admissions.is_held(id))
                     .copied()
                     .collect();
-                let again = self.sessions.fetch_answered(now, peer, &ids, fetched, missing);
-                if fetched == 0 && !ids.is_empty() && self.sessions.stalled_by(&peer) {
+                // Records it sent that were refused here were still delivered.
+                let again = self.sessions.fetch_answered(now, peer, &ids, fetched, missing, delivered);
+                if !delivered && !ids.is_empty() && self.sessions.stalled_by(&peer) {
                     let reason = format!("sync: listed {} records it did not deliver", ids.len());
                     self.emit(Event::MessageRejected { from: peer, reason });
                 }

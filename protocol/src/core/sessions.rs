@@ -133,8 +133,9 @@ impl Sessions {
         Ok(RoundPlan { fetches, pushes, next })
     }
 
-    /// A fetch of `ids` was answered and `fetched` new records stored;
-    /// `missing` are the ids still not stored. When the answer made
+    /// A fetch of `ids` was answered and `fetched` new records stored (or
+    /// held); `missing` are the ids still not stored; `delivered` says the
+    /// answer carried any record at all. When the answer made
     /// progress but was cut short (a reply stops at a size), returns the
     /// ids to ask for again; otherwise the peer has no more of them.
     pub fn fetch_answered(
@@ -144,9 +145,10 @@ impl Sessions {
         ids: &[Hash32],
         fetched: usize,
         missing: Vec<Hash32>,
+        delivered: bool,
     ) -> Vec<Hash32> {
         self.progress.fetched += fetched as u64;
-        if fetched == 0 && !missing.is_empty() {
+        if !delivered && !missing.is_empty() {
             // Records are never deleted: a peer that lists what it cannot give is not to be waited for.
             if self.stallers.len() >= MAX_STALLERS {
                 self.stallers.retain(|_, at| now < *at + STALL_MS);
@@ -250,7 +252,7 @@ mod tests {
         assert_eq!(plan.fetches.concat(), bogus(1));
         assert!(s.fetching(0));
         // It answers the fetch with none of them.
-        s.fetch_answered(1_000, liar, &bogus(1), 0, bogus(1));
+        s.fetch_answered(1_000, liar, &bogus(1), 0, bogus(1), false);
         assert!(!s.fetching(1_000));
         // What it lists next does not hold claims back either; an honest
         // peer's listing does, until it is fetched or grows too old.
@@ -260,6 +262,9 @@ mod tests {
         s.start(&store, honest);
         s.round(3_000, &store, honest, 1, &listing(bogus(3))).unwrap();
         assert!(s.fetching(3_000));
+        // It delivers records this node refuses: it is not a staller.
+        s.fetch_answered(3_500, honest, &bogus(3)[..1], 0, bogus(3)[..1].to_vec(), true);
+        assert!(!s.stalled_by(&honest) && s.fetching(3_500));
         assert!(!s.fetching(3_000 + STALL_MS));
     }
 }
