@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use crate::core_actor::{Announce, Cancel, CoreActor, FetchBlob, Force, Query};
 use crate::git;
-use crate::store::RocksStore;
+use crate::store::{Filter, Kind, RocksStore};
+use peerbot_protocol::sync::SyncKey;
 
 pub struct AppState {
     pub core: Addr<CoreActor>,
@@ -182,10 +183,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         }));
 }
 
-fn commit_matches(commit: &str, q: &Option<String>) -> bool {
-    q.as_ref().is_none_or(|q| commit.starts_with(&q.to_ascii_lowercase()))
-}
-
 pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
     let Body::Result(r) = &rec.body else { return Value::Null };
     let steps: Vec<Value> = r
@@ -304,21 +301,45 @@ struct ChangesQuery {
     branch: Option<String>,
     commit: Option<String>,
     limit: Option<usize>,
+    before: Option<String>,
+}
+
+/// Records a filtered list reads at most per request: past it the page
+/// comes back short, with `X-Next-Before` saying where to go on.
+const SCAN_BUDGET: usize = 20_000;
+
+/// The order key of the `before` cursor: a record id or a unique prefix.
+fn before_key(st: &AppState, before: &Option<String>) -> Result<Option<SyncKey>, HttpResponse> {
+    let Some(b) = before else { return Ok(None) };
+    match st.store.record_by_prefix(b) {
+        Ok(Some(rec)) => Ok(Some(SyncKey { time: rec.time(), id: rec.id })),
+        Ok(None) => Err(bad_request(format!("before: no record {b}"))),
+        Err(e) => Err(bad_request(format!("before: {e}"))),
+    }
+}
+
+/// A list page, with the cursor of the next one (if any) in a header so
+/// the body stays the array it always was.
+fn page_response(out: Vec<Value>, next: Option<SyncKey>) -> HttpResponse {
+    let mut r = HttpResponse::Ok();
+    if let Some(k) = next {
+        r.insert_header(("X-Next-Before", k.id.to_hex()));
+    }
+    r.json(out)
 }
 
 #[get("/api/v1/changes")]
 async fn list_changes(st: State, q: web::Query<ChangesQuery>) -> HttpResponse {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let recs = st.store.changes(limit, &mut |rec| match &rec.body {
-        Body::Change(c) => {
-            q.repo.as_ref().is_none_or(|r| *r == c.repo)
-                && q.branch.as_ref().is_none_or(|b| *b == c.branch)
-                && commit_matches(&c.commit, &q.commit)
-        }
-        _ => false,
-    });
+    let before = match before_key(&st, &q.before) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let filter =
+        Filter { repo: q.repo.clone(), branch: q.branch.clone(), commit: q.commit.clone(), ..Default::default() };
+    let page = st.store.query(Kind::Changes, &filter, before, limit, SCAN_BUDGET);
     let mut out = Vec::new();
-    for rec in &recs {
+    for rec in &page.records {
         let mut v = change_json(rec);
         if let Body::Change(c) = &rec.body {
             let ids = c.jobs.iter().map(|j| j.id).collect();
@@ -328,7 +349,7 @@ async fn list_changes(st: State, q: web::Query<ChangesQuery>) -> HttpResponse {
         }
         out.push(v);
     }
-    HttpResponse::Ok().json(out)
+    page_response(out, page.next)
 }
 
 #[derive(Deserialize)]
@@ -381,7 +402,9 @@ struct BuildsQuery {
     commit: Option<String>,
     builder: Option<String>,
     status: Option<String>,
+    signer: Option<String>,
     limit: Option<usize>,
+    before: Option<String>,
 }
 
 #[get("/api/v1/builds")]
@@ -393,17 +416,26 @@ async fn list_builds(st: State, q: web::Query<BuildsQuery>) -> HttpResponse {
         Some((_, st)) => st,
         None => None,
     };
+    let signer = match q.signer.as_deref().map(|s| (s, s.parse::<peerbot_protocol::PeerId>())) {
+        Some((s, Err(_))) => return bad_request(format!("signer {s:?} is not a peer id")),
+        Some((_, Ok(p))) => Some(p),
+        None => None,
+    };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let recs = st.store.results(limit, &mut |rec| match &rec.body {
-        Body::Result(r) => {
-            q.repo.as_ref().is_none_or(|x| *x == r.repo)
-                && q.branch.as_ref().is_none_or(|x| *x == r.branch)
-                && q.builder.as_ref().is_none_or(|x| *x == r.builder)
-                && status.is_none_or(|s| s == r.status)
-                && commit_matches(&r.commit, &q.commit)
-        }
-        _ => false,
-    });
+    let before = match before_key(&st, &q.before) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let filter = Filter {
+        repo: q.repo.clone(),
+        branch: q.branch.clone(),
+        commit: q.commit.clone(),
+        builder: q.builder.clone(),
+        status,
+        signer,
+    };
+    let page = st.store.query(Kind::Results, &filter, before, limit, SCAN_BUDGET);
+    let recs = page.records;
     // Newest first: a failure right after a pass of the same repo, branch
     // and builder (within the results returned) broke it.
     let keyed: Vec<_> = recs
@@ -418,7 +450,7 @@ async fn list_builds(st: State, q: web::Query<BuildsQuery>) -> HttpResponse {
     for (v, b) in out.iter_mut().zip(broke) {
         v["broke_build"] = json!(b);
     }
-    HttpResponse::Ok().json(out)
+    page_response(out, page.next)
 }
 
 fn find_result(st: &AppState, id: &str) -> Result<VerifiedRecord, HttpResponse> {

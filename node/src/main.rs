@@ -128,6 +128,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild the API's indexes from the stored records, on a stopped node.
+    Reindex {
+        #[arg(long, env = "PEERBOT_DATA_DIR", default_value = ".peerbot")]
+        data_dir: PathBuf,
+    },
     /// Fill a stopped node's store with synthetic signed history (changes and
     /// results of repo bench://synthetic), for benchmarks and tests.
     #[command(hide = true)]
@@ -412,6 +417,13 @@ fn main() {
                 }
             }),
         Cmd::SeedHistory { data_dir, results } => seed_history(&data_dir, results),
+        Cmd::Reindex { data_dir } => {
+            // The rebuild logs its progress.
+            init_logging();
+            store::RocksStore::open_reindexed(&data_dir.join("db")).map(|(_, n)| {
+                println!("indexed {n} records in {}", data_dir.display());
+            })
+        }
         Cmd::Peers { node, json } => client::get_json(&node.url, "/api/v1/peers", &[]).and_then(|v| {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
