@@ -169,7 +169,7 @@ fn rebuild_indexes(db: &DB) -> anyhow::Result<u64> {
         if batch.len() >= 50_000 {
             db.write(std::mem::take(&mut batch))?;
         }
-        if n % 100_000 == 0 {
+        if n.is_multiple_of(100_000) {
             tracing::info!("indexing: {n} records, {:.1}s", started.elapsed().as_secs_f64());
         }
     }
