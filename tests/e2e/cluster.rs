@@ -176,6 +176,24 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
         assert_eq!(by_builder(results, "cuda")["status"], "success");
     }
 
+    // Pages of two, newest first, each continuing from the cursor the last one gave.
+    let mut seen: Vec<String> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let q = before.as_ref().map(|c| format!("&before={c}")).unwrap_or_default();
+        let resp = ureq::get(&format!("{}/api/v1/builds?limit=2{q}", b.url())).call().unwrap();
+        let next = resp.header("x-next-before").map(str::to_string);
+        let page: Value = resp.into_json().unwrap();
+        seen.extend(page.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()));
+        match next {
+            Some(c) => before = Some(c),
+            None => break,
+        }
+    }
+    let all = b.get("/api/v1/builds").unwrap();
+    let all: Vec<String> = all.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    assert!(all.len() >= 4, "{all:?}");
+    assert_eq!(seen, all, "paging with before= walks the same list as one request");
     let listed = b.get("/api/v1/builds?builder=test").unwrap();
     let newest = &listed.as_array().unwrap()[0];
     assert_eq!(newest["commit"], c2.as_str());
