@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
-use peerbot_protocol::admission::{Admission, ClusterId, ClusterKey};
+use peerbot_protocol::admission::{Admission, ClusterId, ClusterKey, ADMIN_LABEL};
 use peerbot_protocol::labels::parse_label;
 
 use crate::identity::{read_secret, write_secret};
@@ -16,8 +16,6 @@ use crate::identity::{read_secret, write_secret};
 pub const CLUSTER_KEY_FILE: &str = "cluster.key";
 /// The certificate a node of its own cluster issues itself.
 pub const ADMISSION_FILE: &str = "admission";
-/// What a certificate grants to let a node cancel any job of the cluster.
-pub const ADMIN_LABEL: &str = "role=admin";
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {

@@ -21,6 +21,8 @@ const REVOCATION_DOMAIN: &[u8] = b"peerbot.revocation.v1\0";
 /// Label keys every node may claim without a grant: they describe its
 /// platform, which `requires` matches but no certificate needs to vouch for.
 pub const PLATFORM_KEYS: &[&str] = &["os", "arch"];
+/// The label a certificate grants to let a node cancel any job of the cluster.
+pub const ADMIN_LABEL: &str = "role=admin";
 /// A certificate's text is at most this long.
 pub const MAX_ADMISSION_TEXT: usize = 16 * 1024;
 

@@ -13,8 +13,7 @@ use crate::admission::{Admission, ClusterId};
 use crate::record::VerifiedRecord;
 use crate::Millis;
 
-/// The label a certificate grants to let a node cancel anyone's jobs.
-pub const ADMIN_LABEL: &str = "role=admin";
+pub use crate::admission::ADMIN_LABEL;
 
 /// Records held for a signer not known yet, at most this many and bytes.
 pub const MAX_HELD_RECORDS: usize = 1024;
