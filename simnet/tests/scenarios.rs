@@ -129,23 +129,21 @@ fn mixed_faults(nodes: usize, seed: u64) -> SimConfig {
 }
 
 /// Few nodes of a label, slow ones among them, build their long queues
-/// back to back, half a second apart; nothing is lost. A settling time
-/// fixed after `--duration` ended such runs while those nodes were still
-/// building, and reported the next job as never built. Settling now lasts
-/// while the cluster still stores new records.
+/// back to back; nothing is lost. A settling time fixed after
+/// `--duration` ended such runs while those nodes were still building, and
+/// reported the next job as never built. Settling now lasts while the
+/// cluster still stores new records.
 ///
-/// Seed 11 leaves 14 gpu jobs to the only gpu node, which is slow: it is
-/// done at 45.8 simulated minutes, past a 30-minute settle. Seed 430 gives
-/// 42 macos jobs to the two macos nodes: done at 78.8 minutes, past the
-/// default hour of settling.
+/// With 30 minutes of settling: seed 11 leaves 14 gpu jobs to the only gpu
+/// node, which is slow, and seed 430 gives 42 macos jobs to the two macos
+/// nodes; both are still building when the 40 minutes are over.
 #[test]
 fn nodes_working_through_a_long_queue_are_given_the_time() {
-    let r = run(SimConfig { settle_ms: 30 * 60_000, ..mixed_faults(30, 11) });
-    assert_eq!(r.jobs_built_0, 0, "{}", r.to_text());
-    assert!(r.simulated_ms > 40 * 60_000, "the queue took past duration + settle: {}", r.to_text());
-    let r = run(mixed_faults(30, 430));
-    assert_eq!(r.jobs_built_0, 0, "{}", r.to_text());
-    assert!(r.simulated_ms > 70 * 60_000, "the queue took past duration + settle: {}", r.to_text());
+    for seed in [11, 430] {
+        let r = run(SimConfig { settle_ms: 30 * 60_000, ..mixed_faults(30, seed) });
+        assert_eq!(r.jobs_built_0, 0, "{}", r.to_text());
+        assert!(r.simulated_ms > 40 * 60_000, "the queue took past duration + settle: {}", r.to_text());
+    }
 }
 
 /// One build in ten never reports its end, not even after a cancel, as
@@ -156,7 +154,7 @@ fn nodes_working_through_a_long_queue_are_given_the_time() {
 #[test]
 fn builds_whose_end_never_comes_are_given_up_and_built_again() {
     let r = run(SimConfig { hang_rate: 0.1, step_timeout_ms: Some(5 * 60_000), ..base(30, 61) });
-    assert_eq!(r.builds_given_up, 15, "{}", r.to_text());
+    assert_eq!(r.builds_given_up, 11, "{}", r.to_text());
     assert_eq!(r.jobs_built_0, 0, "{}", r.to_text());
     assert_eq!(r.jobs_built_1, r.jobs, "{}", r.to_text());
     let r = run(SimConfig { hang_rate: 0.05, step_timeout_ms: Some(10 * 60_000), ..mixed_faults(30, 11) });

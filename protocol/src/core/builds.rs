@@ -47,9 +47,10 @@ pub fn give_up_deadline(started_ms: Millis, steps: &[StepSpec], grace_ms: u64) -
 #[derive(Clone)]
 pub struct OwnBuilds {
     pub(crate) running: Running,
-    /// When this node last finished a build: others learn it is free only
-    /// when its result reaches them, so it waits a little before claiming.
-    pub(crate) freed_ms: Millis,
+    /// When this node last gave up a build whose end never came. It waits
+    /// a little before it claims again, so that a job its executor lost
+    /// goes to another node if one is free.
+    pub(crate) gave_up_ms: Millis,
     /// Claims this node gave up at restart, repeated with early heartbeats.
     pending_releases: Vec<(Hash32, u32)>,
     release_repeats: u8,
@@ -61,7 +62,7 @@ impl OwnBuilds {
     pub fn new() -> Self {
         OwnBuilds {
             running: BTreeMap::new(),
-            freed_ms: 0,
+            gave_up_ms: 0,
             pending_releases: vec![],
             release_repeats: RELEASE_REPEATS,
             given_up: VecDeque::new(),

@@ -17,6 +17,8 @@ use crate::Millis;
 /// steps' timeouts and the grace: that claimant may claim the job no more,
 /// so that a peer that claims and never builds cannot hold a job for ever.
 pub const OVERSTAYED: &str = "renewed past its steps' timeouts: lease expired";
+/// Why a restarted node gave up the claims it held when it stopped.
+pub const RESTARTED: &str = "claimant restarted";
 
 /// The timings claims are judged by, this node's own.
 #[derive(Debug, Clone, Copy)]
@@ -134,12 +136,20 @@ impl Jobs {
     /// A claimant's running builds, heard in a heartbeat or a renewal:
     /// extends its leases, learns claims it missed, and settles claims that
     /// collide with the ones this node knew.
-    pub fn renew(&mut self, now: Millis, from: PeerId, leases: Vec<Lease>, rules: ClaimRules) -> Vec<ClaimOutcome> {
+    pub fn renew(
+        &mut self,
+        now: Millis,
+        me: PeerId,
+        from: PeerId,
+        leases: Vec<Lease>,
+        rules: ClaimRules,
+    ) -> Vec<ClaimOutcome> {
         let mut settled = Vec::new();
         let lease_ms = rules.lease_ms;
         for l in leases {
             let Some(job) = self.jobs.get_mut(&l.job) else { continue };
             if l.attempt < job.attempt {
+                settled.extend(restore_missed_claim(job, now, me, from, &l, rules));
                 continue;
             }
             let until = job.claim.as_ref().map(|c| rules.renewable_until(&job.spec.steps, c.claimed_ms));
@@ -278,6 +288,50 @@ impl Jobs {
 /// that held an attempt of this job past its timeouts before, or a later attempt while the
 /// current claim's lease is far from running out here (an honest claimant
 /// of the next attempt saw it run out, or heard it released, moments ago).
+/// A restarted node gives up the claims it held when it stopped, and
+/// reopens their jobs, before it can hear who else builds them: another
+/// node may hold the very attempt it gave up (it won a conflict for it
+/// while this node was down). Everyone else refuses a later attempt while
+/// that node's lease holds, so its lease for the older attempt stands here
+/// too: this node takes that claim back, and gives up a later claim of its
+/// own if it made one. Only attempts this node's own restart reopened are
+/// taken back, so a lease for an older attempt cannot take a job from
+/// anyone else.
+fn restore_missed_claim(
+    job: &mut JobView,
+    now: Millis,
+    me: PeerId,
+    from: PeerId,
+    l: &Lease,
+    rules: ClaimRules,
+) -> Option<ClaimOutcome> {
+    let reopened_by_my_restart = (l.attempt..job.attempt)
+        .all(|a| job.lost.iter().any(|x| x.attempt == a && x.holder == me && x.reason == RESTARTED));
+    if from == me || !reopened_by_my_restart || job.lost.iter().any(|x| x.holder == from && x.reason == OVERSTAYED) {
+        return None;
+    }
+    let mine = match &job.claim {
+        None => false,
+        Some(c) if c.by == me => true,
+        Some(_) => return None,
+    };
+    job.attempt = l.attempt;
+    job.claim = Some(ClaimView {
+        by: from,
+        attempt: l.attempt,
+        claimed_ms: now,
+        lease_until: now + rules.lease_ms,
+        step: l.step.clone(),
+        overstayed: false,
+    });
+    let id = job.spec.id;
+    Some(if mine {
+        ClaimOutcome::Conflict { job: id, attempt: l.attempt, winner: from, loser: me }
+    } else {
+        ClaimOutcome::Claimed { job: id, attempt: l.attempt, by: from }
+    })
+}
+
 fn refusal(job: &JobView, now: Millis, from: PeerId, attempt: u32, rules: ClaimRules) -> Option<&'static str> {
     if job.lost.iter().any(|l| l.holder == from && l.reason == OVERSTAYED) {
         return Some("it held an attempt of this job past its steps' timeouts");

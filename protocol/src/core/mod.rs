@@ -70,6 +70,7 @@ use self::admissions::Admissions;
 use self::blobs::BlobServer;
 use self::builds::OwnBuilds;
 use self::claims::ClaimOutcome as Outcome;
+use self::claims::RESTARTED;
 use self::health::HealthChange;
 use self::jobs::Jobs;
 use self::members::Membership;
@@ -206,7 +207,7 @@ impl<S: Store> NodeCore<S> {
             }
             self.builds.release_after_restart(job, attempt);
             if self.jobs.get(&job).is_some_and(|j| j.attempt <= attempt) {
-                let lost = LostAttempt { attempt, holder: self.me, reason: "claimant restarted".into() };
+                let lost = LostAttempt { attempt, holder: self.me, reason: RESTARTED.into() };
                 self.jobs.reopen(now, &job, lost);
             }
         }
@@ -460,7 +461,7 @@ impl<S: Store> NodeCore<S> {
         };
         self.broadcast(&Gossip::Heartbeat(hb));
         for (job, attempt) in self.builds.releases_to_repeat() {
-            self.broadcast(&Gossip::Release { job, attempt, reason: "claimant restarted".into(), sent_ms: now });
+            self.broadcast(&Gossip::Release { job, attempt, reason: RESTARTED.into(), sent_ms: now });
         }
     }
 
@@ -550,7 +551,7 @@ impl<S: Store> NodeCore<S> {
 
     fn renew(&mut self, now: Millis, from: PeerId, mut leases: Vec<Lease>) {
         leases.retain(|l| self.jobs.get(&l.job).is_none_or(|j| self.ineligible(&from, &j.spec).is_none()));
-        for outcome in self.jobs.renew(now, from, leases, self.claim_rules()) {
+        for outcome in self.jobs.renew(now, self.me, from, leases, self.claim_rules()) {
             self.reconsider(now);
             self.settle(now, outcome);
         }
@@ -636,7 +637,7 @@ impl<S: Store> NodeCore<S> {
             let reason = GIVEN_UP_REASON.to_string();
             self.broadcast(&Gossip::Release { job, attempt: b.attempt, reason, sent_ms: now });
         }
-        self.builds.freed_ms = now;
+        self.builds.gave_up_ms = now;
         self.save_own_claims(now);
         self.reconsider(now);
     }

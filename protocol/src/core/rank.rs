@@ -37,31 +37,39 @@ pub fn claim_winner(job: &Hash32, a: PeerId, b: PeerId) -> PeerId {
     both[0]
 }
 
+/// Where this node stands for a job among its eligible peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Better-ranked eligible peers with a free slot.
+    pub ahead: u64,
+    /// A signature of the set of free eligible peers: it changes when the set does.
+    pub sig: u64,
+    /// No eligible peer ranks better, busy or free: the job is this node's
+    /// own whoever is busy.
+    pub first: bool,
+}
+
 /// Where this node stands for a job among the eligible peers with a free
-/// slot, and a signature of that set (it changes when the set does).
-/// `eligible` holds (rendezvous key, executors); `held` counts the claims
-/// each key holds. A score is a bijection of the key, so only a peer with
-/// this node's own key could tie, and that one is passed over: no PeerId
-/// is needed to break ties.
-pub fn position_among_free(
-    job: &Hash32,
-    my_key: u64,
-    eligible: &[(u64, u32)],
-    held: impl Fn(u64) -> u32,
-) -> (u64, u64) {
+/// slot. `eligible` holds (rendezvous key, executors); `held` counts the
+/// claims each key holds. A score is a bijection of the key, so only a
+/// peer with this node's own key could tie, and that one is passed over:
+/// no PeerId is needed to break ties.
+pub fn position_among_free(job: &Hash32, my_key: u64, eligible: &[(u64, u32)], held: impl Fn(u64) -> u32) -> Position {
     let mine = score(job, my_key);
-    let mut ahead = 0u64;
-    let mut sig = 0u64;
+    let mut pos = Position { ahead: 0, sig: 0, first: true };
     for &(k, executors) in eligible {
-        if k == my_key || held(k) >= executors {
+        if k == my_key {
             continue;
         }
-        sig ^= k;
-        if score(job, k) > mine {
-            ahead += 1;
+        let better = score(job, k) > mine;
+        pos.first &= !better;
+        if held(k) >= executors {
+            continue;
         }
+        pos.sig ^= k;
+        pos.ahead += better as u64;
     }
-    (ahead, sig)
+    pos
 }
 
 /// Whether a node is among the `replicas` live nodes ranking highest for
@@ -109,14 +117,18 @@ mod tests {
         let mut order = ids.clone();
         rank(&job, &mut order);
         for (r, p) in order.iter().enumerate() {
-            let (ahead, _) = position_among_free(&job, peer_key(p), &elig, |_| 0);
-            assert_eq!(ahead, r as u64);
+            let pos = position_among_free(&job, peer_key(p), &elig, |_| 0);
+            assert_eq!(pos.ahead, r as u64);
+            assert_eq!(pos.first, r == 0);
         }
         // The best peer busy: everyone behind it moves up one place.
         let best = peer_key(&order[0]);
         let last = order[5];
-        let (ahead, _) = position_among_free(&job, peer_key(&last), &elig, |k| (k == best) as u32);
-        assert_eq!(ahead, 4);
+        let pos = position_among_free(&job, peer_key(&last), &elig, |k| (k == best) as u32);
+        assert_eq!(pos.ahead, 4);
+        assert!(!pos.first);
+        let second = position_among_free(&job, peer_key(&order[1]), &elig, |k| (k == best) as u32);
+        assert_eq!((second.ahead, second.first), (0, false));
     }
 
     #[test]

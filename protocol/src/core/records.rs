@@ -329,7 +329,6 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         self.reconsider(now);
-        self.builds.freed_ms = now;
         // Only the end of the attempt running frees its slot.
         let still_ours = self.builds.attempt_of(&o.job) == Some(o.attempt);
         if still_ours {

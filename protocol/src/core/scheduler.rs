@@ -71,21 +71,80 @@ pub fn plan_claims(
         let (opened, priority) = (j.opened_ms.max(j.not_before), j.spec.priority);
         let requires = j.spec.requires.clone();
         let elig = members.eligible_keys(&requires);
-        let (ahead, sig) = position_among_free(&id, my_key, elig, |k| held.get(&k).copied().unwrap_or(0));
+        let window = elig.len();
+        let pos = position_among_free(&id, my_key, elig, |k| held.get(&k).copied().unwrap_or(0));
         let Some(j) = jobs.jobs.get_mut(&id) else { continue };
-        if j.free_sig != sig {
-            j.free_sig = sig;
+        if j.free_sig != pos.sig {
+            j.free_sig = pos.sig;
             j.free_since = now;
         }
-        let at = (opened.max(j.free_since) + ahead * pace.stagger_ms).max(builds.freed_ms + pace.stagger_ms / 4);
+        // A freed slot is claimed at once; after a give-up, a little later.
+        let at = (opened.max(j.free_since) + pos.ahead * pace.stagger_ms).max(builds.gave_up_ms + pace.stagger_ms / 4);
         if now >= at {
-            ready.push((std::cmp::Reverse(priority), opened, id));
+            ready.push(Ready { priority: std::cmp::Reverse(priority), opened, id, first: pos.first, window });
         } else {
             next_due = next_due.min(at);
         }
     }
-    ready.sort();
-    let claim: Vec<Hash32> = ready.into_iter().take(free).map(|(_, _, id)| id).collect();
+    ready.sort_by_key(|r| (r.priority, r.opened, r.id));
+    let claim = pick(ready, free);
     crate::invariant!(claim.len() <= free, "never more claims than free slots");
     ClaimPlan { claim, next_due }
+}
+
+struct Ready {
+    priority: std::cmp::Reverse<i32>,
+    opened: Millis,
+    id: Hash32,
+    first: bool,
+    /// How many peers may build the job.
+    window: usize,
+}
+
+/// Takes up to `free` of the ready jobs, given in order (priority, then
+/// oldest first). Two nodes that freed a slot at once may each still see
+/// the other busy, and both would take the oldest job. So among the oldest
+/// few of a priority (as many as there are peers that may build them), a
+/// node first takes the jobs it ranks first for among all their eligible
+/// peers, busy or not: jobs no other node prefers the same way. The oldest
+/// job still goes first to its best-ranked node, or to a node that ranks
+/// first for none of the jobs near it.
+fn pick(ready: Vec<Ready>, free: usize) -> Vec<Hash32> {
+    let mut keyed = Vec::with_capacity(ready.len());
+    let mut class_start = 0;
+    for (i, r) in ready.iter().enumerate() {
+        if ready[class_start].priority != r.priority {
+            class_start = i;
+        }
+        let own_and_near = r.first && i - class_start < r.window;
+        keyed.push((r.priority, !own_and_near, i, r.id));
+    }
+    keyed.sort_unstable();
+    keyed.into_iter().take(free).map(|(_, _, _, id)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(i: u8, priority: i32, first: bool, window: usize) -> Ready {
+        Ready { priority: std::cmp::Reverse(priority), opened: i as Millis, id: Hash32::of(&[i]), first, window }
+    }
+
+    #[test]
+    fn a_node_takes_the_jobs_it_ranks_first_for_among_the_oldest_few() {
+        let id = |i: u8| Hash32::of(&[i]);
+        // Oldest first; this node ranks first for jobs 2 and 4 only, and
+        // three peers may build them.
+        let r = vec![ready(1, 0, false, 3), ready(2, 0, true, 3), ready(3, 0, false, 3), ready(4, 0, true, 3)];
+        assert_eq!(pick(r, 1), vec![id(2)], "its own job near the head before the oldest");
+        let r = vec![ready(1, 0, false, 3), ready(2, 0, true, 3), ready(3, 0, false, 3), ready(4, 0, true, 3)];
+        assert_eq!(pick(r, 2), vec![id(2), id(1)], "job 4 lies past the window: age decides");
+        // None of its own near the head: the oldest.
+        let r = vec![ready(1, 0, false, 2), ready(2, 0, false, 2), ready(3, 0, true, 2)];
+        assert_eq!(pick(r, 1), vec![id(1)]);
+        // Priority first, whoever ranks first; the window counts within a priority.
+        let r = vec![ready(1, 5, false, 2), ready(2, 0, false, 2), ready(3, 0, true, 2)];
+        assert_eq!(pick(r, 2), vec![id(1), id(3)]);
+    }
 }

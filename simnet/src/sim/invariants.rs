@@ -23,6 +23,8 @@ pub(super) struct JobsLeft {
     pub(super) unbuildable: usize,
     /// Their change was lost with every store that held it.
     pub(super) lost: usize,
+    /// Superseded or cancelled before anyone built them.
+    pub(super) withdrawn: usize,
 }
 
 /// Eligible nodes whose view of an unbuilt job a violation shows.
@@ -219,13 +221,16 @@ impl Sim {
         let fault_free = self.cfg.fault_free();
         let mut unbuildable = 0;
         let mut lost = 0;
+        let mut withdrawn = 0;
         for (id, j) in self.workload.jobs() {
             if j.results.is_empty() && self.change_lost(j) {
                 lost += 1;
                 continue;
             }
             if self.buildable(j, live) {
-                self.check_buildable_job(id, j, live, fault_free)?;
+                if self.check_buildable_job(id, j, live, fault_free)? && j.results.is_empty() {
+                    withdrawn += 1;
+                }
                 continue;
             }
             unbuildable += 1;
@@ -238,7 +243,7 @@ impl Sim {
                 ));
             }
         }
-        Ok(JobsLeft { unbuildable, lost })
+        Ok(JobsLeft { unbuildable, lost, withdrawn })
     }
 
     fn check_buildable_job(
@@ -247,14 +252,14 @@ impl Sim {
         j: &JobInfo,
         live: &[usize],
         fault_free: bool,
-    ) -> Result<(), Box<Violation>> {
+    ) -> Result<bool, Box<Violation>> {
         // The first live node's view decides whether the job was withdrawn.
         let withdrawn = live
             .first()
             .and_then(|&i| self.nodes[i].core.as_ref())
             .is_some_and(|c| matches!(c.job_state(id), JobState::Superseded | JobState::Cancelled));
         if withdrawn {
-            return Ok(());
+            return Ok(true);
         }
         if j.results.is_empty() {
             return Err(self.violation(
@@ -278,7 +283,7 @@ impl Sim {
                 None,
             ));
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Who announced a job's change, which nodes stored it and when, and

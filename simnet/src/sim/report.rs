@@ -28,6 +28,9 @@ pub struct Report {
     /// Jobs whose change was lost with every store that held it, before it
     /// reached another node: nobody can know them.
     pub jobs_lost_with_change: usize,
+    /// Jobs superseded by a newer commit or cancelled before anyone built them.
+    pub jobs_withdrawn: usize,
+    /// Buildable jobs, not withdrawn, with no result.
     pub jobs_built_0: usize,
     pub jobs_built_1: usize,
     pub jobs_built_2_plus: usize,
@@ -229,12 +232,13 @@ impl Sim {
         r.jobs = jobs.len();
         r.jobs_unbuildable = left.unbuildable;
         r.jobs_lost_with_change = left.lost;
+        r.jobs_withdrawn = left.withdrawn;
         let unbuildable = left.unbuildable + left.lost;
         let mut built = [0usize; 3];
         for j in jobs.values() {
             built[j.results.len().min(2)] += 1;
         }
-        r.jobs_built_0 = built[0] - unbuildable.min(built[0]);
+        r.jobs_built_0 = built[0].saturating_sub(unbuildable + left.withdrawn);
         r.jobs_built_1 = built[1];
         r.jobs_built_2_plus = built[2];
         let buildable = (r.jobs - unbuildable).max(1);
@@ -311,8 +315,8 @@ impl Report {
             self.simulated_ms as f64 / 60_000.0
         ));
         s.push_str(&format!(
-            "changes {} · jobs {} (unbuildable, left pending: {}; lost with their change: {})\n",
-            self.changes, self.jobs, self.jobs_unbuildable, self.jobs_lost_with_change
+            "changes {} · jobs {} (unbuildable, left pending: {}; lost with their change: {}; withdrawn unbuilt: {})\n",
+            self.changes, self.jobs, self.jobs_unbuildable, self.jobs_lost_with_change, self.jobs_withdrawn
         ));
         s.push_str(&format!(
             "jobs built 0×: {}  1×: {}  2+×: {}  (duplicate rate {:.3}%) · builds started {} · cancelled {} · given up {}\n",
