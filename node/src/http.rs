@@ -591,7 +591,15 @@ async fn commit_info_for(
     commit: &str,
 ) -> Result<peerbot_protocol::core::CommitInfo, HttpResponse> {
     git::check_repo(repo).map_err(|e| bad_request(e.to_string()))?;
-    let mirror = git::fetch_mirror(&st.data_dir, repo).await.map_err(|e| bad_request(format!("{e:#}")))?;
+    // A full commit id the mirror already holds needs no fetch; a ref or a
+    // short id may have moved or be ambiguous until the mirror is fresh.
+    let full_id = matches!(commit.len(), 40 | 64) && git::check_commit(commit).is_ok();
+    let mirror = if full_id {
+        git::mirror_with(&st.data_dir, repo, commit).await
+    } else {
+        git::fetch_mirror(&st.data_dir, repo).await
+    };
+    let mirror = mirror.map_err(|e| bad_request(format!("{e:#}")))?;
     let commit = git::resolve(&mirror, commit).await.map_err(|e| bad_request(format!("{e:#}")))?;
     let branch = match branch {
         Some(b) => b,
