@@ -187,11 +187,14 @@ pub fn mutate(rng: &mut ChaCha8Rng, input: &mut Vec<u8>, other: &[u8], max_len: 
     input.truncate(max_len);
 }
 
+/// What one input is fed to.
+type Feed = Box<dyn FnMut(&[u8])>;
+
 /// A target: what one input is fed to.
 pub struct Target {
     pub name: &'static str,
     seeds: Vec<Vec<u8>>,
-    run: Box<dyn FnMut(&[u8])>,
+    run: Feed,
 }
 
 /// A core that has seen the corpus's exchange, to hand hostile input to.

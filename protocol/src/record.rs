@@ -331,6 +331,18 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// Decodes a record this node stored after verifying it, without checking
+/// the signature again (start-up would otherwise cost a verify per record).
+pub fn decode_stored(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
+    let env: Envelope = decode(bytes, MAX_RECORD_BYTES).map_err(RecordError::Envelope)?;
+    if env.v != ENVELOPE_VERSION {
+        return Err(RecordError::Version(env.v));
+    }
+    let (_, signer) = signer_key(&env.signer)?;
+    let body: Body = decode(&env.body, MAX_RECORD_BYTES).map_err(RecordError::Body)?;
+    Ok(VerifiedRecord { id: Hash32::of(bytes), signer, body, bytes: bytes.to_vec(), signature: env.sig })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -427,16 +439,4 @@ pub(crate) mod tests {
             let _ = verify(&bytes);
         }
     }
-}
-
-/// Decodes a record this node stored after verifying it, without checking
-/// the signature again (start-up would otherwise cost a verify per record).
-pub fn decode_stored(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
-    let env: Envelope = decode(bytes, MAX_RECORD_BYTES).map_err(RecordError::Envelope)?;
-    if env.v != ENVELOPE_VERSION {
-        return Err(RecordError::Version(env.v));
-    }
-    let (_, signer) = signer_key(&env.signer)?;
-    let body: Body = decode(&env.body, MAX_RECORD_BYTES).map_err(RecordError::Body)?;
-    Ok(VerifiedRecord { id: Hash32::of(bytes), signer, body, bytes: bytes.to_vec(), signature: env.sig })
 }

@@ -7,6 +7,9 @@ use crate::ids::Hash32;
 use crate::keyspace::{min_bound, Fingerprint, SyncKey};
 use crate::record::{Body, VerifiedRecord};
 
+/// Reads the keys of a range, `lo` to `hi` (open when `None`): their count and fingerprint.
+pub type RangeScan<'a> = dyn Fn(&SyncKey, Option<&SyncKey>) -> (u64, Fingerprint) + 'a;
+
 #[derive(Debug, thiserror::Error)]
 #[error("storage: {0}")]
 pub struct StoreError(pub String);
@@ -333,7 +336,7 @@ impl BucketIndex {
         &self,
         lo: &SyncKey,
         hi: Option<&SyncKey>,
-        scan: &dyn Fn(&SyncKey, Option<&SyncKey>) -> (u64, Fingerprint),
+        scan: &RangeScan<'_>,
     ) -> (u64, Fingerprint) {
         if *lo == SyncKey::MIN && hi.is_none() {
             return self.total;
