@@ -585,7 +585,9 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         // is in `CoreActor::send_net` and `net::ToCore`.
         let (net_tx, net_rx) = tokio::sync::mpsc::channel(net::NET_COMMAND_CAPACITY);
         let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(net::NET_EVENT_CAPACITY);
-        let core = NodeCore::new(cfg, key.clone(), store.clone(), now_ms());
+        let mut core = NodeCore::new(cfg, key.clone(), store.clone(), now_ms());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        core.set_verifier(std::sync::Arc::new(peerbot_protocol::core::ParallelCheck { threads }));
         let core_addr = CoreActor::create(|ctx| {
             ctx.set_mailbox_capacity(core_actor::CORE_MAILBOX);
             ctx.add_stream(tokio_stream(ev_rx));

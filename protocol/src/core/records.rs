@@ -145,16 +145,27 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn accept_records(&mut self, now: Millis, batch: &[ByteBuf], from: PeerId) -> usize {
         let mut fresh: Vec<VerifiedRecord> = Vec::new();
         let mut held = 0;
-        for bytes in batch.iter().take(wire::MAX_RECORDS_PER_REQUEST) {
-            match self.verifier.verify(bytes) {
-                Ok(rec) if !self.store.has_record(&rec.id) && !fresh.iter().any(|r| r.id == rec.id) => {
+        // A record's id is the hash of its bytes: those stored already are
+        // not verified again.
+        let mut seen = std::collections::HashSet::new();
+        let unknown: Vec<&[u8]> = batch
+            .iter()
+            .take(wire::MAX_RECORDS_PER_REQUEST)
+            .map(|b| b.as_slice())
+            .filter(|b| {
+                let id = Hash32::of(b);
+                !self.store.has_record(&id) && seen.insert(id)
+            })
+            .collect();
+        for verified in self.verifier.verify_many(&unknown) {
+            match verified {
+                Ok(rec) => {
                     match self.screen(&rec) {
                         Screen::Take => fresh.push(rec),
                         Screen::Hold => held += self.admissions.hold(rec, Some(from), now) as usize,
                         Screen::Refuse(reason) => self.emit(Event::RecordRejected { from, reason }),
                     }
                 }
-                Ok(_) => {}
                 Err(e) => self.emit(Event::RecordRejected { from, reason: e.to_string() }),
             }
         }

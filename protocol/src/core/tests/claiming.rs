@@ -1,5 +1,6 @@
-//! Claiming at the pace of the builds: freed slots taken at once, and a
-//! restarted node that learns who took over the attempt it gave up.
+//! Keeping up with the builds: freed slots taken at once, a restarted node
+//! that learns who took over the attempt it gave up, and records verified
+//! on several cores.
 
 use super::*;
 
@@ -128,4 +129,51 @@ fn a_restarted_node_takes_back_the_claim_it_missed_on_the_attempt_it_gave_up() {
         assert_eq!((j.attempt, j.claim.as_ref().map(|c| c.by)), (0, Some(y_id)));
     }
     assert!(both[1].running().contains_key(&first.job), "y still builds it");
+}
+
+#[test]
+fn records_verified_on_several_threads_are_answered_in_order_and_judged_alike() {
+    let key = deterministic_key(9);
+    let mut batch: Vec<Vec<u8>> = (0..300)
+        .map(|i| {
+            let mut c = commit_with(&format!("{i:04x}"), i, QUEUE);
+            c.title = format!("commit {i}");
+            let change = crate::record::Change {
+                repo: c.repo,
+                branch: c.branch,
+                commit: c.commit,
+                parents: vec![],
+                author: c.author,
+                committer: c.committer,
+                commit_time: c.commit_time,
+                title: c.title,
+                files: vec![],
+                jobs: vec![],
+                recipe_error: None,
+                announced_ms: i as u64,
+                force: None,
+            };
+            crate::record::sign(&key, &Body::Change(change)).bytes
+        })
+        .collect();
+    // Every seventh signature broken, one record cut short.
+    for b in batch.iter_mut().step_by(7) {
+        let n = b.len();
+        b[n - 3] ^= 1;
+    }
+    batch[100].truncate(10);
+    let refs: Vec<&[u8]> = batch.iter().map(|b| b.as_slice()).collect();
+    let one = SignatureCheck.verify_many(&refs);
+    let many = ParallelCheck { threads: 3 }.verify_many(&refs);
+    assert_eq!(many.len(), refs.len());
+    let judged = |v: &[Result<VerifiedRecord, crate::record::RecordError>]| {
+        v.iter().map(|r| r.as_ref().map(|r| r.id).map_err(|e| e.to_string())).collect::<Vec<_>>()
+    };
+    assert_eq!(judged(&many), judged(&one));
+    assert_eq!(one.iter().filter(|r| r.is_err()).count(), 300usize.div_ceil(7) + 1);
+    for (r, b) in many.iter().zip(&batch) {
+        if let Ok(r) = r {
+            assert_eq!(r.id, Hash32::of(b));
+        }
+    }
 }
