@@ -517,6 +517,23 @@ impl Handler<SetHttp> for CoreActor {
     }
 }
 
+/// The node stops: save what the next start needs, and take no input
+/// after it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for CoreActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        match self.core.checkpoint() {
+            Ok(()) => info!("checkpoint saved: the next start reads no history"),
+            Err(e) => warn!("no checkpoint saved, the next start reads the whole history: {e}"),
+        }
+        ctx.stop();
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<Announced, String>")]
 pub struct Announce(pub CommitInfo);
@@ -636,6 +653,10 @@ impl Handler<Query> for CoreActor {
                     "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                     "http": self.http,
                     "uptime_ms": now.saturating_sub(self.started_ms),
+                    "startup": {
+                        "from_checkpoint": self.core.startup().from_checkpoint,
+                        "records_read": self.core.startup().records_read,
+                    },
                     "peers_live": live,
                     "peers_connected": connected,
                     "jobs_live": self.core.live_jobs().len(),

@@ -585,7 +585,15 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         // is in `CoreActor::send_net` and `net::ToCore`.
         let (net_tx, net_rx) = tokio::sync::mpsc::channel(net::NET_COMMAND_CAPACITY);
         let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(net::NET_EVENT_CAPACITY);
+        let started = std::time::Instant::now();
         let mut core = NodeCore::new(cfg, key.clone(), store.clone(), now_ms());
+        let how = core.startup();
+        info!(
+            records_read = how.records_read,
+            from_checkpoint = how.from_checkpoint,
+            ms = started.elapsed().as_millis() as u64,
+            "history read"
+        );
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         core.set_verifier(std::sync::Arc::new(peerbot_protocol::core::ParallelCheck { threads }));
         let core_addr = CoreActor::create(|ctx| {
@@ -642,6 +650,8 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         info!("shutting down");
         executor::kill_all_steps();
         handle.stop(true).await;
+        // The core's last input: what it saves must be all it stored.
+        let _ = core_addr.send(core_actor::Stop).await;
         System::current().stop();
         anyhow::Ok(())
     })?;
@@ -706,6 +716,10 @@ fn seed_history(data_dir: &std::path::Path, results: usize) -> anyhow::Result<()
         }
     }
     store.put_records_bulk(&batch)?;
+    // Records stored behind a node's back: its checkpoint no longer holds.
+    let mut store = store;
+    peerbot_protocol::store::Store::delete_state(&mut store, peerbot_protocol::core::CHECKPOINT_KEY)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{} records in {}", 2 * results, data_dir.display());
     Ok(())
 }

@@ -153,6 +153,29 @@ impl Node {
         self.spawn()
     }
 
+    /// Stops the process with SIGTERM, as an operator would, and waits for
+    /// it to exit (killed after 30 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill has no memory preconditions; the pid is our child's.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the process again on the same data dir, after `stop` or `kill`.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

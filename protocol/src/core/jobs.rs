@@ -184,6 +184,18 @@ impl Jobs {
         self.findings.push_back((seen_ms, job));
     }
 
+    /// The findings with when each was seen, oldest first: for a checkpoint.
+    pub fn findings_seen(&self) -> Vec<(Millis, Hash32)> {
+        self.findings.iter().copied().collect()
+    }
+
+    /// Findings saved by a checkpoint, kept as they were.
+    pub fn restore_findings(&mut self, saved: &[(Millis, Hash32)]) {
+        for (seen, job) in saved.iter().rev().take(MAX_FINDINGS).rev() {
+            self.note_finding(*seen, *job);
+        }
+    }
+
     /// Jobs built more than once, newest first.
     pub fn findings(&self) -> Vec<Hash32> {
         let mut v: Vec<(Millis, Hash32)> = self.findings.iter().copied().collect();

@@ -25,6 +25,7 @@
 mod admissions;
 mod blobs;
 mod builds;
+mod checkpoint;
 mod claims;
 mod config;
 mod health;
@@ -55,6 +56,7 @@ use rand_chacha::ChaCha8Rng;
 
 pub use self::blobs::MAX_LOG_BYTES;
 pub use self::builds::{give_up_deadline, Running, RunningBuild};
+pub use self::checkpoint::{Startup, CHECKPOINT_KEY};
 pub use self::claims::{ClaimOutcome, ClaimRules, Expired};
 pub use self::config::{defaults, Config};
 pub use self::health::StorageHealth;
@@ -166,6 +168,11 @@ pub struct NodeCore<S: Store> {
     /// Applying the stored history at start-up: nothing is fetched for it.
     replaying: bool,
     verifier: Arc<dyn Verify>,
+    /// Admission and revocation records applied, for the checkpoint.
+    trust_records: Vec<Hash32>,
+    /// A checkpoint was saved and no record stored since.
+    checkpointed: bool,
+    startup: checkpoint::Startup,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -198,6 +205,9 @@ impl<S: Store> NodeCore<S> {
             listen_addrs: Vec::new(),
             replaying: true,
             verifier: Arc::new(SignatureCheck),
+            trust_records: Vec::new(),
+            checkpointed: false,
+            startup: checkpoint::Startup::default(),
             cfg,
         };
         if let Some(own) = core.cfg.admission.clone() {
@@ -205,7 +215,7 @@ impl<S: Store> NodeCore<S> {
                 core.emit(Event::MessageRejected { from: me, reason: format!("not admitted: own admission: {e}") });
             }
         }
-        core.replay(now);
+        core.load(now);
         core.release_claims_held_at_stop(now);
         core.publish_own_admission(now);
         core
@@ -229,6 +239,7 @@ impl<S: Store> NodeCore<S> {
             for k in &fresh {
                 if let Some(r) = self.store.get_record(&k.id).and_then(|b| record::decode_stored(&b).ok()) {
                     self.apply(now, &r);
+                    self.startup.records_read += 1;
                 }
             }
             from = *fresh.last().expect("not empty");

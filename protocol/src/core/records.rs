@@ -235,6 +235,7 @@ impl<S: Store> NodeCore<S> {
             return Err(e);
         }
         self.storage_wrote(now);
+        self.checkpoint_spoiled();
         for rec in recs {
             self.emit(Event::RecordStored { id: rec.id, kind: rec.body.kind(), signer: rec.signer, from });
             self.apply(now, rec);
@@ -273,11 +274,13 @@ impl<S: Store> NodeCore<S> {
                 }
             }
             Body::Admission(a) => {
+                self.note_trust_record(rec.id);
                 if self.admissions.learn(rec.signer, a).unwrap_or(false) && !self.replaying {
                     self.take_held(now, &rec.signer);
                 }
             }
             Body::Revocation(r) => {
+                self.note_trust_record(rec.id);
                 let Some(peer) = self.admissions.cluster().and_then(|c| r.check(c).ok()) else { return };
                 if self.admissions.revoke(peer, r.revoked_ms()) && !self.replaying {
                     self.emit(Event::Revoked { peer, revoked_ms: r.revoked_ms() });
@@ -312,6 +315,14 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// Past the checkpoint's bound the list stops growing, and the
+    /// checkpoint is refused.
+    fn note_trust_record(&mut self, id: Hash32) {
+        if self.trust_records.len() <= super::checkpoint::MAX_TRUST_RECORDS && !self.trust_records.contains(&id) {
+            self.trust_records.push(id);
         }
     }
 

@@ -5,7 +5,7 @@
 use super::*;
 
 
-const QUEUE: &str = "[[builder]]\nname='q'\nrequires=['os=linux']\ncollapse=false\n[[builder.step]]\nrun='true'\n";
+pub(super) const QUEUE: &str = "[[builder]]\nname='q'\nrequires=['os=linux']\ncollapse=false\n[[builder.step]]\nrun='true'\n";
 
 #[test]
 fn a_node_that_finishes_a_build_claims_the_next_waiting_job_at_once() {
