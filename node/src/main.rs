@@ -652,6 +652,9 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         handle.stop(true).await;
         // The core's last input: what it saves must be all it stored.
         let _ = core_addr.send(core_actor::Stop).await;
+        if let Err(e) = store.close() {
+            tracing::warn!("the next start scans the store's keys: {e:#}");
+        }
         System::current().stop();
         anyhow::Ok(())
     })?;

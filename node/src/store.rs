@@ -65,7 +65,13 @@ pub struct RocksStore {
     count: Arc<std::sync::atomic::AtomicU64>,
     /// Range summaries for reconciliation, built at open, kept up to date.
     index: Arc<std::sync::RwLock<BucketIndex>>,
+    /// `close` saved the summaries and no record was stored since.
+    summary_saved: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Where a clean close keeps the range summaries, so that the next open
+/// does not read every key.
+const SUMMARY_KEY: &[u8] = b"order_summary";
 
 fn order_key(k: &SyncKey) -> [u8; 40] {
     let mut out = [0u8; 40];
@@ -314,20 +320,55 @@ impl RocksStore {
             tracing::info!("database in {}: building the API's indexes", dir.display());
             rebuild_indexes(&db)?;
         }
-        let mut n = 0u64;
-        let mut index = BucketIndex::default();
-        for item in db.iterator_cf(db.cf_handle(CF_ORDER).expect("order column family"), IteratorMode::Start) {
-            let (k, _) = item?;
-            if let Some(key) = parse_order_key(&k) {
-                index.add(&key);
+        // A clean close saved the summaries; taken away before use, so that
+        // a crash after this open scans again.
+        let saved = db.get_cf(meta, SUMMARY_KEY)?;
+        db.delete_cf_opt(meta, SUMMARY_KEY, &Self::sync_write())?;
+        let saved = saved.and_then(|b| peerbot_protocol::codec::decode::<BucketIndex>(&b, 256 << 20).ok());
+        let (index, n) = match saved {
+            Some(index) => {
+                let n = index.count();
+                (index, n)
             }
-            n += 1;
-        }
+            None => {
+                let mut n = 0u64;
+                let mut index = BucketIndex::default();
+                for item in db.iterator_cf(db.cf_handle(CF_ORDER).expect("order column family"), IteratorMode::Start) {
+                    let (k, _) = item?;
+                    if let Some(key) = parse_order_key(&k) {
+                        index.add(&key);
+                    }
+                    n += 1;
+                }
+                (index, n)
+            }
+        };
         Ok(RocksStore {
             db: Arc::new(db),
             count: Arc::new(std::sync::atomic::AtomicU64::new(n)),
             index: Arc::new(std::sync::RwLock::new(index)),
+            summary_saved: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// Saves the range summaries for the next open; call it last, when no
+    /// more records will be stored. A record stored after it takes them
+    /// away again.
+    pub fn close(&self) -> anyhow::Result<()> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let bytes = peerbot_protocol::codec::encode(&*index);
+        self.db.put_cf_opt(self.cf(CF_META), SUMMARY_KEY, bytes, &Self::sync_write())?;
+        self.summary_saved.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A record is about to be stored: saved summaries would no longer
+    /// hold.
+    fn spoil_summary(&self) -> Result<(), rocksdb::Error> {
+        if self.summary_saved.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.db.delete_cf_opt(self.cf(CF_META), SUMMARY_KEY, &Self::sync_write())?;
+        }
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -514,6 +555,7 @@ impl RocksStore {
 
     /// Writes many new records in one batch with one sync.
     pub fn put_records_bulk(&self, recs: &[VerifiedRecord]) -> anyhow::Result<()> {
+        self.spoil_summary()?;
         let mut batch = WriteBatch::default();
         for rec in recs {
             let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
@@ -600,6 +642,7 @@ impl Store for RocksStore {
         if self.has_record(&rec.id) {
             return Ok(false);
         }
+        self.spoil_summary().map_err(err)?;
         let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
@@ -775,6 +818,30 @@ mod tests {
             title: String::new(),
         };
         sign(&deterministic_key(2), &Body::Result(r))
+    }
+
+    #[test]
+    fn a_clean_close_saves_the_range_summaries_and_a_later_write_takes_them_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RocksStore::open(dir.path()).unwrap();
+        let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
+        s.put_records(&[change("abcd01"), change("abcd02"), result(job, 0)]).unwrap();
+        let whole = s.summary(&SyncKey::MIN, None);
+        let saved = |s: &RocksStore| s.db.get_cf(s.cf(CF_META), SUMMARY_KEY).unwrap().is_some();
+        s.close().unwrap();
+        assert!(saved(&s));
+        drop(s);
+        // Opened again: read from what close saved (and taken away).
+        let mut s = RocksStore::open(dir.path()).unwrap();
+        assert!(!saved(&s));
+        assert_eq!((s.record_count(), s.summary(&SyncKey::MIN, None)), (3, whole));
+        s.close().unwrap();
+        s.put_record(&result(job, 1)).unwrap();
+        assert!(!saved(&s), "a record stored after close spoils the summaries");
+        drop(s);
+        let s = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(s.record_count(), 4);
+        assert_ne!(s.summary(&SyncKey::MIN, None), whole);
     }
 
     #[test]

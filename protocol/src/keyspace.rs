@@ -18,7 +18,7 @@ impl SyncKey {
 }
 
 /// Sum of ids modulo 2^256: order-free and incrementally maintainable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
     lanes: [u64; 4],
 }

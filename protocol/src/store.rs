@@ -296,7 +296,7 @@ pub fn split_by_scan(keys: &[SyncKey], parts: usize) -> Vec<SyncKey> {
 /// Counts and fingerprints of fixed-width time buckets, kept as records
 /// arrive, so that the summary of any range costs two partial bucket scans
 /// plus a walk over whole buckets, not a scan of the range.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BucketIndex {
     width: u64,
     buckets: BTreeMap<u64, (u64, Fingerprint)>,
@@ -317,6 +317,11 @@ impl Default for BucketIndex {
 impl BucketIndex {
     pub fn new(width: u64) -> Self {
         BucketIndex { width: width.max(1), buckets: BTreeMap::new(), total: (0, Fingerprint::default()) }
+    }
+
+    /// How many keys it summarises.
+    pub fn count(&self) -> u64 {
+        self.total.0
     }
 
     pub fn add(&mut self, k: &SyncKey) {
