@@ -69,13 +69,28 @@ bb_version=$("$py" -c 'import buildbot; print(buildbot.version)')
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/buildbot-bench.XXXXXX")
 pids=()
+# stop PID...: TERM, up to 20 s to exit, then KILL; reaps them.
+stop() {
+    local pid i alive
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for ((i = 0; i < 200; i++)); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    ((alive == 0)) || echo "a process did not stop within 20 s of SIGTERM; killing it" >&2
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
 cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    trap - INT TERM
+    ((${#pids[@]} == 0)) || stop "${pids[@]}"
     if [[ ${KEEP:-0} == 1 ]]; then echo "kept $root" >&2; else rm -rf "$root"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 now_us() { echo "${EPOCHREALTIME/./}"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
@@ -126,7 +141,9 @@ complete() {
 }
 
 # wait_complete TARGET T0_US BOUND_S POLL_S: until TARGET builds are
-# complete; prints the ms since T0_US (microseconds; 0: read $run_dir/stamp).
+# complete; sets waited_ms to the ms since T0_US (microseconds; 0: read
+# $run_dir/stamp). Runs in the script's own shell, not in $(...), so that
+# a signal stops the script at once.
 wait_complete() {
     local target=$1 t0=$2 bound_us=$(($3 * 1000000)) poll=$4 start n
     start=$(now_us)
@@ -140,7 +157,7 @@ wait_complete() {
     local end
     end=$(now_us)
     [[ $t0 == 0 ]] && t0=$(cat "$run_dir/stamp")
-    echo $(((end - t0) / 1000))
+    waited_ms=$(((end - t0) / 1000))
 }
 
 api_median_ms() {
@@ -209,25 +226,28 @@ EOF
 
     # Warm-up: one change, until its build completes.
     "$py" "$root/send.py" "127.0.0.1:$pb_port" 1 1 "$run_dir/stamp" || die "sending the warm-up change failed"
-    warm_ms=$(wait_complete 1 0 120 0.05)
+    wait_complete 1 0 120 0.05
+    warm_ms=$waited_ms
 
     # Throughput: N changes from one process.
     rm -f "$run_dir/stamp"
     "$py" "$root/send.py" "127.0.0.1:$pb_port" 2 "$changes" "$run_dir/stamp" &
     sender=$!
     pids+=("$sender")
-    total_ms=$(wait_complete $((changes + 1)) 0 $((120 + 2 * changes)) 0.1)
+    wait_complete $((changes + 1)) 0 $((120 + 2 * changes)) 0.1
+    total_ms=$waited_ms
     wait "$sender" || die "sending the changes failed"
     rate=$(awk -v n="$changes" -v ms="$total_ms" 'BEGIN {printf "%.2f", n * 1000 / ms}')
-    failed=$(curl -sf "$www/api/v2/builds?complete=true&field=results&field=complete" | jq '[.builds[] | select(.results != 0)] | length')
-    by_w=$(curl -sf "$www/api/v2/builds?field=workerid" | jq -r '[.builds[].workerid] | group_by(.) | map(length) | join("/")')
+    failed=$(curl -sf "$www/api/v2/builds?complete=true&field=results&field=complete" | jq '[.builds[] | select(.results != 0)] | length') || die "listing the builds failed"
+    by_w=$(curl -sf "$www/api/v2/builds?field=workerid" | jq -r '[.builds[].workerid] | group_by(.) | map(length) | join("/")') || die "listing the builds failed"
 
     # Latency: one change through the same client, until its build completes.
     rm -f "$run_dir/stamp"
     "$py" "$root/send.py" "127.0.0.1:$pb_port" $((changes + 2)) 1 "$run_dir/stamp" &
     sender=$!
     pids+=("$sender")
-    lat=$(wait_complete $((changes + 2)) 0 120 0.01)
+    wait_complete $((changes + 2)) 0 120 0.01
+    lat=$waited_ms
     wait "$sender" || die "sending the latency change failed"
 
     # Latency with the command's start-up: `buildbot sendchange`.
@@ -236,7 +256,8 @@ EOF
         -r "$(printf '%040x' $((changes + 3)))" -C "change $((changes + 3))" f >/dev/null &
     sender=$!
     pids+=("$sender")
-    lat_cli=$(wait_complete $((changes + 3)) "$t0" 120 0.01)
+    wait_complete $((changes + 3)) "$t0" 120 0.01
+    lat_cli=$waited_ms
     wait "$sender" || die "buildbot sendchange failed"
 
     b50=$(api_median_ms "$www/api/v2/builds?limit=50")
@@ -252,8 +273,7 @@ EOF
     all_rate+=("$rate") all_lat+=("$lat") all_lat_cli+=("$lat_cli") all_b50+=("$b50") all_c50+=("$c50")
     all_rss_m+=("$rss_m") all_hwm_m+=("$hwm_m") all_rss_w+=("$rss_w")
 
-    for pid in "${worker_pids[@]}" "$master_pid"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${worker_pids[@]}" "$master_pid"; do wait "$pid" 2>/dev/null || true; done
+    stop "${worker_pids[@]}" "$master_pid"
     pids=()
     [[ ${KEEP:-0} == 1 ]] || rm -rf "$run_dir"
 done

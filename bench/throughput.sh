@@ -67,13 +67,28 @@ unset PEERBOT_DATA_DIR PEERBOT_HTTP PEERBOT_LISTEN PEERBOT_BOOTSTRAP PEERBOT_WAT
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/peerbot-throughput.XXXXXX")
 pids=()
+# stop PID...: TERM, up to 20 s to exit, then KILL; reaps them.
+stop() {
+    local pid i alive
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for ((i = 0; i < 200; i++)); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    ((alive == 0)) || echo "a node did not stop within 20 s of SIGTERM; killing it" >&2
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
 cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    trap - INT TERM
+    ((${#pids[@]} == 0)) || stop "${pids[@]}"
     if [[ ${KEEP:-0} == 1 ]]; then echo "kept $root" >&2; else rm -rf "$root"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 now_us() { echo "${EPOCHREALTIME/./}"; }
 ms_since() { echo $((($(now_us) - $1) / 1000)); }
@@ -139,7 +154,7 @@ announce() {
     body=$(printf '{"repo":"%s","branch":"main","commit":"%s"}' "$repo" "$1")
     code=$(curl -s -o "$run_dir/announce.out" -w '%{http_code}' -X POST \
         -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        --data "$body" "$url_A/api/v1/changes")
+        --data "$body" "$url_A/api/v1/changes") || true
     [[ $code == 201 ]] || die "announcing $1: HTTP $code $(cat "$run_dir/announce.out")"
 }
 
@@ -218,8 +233,8 @@ EOF
     done
     total_ms=$(ms_since "$t0")
     rate=$(awk -v n="$changes" -v ms="$total_ms" 'BEGIN {printf "%.2f", n * 1000 / ms}')
-    failed=$(curl -sf "$url_A/api/v1/builds?limit=1000" | jq '[.[] | select(.status != "success")] | length')
-    by_b=$(curl -sf "$url_A/api/v1/builds?limit=1000&signer=$id_B" | jq length)
+    failed=$(curl -sf "$url_A/api/v1/builds?limit=1000" | jq '[.[] | select(.status != "success")] | length') || die "listing A's results failed"
+    by_b=$(curl -sf "$url_A/api/v1/builds?limit=1000&signer=$id_B" | jq length) || die "listing A's results failed"
 
     # Latency: one more commit, until A serves its result, then until both do.
     last=${commits[$((changes + 1))]}
@@ -244,8 +259,7 @@ EOF
     all_rate+=("$rate") all_lat_a+=("$lat_a") all_lat_both+=("$lat_both") all_b50+=("$b50") all_c50+=("$c50")
     all_rss_a+=("$rss_a") all_rss_b+=("$rss_b") all_hwm_a+=("$hwm_a") all_hwm_b+=("$hwm_b")
 
-    for pid in "$pid_A" "$pid_B"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "$pid_A" "$pid_B"; do wait "$pid" 2>/dev/null || true; done
+    stop "$pid_A" "$pid_B"
     pids=()
     [[ ${KEEP:-0} == 1 ]] || rm -rf "$run_dir"
 done
