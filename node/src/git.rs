@@ -181,7 +181,8 @@ pub async fn commit_info(mirror: &Path, repo: &str, branch: &str, commit: &str) 
     // Three git processes at once: an announcement waits for the slowest.
     let show = ["show", "-s", "--format=%H%x00%P%x00%an <%ae>%x00%cn <%ce>%x00%ct%x00%s", commit];
     let diff = ["diff-tree", "--no-commit-id", "--name-only", "-r", "--root", commit];
-    let (out, files, recipe) = tokio::join!(git(Some(mirror), &show), git(Some(mirror), &diff), recipe_at(mirror, commit));
+    let (out, files, recipe) =
+        tokio::join!(git(Some(mirror), &show), git(Some(mirror), &diff), recipe_at(mirror, commit));
     let out = out?;
     let f: Vec<&str> = out.trim_end_matches('\n').split('\0').collect();
     if f.len() < 6 {

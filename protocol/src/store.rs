@@ -337,12 +337,7 @@ impl BucketIndex {
     }
 
     /// `scan(lo, hi)` summarises a range by reading its keys.
-    pub fn summary(
-        &self,
-        lo: &SyncKey,
-        hi: Option<&SyncKey>,
-        scan: &RangeScan<'_>,
-    ) -> (u64, Fingerprint) {
+    pub fn summary(&self, lo: &SyncKey, hi: Option<&SyncKey>, scan: &RangeScan<'_>) -> (u64, Fingerprint) {
         if *lo == SyncKey::MIN && hi.is_none() {
             return self.total;
         }

@@ -54,13 +54,15 @@ impl<S: Store> NodeCore<S> {
         if self.trust_records.len() > MAX_TRUST_RECORDS {
             return Err(StoreError("too many admission records for a checkpoint".into()));
         }
-        let mut open: Vec<Hash32> = self.jobs.open.iter().filter_map(|id| self.jobs.get(id)).map(|j| j.change).collect();
+        let mut open: Vec<Hash32> =
+            self.jobs.open.iter().filter_map(|id| self.jobs.get(id)).map(|j| j.change).collect();
         open.sort_unstable();
         open.dedup();
         if open.len() > MAX_OPEN_CHANGES {
             return Err(StoreError(format!("{} open changes: too many for a checkpoint", open.len())));
         }
-        let cp = Checkpoint { v: VERSION, trust: self.trust_records.clone(), open, findings: self.jobs.findings_seen() };
+        let cp =
+            Checkpoint { v: VERSION, trust: self.trust_records.clone(), open, findings: self.jobs.findings_seen() };
         self.store.put_state(CHECKPOINT_KEY, &encode(&cp))?;
         self.checkpointed = true;
         Ok(())

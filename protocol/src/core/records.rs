@@ -159,13 +159,11 @@ impl<S: Store> NodeCore<S> {
             .collect();
         for verified in self.verifier.verify_many(&unknown) {
             match verified {
-                Ok(rec) => {
-                    match self.screen(&rec) {
-                        Screen::Take => fresh.push(rec),
-                        Screen::Hold => held += self.admissions.hold(rec, Some(from), now) as usize,
-                        Screen::Refuse(reason) => self.emit(Event::RecordRejected { from, reason }),
-                    }
-                }
+                Ok(rec) => match self.screen(&rec) {
+                    Screen::Take => fresh.push(rec),
+                    Screen::Hold => held += self.admissions.hold(rec, Some(from), now) as usize,
+                    Screen::Refuse(reason) => self.emit(Event::RecordRejected { from, reason }),
+                },
                 Err(e) => self.emit(Event::RecordRejected { from, reason: e.to_string() }),
             }
         }

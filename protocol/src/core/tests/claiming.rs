@@ -4,8 +4,8 @@
 
 use super::*;
 
-
-pub(super) const QUEUE: &str = "[[builder]]\nname='q'\nrequires=['os=linux']\ncollapse=false\n[[builder.step]]\nrun='true'\n";
+pub(super) const QUEUE: &str =
+    "[[builder]]\nname='q'\nrequires=['os=linux']\ncollapse=false\n[[builder.step]]\nrun='true'\n";
 
 #[test]
 fn a_node_that_finishes_a_build_claims_the_next_waiting_job_at_once() {
@@ -37,7 +37,6 @@ fn a_node_that_finishes_a_build_claims_the_next_waiting_job_at_once() {
     let claimed_by = |n: &NodeCore<MemStore>| n.job(&next[0].1.job).unwrap().claim.as_ref().map(|c| c.by);
     assert!(nodes.iter().all(|n| claimed_by(n) == Some(nodes[x].peer_id())));
 }
-
 
 /// Delivers every broadcast to every other node until all is quiet, as
 /// `settle` does, except what `mute` says once it has started a build:
