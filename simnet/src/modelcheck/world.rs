@@ -557,7 +557,16 @@ impl World {
             n.incarnation.hash(&mut h);
             n.builds.hash(&mut h);
             let Some(c) = n.core.as_ref() else {
+                // A node that is down restarts from its store: what it
+                // holds is what it will know.
                 0u8.hash(&mut h);
+                if let Some(s) = n.kept.as_ref() {
+                    s.ids().hash(&mut h);
+                    s.get_state("own_claims").hash(&mut h);
+                    for j in &self.jobs {
+                        s.get_state(&format!("lost/{}", j.to_hex())).hash(&mut h);
+                    }
+                }
                 continue;
             };
             1u8.hash(&mut h);
