@@ -18,7 +18,7 @@
 
 mod world;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use peerbot_protocol::core::SignatureCheck;
 use peerbot_protocol::Millis;
 
-use self::world::{Action, World};
+use self::world::{Action, Budgets, World};
 
 /// How much of the state space to explore.
 #[derive(Debug, Clone)]
@@ -153,8 +153,9 @@ pub fn explore(b: &Bounds) -> Report {
         elapsed: Duration::ZERO,
         counterexample: None,
     };
-    let mut seen: HashSet<u64> = HashSet::new();
-    seen.insert(start.fingerprint());
+    let mut seen = Seen::default();
+    seen.insert(start.fingerprint(), start.budgets());
+    let start_trail = start.trail.len();
     let actions = start.actions(horizon);
     let mut stack = vec![Frame { world: start, actions, next: 0 }];
     while let Some(top) = stack.last_mut() {
@@ -169,7 +170,7 @@ pub fn explore(b: &Bounds) -> Report {
         if let Err(why) = catch_unwind(AssertUnwindSafe(|| w.apply(&action))) {
             w.fail(format!("the core panicked: {}", panic_text(&why)));
         }
-        if w.violation.is_none() && !seen.insert(w.fingerprint()) {
+        if w.violation.is_none() && !seen.insert(w.fingerprint(), w.budgets()) {
             continue;
         }
         report.states += 1;
@@ -183,7 +184,13 @@ pub fn explore(b: &Bounds) -> Report {
             }
         }
         if let Some(violation) = w.violation.take() {
-            report.counterexample = Some(Counterexample { violation, trail: std::mem::take(&mut w.trail) });
+            // The steps are told from the stack, each by the state it left.
+            let mut trail = w.trail[..start_trail].to_vec();
+            for f in &stack {
+                trail.push(format!("t={} {}", f.world.now, f.world.describe(&f.actions[f.next - 1])));
+            }
+            trail.extend_from_slice(&w.trail[start_trail..]);
+            report.counterexample = Some(Counterexample { violation, trail });
             break;
         }
         if report.states >= b.max_states {
@@ -203,4 +210,39 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "(no message)".into())
+}
+
+/// The states explored: per fingerprint, the budgets it was explored
+/// with, none of which covers another.
+#[derive(Default)]
+struct Seen {
+    one: HashMap<u64, Budgets>,
+    more: HashMap<u64, Vec<Budgets>>,
+}
+
+impl Seen {
+    /// False if a state with this fingerprint was explored with budgets
+    /// that cover `b`: every step open to this one was open to it, so
+    /// whatever this one reaches, it reached.
+    fn insert(&mut self, fp: u64, b: Budgets) -> bool {
+        let Some(first) = self.one.get_mut(&fp) else {
+            self.one.insert(fp, b);
+            return true;
+        };
+        let rest = self.more.get_mut(&fp);
+        if first.covers(&b) || rest.as_ref().is_some_and(|r| r.iter().any(|x| x.covers(&b))) {
+            return false;
+        }
+        if b.covers(first) {
+            *first = b;
+            if let Some(r) = rest {
+                r.retain(|x| !b.covers(x));
+            }
+        } else {
+            let r = self.more.entry(fp).or_default();
+            r.retain(|x| !b.covers(x));
+            r.push(b);
+        }
+        true
+    }
 }
