@@ -92,6 +92,13 @@ pub struct Report {
     pub finals: u64,
     /// Of those, the ones reached through a lease that ran out.
     pub finals_after_lease_expiry: u64,
+    /// Of those, the ones reached through a loss, a duplicate, a reordering
+    /// and a crash (each counts the final states whose path spent at least
+    /// one of that budget).
+    pub finals_after_loss: u64,
+    pub finals_after_dup: u64,
+    pub finals_after_reorder: u64,
+    pub finals_after_crash: u64,
     pub max_depth: usize,
     /// False if `max_states` cut the exploration short.
     pub complete: bool,
@@ -117,6 +124,10 @@ impl Report {
             self.elapsed.as_secs_f64(),
             if self.complete { "" } else { " (cut short by --max-states)" }
         );
+        s += &format!(
+            "final states reached through a loss: {}, a duplicate: {}, a reordering: {}, a crash: {}\n",
+            self.finals_after_loss, self.finals_after_dup, self.finals_after_reorder, self.finals_after_crash
+        );
         match &self.counterexample {
             None => s += "no violation\n",
             Some(c) => {
@@ -131,9 +142,26 @@ impl Report {
 }
 
 struct Frame {
-    world: World,
+    /// The state, until its last step is taken: that step takes it over
+    /// instead of a copy, and leaves its description in `told`.
+    world: Option<World>,
+    told: String,
     actions: Vec<Action>,
     next: usize,
+}
+
+impl Frame {
+    fn new(world: World, actions: Vec<Action>) -> Frame {
+        Frame { world: Some(world), told: String::new(), actions, next: 0 }
+    }
+
+    /// The step last taken from this state, as the counterexample tells it.
+    fn step(&self) -> String {
+        match &self.world {
+            Some(w) => format!("t={} {}", w.now, w.describe(&self.actions[self.next - 1])),
+            None => self.told.clone(),
+        }
+    }
 }
 
 /// Explores every state within `b`, depth first; stops at the first
@@ -148,6 +176,10 @@ pub fn explore(b: &Bounds) -> Report {
         transitions: 0,
         finals: 0,
         finals_after_lease_expiry: 0,
+        finals_after_loss: 0,
+        finals_after_dup: 0,
+        finals_after_reorder: 0,
+        finals_after_crash: 0,
         max_depth: 0,
         complete: true,
         elapsed: Duration::ZERO,
@@ -157,7 +189,7 @@ pub fn explore(b: &Bounds) -> Report {
     seen.insert(start.fingerprint(), start.budgets());
     let start_trail = start.trail.len();
     let actions = start.actions(horizon);
-    let mut stack = vec![Frame { world: start, actions, next: 0 }];
+    let mut stack = vec![Frame::new(start, actions)];
     while let Some(top) = stack.last_mut() {
         if top.next == top.actions.len() {
             stack.pop();
@@ -165,7 +197,13 @@ pub fn explore(b: &Bounds) -> Report {
         }
         let action = top.actions[top.next].clone();
         top.next += 1;
-        let mut w = top.world.clone();
+        let mut w = if top.next == top.actions.len() {
+            let w = top.world.take().expect("a state until its last step");
+            top.told = format!("t={} {}", w.now, w.describe(&action));
+            w
+        } else {
+            top.world.clone().expect("a state until its last step")
+        };
         report.transitions += 1;
         if let Err(why) = catch_unwind(AssertUnwindSafe(|| w.apply(&action))) {
             w.fail(format!("the core panicked: {}", panic_text(&why)));
@@ -179,6 +217,10 @@ pub fn explore(b: &Bounds) -> Report {
         if actions.is_empty() && w.violation.is_none() {
             report.finals += 1;
             report.finals_after_lease_expiry += w.lease_expired as u64;
+            report.finals_after_loss += (w.losses < b.losses) as u64;
+            report.finals_after_dup += (w.dups < b.dups) as u64;
+            report.finals_after_reorder += (w.reorders < b.reorders) as u64;
+            report.finals_after_crash += (w.crashes < b.crashes) as u64;
             if let Err(why) = catch_unwind(AssertUnwindSafe(|| w.check_quiet(b.quiet_ms))) {
                 w.fail(format!("the core panicked once quiet: {}", panic_text(&why)));
             }
@@ -186,9 +228,7 @@ pub fn explore(b: &Bounds) -> Report {
         if let Some(violation) = w.violation.take() {
             // The steps are told from the stack, each by the state it left.
             let mut trail = w.trail[..start_trail].to_vec();
-            for f in &stack {
-                trail.push(format!("t={} {}", f.world.now, f.world.describe(&f.actions[f.next - 1])));
-            }
+            trail.extend(stack.iter().map(Frame::step));
             trail.extend_from_slice(&w.trail[start_trail..]);
             report.counterexample = Some(Counterexample { violation, trail });
             break;
@@ -198,7 +238,7 @@ pub fn explore(b: &Bounds) -> Report {
             break;
         }
         if !actions.is_empty() {
-            stack.push(Frame { world: w, actions, next: 0 });
+            stack.push(Frame::new(w, actions));
         }
     }
     report.elapsed = started.elapsed();
