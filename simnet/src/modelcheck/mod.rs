@@ -214,15 +214,22 @@ pub fn explore(b: &Bounds) -> Report {
         report.states += 1;
         report.max_depth = report.max_depth.max(stack.len());
         let actions = if w.violation.is_none() { w.actions(horizon) } else { vec![] };
-        if actions.is_empty() && w.violation.is_none() {
+        // Final: nothing left to do but crash. Whether the budget holds a
+        // crash does not decide it, so a state is final or not whatever its
+        // budgets, as `Seen` needs; the crashes from it are explored too.
+        if w.violation.is_none() && actions.iter().all(|a| matches!(a, Action::Crash(_))) {
+            let mut end = w.clone();
             report.finals += 1;
-            report.finals_after_lease_expiry += w.lease_expired as u64;
-            report.finals_after_loss += (w.losses < b.losses) as u64;
-            report.finals_after_dup += (w.dups < b.dups) as u64;
-            report.finals_after_reorder += (w.reorders < b.reorders) as u64;
-            report.finals_after_crash += (w.crashes < b.crashes) as u64;
-            if let Err(why) = catch_unwind(AssertUnwindSafe(|| w.check_quiet(b.quiet_ms))) {
-                w.fail(format!("the core panicked once quiet: {}", panic_text(&why)));
+            report.finals_after_lease_expiry += end.lease_expired as u64;
+            report.finals_after_loss += (end.losses < b.losses) as u64;
+            report.finals_after_dup += (end.dups < b.dups) as u64;
+            report.finals_after_reorder += (end.reorders < b.reorders) as u64;
+            report.finals_after_crash += (end.crashes < b.crashes) as u64;
+            if let Err(why) = catch_unwind(AssertUnwindSafe(|| end.check_quiet(b.quiet_ms))) {
+                end.fail(format!("the core panicked once quiet: {}", panic_text(&why)));
+            }
+            if end.violation.is_some() {
+                w = end;
             }
         }
         if let Some(violation) = w.violation.take() {
