@@ -8,13 +8,14 @@
 //! rules read (each node's job states, attempts, claims and leases, its
 //! running builds and next timer, who it holds live, its record count; the
 //! messages in flight; the clock), so two paths to the same state are
-//! explored once. Checked:
+//! explored once, and a state is skipped when it was explored with at
+//! least as much of every fault budget left. Checked:
 //!
 //! - in every state, no node runs more builds than it has executors;
 //! - every node that sees a conflict names the same winner for it;
-//! - from every final state (the horizon reached, nothing in flight), once
-//!   the network is quiet every job is built on every node, and every node
-//!   holds the same results.
+//! - from every final state (the horizon reached, nothing in flight,
+//!   nothing left to do but crash), once the network is quiet every job is
+//!   built on every node, and every node holds the same results.
 
 mod world;
 

@@ -297,9 +297,10 @@ impl World {
         }
     }
 
-    /// A newer heartbeat makes an older one in flight on the same link
-    /// worthless (the receiver drops heartbeats older than the newest it
-    /// saw), so only the newest is kept: fewer states, the same behaviours.
+    /// A newer heartbeat replaces an older one in flight on the same link:
+    /// fewer states. The receiver does not check heartbeat sequence
+    /// numbers, so the schedules in which the older one still arrives are
+    /// not explored (see `docs/protocol.md`, "Model checking").
     fn send(&mut self, from: usize, to: usize, incarnation: u32, payload: Payload, heartbeat: bool) {
         if heartbeat {
             self.inflight.retain(|m| !(m.heartbeat && m.from == from && m.to == to));
