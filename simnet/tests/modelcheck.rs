@@ -1,6 +1,7 @@
 //! The model checker's small bounds: every schedule of 3 nodes x 2 jobs
 //! shortly after an announce, without faults, with a lost message, and
-//! with a crash; and, under a delay bound, a crash that outlasts a lease.
+//! with a crash; under a delay bound, a crash that outlasts a lease, and
+//! a loss, a duplicate, a reordering and a crash in one run.
 
 use peerbot_simnet::modelcheck::{explore, Bounds, Report};
 
@@ -40,6 +41,24 @@ fn every_schedule_with_one_crash_builds_each_job_and_agrees_on_results() {
 fn every_schedule_with_a_crash_that_outlasts_a_lease_reopens_and_builds_each_job() {
     let r = holds(Bounds { crashes: 1, delays: Some(1), ..no_faults(5_000) });
     assert!(r.finals_after_lease_expiry > 0, "no path let a lease run out: {}", r.to_text());
+}
+
+/// All four fault kinds in one run: one lost message, one duplicate, one
+/// reordering and one crash, anywhere after the announce. The clock waits
+/// for what is in flight (a delay bound of zero), so this covers the
+/// claims, the first build, a crash and the restarted node catching up,
+/// each with the other faults placed in every way among them.
+#[test]
+fn every_schedule_with_a_loss_a_duplicate_a_reordering_and_a_crash_builds_each_job() {
+    let all = Bounds { losses: 1, dups: 1, reorders: 1, crashes: 1, delays: Some(0), ..no_faults(0) };
+    let r = holds(all);
+    // Each fault was taken on the way to some final state, so none of them
+    // was left unexplored.
+    assert!(
+        r.finals_after_loss > 0 && r.finals_after_dup > 0 && r.finals_after_reorder > 0 && r.finals_after_crash > 0,
+        "a fault kind reached no final state: {}",
+        r.to_text()
+    );
 }
 
 /// The checker finds what it looks for: with a quiet spell too short for a

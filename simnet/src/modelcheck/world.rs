@@ -17,6 +17,17 @@ use peerbot_protocol::{deterministic_key, Keypair, Millis, PeerId};
 
 use super::Bounds;
 
+/// Fault budgets left: losses, duplicates, reorderings, crashes, delays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Budgets(pub(super) [u8; 5]);
+
+impl Budgets {
+    /// Every budget at least as large as in `other`.
+    pub(super) fn covers(&self, other: &Budgets) -> bool {
+        self.0.iter().zip(other.0.iter()).all(|(a, b)| a >= b)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Payload {
     Gossip(Vec<u8>),
@@ -87,6 +98,8 @@ pub(super) struct World {
     winners: BTreeMap<(Hash32, u32, (PeerId, PeerId)), PeerId>,
     /// The answer to the request being delivered.
     reply: Option<(u64, Vec<u8>)>,
+    /// What happened outside the explored steps (the announce, the quiet
+    /// spell); the explorer tells the steps themselves from its stack.
     pub(super) trail: Vec<String>,
     pub(super) violation: Option<String>,
     verifier: Arc<dyn Verify>,
@@ -284,9 +297,10 @@ impl World {
         }
     }
 
-    /// A newer heartbeat makes an older one in flight on the same link
-    /// worthless (the receiver drops heartbeats older than the newest it
-    /// saw), so only the newest is kept: fewer states, the same behaviours.
+    /// A newer heartbeat replaces an older one in flight on the same link:
+    /// fewer states. The receiver does not check heartbeat sequence
+    /// numbers, so the schedules in which the older one still arrives are
+    /// not explored (see `docs/protocol.md`, "Model checking").
     fn send(&mut self, from: usize, to: usize, incarnation: u32, payload: Payload, heartbeat: bool) {
         if heartbeat {
             self.inflight.retain(|m| !(m.heartbeat && m.from == from && m.to == to));
@@ -303,7 +317,13 @@ impl World {
             if k == 0 || self.reorders > 0 {
                 acts.push(Action::Deliver(k));
             }
-            if self.losses > 0 {
+            // A lost gossip message, or a lost failure notice, leaves no
+            // trace but its absence, which only tells once it would be the
+            // oldest: so it is lost then, or never (see `docs/protocol.md`).
+            // A lost request or reply fails at once at its sender, so it
+            // may be lost wherever it is.
+            let traceless = matches!(self.inflight[k].payload, Payload::Gossip(_) | Payload::Failed { .. });
+            if self.losses > 0 && (k == 0 || !traceless) {
                 acts.push(Action::Lose(k));
             }
             if self.dups > 0 && matches!(self.inflight[k].payload, Payload::Gossip(_)) {
@@ -337,8 +357,6 @@ impl World {
     }
 
     pub(super) fn apply(&mut self, a: &Action) {
-        let what = self.describe(a);
-        self.trail.push(format!("t={} {what}", self.now));
         if matches!(a, Action::Tick | Action::Finish { .. }) && !self.inflight.is_empty() {
             if let Some(d) = self.delays.as_mut() {
                 *d -= 1;
@@ -379,7 +397,7 @@ impl World {
         }
     }
 
-    fn describe(&self, a: &Action) -> String {
+    pub(super) fn describe(&self, a: &Action) -> String {
         let msg = |k: usize| {
             let m = &self.inflight[k];
             format!("{} from node {} to node {}", kind(&m.payload), m.from, m.to)
@@ -548,16 +566,36 @@ impl World {
         }
     }
 
-    /// Everything the claim rules read, hashed: two states with the same
-    /// fingerprint are explored once.
+    /// What is left of each fault budget, packed one per byte (no delay
+    /// bound counts as the most). With more of every budget left, a state
+    /// can take every step it could with less.
+    pub(super) fn budgets(&self) -> Budgets {
+        let delays = self.delays.map_or(u8::MAX, |d| d.min(254) as u8);
+        let b = |v: u32| v.min(255) as u8;
+        Budgets([b(self.losses), b(self.dups), b(self.reorders), b(self.crashes), delays])
+    }
+
+    /// Everything the claim rules read but the fault budgets, hashed: two
+    /// states with the same fingerprint and budgets are explored once, and
+    /// so is one whose budgets are all no larger than those of a state
+    /// already explored with the same fingerprint.
     pub(super) fn fingerprint(&self) -> u64 {
         let mut h = DefaultHasher::new();
-        (self.now, self.losses, self.reorders, self.dups, self.crashes, self.delays).hash(&mut h);
+        self.now.hash(&mut h);
         for n in &self.nodes {
             n.incarnation.hash(&mut h);
             n.builds.hash(&mut h);
             let Some(c) = n.core.as_ref() else {
+                // A node that is down restarts from its store: what it
+                // holds is what it will know.
                 0u8.hash(&mut h);
+                if let Some(s) = n.kept.as_ref() {
+                    s.ids().hash(&mut h);
+                    s.get_state("own_claims").hash(&mut h);
+                    for j in &self.jobs {
+                        s.get_state(&format!("lost/{}", j.to_hex())).hash(&mut h);
+                    }
+                }
                 continue;
             };
             1u8.hash(&mut h);
