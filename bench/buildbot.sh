@@ -35,6 +35,8 @@
 #   BUILDBOT_VENV=dir                the virtualenv (made when missing)
 #   KEEP=1                           keep the temporary directory (logs)
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 
@@ -69,20 +71,6 @@ bb_version=$("$py" -c 'import buildbot; print(buildbot.version)')
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/buildbot-bench.XXXXXX")
 pids=()
-# stop PID...: TERM, up to 20 s to exit, then KILL; reaps them.
-stop() {
-    local pid i alive
-    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
-    for ((i = 0; i < 200; i++)); do
-        alive=0
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    ((alive == 0)) || echo "a process did not stop within 20 s of SIGTERM; killing it" >&2
-    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
 cleanup() {
     trap - INT TERM
     ((${#pids[@]} == 0)) || stop "${pids[@]}"
@@ -92,8 +80,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-now_us() { echo "${EPOCHREALTIME/./}"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 die() {
     echo "$*" >&2
     [[ -f ${run_dir:-}/master/twistd.log ]] && { echo "--- end of the master's twistd.log" >&2; tail -n 20 "$run_dir/master/twistd.log" >&2; }

@@ -30,6 +30,8 @@
 #                              e.g. NODE_ARGS="--claim-stagger-ms 500"
 #   KEEP=1                     keep the temporary directory (node logs)
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 
@@ -67,20 +69,6 @@ unset PEERBOT_DATA_DIR PEERBOT_HTTP PEERBOT_LISTEN PEERBOT_BOOTSTRAP PEERBOT_WAT
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/peerbot-throughput.XXXXXX")
 pids=()
-# stop PID...: TERM, up to 20 s to exit, then KILL; reaps them.
-stop() {
-    local pid i alive
-    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
-    for ((i = 0; i < 200; i++)); do
-        alive=0
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    ((alive == 0)) || echo "a node did not stop within 20 s of SIGTERM; killing it" >&2
-    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
 cleanup() {
     trap - INT TERM
     ((${#pids[@]} == 0)) || stop "${pids[@]}"
@@ -90,9 +78,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-now_us() { echo "${EPOCHREALTIME/./}"; }
 ms_since() { echo $((($(now_us) - $1) / 1000)); }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 die() {
     echo "$*" >&2
     local d
