@@ -165,12 +165,16 @@ async fn run_build(
     let home = jail.work_root().join(format!("{name}.home"));
     let prepared = async {
         check_order(&order, repos)?;
-        let mirror = git::mirror_with(data_dir, &order.repo, &order.commit).await?;
+        let (ws, order) = (&ws, &order);
+        let (mirror, spec) = git::with_commit(data_dir, &order.repo, &order.commit, |mirror| async move {
+            let (checked_out, spec) =
+                tokio::join!(git::checkout(&mirror, ws, &order.commit), own_recipe(&mirror, order));
+            checked_out?;
+            spec
+        })
+        .await?;
         // The path the checkout borrows objects from, as the jail binds it.
         let mirror = tokio::fs::canonicalize(&mirror).await?;
-        let (checked_out, spec) = tokio::join!(git::checkout(&mirror, &ws, &order.commit), own_recipe(&mirror, &order));
-        checked_out?;
-        let spec = spec?;
         let _ = tokio::fs::remove_dir_all(&home).await;
         tokio::fs::create_dir_all(&home).await?;
         anyhow::Ok((mirror, spec))

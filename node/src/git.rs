@@ -269,19 +269,27 @@ pub async fn checkout(mirror: &Path, dest: &Path, commit: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// The mirror of `repo` holding `commit`: fetched only when it lacks it, so
-/// that a build of a commit the node has seen costs no round trip to the
-/// repository.
-pub async fn mirror_with(data_dir: &Path, repo: &str, commit: &str) -> anyhow::Result<PathBuf> {
+/// Reads `commit` out of the mirror of `repo` with `read`: at once when
+/// the mirror exists, and once more after a fetch if that fails. A commit
+/// the node has seen (most builds, and announcements of commits a watcher
+/// fetched) costs no round trip to the repository, and no git process to
+/// ask whether the mirror holds it.
+pub async fn with_commit<T, F, Fut>(data_dir: &Path, repo: &str, commit: &str, read: F) -> anyhow::Result<(PathBuf, T)>
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     check_repo(repo)?;
     check_commit(commit)?;
     let path = mirror_path(data_dir, repo);
-    let spec = format!("{commit}^{{commit}}");
-    let quick = std::time::Duration::from_secs(30);
-    if path.join("HEAD").exists() && git_within(quick, Some(&path), &["cat-file", "-e", &spec]).await.is_ok() {
-        return Ok(path);
+    if path.join("HEAD").exists() {
+        if let Ok(t) = read(path.clone()).await {
+            return Ok((path, t));
+        }
     }
-    fetch_mirror(data_dir, repo).await
+    let path = fetch_mirror(data_dir, repo).await?;
+    let t = read(path.clone()).await?;
+    Ok((path, t))
 }
 
 #[cfg(test)]
@@ -404,13 +412,23 @@ mod tests {
         let one = run(&repo, &["rev-parse", "HEAD"]);
         let data = dir.path().join("data");
         let url = repo.to_string_lossy().into_owned();
-        let mirror = mirror_with(&data, &url, &one).await.unwrap();
+        let title = |m: PathBuf| {
+            let one = one.clone();
+            async move { git(Some(&m), &["show", "-s", "--format=%s", &one]).await }
+        };
+        let (mirror, t) = with_commit(&data, &url, &one, title).await.unwrap();
         assert!(mirror.join("HEAD").exists());
-        // The origin goes away: a commit the mirror holds still builds, a
+        assert_eq!(t.trim(), "one");
+        // The origin goes away: a commit the mirror holds is still read, a
         // new one cannot be fetched.
         std::fs::rename(&repo, dir.path().join("gone")).unwrap();
-        assert_eq!(mirror_with(&data, &url, &one).await.unwrap(), mirror);
-        let err = mirror_with(&data, &url, &"1".repeat(40)).await.unwrap_err();
+        assert_eq!(with_commit(&data, &url, &one, title).await.unwrap().0, mirror);
+        let other = "1".repeat(40);
+        let read_other = |m: PathBuf| {
+            let other = other.clone();
+            async move { git(Some(&m), &["show", "-s", &other]).await }
+        };
+        let err = with_commit(&data, &url, &other, read_other).await.unwrap_err();
         assert!(format!("{err:#}").contains("fetching"), "{err:#}");
     }
 }

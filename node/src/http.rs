@@ -594,18 +594,20 @@ async fn commit_info_for(
     // A full commit id the mirror already holds needs no fetch; a ref or a
     // short id may have moved or be ambiguous until the mirror is fresh.
     let full_id = matches!(commit.len(), 40 | 64) && git::check_commit(commit).is_ok();
-    let mirror = if full_id {
-        git::mirror_with(&st.data_dir, repo, commit).await
-    } else {
-        git::fetch_mirror(&st.data_dir, repo).await
-    };
-    let mirror = mirror.map_err(|e| bad_request(format!("{e:#}")))?;
-    let commit = git::resolve(&mirror, commit).await.map_err(|e| bad_request(format!("{e:#}")))?;
     let branch = match branch {
         Some(b) => b,
         None => git::default_branch(repo).await.map_err(|e| bad_request(format!("{e:#}")))?,
     };
-    git::commit_info(&mirror, repo, &branch, &commit).await.map_err(|e| bad_request(format!("{e:#}")))
+    let branch = &branch;
+    if full_id {
+        let read = |mirror: std::path::PathBuf| async move { git::commit_info(&mirror, repo, branch, commit).await };
+        let (_, info) =
+            git::with_commit(&st.data_dir, repo, commit, read).await.map_err(|e| bad_request(format!("{e:#}")))?;
+        return Ok(info);
+    }
+    let mirror = git::fetch_mirror(&st.data_dir, repo).await.map_err(|e| bad_request(format!("{e:#}")))?;
+    let commit = git::resolve(&mirror, commit).await.map_err(|e| bad_request(format!("{e:#}")))?;
+    git::commit_info(&mirror, repo, branch, &commit).await.map_err(|e| bad_request(format!("{e:#}")))
 }
 
 #[post("/api/v1/force")]
