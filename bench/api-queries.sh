@@ -73,8 +73,24 @@ median() {
         "$(printf '%s\n' "${times[@]}" | sort -g | sed -n "$(((RUNS + 1) / 2))p" | awk '{print $1 * 1000}')" "$n"
 }
 
+# Every filter of the two lists, each once matching the whole synthetic
+# history (one repo, branch, builder, status and signer) and once nothing.
+repo=bench://synthetic
+signer=$(jq -r .peer_id "$DATA_DIR/node.json")
+nobody=12D3KooWGzBQ8cVR7G3X3wD8RktzVKr6YXdrVyDR8Xyhc5VXqkQp
 echo "median of $RUNS requests, $N results:"
 median "/api/v1/builds?limit=50"
+median "/api/v1/builds?builder=unit&limit=50"
 median "/api/v1/builds?builder=nomatch&limit=50"
+median "/api/v1/builds?repo=$repo&limit=50"
+median "/api/v1/builds?repo=$repo&branch=main&limit=50"
+median "/api/v1/builds?repo=$repo&branch=nomatch&limit=50"
+median "/api/v1/builds?status=success&limit=50"
+median "/api/v1/builds?status=failure&limit=50"
+median "/api/v1/builds?signer=$signer&limit=50"
+median "/api/v1/builds?signer=$nobody&limit=50"
 median "/api/v1/builds?commit=$prefix&limit=50"
 median "/api/v1/changes?limit=50"
+median "/api/v1/changes?repo=$repo&limit=50"
+median "/api/v1/changes?repo=$repo&branch=nomatch&limit=50"
+median "/api/v1/changes?commit=$prefix&limit=50"
