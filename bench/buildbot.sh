@@ -69,16 +69,7 @@ if ! "$py" -c 'import buildbot, buildbot_worker, buildbot_www, sys; sys.exit(not
 fi
 bb_version=$("$py" -c 'import buildbot; print(buildbot.version)')
 
-root=$(mktemp -d "${TMPDIR:-/tmp}/buildbot-bench.XXXXXX")
-pids=()
-cleanup() {
-    trap - INT TERM
-    ((${#pids[@]} == 0)) || stop "${pids[@]}"
-    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $root" >&2; else rm -rf "$root"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_root buildbot-bench
 
 die() {
     echo "$*" >&2

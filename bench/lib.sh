@@ -17,3 +17,19 @@ stop() {
 
 now_us() { echo "${EPOCHREALTIME/./}"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+# bench_root PREFIX: makes the run's temporary directory in $root and an
+# empty $pids; at exit the processes in $pids are stopped and $root is
+# removed (kept with KEEP=1).
+bench_root() {
+    root=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+    pids=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+bench_cleanup() {
+    trap - INT TERM
+    ((${#pids[@]} == 0)) || stop "${pids[@]}"
+    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $root" >&2; else rm -rf "$root"; fi
+}

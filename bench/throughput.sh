@@ -67,16 +67,7 @@ unset PEERBOT_DATA_DIR PEERBOT_HTTP PEERBOT_LISTEN PEERBOT_BOOTSTRAP PEERBOT_WAT
     PEERBOT_ALLOW_REPO PEERBOT_EXECUTORS PEERBOT_CLUSTER PEERBOT_ADMISSION PEERBOT_API_TOKEN \
     PEERBOT_API_TOKEN_FILE PEERBOT_SANDBOX PEERBOT_WORK_DIR
 
-root=$(mktemp -d "${TMPDIR:-/tmp}/peerbot-throughput.XXXXXX")
-pids=()
-cleanup() {
-    trap - INT TERM
-    ((${#pids[@]} == 0)) || stop "${pids[@]}"
-    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $root" >&2; else rm -rf "$root"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_root peerbot-throughput
 
 ms_since() { echo $((($(now_us) - $1) / 1000)); }
 die() {
