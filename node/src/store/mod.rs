@@ -1,0 +1,441 @@
+//! RocksDB storage: the core's `Store`, plus the read paths the HTTP API
+//! uses directly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use peerbot_protocol::ids::Hash32;
+use peerbot_protocol::record::{decode_stored, VerifiedRecord};
+use peerbot_protocol::store::{lookups_of, BucketIndex, Lookup, Store, StoreError};
+use peerbot_protocol::sync::{Fingerprint, SyncKey};
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+mod query;
+
+use query::{file_indexes, rebuild_indexes, INDEX_CFS, INDEX_VERSION, INDEX_VERSION_KEY};
+pub use query::{Filter, Kind};
+
+const CF_RECORDS: &str = "records";
+const CF_ORDER: &str = "order";
+const CF_CHANGES: &str = "idx_changes";
+const CF_RESULTS: &str = "idx_results";
+const CF_BLOBS: &str = "blobs";
+const CF_STATE: &str = "state";
+const CF_META: &str = "meta";
+/// Lookup ‖ key ‖ id → empty: the store's lookups by job and commit.
+const CF_LOOKUPS: &str = "lookups";
+const SCHEMA_VERSION: &[u8] = b"2";
+/// Schema 1 had no lookups; opening it files every record's (see `migrate`).
+const SCHEMA_WITHOUT_LOOKUPS: &[u8] = b"1";
+
+#[derive(Clone)]
+pub struct RocksStore {
+    db: Arc<DB>,
+    /// Counted once at open, then kept up to date.
+    count: Arc<std::sync::atomic::AtomicU64>,
+    /// Range summaries for reconciliation, built at open, kept up to date.
+    index: Arc<std::sync::RwLock<BucketIndex>>,
+    /// `close` saved the summaries and no record was stored since.
+    summary_saved: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Where a clean close keeps the range summaries, so that the next open
+/// does not read every key.
+const SUMMARY_KEY: &[u8] = b"order_summary";
+
+fn order_key(k: &SyncKey) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&k.time.to_be_bytes());
+    out[8..].copy_from_slice(&k.id.0);
+    out
+}
+
+fn parse_order_key(b: &[u8]) -> Option<SyncKey> {
+    if b.len() != 40 {
+        return None;
+    }
+    let time = u64::from_be_bytes(b[..8].try_into().ok()?);
+    let id = Hash32(b[8..].try_into().ok()?);
+    Some(SyncKey { time, id })
+}
+
+fn lookup_key(lookup: Lookup, key: &Hash32, id: &Hash32) -> [u8; 65] {
+    let mut out = [0u8; 65];
+    out[0] = lookup as u8;
+    out[1..33].copy_from_slice(&key.0);
+    out[33..].copy_from_slice(&id.0);
+    out
+}
+
+fn parse_lookup_key(b: &[u8]) -> Option<(Hash32, Hash32)> {
+    if b.len() != 65 {
+        return None;
+    }
+    Some((Hash32(b[1..33].try_into().ok()?), Hash32(b[33..].try_into().ok()?)))
+}
+fn err(e: rocksdb::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// Files the lookups of every stored record, in batches, then marks the
+/// database as schema 2. Safe to run again if it stops half way.
+fn migrate(db: &DB) -> anyhow::Result<u64> {
+    let (records, lookups) = (db.cf_handle(CF_RECORDS).expect("cf"), db.cf_handle(CF_LOOKUPS).expect("cf"));
+    let mut batch = WriteBatch::default();
+    let mut n = 0u64;
+    for item in db.iterator_cf(records, IteratorMode::Start) {
+        let (_, bytes) = item?;
+        let Ok(rec) = decode_stored(&bytes) else { continue };
+        for (l, k, v) in lookups_of(&rec) {
+            batch.put_cf(lookups, lookup_key(l, &k, &v), b"");
+        }
+        n += 1;
+        if batch.len() >= 10_000 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    db.write(batch)?;
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    db.put_cf_opt(db.cf_handle(CF_META).expect("cf"), b"schema", SCHEMA_VERSION, &w)?;
+    Ok(n)
+}
+
+impl RocksStore {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Self::open_with(dir, false)
+    }
+
+    /// Opens the database and rebuilds the API's indexes whether or not
+    /// they are current (`peerbot reindex`, on a stopped node).
+    pub fn open_reindexed(dir: &Path) -> anyhow::Result<(Self, u64)> {
+        let s = Self::open_with(dir, true)?;
+        let n = rebuild_indexes(&s.db)?;
+        Ok((s, n))
+    }
+
+    fn open_with(dir: &Path, reindex: bool) -> anyhow::Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_open_files(256);
+        let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META, CF_LOOKUPS]
+            .into_iter()
+            .chain(INDEX_CFS)
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)
+            .map_err(|e| anyhow::anyhow!("opening the database in {}: {e}", dir.display()))?;
+        let meta = db.cf_handle(CF_META).expect("meta column family");
+        match db.get_cf(meta, b"schema")? {
+            None => {
+                // A new database: its indexes are complete from the start.
+                db.put_cf(meta, INDEX_VERSION_KEY, INDEX_VERSION)?;
+                db.put_cf(meta, b"schema", SCHEMA_VERSION)?
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v == SCHEMA_WITHOUT_LOOKUPS => {
+                let filed = migrate(&db)?;
+                tracing::info!("database in {}: filed the lookups of {filed} records (schema 1 to 2)", dir.display());
+            }
+            Some(v) => anyhow::bail!(
+                "database in {} has schema {:?}, this peerbot reads schema {:?}",
+                dir.display(),
+                String::from_utf8_lossy(&v),
+                String::from_utf8_lossy(SCHEMA_VERSION)
+            ),
+        }
+        if !reindex && db.get_cf(meta, INDEX_VERSION_KEY)?.as_deref() != Some(INDEX_VERSION) {
+            tracing::info!("database in {}: building the API's indexes", dir.display());
+            rebuild_indexes(&db)?;
+        }
+        // A clean close saved the summaries; taken away before use, so that
+        // a crash after this open scans again.
+        let saved = db.get_cf(meta, SUMMARY_KEY)?;
+        db.delete_cf_opt(meta, SUMMARY_KEY, &Self::sync_write())?;
+        let saved = saved.and_then(|b| peerbot_protocol::codec::decode::<BucketIndex>(&b, 256 << 20).ok());
+        let (index, n) = match saved {
+            Some(index) => {
+                let n = index.count();
+                (index, n)
+            }
+            None => {
+                let mut n = 0u64;
+                let mut index = BucketIndex::default();
+                for item in db.iterator_cf(db.cf_handle(CF_ORDER).expect("order column family"), IteratorMode::Start) {
+                    let (k, _) = item?;
+                    if let Some(key) = parse_order_key(&k) {
+                        index.add(&key);
+                    }
+                    n += 1;
+                }
+                (index, n)
+            }
+        };
+        Ok(RocksStore {
+            db: Arc::new(db),
+            count: Arc::new(std::sync::atomic::AtomicU64::new(n)),
+            index: Arc::new(std::sync::RwLock::new(index)),
+            summary_saved: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
+    /// Saves the range summaries for the next open; call it last, when no
+    /// more records will be stored. A record stored after it takes them
+    /// away again.
+    pub fn close(&self) -> anyhow::Result<()> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let bytes = peerbot_protocol::codec::encode(&*index);
+        self.db.put_cf_opt(self.cf(CF_META), SUMMARY_KEY, bytes, &Self::sync_write())?;
+        self.summary_saved.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A record is about to be stored: saved summaries would no longer
+    /// hold.
+    fn spoil_summary(&self) -> Result<(), rocksdb::Error> {
+        if self.summary_saved.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.db.delete_cf_opt(self.cf(CF_META), SUMMARY_KEY, &Self::sync_write())?;
+        }
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    fn sync_write() -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        w
+    }
+
+}
+
+impl RocksStore {
+    /// Writes many new records in one batch with one sync.
+    pub fn put_records_bulk(&self, recs: &[VerifiedRecord]) -> anyhow::Result<()> {
+        self.spoil_summary()?;
+        let mut batch = WriteBatch::default();
+        for rec in recs {
+            let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
+            batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
+            batch.put_cf(self.cf(CF_ORDER), key, b"");
+            match rec.body {
+                peerbot_protocol::Body::Change(_) => batch.put_cf(self.cf(CF_CHANGES), key, b""),
+                peerbot_protocol::Body::Result(_) => batch.put_cf(self.cf(CF_RESULTS), key, b""),
+                _ => {}
+            }
+            file_indexes(&self.db, &mut batch, rec, &key);
+            self.file_lookups(&mut batch, rec);
+        }
+        self.db.write_opt(batch, &Self::sync_write())?;
+        // Only what is on disk counts: a failed write (a full disk) must not
+        // leave the count or the reconciliation index ahead of the database.
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for rec in recs {
+            index.add(&SyncKey { time: rec.time(), id: rec.id });
+        }
+        self.count.fetch_add(recs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn file_lookups(&self, batch: &mut WriteBatch, rec: &VerifiedRecord) {
+        for (l, k, v) in lookups_of(rec) {
+            batch.put_cf(self.cf(CF_LOOKUPS), lookup_key(l, &k, &v), b"");
+        }
+    }
+
+    /// Up to `limit` lookups of one kind whose key starts with `prefix`
+    /// (all 32 bytes of it for one key's ids).
+    fn lookups_from(&self, lookup: Lookup, prefix: &[u8], limit: usize) -> Vec<(Hash32, Hash32)> {
+        let mut start = vec![lookup as u8];
+        start.extend_from_slice(&prefix[..prefix.len().min(32)]);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_LOOKUPS), IteratorMode::From(&start, Direction::Forward)) {
+            let Ok((k, _)) = item else { break };
+            if !k.starts_with(&start) || out.len() >= limit {
+                break;
+            }
+            out.extend(parse_lookup_key(&k));
+        }
+        out
+    }
+
+    pub fn record(&self, id: &Hash32) -> Option<VerifiedRecord> {
+        let b = self.get_record(id)?;
+        decode_stored(&b).ok()
+    }
+
+    /// Finds a record by a unique hex prefix of its id.
+    pub fn record_by_prefix(&self, prefix: &str) -> Result<Option<VerifiedRecord>, String> {
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("{prefix:?} is not a record id (at least 4 hex digits)"));
+        }
+        if let Ok(h) = prefix.parse::<Hash32>() {
+            return Ok(self.record(&h));
+        }
+        // Whole hex bytes of the prefix bound the scan.
+        let even = &prefix[..prefix.len() & !1];
+        let start = hex::decode(even).map_err(|e| e.to_string())?;
+        let mut found = None;
+        let iter = self.db.iterator_cf(self.cf(CF_RECORDS), IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let Ok((k, _)) = item else { break };
+            if !k.starts_with(&start) {
+                break;
+            }
+            if hex::encode(&k).starts_with(&prefix) {
+                if found.is_some() {
+                    return Err(format!("record id prefix {prefix:?} is ambiguous"));
+                }
+                found = Some(Hash32(k.as_ref().try_into().map_err(|_| "bad key".to_string())?));
+            }
+        }
+        Ok(found.and_then(|h| self.record(&h)))
+    }
+}
+
+impl Store for RocksStore {
+    fn put_record(&mut self, rec: &VerifiedRecord) -> Result<bool, StoreError> {
+        if self.has_record(&rec.id) {
+            return Ok(false);
+        }
+        self.spoil_summary().map_err(err)?;
+        let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
+        batch.put_cf(self.cf(CF_ORDER), key, b"");
+        let idx = match rec.body {
+            peerbot_protocol::Body::Change(_) => Some(CF_CHANGES),
+            peerbot_protocol::Body::Result(_) => Some(CF_RESULTS),
+            _ => None,
+        };
+        if let Some(idx) = idx {
+            batch.put_cf(self.cf(idx), key, b"");
+        }
+        file_indexes(&self.db, &mut batch, rec, &key);
+        self.file_lookups(&mut batch, rec);
+        self.db.write_opt(batch, &Self::sync_write()).map_err(err)?;
+        self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.index.write().unwrap_or_else(|e| e.into_inner()).add(&SyncKey { time: rec.time(), id: rec.id });
+        Ok(true)
+    }
+
+    fn put_records(&mut self, recs: &[VerifiedRecord]) -> Result<(), StoreError> {
+        self.put_records_bulk(recs).map_err(|e| StoreError(e.to_string()))
+    }
+
+    fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {
+        self.db.get_cf(self.cf(CF_RECORDS), id.0).ok().flatten()
+    }
+
+    fn has_record(&self, id: &Hash32) -> bool {
+        matches!(self.db.get_pinned_cf(self.cf(CF_RECORDS), id.0), Ok(Some(_)))
+    }
+
+    fn record_count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn keys_in(&self, lo: &SyncKey, hi: Option<&SyncKey>, limit: usize) -> Vec<SyncKey> {
+        let start = order_key(lo);
+        let end = hi.map(order_key);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_ORDER), IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let Ok((k, _)) = item else { break };
+            if let Some(e) = &end {
+                if k.as_ref() >= e.as_slice() {
+                    break;
+                }
+            }
+            if let Some(key) = parse_order_key(&k) {
+                out.push(key);
+            }
+        }
+        out
+    }
+
+    fn summary(&self, lo: &SyncKey, hi: Option<&SyncKey>) -> (u64, Fingerprint) {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.summary(lo, hi, &|lo, hi| {
+            let mut fp = Fingerprint::default();
+            let keys = self.keys_in(lo, hi, usize::MAX);
+            for k in &keys {
+                fp.add(&k.id);
+            }
+            (keys.len() as u64, fp)
+        })
+    }
+
+    fn split_bounds(&self, lo: &SyncKey, hi: Option<&SyncKey>, parts: usize) -> Vec<SyncKey> {
+        let (count, _) = self.summary(lo, hi);
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.split_bounds(lo, hi, parts, count, &|lo, hi| self.keys_in(lo, hi, usize::MAX))
+    }
+
+    fn for_each_record(&self, f: &mut dyn FnMut(&[u8])) {
+        for item in self.db.iterator_cf(self.cf(CF_ORDER), IteratorMode::Start) {
+            let Ok((k, _)) = item else { break };
+            if let Some(key) = parse_order_key(&k) {
+                if let Some(b) = self.get_record(&key.id) {
+                    f(&b);
+                }
+            }
+        }
+    }
+
+    fn put_lookup(&mut self, lookup: Lookup, key: &Hash32, value: &Hash32) -> Result<(), StoreError> {
+        // Derived again by the replay at start-up: no sync needed.
+        self.db.put_cf(self.cf(CF_LOOKUPS), lookup_key(lookup, key, value), b"").map_err(err)
+    }
+
+    fn lookup(&self, lookup: Lookup, key: &Hash32, limit: usize) -> Vec<Hash32> {
+        self.lookups_from(lookup, &key.0, limit).into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn lookup_prefix(&self, lookup: Lookup, prefix: &[u8], limit: usize) -> Vec<(Hash32, Hash32)> {
+        self.lookups_from(lookup, prefix, limit)
+    }
+
+    fn put_blob(&mut self, hash: &Hash32, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.has_blob(hash) {
+            return Ok(());
+        }
+        let z = zstd::encode_all(bytes, 3).map_err(|e| StoreError(e.to_string()))?;
+        self.db.put_cf_opt(self.cf(CF_BLOBS), hash.0, z, &Self::sync_write()).map_err(err)
+    }
+
+    fn get_blob(&self, hash: &Hash32) -> Option<Vec<u8>> {
+        let z = self.db.get_cf(self.cf(CF_BLOBS), hash.0).ok().flatten()?;
+        zstd::decode_all(z.as_slice()).ok()
+    }
+
+    fn has_blob(&self, hash: &Hash32) -> bool {
+        matches!(self.db.get_pinned_cf(self.cf(CF_BLOBS), hash.0), Ok(Some(_)))
+    }
+
+    fn delete_blob(&mut self, hash: &Hash32) -> Result<(), StoreError> {
+        self.db.delete_cf_opt(self.cf(CF_BLOBS), hash.0, &Self::sync_write()).map_err(err)
+    }
+
+    fn put_state(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.put_cf_opt(self.cf(CF_STATE), key, value, &Self::sync_write()).map_err(err)
+    }
+
+    fn get_state(&self, key: &str) -> Option<Vec<u8>> {
+        self.db.get_cf(self.cf(CF_STATE), key).ok().flatten()
+    }
+
+    fn delete_state(&mut self, key: &str) -> Result<(), StoreError> {
+        self.db.delete_cf_opt(self.cf(CF_STATE), key, &Self::sync_write()).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests;

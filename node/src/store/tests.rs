@@ -1,0 +1,266 @@
+use super::*;
+use peerbot_protocol::record::{sign, BuildResult, Change, Status};
+use peerbot_protocol::{deterministic_key, Body};
+
+const RECIPE: &str = "[[builder]]\nname='linux'\n[[builder.step]]\nrun='make'\n";
+
+fn change(commit: &str) -> VerifiedRecord {
+    let jobs = peerbot_protocol::recipe::parse_recipe("/repo", commit, RECIPE).unwrap();
+    let c = Change {
+        repo: "/repo".into(),
+        branch: "main".into(),
+        commit: commit.into(),
+        jobs,
+        announced_ms: 1_000,
+        ..Default::default()
+    };
+    sign(&deterministic_key(1), &Body::Change(c))
+}
+
+fn result(job: Hash32, attempt: u32) -> VerifiedRecord {
+    let r = BuildResult {
+        job,
+        repo: "/repo".into(),
+        branch: "main".into(),
+        commit: "abcd01".into(),
+        builder: "linux".into(),
+        attempt,
+        labels: vec![],
+        started_ms: 2_000,
+        ended_ms: 3_000 + attempt as u64,
+        status: Status::Success,
+        steps: vec![],
+        metrics: Default::default(),
+        failed_step: None,
+        error: None,
+        author: String::new(),
+        title: String::new(),
+    };
+    sign(&deterministic_key(2), &Body::Result(r))
+}
+
+#[test]
+fn a_clean_close_saves_the_range_summaries_and_a_later_write_takes_them_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = RocksStore::open(dir.path()).unwrap();
+    let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
+    s.put_records(&[change("abcd01"), change("abcd02"), result(job, 0)]).unwrap();
+    let whole = s.summary(&SyncKey::MIN, None);
+    let saved = |s: &RocksStore| s.db.get_cf(s.cf(CF_META), SUMMARY_KEY).unwrap().is_some();
+    s.close().unwrap();
+    assert!(saved(&s));
+    drop(s);
+    // Opened again: read from what close saved (and taken away).
+    let mut s = RocksStore::open(dir.path()).unwrap();
+    assert!(!saved(&s));
+    assert_eq!((s.record_count(), s.summary(&SyncKey::MIN, None)), (3, whole));
+    s.close().unwrap();
+    s.put_record(&result(job, 1)).unwrap();
+    assert!(!saved(&s), "a record stored after close spoils the summaries");
+    drop(s);
+    let s = RocksStore::open(dir.path()).unwrap();
+    assert_eq!(s.record_count(), 4);
+    assert_ne!(s.summary(&SyncKey::MIN, None), whole);
+}
+
+#[test]
+fn records_file_their_lookups_in_the_write_that_stores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = RocksStore::open(dir.path()).unwrap();
+    let c = change("abcd01");
+    let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
+    s.put_record(&c).unwrap();
+    s.put_records(&[result(job, 0), result(job, 1)]).unwrap();
+    assert_eq!(s.change_for_job(&job), Some(c.id));
+    assert_eq!(s.change_for_commit("/repo", "abcd01"), Some(c.id));
+    assert_eq!(s.change_for_commit("/repo", "abcd02"), None);
+    assert_eq!(s.results_for_job(&job).len(), 2);
+    assert_eq!(s.lookup_prefix(Lookup::JobChange, &job.0[..3], 10), vec![(job, c.id)]);
+    assert!(s.superseded_by(&job).is_none());
+}
+
+#[test]
+fn a_schema_1_database_gets_its_lookups_filed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
+    {
+        let mut s = RocksStore::open(dir.path()).unwrap();
+        s.put_record(&change("abcd01")).unwrap();
+        s.put_record(&result(job, 0)).unwrap();
+        // As a schema 1 node left it: no lookups.
+        let all: Vec<_> = s.lookups_from(Lookup::JobChange, &[], 100);
+        assert_eq!(all.len(), 1);
+        for l in [Lookup::JobChange, Lookup::JobResult, Lookup::CommitChange] {
+            for (k, v) in s.lookups_from(l, &[], 100) {
+                s.db.delete_cf(s.cf(CF_LOOKUPS), lookup_key(l, &k, &v)).unwrap();
+            }
+        }
+        s.db.put_cf(s.cf(CF_META), b"schema", b"1").unwrap();
+        assert!(s.change_for_job(&job).is_none());
+    }
+    let s = RocksStore::open(dir.path()).unwrap();
+    assert!(s.change_for_job(&job).is_some());
+    assert_eq!(s.results_for_job(&job).len(), 1);
+    assert!(s.change_for_commit("/repo", "abcd01").is_some());
+    assert_eq!(s.db.get_cf(s.cf(CF_META), b"schema").unwrap().as_deref(), Some(SCHEMA_VERSION));
+}
+
+/// Results and changes over three repos, two branches, three builders,
+/// every status, two signers and shared times (ties broken by id).
+fn mixed() -> Vec<VerifiedRecord> {
+    let statuses = [Status::Success, Status::Warnings, Status::Failure, Status::Exception, Status::Cancelled];
+    let mut out = Vec::new();
+    for i in 0..240u64 {
+        let repo = format!("/repo{}", i % 3);
+        let branch = if i % 4 == 0 { "dev" } else { "main" };
+        let commit = format!("{:02x}{:038x}", (i % 7) * 17, i / 2);
+        let r = BuildResult {
+            job: Hash32(*blake3::hash(&i.to_be_bytes()).as_bytes()),
+            repo: repo.clone(),
+            branch: branch.into(),
+            commit: if i % 11 == 0 { commit.to_ascii_uppercase() } else { commit.clone() },
+            builder: ["linux", "mac", "win"][(i % 5 % 3) as usize].into(),
+            attempt: 0,
+            labels: vec![],
+            started_ms: 0,
+            ended_ms: 1_000 + i / 3,
+            status: statuses[(i % 5) as usize],
+            steps: vec![],
+            metrics: Default::default(),
+            failed_step: None,
+            error: None,
+            author: String::new(),
+            title: String::new(),
+        };
+        out.push(sign(&deterministic_key(1 + i % 2), &Body::Result(r)));
+        if i % 2 == 0 {
+            let c = Change { repo, branch: branch.into(), commit, announced_ms: 900 + i / 4, ..Default::default() };
+            out.push(sign(&deterministic_key(3), &Body::Change(c)));
+        }
+    }
+    out
+}
+
+fn filters() -> Vec<Filter> {
+    let signer = deterministic_key(2).public().to_peer_id();
+    let s = |x: &str| Some(x.to_string());
+    vec![
+        Filter::default(),
+        Filter { repo: s("/repo1"), ..Default::default() },
+        Filter { repo: s("/repo2"), branch: s("dev"), ..Default::default() },
+        Filter { branch: s("dev"), ..Default::default() },
+        Filter { builder: s("mac"), ..Default::default() },
+        Filter { builder: s("nomatch"), ..Default::default() },
+        Filter { status: Some(Status::Failure), ..Default::default() },
+        Filter { signer: Some(signer), ..Default::default() },
+        Filter { commit: s("22"), ..Default::default() },
+        Filter { commit: s("3300000000000000000000000000000000000000"), ..Default::default() },
+        Filter { commit: s("11000000000000000000000000000000000000001"), ..Default::default() },
+        Filter { commit: s("4"), builder: s("win"), ..Default::default() },
+        Filter { repo: s("/repo0"), builder: s("linux"), status: Some(Status::Success), ..Default::default() },
+        Filter {
+            repo: s("/repo1"),
+            branch: s("main"),
+            commit: s("00"),
+            signer: Some(signer),
+            ..Default::default()
+        },
+    ]
+}
+
+/// What the API answered before the indexes: every record of the kind,
+/// newest first, checked one by one.
+fn scan(s: &RocksStore, kind: Kind, f: &Filter) -> Vec<Hash32> {
+    let cf = if kind == Kind::Results { CF_RESULTS } else { CF_CHANGES };
+    s.newest(cf, usize::MAX, &mut |r| f.matches(r)).iter().map(|r| r.id).collect()
+}
+
+/// Every page of a query, following `next`.
+fn paged(s: &RocksStore, kind: Kind, f: &Filter, limit: usize) -> Vec<Hash32> {
+    let (mut out, mut before) = (Vec::new(), None);
+    loop {
+        let page = s.query(kind, f, before, limit, 1_000_000);
+        assert!(page.records.len() <= limit);
+        out.extend(page.records.iter().map(|r| r.id));
+        match page.next {
+            Some(k) => before = Some(k),
+            None => return out,
+        }
+    }
+}
+
+fn check_against_scan(s: &RocksStore) {
+    for kind in [Kind::Results, Kind::Changes] {
+        for f in filters() {
+            let want = scan(s, kind, &f);
+            let got = s.query(kind, &f, None, 1000, 1_000_000).records.iter().map(|r| r.id).collect::<Vec<_>>();
+            assert_eq!(got, want, "{kind:?} {f:?}");
+            for limit in [1, 7, 50] {
+                assert_eq!(paged(s, kind, &f, limit), want, "{kind:?} {f:?} by {limit}");
+            }
+            // A page before the n-th match holds the matches after it.
+            if want.len() > 3 {
+                let rec = s.record(&want[2]).unwrap();
+                let page = s.query(kind, &f, Some(SyncKey { time: rec.time(), id: rec.id }), 1000, 1_000_000);
+                assert_eq!(page.records.iter().map(|r| r.id).collect::<Vec<_>>(), want[3..].to_vec());
+            }
+        }
+    }
+}
+
+#[test]
+fn indexed_queries_answer_what_a_scan_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = RocksStore::open(dir.path()).unwrap();
+    let recs = mixed();
+    // Both write paths file the indexes.
+    s.put_records_bulk(&recs[..150]).unwrap();
+    for r in &recs[150..] {
+        s.put_record(r).unwrap();
+    }
+    assert!(!scan(&s, Kind::Results, &filters()[11]).is_empty());
+    check_against_scan(&s);
+}
+
+#[test]
+fn a_query_stops_at_its_budget_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStore::open(dir.path()).unwrap();
+    s.put_records_bulk(&mixed()).unwrap();
+    let f = Filter { branch: Some("dev".into()), builder: Some("win".into()), ..Default::default() };
+    let want = scan(&s, Kind::Results, &f);
+    let (mut got, mut before, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let page = s.query(Kind::Results, &f, before, 1000, 10);
+        got.extend(page.records.iter().map(|r| r.id));
+        pages += 1;
+        let Some(k) = page.next else { break };
+        before = Some(k);
+    }
+    assert_eq!(got, want);
+    assert!(pages > 3);
+}
+
+#[test]
+fn a_store_without_indexes_rebuilds_them_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = RocksStore::open(dir.path()).unwrap();
+        s.put_records_bulk(&mixed()).unwrap();
+        // As a node from before the indexes left it.
+        for cf in INDEX_CFS {
+            s.db.delete_range_cf(s.cf(cf), b"".as_slice(), [0xffu8; 256].as_slice()).unwrap();
+        }
+        s.db.delete_cf(s.cf(CF_META), INDEX_VERSION_KEY).unwrap();
+        let f = Filter { builder: Some("mac".into()), ..Default::default() };
+        assert!(s.query(Kind::Results, &f, None, 10, 1000).records.is_empty());
+    }
+    let s = RocksStore::open(dir.path()).unwrap();
+    check_against_scan(&s);
+    assert_eq!(s.db.get_cf(s.cf(CF_META), INDEX_VERSION_KEY).unwrap().as_deref(), Some(INDEX_VERSION));
+    drop(s);
+    // And `peerbot reindex` rebuilds current ones to the same answers.
+    let (s, n) = RocksStore::open_reindexed(dir.path()).unwrap();
+    assert_eq!(n, mixed().len() as u64);
+    check_against_scan(&s);
+}
