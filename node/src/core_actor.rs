@@ -528,7 +528,7 @@ impl Handler<Stop> for CoreActor {
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         match self.core.checkpoint() {
             Ok(()) => info!("checkpoint saved: the next start reads no history"),
-            Err(e) => warn!("no checkpoint saved, the next start reads the whole history: {e}"),
+            Err(e) => warn!("no checkpoint saved, the next start reads what arrived since the last one: {e}"),
         }
         ctx.stop();
     }
@@ -656,6 +656,7 @@ impl Handler<Query> for CoreActor {
                     "startup": {
                         "from_checkpoint": self.core.startup().from_checkpoint,
                         "records_read": self.core.startup().records_read,
+                        "after_checkpoint": self.core.startup().after_checkpoint,
                     },
                     "peers_live": live,
                     "peers_connected": connected,

@@ -591,6 +591,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         info!(
             records_read = how.records_read,
             from_checkpoint = how.from_checkpoint,
+            after_checkpoint = how.after_checkpoint,
             ms = started.elapsed().as_millis() as u64,
             "history read"
         );
@@ -719,10 +720,8 @@ fn seed_history(data_dir: &std::path::Path, results: usize) -> anyhow::Result<()
         }
     }
     store.put_records_bulk(&batch)?;
-    // Records stored behind a node's back: its checkpoint no longer holds.
-    let mut store = store;
-    peerbot_protocol::store::Store::delete_state(&mut store, peerbot_protocol::core::CHECKPOINT_KEY)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A node's checkpoint still holds: the next start applies these as
+    // records that arrived after it.
     println!("{} records in {}", 2 * results, data_dir.display());
     Ok(())
 }

@@ -88,6 +88,13 @@ pub trait Store {
     }
     /// Calls `f` with the bytes of every stored record (used at start-up).
     fn for_each_record(&self, f: &mut dyn FnMut(&[u8]));
+    /// How many records arrived here: the newest one's position in arrival
+    /// order, counting from 1 (0 when empty). Positions never change, so a
+    /// checkpoint names the records it covers by one number.
+    fn arrivals(&self) -> u64;
+    /// Up to `limit` records that arrived after position `after`, oldest
+    /// first, with their positions.
+    fn arrived_after(&self, after: u64, limit: usize) -> Vec<(u64, Hash32)>;
 
     /// Files `value` under `key` (for lookups the core derives; records
     /// file theirs as they are stored).
@@ -166,6 +173,7 @@ pub struct MemStore {
     state: BTreeMap<String, Vec<u8>>,
     index: BucketIndex,
     lookups: BTreeSet<(Lookup, Hash32, Hash32)>,
+    arrived: Vec<Hash32>,
 }
 
 impl MemStore {
@@ -191,6 +199,7 @@ impl Store for MemStore {
             None => rec.bytes.as_slice().into(),
         };
         self.records.insert(rec.id, bytes);
+        self.arrived.push(rec.id);
         let key = SyncKey { time: rec.time(), id: rec.id };
         self.order.insert(key);
         self.index.add(&key);
@@ -234,6 +243,13 @@ impl Store for MemStore {
                 f(b)
             }
         }
+    }
+    fn arrivals(&self) -> u64 {
+        self.arrived.len() as u64
+    }
+    fn arrived_after(&self, after: u64, limit: usize) -> Vec<(u64, Hash32)> {
+        let from = usize::try_from(after).unwrap_or(usize::MAX).min(self.arrived.len());
+        self.arrived[from..].iter().take(limit).enumerate().map(|(i, id)| (after + 1 + i as u64, *id)).collect()
     }
     fn put_lookup(&mut self, lookup: Lookup, key: &Hash32, value: &Hash32) -> Result<(), StoreError> {
         self.lookups.insert((lookup, *key, *value));

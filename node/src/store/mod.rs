@@ -25,9 +25,19 @@ const CF_STATE: &str = "state";
 const CF_META: &str = "meta";
 /// Lookup ‖ key ‖ id → empty: the store's lookups by job and commit.
 const CF_LOOKUPS: &str = "lookups";
-const SCHEMA_VERSION: &[u8] = b"2";
+/// Arrival position (u64, big-endian) → order key: the records in the
+/// order they were stored, so that a checkpoint or a saved summary names
+/// what it covers by one number, and what came after is a range read.
+const CF_ARRIVALS: &str = "arrivals";
+const SCHEMA_VERSION: &[u8] = b"3";
 /// Schema 1 had no lookups; opening it files every record's (see `migrate`).
 const SCHEMA_WITHOUT_LOOKUPS: &[u8] = b"1";
+/// Schema 2 had no arrival positions; opening it numbers the records in
+/// (time, id) order (see `number_arrivals`).
+const SCHEMA_WITHOUT_ARRIVALS: &[u8] = b"2";
+/// The range summaries are saved after this many records arrive (and at a
+/// clean close), so that an open after a crash reads at most these.
+const SUMMARY_EVERY: u64 = 100_000;
 
 #[derive(Clone)]
 pub struct RocksStore {
@@ -36,13 +46,34 @@ pub struct RocksStore {
     count: Arc<std::sync::atomic::AtomicU64>,
     /// Range summaries for reconciliation, built at open, kept up to date.
     index: Arc<std::sync::RwLock<BucketIndex>>,
-    /// `close` saved the summaries and no record was stored since.
-    summary_saved: Arc<std::sync::atomic::AtomicBool>,
+    /// Held across each write of records: their arrival positions are
+    /// given out in the order the writes land.
+    arrivals: Arc<std::sync::Mutex<Arrivals>>,
 }
 
-/// Where a clean close keeps the range summaries, so that the next open
-/// does not read every key.
-const SUMMARY_KEY: &[u8] = b"order_summary";
+#[derive(Default)]
+struct Arrivals {
+    /// The newest record's position.
+    last: u64,
+    /// The position the saved summaries cover.
+    summarised: u64,
+}
+
+/// Where the range summaries are saved with the arrival position they
+/// cover, so that an open reads only the keys that arrived after.
+const SUMMARY_KEY: &[u8] = b"summary";
+/// Schema 2 kept them here, valid only after a clean close.
+const OLD_SUMMARY_KEY: &[u8] = b"order_summary";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSummary {
+    arrivals: u64,
+    index: BucketIndex,
+}
+
+fn arrival_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
 
 fn order_key(k: &SyncKey) -> [u8; 40] {
     let mut out = [0u8; 40];
@@ -98,8 +129,43 @@ fn migrate(db: &DB) -> anyhow::Result<u64> {
     db.write(batch)?;
     let mut w = WriteOptions::default();
     w.set_sync(true);
+    db.put_cf_opt(db.cf_handle(CF_META).expect("cf"), b"schema", SCHEMA_WITHOUT_ARRIVALS, &w)?;
+    Ok(n)
+}
+
+/// Gives every stored record an arrival position, in (time, id) order, then
+/// marks the database as schema 3. Starts again from nothing if it stopped
+/// half way.
+fn number_arrivals(db: &DB) -> anyhow::Result<u64> {
+    let (order, arrivals) = (db.cf_handle(CF_ORDER).expect("cf"), db.cf_handle(CF_ARRIVALS).expect("cf"));
+    db.delete_range_cf(arrivals, arrival_key(0).as_slice(), arrival_key(u64::MAX).as_slice())?;
+    let mut batch = WriteBatch::default();
+    let mut n = 0u64;
+    for item in db.iterator_cf(order, IteratorMode::Start) {
+        let (k, _) = item?;
+        n += 1;
+        batch.put_cf(arrivals, arrival_key(n), &k);
+        if batch.len() >= 50_000 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    db.write(batch)?;
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
     db.put_cf_opt(db.cf_handle(CF_META).expect("cf"), b"schema", SCHEMA_VERSION, &w)?;
     Ok(n)
+}
+
+/// The newest arrival position stored (0 when none).
+fn last_arrival(db: &DB) -> anyhow::Result<u64> {
+    let cf = db.cf_handle(CF_ARRIVALS).expect("cf");
+    match db.iterator_cf(cf, IteratorMode::End).next() {
+        Some(item) => {
+            let (k, _) = item?;
+            Ok(u64::from_be_bytes(k.as_ref().try_into().map_err(|_| anyhow::anyhow!("bad arrival key"))?))
+        }
+        None => Ok(0),
+    }
 }
 
 impl RocksStore {
@@ -120,7 +186,7 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
-        let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META, CF_LOOKUPS]
+        let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META, CF_LOOKUPS, CF_ARRIVALS]
             .into_iter()
             .chain(INDEX_CFS)
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
@@ -134,9 +200,13 @@ impl RocksStore {
                 db.put_cf(meta, b"schema", SCHEMA_VERSION)?
             }
             Some(v) if v == SCHEMA_VERSION => {}
-            Some(v) if v == SCHEMA_WITHOUT_LOOKUPS => {
-                let filed = migrate(&db)?;
-                tracing::info!("database in {}: filed the lookups of {filed} records (schema 1 to 2)", dir.display());
+            Some(v) if v == SCHEMA_WITHOUT_LOOKUPS || v == SCHEMA_WITHOUT_ARRIVALS => {
+                if v == SCHEMA_WITHOUT_LOOKUPS {
+                    let filed = migrate(&db)?;
+                    tracing::info!("database in {}: filed the lookups of {filed} records (schema 1 to 2)", dir.display());
+                }
+                let n = number_arrivals(&db)?;
+                tracing::info!("database in {}: numbered {n} records in arrival order (schema 2 to 3)", dir.display());
             }
             Some(v) => anyhow::bail!(
                 "database in {} has schema {:?}, this peerbot reads schema {:?}",
@@ -149,53 +219,101 @@ impl RocksStore {
             tracing::info!("database in {}: building the API's indexes", dir.display());
             rebuild_indexes(&db)?;
         }
-        // A clean close saved the summaries; taken away before use, so that
-        // a crash after this open scans again.
-        let saved = db.get_cf(meta, SUMMARY_KEY)?;
-        db.delete_cf_opt(meta, SUMMARY_KEY, &Self::sync_write())?;
-        let saved = saved.and_then(|b| peerbot_protocol::codec::decode::<BucketIndex>(&b, 256 << 20).ok());
-        let (index, n) = match saved {
-            Some(index) => {
-                let n = index.count();
-                (index, n)
+        if db.get_cf(meta, OLD_SUMMARY_KEY)?.is_some() {
+            db.delete_cf(meta, OLD_SUMMARY_KEY)?;
+        }
+        let last = last_arrival(&db)?;
+        let saved = db
+            .get_cf(meta, SUMMARY_KEY)?
+            .and_then(|b| peerbot_protocol::codec::decode::<SavedSummary>(&b, 256 << 20).ok())
+            .filter(|s| s.arrivals <= last);
+        let (index, summarised) = match saved {
+            // What arrived after the summaries were saved is added to them.
+            Some(SavedSummary { arrivals, mut index }) => {
+                let from = arrival_key(arrivals + 1);
+                let cf = db.cf_handle(CF_ARRIVALS).expect("cf");
+                for item in db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+                    let (_, v) = item?;
+                    if let Some(key) = parse_order_key(&v) {
+                        index.add(&key);
+                    }
+                }
+                (index, arrivals)
             }
             None => {
-                let mut n = 0u64;
                 let mut index = BucketIndex::default();
                 for item in db.iterator_cf(db.cf_handle(CF_ORDER).expect("order column family"), IteratorMode::Start) {
                     let (k, _) = item?;
                     if let Some(key) = parse_order_key(&k) {
                         index.add(&key);
                     }
-                    n += 1;
                 }
-                (index, n)
+                (index, 0)
             }
         };
+        let n = index.count();
         Ok(RocksStore {
             db: Arc::new(db),
             count: Arc::new(std::sync::atomic::AtomicU64::new(n)),
             index: Arc::new(std::sync::RwLock::new(index)),
-            summary_saved: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            arrivals: Arc::new(std::sync::Mutex::new(Arrivals { last, summarised })),
         })
     }
 
-    /// Saves the range summaries for the next open; call it last, when no
-    /// more records will be stored. A record stored after it takes them
-    /// away again.
+    /// Saves the range summaries for the next open, so that it reads no
+    /// keys; call it last, when no more records will be stored.
     pub fn close(&self) -> anyhow::Result<()> {
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        let bytes = peerbot_protocol::codec::encode(&*index);
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        self.save_summary(&mut arrivals)
+    }
+
+    /// Saves the summaries as of `arrivals.last`; the caller holds the
+    /// write lock, so that no record lands between the two.
+    fn save_summary(&self, arrivals: &mut Arrivals) -> anyhow::Result<()> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let bytes = peerbot_protocol::codec::encode(&SavedSummary { arrivals: arrivals.last, index });
         self.db.put_cf_opt(self.cf(CF_META), SUMMARY_KEY, bytes, &Self::sync_write())?;
-        self.summary_saved.store(true, std::sync::atomic::Ordering::SeqCst);
+        arrivals.summarised = arrivals.last;
         Ok(())
     }
 
-    /// A record is about to be stored: saved summaries would no longer
-    /// hold.
-    fn spoil_summary(&self) -> Result<(), rocksdb::Error> {
-        if self.summary_saved.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.db.delete_cf_opt(self.cf(CF_META), SUMMARY_KEY, &Self::sync_write())?;
+    /// Writes `recs` (not stored yet) in one synced batch with their
+    /// arrival positions, then counts them.
+    fn write_records(&self, recs: &[&VerifiedRecord]) -> anyhow::Result<()> {
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = WriteBatch::default();
+        let mut at = arrivals.last;
+        for rec in recs {
+            let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
+            batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
+            batch.put_cf(self.cf(CF_ORDER), key, b"");
+            at += 1;
+            batch.put_cf(self.cf(CF_ARRIVALS), arrival_key(at), key);
+            match rec.body {
+                peerbot_protocol::Body::Change(_) => batch.put_cf(self.cf(CF_CHANGES), key, b""),
+                peerbot_protocol::Body::Result(_) => batch.put_cf(self.cf(CF_RESULTS), key, b""),
+                _ => {}
+            }
+            file_indexes(&self.db, &mut batch, rec, &key);
+            self.file_lookups(&mut batch, rec);
+        }
+        self.db.write_opt(batch, &Self::sync_write())?;
+        // Only what is on disk counts: a failed write (a full disk) must not
+        // leave the count or the reconciliation index ahead of the database.
+        arrivals.last = at;
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            for rec in recs {
+                index.add(&SyncKey { time: rec.time(), id: rec.id });
+            }
+        }
+        self.count.fetch_add(recs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if arrivals.last - arrivals.summarised >= SUMMARY_EVERY {
+            // The records are stored whether or not this works; a failure
+            // only means the next open reads more keys.
+            if let Err(e) = self.save_summary(&mut arrivals) {
+                tracing::warn!("saving the range summaries: {e}");
+            }
         }
         Ok(())
     }
@@ -215,29 +333,7 @@ impl RocksStore {
 impl RocksStore {
     /// Writes many new records in one batch with one sync.
     pub fn put_records_bulk(&self, recs: &[VerifiedRecord]) -> anyhow::Result<()> {
-        self.spoil_summary()?;
-        let mut batch = WriteBatch::default();
-        for rec in recs {
-            let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
-            batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
-            batch.put_cf(self.cf(CF_ORDER), key, b"");
-            match rec.body {
-                peerbot_protocol::Body::Change(_) => batch.put_cf(self.cf(CF_CHANGES), key, b""),
-                peerbot_protocol::Body::Result(_) => batch.put_cf(self.cf(CF_RESULTS), key, b""),
-                _ => {}
-            }
-            file_indexes(&self.db, &mut batch, rec, &key);
-            self.file_lookups(&mut batch, rec);
-        }
-        self.db.write_opt(batch, &Self::sync_write())?;
-        // Only what is on disk counts: a failed write (a full disk) must not
-        // leave the count or the reconciliation index ahead of the database.
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for rec in recs {
-            index.add(&SyncKey { time: rec.time(), id: rec.id });
-        }
-        self.count.fetch_add(recs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        self.write_records(&recs.iter().collect::<Vec<_>>())
     }
 
     fn file_lookups(&self, batch: &mut WriteBatch, rec: &VerifiedRecord) {
@@ -302,24 +398,7 @@ impl Store for RocksStore {
         if self.has_record(&rec.id) {
             return Ok(false);
         }
-        self.spoil_summary().map_err(err)?;
-        let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
-        batch.put_cf(self.cf(CF_ORDER), key, b"");
-        let idx = match rec.body {
-            peerbot_protocol::Body::Change(_) => Some(CF_CHANGES),
-            peerbot_protocol::Body::Result(_) => Some(CF_RESULTS),
-            _ => None,
-        };
-        if let Some(idx) = idx {
-            batch.put_cf(self.cf(idx), key, b"");
-        }
-        file_indexes(&self.db, &mut batch, rec, &key);
-        self.file_lookups(&mut batch, rec);
-        self.db.write_opt(batch, &Self::sync_write()).map_err(err)?;
-        self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.index.write().unwrap_or_else(|e| e.into_inner()).add(&SyncKey { time: rec.time(), id: rec.id });
+        self.write_records(&[rec]).map_err(|e| StoreError(e.to_string()))?;
         Ok(true)
     }
 
@@ -390,8 +469,29 @@ impl Store for RocksStore {
         }
     }
 
+    fn arrivals(&self) -> u64 {
+        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).last
+    }
+
+    fn arrived_after(&self, after: u64, limit: usize) -> Vec<(u64, Hash32)> {
+        let Some(first) = after.checked_add(1) else { return Vec::new() };
+        let from = arrival_key(first);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_ARRIVALS), IteratorMode::From(&from, Direction::Forward)) {
+            if out.len() >= limit {
+                break;
+            }
+            let Ok((k, v)) = item else { break };
+            let (Ok(n), Some(key)) = (<[u8; 8]>::try_from(k.as_ref()), parse_order_key(&v)) else { continue };
+            out.push((u64::from_be_bytes(n), key.id));
+        }
+        out
+    }
+
     fn put_lookup(&mut self, lookup: Lookup, key: &Hash32, value: &Hash32) -> Result<(), StoreError> {
-        // Derived again by the replay at start-up: no sync needed.
+        // No sync needed: derived again from the records applied at start,
+        // and the synced write of a checkpoint makes the earlier ones
+        // durable with it (one write-ahead log).
         self.db.put_cf(self.cf(CF_LOOKUPS), lookup_key(lookup, key, value), b"").map_err(err)
     }
 

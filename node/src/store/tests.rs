@@ -40,27 +40,52 @@ fn result(job: Hash32, attempt: u32) -> VerifiedRecord {
 }
 
 #[test]
-fn a_clean_close_saves_the_range_summaries_and_a_later_write_takes_them_away() {
+fn the_summaries_are_saved_with_their_arrival_position_and_an_open_adds_what_came_after() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = RocksStore::open(dir.path()).unwrap();
     let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
-    s.put_records(&[change("abcd01"), change("abcd02"), result(job, 0)]).unwrap();
+    let first = change("abcd01");
+    s.put_records(&[first.clone(), change("abcd02"), result(job, 0)]).unwrap();
+    s.close().unwrap();
+    // Stored after the close, then the process dies.
+    let last = result(job, 1);
+    s.put_record(&last).unwrap();
     let whole = s.summary(&SyncKey::MIN, None);
-    let saved = |s: &RocksStore| s.db.get_cf(s.cf(CF_META), SUMMARY_KEY).unwrap().is_some();
-    s.close().unwrap();
-    assert!(saved(&s));
-    drop(s);
-    // Opened again: read from what close saved (and taken away).
-    let mut s = RocksStore::open(dir.path()).unwrap();
-    assert!(!saved(&s));
-    assert_eq!((s.record_count(), s.summary(&SyncKey::MIN, None)), (3, whole));
-    s.close().unwrap();
-    s.put_record(&result(job, 1)).unwrap();
-    assert!(!saved(&s), "a record stored after close spoils the summaries");
+    assert_eq!(s.arrivals(), 4);
+    // A key taken out of the order behind the store's back: an open that
+    // scanned the order would miss it, one that reads the saved summaries
+    // and the arrivals after them does not.
+    s.db.delete_cf(s.cf(CF_ORDER), order_key(&SyncKey { time: first.time(), id: first.id })).unwrap();
     drop(s);
     let s = RocksStore::open(dir.path()).unwrap();
-    assert_eq!(s.record_count(), 4);
-    assert_ne!(s.summary(&SyncKey::MIN, None), whole);
+    assert_eq!((s.record_count(), s.summary(&SyncKey::MIN, None)), (4, whole));
+    assert_eq!(s.arrivals(), 4);
+    assert_eq!(s.arrived_after(3, 10), vec![(4, last.id)]);
+    assert_eq!(s.arrived_after(0, 2).len(), 2);
+    assert!(s.arrived_after(4, 10).is_empty());
+}
+
+#[test]
+fn a_schema_2_database_gets_its_records_numbered_in_arrival_order_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
+    let recs = [change("abcd01"), result(job, 0), change("abcd02")];
+    {
+        let mut s = RocksStore::open(dir.path()).unwrap();
+        s.put_records(&recs).unwrap();
+        // As a schema 2 node left it: no arrival positions.
+        for n in 1..=3u64 {
+            s.db.delete_cf(s.cf(CF_ARRIVALS), arrival_key(n)).unwrap();
+        }
+        s.db.put_cf(s.cf(CF_META), b"schema", b"2").unwrap();
+    }
+    let s = RocksStore::open(dir.path()).unwrap();
+    assert_eq!(s.arrivals(), 3);
+    let mut by_time: Vec<_> = recs.iter().map(|r| (r.time(), r.id)).collect();
+    by_time.sort();
+    let numbered: Vec<_> = s.arrived_after(0, 10).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(numbered, by_time.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
+    assert_eq!(s.db.get_cf(s.cf(CF_META), b"schema").unwrap().as_deref(), Some(SCHEMA_VERSION));
 }
 
 #[test]

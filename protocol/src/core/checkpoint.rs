@@ -1,11 +1,13 @@
 //! Starting without reading the history. What decides a node's future is
 //! small: the changes with a job still open, the admission and revocation
-//! records, the recent findings. A node that stops cleanly saves their ids
-//! (`NodeCore::checkpoint`); the next start reads those records alone,
-//! whatever the history holds. The checkpoint is taken away as the node
-//! starts, and again by the first record stored after it was written, so
-//! a node that crashed, or whose store another writer changed, reads its
-//! whole history as before.
+//! records, the recent findings. A checkpoint saves their ids with the
+//! store's arrival position at that moment (`NodeCore::checkpoint`): as
+//! the node stops, every `CHECKPOINT_EVERY_MS` while records arrive, and
+//! after every `CHECKPOINT_EVERY_RECORDS` records. The next start reads
+//! the records it names, then applies those that arrived after it, in
+//! arrival order: after a clean stop none, after a crash at most what
+//! arrived in the last interval. Applying records does not depend on their
+//! order (see `replay`), so this ends where a full read would.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +20,16 @@ use crate::Millis;
 
 /// The store's state key the checkpoint is saved under.
 pub const CHECKPOINT_KEY: &str = "checkpoint";
-const VERSION: u32 = 1;
+/// Version 1 had no arrival position; it is read as no checkpoint.
+const VERSION: u32 = 2;
+/// A checkpoint is saved this often while records arrive, bounding what a
+/// start after a crash reads.
+pub const CHECKPOINT_EVERY_MS: Millis = 60_000;
+/// ...and after this many records, so that a catch-up that is cut short
+/// does not read them all again.
+pub const CHECKPOINT_EVERY_RECORDS: u64 = 20_000;
+/// Records read per store call when applying those after the checkpoint.
+const TAIL_CHUNK: usize = 4096;
 /// Admission and revocation records a checkpoint lists at most; a cluster
 /// with more starts by reading its history.
 pub(super) const MAX_TRUST_RECORDS: usize = 1 << 16;
@@ -36,20 +47,27 @@ struct Checkpoint {
     open: Vec<Hash32>,
     /// Jobs built more than once, and when that was seen.
     findings: Vec<(Millis, Hash32)>,
+    /// The store's arrival position when it was saved: what it covers.
+    arrivals: u64,
 }
 
 /// How the node read its store at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Startup {
-    /// From a clean stop's checkpoint, not the whole history.
+    /// From a checkpoint, not the whole history.
     pub from_checkpoint: bool,
     /// Records read and applied.
     pub records_read: u64,
+    /// Of those, records that arrived after the checkpoint (a crash, or
+    /// another writer, since it was saved).
+    pub after_checkpoint: u64,
 }
 
 impl<S: Store> NodeCore<S> {
-    /// Saves what the next start needs, so that it reads no history. Call
-    /// it as the node stops, after its last input.
+    /// Saves what the next start needs, so that it reads no history. The
+    /// core calls it on its own while records arrive; call it as the node
+    /// stops, after its last input, so that the next start reads nothing
+    /// more.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         if self.trust_records.len() > MAX_TRUST_RECORDS {
             return Err(StoreError("too many admission records for a checkpoint".into()));
@@ -61,10 +79,16 @@ impl<S: Store> NodeCore<S> {
         if open.len() > MAX_OPEN_CHANGES {
             return Err(StoreError(format!("{} open changes: too many for a checkpoint", open.len())));
         }
-        let cp =
-            Checkpoint { v: VERSION, trust: self.trust_records.clone(), open, findings: self.jobs.findings_seen() };
+        let arrivals = self.store.arrivals();
+        let cp = Checkpoint {
+            v: VERSION,
+            trust: self.trust_records.clone(),
+            open,
+            findings: self.jobs.findings_seen(),
+            arrivals,
+        };
         self.store.put_state(CHECKPOINT_KEY, &encode(&cp))?;
-        self.checkpointed = true;
+        self.checkpointed_at = arrivals;
         Ok(())
     }
 
@@ -73,30 +97,66 @@ impl<S: Store> NodeCore<S> {
         self.startup
     }
 
-    /// A record was stored after the checkpoint: it no longer says what
-    /// the store holds.
-    pub(super) fn checkpoint_spoiled(&mut self) {
-        if self.checkpointed && self.store.delete_state(CHECKPOINT_KEY).is_ok() {
-            self.checkpointed = false;
+    /// Records arrived: checkpoint when enough have since the last one.
+    pub(super) fn checkpoint_if_many(&mut self) {
+        if self.store.arrivals().saturating_sub(self.checkpointed_at) >= CHECKPOINT_EVERY_RECORDS {
+            self.checkpoint_now();
         }
     }
 
-    /// Reads the store at start: from a checkpoint if a clean stop left
-    /// one, otherwise the whole history.
-    pub(super) fn load(&mut self, now: Millis) {
-        let cp = self.store.get_state(CHECKPOINT_KEY);
-        // Taken away first: a crash from here on must not find it again.
-        let cp = match cp {
-            Some(bytes) if self.store.delete_state(CHECKPOINT_KEY).is_ok() => {
-                decode::<Checkpoint>(&bytes, MAX_CHECKPOINT_BYTES).ok().filter(|c| c.v == VERSION)
-            }
-            _ => None,
-        };
-        match cp {
-            Some(cp) if self.resume(now, &cp) => {}
-            _ => self.replay(now),
+    /// The timer: checkpoint if anything arrived since the last one.
+    pub(super) fn checkpoint_if_any(&mut self) {
+        if self.store.arrivals() > self.checkpointed_at {
+            self.checkpoint_now();
         }
+    }
+
+    fn checkpoint_now(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            self.emit(super::Event::StoreFailed { reason: format!("checkpoint: {e}") });
+            // Not again before the next interval's worth of records.
+            self.checkpointed_at = self.store.arrivals();
+        }
+    }
+
+    /// Reads the store at start: from the checkpoint and what arrived after
+    /// it, or the whole history when there is no usable checkpoint.
+    pub(super) fn load(&mut self, now: Millis) {
+        let cp = self
+            .store
+            .get_state(CHECKPOINT_KEY)
+            .and_then(|bytes| decode::<Checkpoint>(&bytes, MAX_CHECKPOINT_BYTES).ok())
+            // A checkpoint past the store's arrivals describes records the
+            // store no longer has (a restored backup): not to be trusted.
+            .filter(|c| c.v == VERSION && c.arrivals <= self.store.arrivals());
+        match cp {
+            Some(cp) if self.resume(now, &cp) => self.apply_arrived_after(now, cp.arrivals),
+            _ => {
+                self.startup = Startup::default();
+                self.replay(now);
+            }
+        }
+        self.checkpointed_at = self.store.arrivals();
         self.replaying = false;
+        if self.startup.records_read > 0 && (!self.startup.from_checkpoint || self.startup.after_checkpoint > 0) {
+            // So that a second crash does not read all that again.
+            self.checkpoint_now();
+        }
+    }
+
+    fn apply_arrived_after(&mut self, now: Millis, mut after: u64) {
+        loop {
+            let ids = self.store.arrived_after(after, TAIL_CHUNK);
+            let Some(&(last, _)) = ids.last() else { break };
+            for (_, id) in ids {
+                if let Some(r) = self.store.get_record(&id).and_then(|b| record::decode_stored(&b).ok()) {
+                    self.apply(now, &r);
+                    self.startup.records_read += 1;
+                    self.startup.after_checkpoint += 1;
+                }
+            }
+            after = last;
+        }
     }
 
     /// Applies the records a checkpoint names; false if one is missing

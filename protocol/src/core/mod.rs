@@ -56,7 +56,7 @@ use rand_chacha::ChaCha8Rng;
 
 pub use self::blobs::MAX_LOG_BYTES;
 pub use self::builds::{give_up_deadline, Running, RunningBuild};
-pub use self::checkpoint::{Startup, CHECKPOINT_KEY};
+pub use self::checkpoint::{Startup, CHECKPOINT_EVERY_MS, CHECKPOINT_EVERY_RECORDS, CHECKPOINT_KEY};
 pub use self::claims::{ClaimOutcome, ClaimRules, Expired};
 pub use self::config::{defaults, Config};
 pub use self::health::StorageHealth;
@@ -170,8 +170,8 @@ pub struct NodeCore<S: Store> {
     verifier: Arc<dyn Verify>,
     /// Admission and revocation records applied, for the checkpoint.
     trust_records: Vec<Hash32>,
-    /// A checkpoint was saved and no record stored since.
-    checkpointed: bool,
+    /// The store's arrival position at the last checkpoint (or at start).
+    checkpointed_at: u64,
     startup: checkpoint::Startup,
 }
 
@@ -184,6 +184,7 @@ impl<S: Store> NodeCore<S> {
         timers.set(Timer::Sweep, now);
         timers.set(Timer::Claims, now);
         timers.set(Timer::Retention, now + RETENTION_EVERY_MS);
+        timers.set(Timer::Checkpoint, now + checkpoint::CHECKPOINT_EVERY_MS);
         let mut core = NodeCore {
             me,
             key,
@@ -206,7 +207,7 @@ impl<S: Store> NodeCore<S> {
             replaying: true,
             verifier: Arc::new(SignatureCheck),
             trust_records: Vec::new(),
-            checkpointed: false,
+            checkpointed_at: 0,
             startup: checkpoint::Startup::default(),
             cfg,
         };
@@ -427,6 +428,10 @@ impl<S: Store> NodeCore<S> {
         }
         if self.timers.is_due(Timer::GiveUp, now) {
             self.give_up_overdue_builds(now);
+        }
+        if self.timers.is_due(Timer::Checkpoint, now) {
+            self.timers.set(Timer::Checkpoint, now + checkpoint::CHECKPOINT_EVERY_MS);
+            self.checkpoint_if_any();
         }
         if self.timers.is_due(Timer::Sync, now) {
             let mut connected = self.members.connected_sorted();

@@ -233,11 +233,11 @@ impl<S: Store> NodeCore<S> {
             return Err(e);
         }
         self.storage_wrote(now);
-        self.checkpoint_spoiled();
         for rec in recs {
             self.emit(Event::RecordStored { id: rec.id, kind: rec.body.kind(), signer: rec.signer, from });
             self.apply(now, rec);
         }
+        self.checkpoint_if_many();
         Ok(())
     }
 

@@ -20,10 +20,20 @@ pub enum Timer {
     /// The earliest moment a build of this node's has run past its steps'
     /// timeouts and the grace with no end reported: give it up.
     GiveUp,
+    /// Save a checkpoint if records arrived since the last one.
+    Checkpoint,
 }
 
-const TIMERS: [Timer; 7] =
-    [Timer::Sweep, Timer::Heartbeat, Timer::Renew, Timer::Retention, Timer::Sync, Timer::Claims, Timer::GiveUp];
+const TIMERS: [Timer; 8] = [
+    Timer::Sweep,
+    Timer::Heartbeat,
+    Timer::Renew,
+    Timer::Retention,
+    Timer::Sync,
+    Timer::Claims,
+    Timer::GiveUp,
+    Timer::Checkpoint,
+];
 
 #[derive(Debug, Clone)]
 pub struct TimerTable {

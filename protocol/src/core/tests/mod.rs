@@ -395,6 +395,12 @@ impl Store for FullableStore {
     fn for_each_record(&self, f: &mut dyn FnMut(&[u8])) {
         self.inner.for_each_record(f)
     }
+    fn arrivals(&self) -> u64 {
+        self.inner.arrivals()
+    }
+    fn arrived_after(&self, after: u64, limit: usize) -> Vec<(u64, Hash32)> {
+        self.inner.arrived_after(after, limit)
+    }
     fn put_lookup(
         &mut self,
         lookup: crate::store::Lookup,
