@@ -464,9 +464,25 @@ fn find_result(st: &AppState, id: &str) -> Result<VerifiedRecord, HttpResponse> 
 #[get("/api/v1/builds/{id}")]
 async fn get_build(st: State, id: web::Path<String>) -> HttpResponse {
     match find_result(&st, &id) {
-        Ok(rec) => HttpResponse::Ok().json(result_json(&rec, true)),
+        Ok(rec) => {
+            let mut v = result_json(&rec, true);
+            add_blame(&st.store, &rec, &mut v);
+            HttpResponse::Ok().json(v)
+        }
         Err(r) => r,
     }
+}
+
+/// Who broke or fixed the builder with this result, by commit ancestry
+/// (`peerbot_protocol::blame`): the same answer on every node and page.
+fn add_blame(store: &RocksStore, rec: &VerifiedRecord, v: &mut Value) {
+    let Body::Result(r) = &rec.body else { return };
+    let b = peerbot_protocol::blame::blame(store, r);
+    v["broke_build"] = json!(!b.blamelist.is_empty());
+    v["blamelist"] = json!(b.blamelist);
+    v["fixed_by"] = json!(b.fixed_by);
+    v["previous_build"] = json!(b.previous.map(|(id, s)| json!({"id": id.to_hex(), "status": s})));
+    v["first_tested"] = json!({"commits": b.commits, "truncated": b.truncated});
 }
 
 #[get("/api/v1/builds/{id}/steps/{step}/log")]
