@@ -61,6 +61,20 @@ impl GitRepo {
 
     /// Writes the files and commits them; returns the new commit id.
     pub fn commit(&self, files: &[(&str, &str)], message: &str) -> anyhow::Result<String> {
+        self.commit_as("Alice Example <alice@example.org>", files, &[], message)
+    }
+
+    /// Writes and removes files and commits as `author` ("Name <email>").
+    pub fn commit_as(
+        &self,
+        author: &str,
+        files: &[(&str, &str)],
+        remove: &[&str],
+        message: &str,
+    ) -> anyhow::Result<String> {
+        for name in remove {
+            fs::remove_file(self.path().join(name))?;
+        }
         for (name, content) in files {
             let p = self.path().join(name);
             if let Some(parent) = p.parent() {
@@ -69,7 +83,7 @@ impl GitRepo {
             fs::write(p, content)?;
         }
         self.git(&["add", "-A"])?;
-        self.git(&["commit", "-q", "--allow-empty", "-m", message])?;
+        self.git(&["commit", "-q", "--allow-empty", "--author", author, "-m", message])?;
         self.git(&["rev-parse", "HEAD"])
     }
 }
