@@ -3,8 +3,14 @@
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+/// `host:port` is taken as `http://host:port`.
 fn base(node: &str) -> String {
-    node.trim_end_matches('/').to_string()
+    let node = node.trim_end_matches('/');
+    if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("http://{node}")
+    }
 }
 
 fn agent() -> ureq::Agent {

@@ -1,5 +1,6 @@
 //! `peerbot`: build/test automation with no master.
 
+mod check;
 mod client;
 mod cluster;
 mod core_actor;
@@ -143,6 +144,11 @@ enum Cmd {
         #[arg(long)]
         results: usize,
     },
+    /// Check a recipe with the parser every node uses, and print what each builder runs.
+    Check {
+        /// The recipe file [default: .peerbot.toml].
+        file: Option<PathBuf>,
+    },
     /// List the peers a node knows, with their labels and load.
     Peers {
         #[command(flatten)]
@@ -164,7 +170,8 @@ struct CommitArgs {
     /// Branch the commit is on [default: the repository's HEAD branch].
     #[arg(long)]
     branch: Option<String>,
-    /// Commit id (a unique prefix works).
+    /// Commit id, a unique prefix, or a ref (HEAD, a branch, a tag; resolved
+    /// in the repository when it is a local clone).
     #[arg(long)]
     commit: String,
 }
@@ -177,11 +184,15 @@ impl CommitArgs {
             _ => self.repo.clone(),
         }
     }
+
+    fn commit(&self) -> anyhow::Result<String> {
+        check::resolve_commit(&self.repo(), &self.commit)
+    }
 }
 
 #[derive(Args)]
 struct NodeUrl {
-    /// Base URL of any node's HTTP API.
+    /// Base URL of any node's HTTP API (host:port works).
     #[arg(long = "node", env = "PEERBOT_NODE", default_value = "http://127.0.0.1:7401")]
     url: String,
     /// The node's API token, needed for announce, force and cancel (see DATA_DIR/api.token).
@@ -394,6 +405,7 @@ fn main() {
             })
         }
         Cmd::Force { at, builder, reason } => force(&at, builder, reason),
+        Cmd::Check { file } => check::check(file.as_deref()),
         Cmd::Cancel { node, job, reason } => client::post_json(
             &node.url,
             node.token.as_deref(),
@@ -444,7 +456,7 @@ fn announce(at: &CommitArgs) -> anyhow::Result<()> {
         &at.node.url,
         at.node.token.as_deref(),
         "/api/v1/changes",
-        &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit}),
+        &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit()?}),
     )
     .map(|v| {
         let jobs: Vec<String> = v["jobs"]
@@ -476,7 +488,7 @@ fn force(at: &CommitArgs, builder: Option<String>, reason: String) -> anyhow::Re
         &at.node.url,
         at.node.token.as_deref(),
         "/api/v1/force",
-        &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit, "builder": builder, "reason": reason}),
+        &json!({"repo": at.repo(), "branch": at.branch, "commit": at.commit()?, "builder": builder, "reason": reason}),
     )
     .map(|v| {
         let jobs: Vec<String> = v["jobs"]

@@ -1,7 +1,9 @@
 //! The CLI prints what peers and repositories send without panicking and
 //! without letting a terminal act on it: a branch named in several scripts,
 //! a cancel reason (free text any node's user may give, replicated to all)
-//! that carries escape sequences, and a reader that goes away.
+//! that carries escape sequences, and a reader that goes away. And what
+//! the CLI reads itself: a recipe to check, a ref for `--commit`, a node
+//! given as `host:port`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -85,4 +87,48 @@ fn http_answers_only_to_the_names_the_node_is_known_by() {
     let a = ask(&format!("attacker.example:{port}"));
     assert!(a.starts_with("HTTP/1.1 421"), "{a}");
     assert!(a.contains("--http-host attacker.example"), "{a}");
+}
+
+#[test]
+fn check_reads_a_recipe_and_the_cli_takes_refs_and_host_port() {
+    let root = tempfile::Builder::new().prefix("peerbot-cli-").tempdir().unwrap();
+    let good = root.path().join("good.toml");
+    std::fs::write(&good, RECIPE).unwrap();
+    let out = Command::new(BIN).arg("check").arg(&good).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 builder") && text.contains("t (needs os=linux)") && text.contains("1. wait: sleep 60"), "{text}");
+    let bad = root.path().join("bad.toml");
+    std::fs::write(&bad, "[[builder]]\nname = \"t\"\nstep = 3\n").unwrap();
+    let out = Command::new(BIN).arg("check").arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
+
+    // `--commit HEAD` and a branch name, resolved in the local clone;
+    // `--node host:port` without a scheme.
+    let repo = GitRepo::new().unwrap();
+    let first = repo.commit(&[(".peerbot.toml", RECIPE)], "first").unwrap();
+    repo.git(&["branch", "older"]).unwrap();
+    let head = repo.commit(&[("x", "1\n")], "second").unwrap();
+    let path = repo.path().display().to_string();
+    let n = Node::start(Path::new(BIN), "A", &root.path().join("a"), &["--allow-repo".into(), path.clone()]).unwrap();
+    let host_port = n.url().trim_start_matches("http://").to_string();
+    for (name, want) in [("HEAD", &head), ("older", &first)] {
+        let out = Command::new(BIN)
+            .args(["announce", "--node", &host_port, "--repo", &path, "--branch", "main", "--commit", name])
+            .env("PEERBOT_API_TOKEN", n.api_token())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let changes = n.get(&format!("/api/v1/changes?commit={want}")).unwrap();
+        assert_eq!(changes.as_array().unwrap().len(), 1, "{name} announced {want}: {changes}");
+    }
+    let out = Command::new(BIN)
+        .args(["announce", "--node", &host_port, "--repo", &path, "--commit", "no-such-ref"])
+        .env("PEERBOT_API_TOKEN", n.api_token())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("\"no-such-ref\" names no commit"), "{err}");
 }
