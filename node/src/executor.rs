@@ -335,30 +335,73 @@ async fn wait_cancel(cancel: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Reads the whole output, keeping at most `limit` bytes and marking the cut.
+/// Reads the whole output, keeping at most `limit` bytes: the first half
+/// and the last half of what was written (the end usually holds the
+/// error), with a line in the middle saying what was left out.
 fn collect_log(mut r: std::io::PipeReader, limit: u64) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
+    let mut kept = HeadTail::new(limit as usize);
     let mut buf = [0u8; 64 * 1024];
-    let mut total: u64 = 0;
     loop {
         match r.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len() as u64) as usize;
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                total += n as u64;
-            }
+            Ok(n) => kept.push(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
-    let truncated = total > limit;
-    if truncated {
-        kept.extend_from_slice(
-            format!("\n[peerbot: log truncated at {limit} bytes; the step wrote {total} bytes]\n").as_bytes(),
-        );
+    kept.finish()
+}
+
+/// The beginning and the end of a stream, in memory bounded by `limit`.
+struct HeadTail {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    head_cap: usize,
+    tail_cap: usize,
+    total: u64,
+}
+
+impl HeadTail {
+    fn new(limit: usize) -> Self {
+        let head_cap = limit / 2;
+        HeadTail { head: Vec::new(), tail: Default::default(), head_cap, tail_cap: limit - head_cap, total: 0 }
     }
-    (kept, truncated)
+
+    fn push(&mut self, mut bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        let room = self.head_cap - self.head.len();
+        let (first, rest) = bytes.split_at(bytes.len().min(room));
+        self.head.extend_from_slice(first);
+        bytes = rest;
+        if bytes.len() >= self.tail_cap {
+            self.tail.clear();
+            bytes = &bytes[bytes.len() - self.tail_cap..];
+        } else {
+            let over = (self.tail.len() + bytes.len()).saturating_sub(self.tail_cap);
+            self.tail.drain(..over);
+        }
+        self.tail.extend(bytes);
+    }
+
+    fn finish(self) -> (Vec<u8>, bool) {
+        let kept = (self.head.len() + self.tail.len()) as u64;
+        let truncated = self.total > kept;
+        let mut out = self.head;
+        if truncated {
+            let left_out = self.total - kept;
+            out.extend_from_slice(
+                format!(
+                    "\n[peerbot: log cut: the step wrote {} bytes; the {left_out} bytes after the first {} are left out, the last {} follow]\n",
+                    self.total,
+                    out.len(),
+                    self.tail.len()
+                )
+                .as_bytes(),
+            );
+        }
+        out.extend(self.tail);
+        (out, truncated)
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +420,28 @@ mod tests {
             builder: "b".into(),
             announced: spec,
         }
+    }
+
+    #[test]
+    fn a_log_over_the_cap_keeps_its_beginning_and_its_end() {
+        let mut h = HeadTail::new(10);
+        h.push(b"abc");
+        assert_eq!(h.finish(), (b"abc".to_vec(), false));
+        let mut h = HeadTail::new(10);
+        for chunk in [&b"start-"[..], b"middle middle middle ", b"err", b"or: boom"] {
+            h.push(chunk);
+        }
+        let (log, truncated) = h.finish();
+        let log = String::from_utf8(log).unwrap();
+        assert!(truncated);
+        assert!(log.starts_with("start"), "{log}");
+        assert!(log.ends_with(" boom"), "{log}");
+        assert!(log.contains("the step wrote 38 bytes; the 28 bytes after the first 5 are left out"), "{log}");
+        // Exactly at the cap: nothing is cut.
+        let mut h = HeadTail::new(4);
+        h.push(b"ab");
+        h.push(b"cd");
+        assert_eq!(h.finish(), (b"abcd".to_vec(), false));
     }
 
     #[test]
