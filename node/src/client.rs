@@ -150,6 +150,46 @@ pub fn print_results(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Changes newest first, each with its builders' job states.
+pub fn print_changes(v: &Value) -> anyhow::Result<()> {
+    let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
+    if items.is_empty() {
+        println!("no changes");
+        return Ok(());
+    }
+    println!("{:<12} {:<10} {:<10} {:<20} {:<30} {}", "ID", "COMMIT", "BRANCH", "AUTHOR", "TITLE", "JOBS");
+    for c in items {
+        let s = |k: &str| clean(c[k].as_str().unwrap_or(""));
+        let jobs: Vec<String> = c["jobs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|j| {
+                        let state = j["state"].as_str().unwrap_or("?");
+                        format!("{}={}", clean(j["builder"].as_str().unwrap_or("")), clean(state))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut note = jobs.join(" ");
+        if let Some(e) = c["recipe_error"].as_str() {
+            note = format!("recipe error: {}", clean(e));
+        } else if c["force"].is_object() {
+            note = format!("forced; {note}");
+        }
+        println!(
+            "{:<12} {:<10} {:<10} {:<20} {:<30} {}",
+            short(&s("id"), 12),
+            short(&s("commit"), 10),
+            short(&s("branch"), 10),
+            short(&s("author"), 20),
+            short(&s("title"), 30),
+            note,
+        );
+    }
+    Ok(())
+}
+
 pub fn print_peers(v: &Value) -> anyhow::Result<()> {
     let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
     println!("{:<54} {:<5} {:<9} {:>9}  {}", "PEER", "LIVE", "CONNECTED", "BUSY", "LABELS");

@@ -88,6 +88,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List announced changes from any node, with their jobs' states.
+    Changes {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Only this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only this commit (a prefix works).
+        #[arg(long)]
+        commit: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the log of one step of a build.
     Log {
         #[command(flatten)]
@@ -401,6 +421,23 @@ fn main() {
                     print!("{}", client::clean_log(&t))
                 } else {
                     print!("{t}")
+                }
+            })
+        }
+        Cmd::Changes { node, repo, branch, commit, limit, json } => {
+            let limit = limit.to_string();
+            let q = [
+                ("repo", repo.as_deref()),
+                ("branch", branch.as_deref()),
+                ("commit", commit.as_deref()),
+                ("limit", Some(limit.as_str())),
+            ];
+            client::get_json(&node.url, "/api/v1/changes", &q).and_then(|v| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(())
+                } else {
+                    client::print_changes(&v)
                 }
             })
         }

@@ -124,6 +124,11 @@ fn check_reads_a_recipe_and_the_cli_takes_refs_and_host_port() {
         let changes = n.get(&format!("/api/v1/changes?commit={want}")).unwrap();
         assert_eq!(changes.as_array().unwrap().len(), 1, "{name} announced {want}: {changes}");
     }
+    let listed = n.cli(&["changes"]).unwrap();
+    for (commit, title) in [(&head, "second"), (&first, "first")] {
+        let line = listed.lines().find(|l| l.contains(&commit[..10])).unwrap_or_else(|| panic!("{listed}"));
+        assert!(line.contains(title) && line.contains("t="), "{listed}");
+    }
     let out = Command::new(BIN)
         .args(["announce", "--node", &host_port, "--repo", &path, "--commit", "no-such-ref"])
         .env("PEERBOT_API_TOKEN", n.api_token())
