@@ -135,7 +135,7 @@ pub fn print_results(v: &Value) -> anyhow::Result<()> {
     for b in items {
         let s = |k: &str| clean(b[k].as_str().unwrap_or(""));
         println!(
-            "{:<12} {:<9} {:<16} {:<10} {:<10} {:>3} {:>7.1}s  …{:<9} {}",
+            "{:<12} {:<9} {:<16} {:<10} {:<10} {:>3} {:>7.1}s  {:<10} {}",
             short(&s("id"), 12),
             s("status"),
             short(&s("builder"), 16),
@@ -143,7 +143,10 @@ pub fn print_results(v: &Value) -> anyhow::Result<()> {
             short(&s("branch"), 10),
             b["attempt"].as_u64().unwrap_or(0),
             b["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-            tail(&s("signer"), 8),
+            match s("node_name") {
+                n if n.is_empty() => format!("…{}", tail(&s("signer"), 8)),
+                n => short(&n, 10),
+            },
             s("failed_step"),
         );
     }
@@ -192,7 +195,7 @@ pub fn print_changes(v: &Value) -> anyhow::Result<()> {
 
 pub fn print_peers(v: &Value) -> anyhow::Result<()> {
     let Some(items) = v.as_array() else { bail!("unexpected answer: {v}") };
-    println!("{:<54} {:<5} {:<9} {:>9}  {}", "PEER", "LIVE", "CONNECTED", "BUSY", "LABELS");
+    println!("{:<16} {:<54} {:<5} {:<9} {:>9}  {}", "NAME", "PEER", "LIVE", "CONNECTED", "BUSY", "LABELS");
     for p in items {
         let labels: Vec<String> = p["labels"]
             .as_array()
@@ -200,7 +203,8 @@ pub fn print_peers(v: &Value) -> anyhow::Result<()> {
             .unwrap_or_default();
         let me = if p["self"].as_bool().unwrap_or(false) { " (this node)" } else { "" };
         println!(
-            "{:<54} {:<5} {:<9} {:>4}/{:<4}  {}{}",
+            "{:<16} {:<54} {:<5} {:<9} {:>4}/{:<4}  {}{}",
+            short(&clean(p["name"].as_str().unwrap_or("")), 16),
             clean(p["peer_id"].as_str().unwrap_or("")),
             p["live"].as_bool().unwrap_or(false),
             p["connected"].as_bool().unwrap_or(false),

@@ -315,6 +315,7 @@ impl CoreActor {
         }
         let v = json!({
             "peer_id": self.core.peer_id().to_string(),
+            "name": self.core.config().name,
             "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "http": http,
             "cluster": self.cluster["id"],
@@ -646,6 +647,7 @@ impl Handler<Query> for CoreActor {
                 let connected = self.core.peers().values().filter(|v| v.connected).count();
                 json!({
                     "peer_id": self.core.peer_id().to_string(),
+                    "name": cfg.name,
                     "version": env!("CARGO_PKG_VERSION"),
                     "labels": cfg.labels,
                     "executors": cfg.executors,
@@ -691,6 +693,7 @@ impl Handler<Query> for CoreActor {
             Query::Peers => {
                 let mut v = vec![json!({
                     "peer_id": self.core.peer_id().to_string(),
+                    "name": self.core.config().name,
                     "self": true,
                     "live": true,
                     "connected": false,
@@ -701,6 +704,7 @@ impl Handler<Query> for CoreActor {
                 for (p, view) in self.core.peers().iter() {
                     v.push(json!({
                         "peer_id": p.to_string(),
+                        "name": self.core.peer_name(&p),
                         "self": false,
                         "live": self.core.is_live(&p),
                         "connected": view.connected,

@@ -216,6 +216,7 @@ pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
         "error": r.error,
         "author": r.author,
         "title": r.title,
+        "node_name": r.node_name,
         "started_ms": r.started_ms,
         "ended_ms": r.ended_ms,
         "duration_ms": r.ended_ms.saturating_sub(r.started_ms),

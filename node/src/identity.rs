@@ -96,3 +96,30 @@ pub fn api_token(data_dir: &Path) -> anyhow::Result<String> {
     f.sync_all()?;
     Ok(token)
 }
+
+/// The node's name: `--name`, or the machine's host name.
+pub fn node_name(given: Option<&str>) -> anyhow::Result<String> {
+    let name = match given {
+        Some(n) => n.trim().to_string(),
+        None => fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+    };
+    if !peerbot_protocol::wire::valid_name(&name) {
+        bail!(
+            "--name {name:?}: a node name is at most {} bytes, without control characters",
+            peerbot_protocol::wire::MAX_NAME_LEN
+        );
+    }
+    Ok(name)
+}
+
+/// What a user needs once the node is up: where to point a browser, where
+/// the token is, what is watched.
+pub fn banner(name: &str, http: &str, token_at: &str, watched: &[String]) -> String {
+    let host = match http.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]", port)) => format!("127.0.0.1:{port}"),
+        _ => http.to_string(),
+    };
+    let watching =
+        if watched.is_empty() { "nothing (announce with `peerbot announce`)".into() } else { watched.join(", ") };
+    format!("peerbot node {name:?} is up: http://{host}/\n  API token (for writes): {token_at}\n  watching: {watching}")
+}

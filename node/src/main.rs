@@ -233,6 +233,7 @@ const CONFIG_KEYS: &[&str] = &[
     "poll_secs",
     "label",
     "executors",
+    "name",
     "heartbeat_ms",
     "claim_stagger_ms",
     "lease_secs",
@@ -326,6 +327,9 @@ struct NodeArgs {
     /// Builds this node runs at once.
     #[arg(long, env = "PEERBOT_EXECUTORS", default_value_t = 1)]
     executors: u32,
+    /// This node's name, shown instead of its PeerId [default: the host name].
+    #[arg(long, env = "PEERBOT_NAME")]
+    name: Option<String>,
     /// Milliseconds between heartbeats (labels, free slots, lease renewals).
     #[arg(long, env = "PEERBOT_HEARTBEAT_MS", default_value_t = defaults::HEARTBEAT_MS)]
     heartbeat_ms: u64,
@@ -619,6 +623,13 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     cfg.cluster = Some(membership.cluster.clone());
     cfg.admission = Some(membership.admission.clone());
     cfg.repos = repos;
+    cfg.name = identity::node_name(a.name.as_deref())?;
+    let name = cfg.name.clone();
+    let token_at = match &a.api_token_file {
+        Some(f) => f.display().to_string(),
+        None if a.api_token.is_none() => a.data_dir.join("api.token").display().to_string(),
+        None => "given with --api-token".into(),
+    };
     let peer_id = key.public().to_peer_id();
     info!(%peer_id, labels = ?labels, data_dir = %a.data_dir.display(), "starting node");
     if cfg.repos.remote_by_default() {
@@ -687,6 +698,9 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve HTTP on {}", a.http))?;
         let bound = server.addrs().first().map(|s| s.to_string()).unwrap_or_default();
         info!(http = %bound, "HTTP API listening");
+        let watched: Vec<String> =
+            a.watch.iter().map(|w| format!("{}#{}", w.repo, w.branch.as_deref().unwrap_or("HEAD"))).collect();
+        eprintln!("{}", identity::banner(&name, &bound, &token_at, &watched));
         core_addr.do_send(SetHttp(bound));
         core_addr.do_send(core_actor::SetCluster(cluster_json));
         let server = server.run();
@@ -760,6 +774,7 @@ fn seed_history(data_dir: &std::path::Path, results: usize) -> anyhow::Result<()
             error: None,
             author: "Bench <bench@peerbot.invalid>".into(),
             title: format!("synthetic commit {i}"),
+            node_name: String::new(),
         };
         batch.push(sign(&key, &Body::Change(change)));
         batch.push(sign(&key, &Body::Result(result)));

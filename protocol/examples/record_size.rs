@@ -54,6 +54,7 @@ fn main() {
         error: None,
         author: "Ada Lovelace <ada@example.org>".into(),
         title: "Fix the off-by-one in the parser".into(),
+        node_name: "build-07".into(),
     };
     let c = sign(&key, &Body::Change(change));
     let r = sign(&key, &Body::Result(result));

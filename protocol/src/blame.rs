@@ -188,6 +188,7 @@ mod tests {
                 error: None,
                 author: String::new(),
                 title: String::new(),
+                node_name: String::new(),
             };
             self.store.put_record(&sign(&deterministic_key(2), &Body::Result(r.clone()))).unwrap();
             r

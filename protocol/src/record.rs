@@ -139,6 +139,9 @@ pub struct BuildResult {
     pub author: String,
     #[serde(default)]
     pub title: String,
+    /// The building node's name (`--name`); absent from older results.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -323,6 +326,9 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
         Body::Result(r) => {
             if r.ended_ms < r.started_ms {
                 return bad("result ends before it starts");
+            }
+            if !crate::wire::valid_name(&r.node_name) {
+                return bad("result's node name is over 64 bytes or holds control characters");
             }
         }
         // Checked against the cluster key by the core, which knows it.

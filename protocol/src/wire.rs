@@ -45,6 +45,17 @@ pub struct Heartbeat {
     /// Where to reach the node (multiaddrs, as text).
     #[serde(default)]
     pub addrs: Vec<String>,
+    /// The name its operator gave it (`--name`), shown instead of its
+    /// PeerId; at most `MAX_NAME_LEN` bytes, no control characters.
+    #[serde(default)]
+    pub name: String,
+}
+
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A node name as a heartbeat or a result may carry it.
+pub fn valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
 }
 
 pub const MAX_ADDRS: usize = 8;
@@ -179,6 +190,7 @@ mod tests {
                 busy: 1,
                 running: vec![Lease { job: Hash32::of(b"j"), attempt: 0, step: Some("build".into()) }],
                 addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                name: String::new(),
             }),
             Gossip::Claim(Claim { job: Hash32::of(b"j"), attempt: 1, lease_ms: 30_000, sent_ms: 5 }),
             Gossip::Renew { sent_ms: 6, leases: vec![] },

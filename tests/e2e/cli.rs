@@ -97,7 +97,10 @@ fn check_reads_a_recipe_and_the_cli_takes_refs_and_host_port() {
     let out = Command::new(BIN).arg("check").arg(&good).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 builder") && text.contains("t (needs os=linux)") && text.contains("1. wait: sleep 60"), "{text}");
+    assert!(
+        text.contains("1 builder") && text.contains("t (needs os=linux)") && text.contains("1. wait: sleep 60"),
+        "{text}"
+    );
     let bad = root.path().join("bad.toml");
     std::fs::write(&bad, "[[builder]]\nname = \"t\"\nstep = 3\n").unwrap();
     let out = Command::new(BIN).arg("check").arg(&bad).output().unwrap();
@@ -112,7 +115,11 @@ fn check_reads_a_recipe_and_the_cli_takes_refs_and_host_port() {
     repo.git(&["branch", "older"]).unwrap();
     let head = repo.commit(&[("x", "1\n")], "second").unwrap();
     let path = repo.path().display().to_string();
-    let n = Node::start(Path::new(BIN), "A", &root.path().join("a"), &["--allow-repo".into(), path.clone()]).unwrap();
+    let args = ["--allow-repo".into(), path.clone(), "--name".into(), "build-07".into()];
+    let n = Node::start(Path::new(BIN), "A", &root.path().join("a"), &args).unwrap();
+    assert_eq!(n.get("/api/v1/node").unwrap()["name"], "build-07");
+    let peers = n.cli(&["peers"]).unwrap();
+    assert!(peers.lines().nth(1).is_some_and(|l| l.starts_with("build-07 ")), "{peers}");
     let host_port = n.url().trim_start_matches("http://").to_string();
     for (name, want) in [("HEAD", &head), ("older", &first)] {
         let out = Command::new(BIN)

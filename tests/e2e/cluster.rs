@@ -84,7 +84,7 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
     let allow = repo.path().canonicalize().unwrap().display().to_string();
     let b_args = ["--bootstrap", &boot, "--allow-repo", &allow].map(String::from).to_vec();
     let b = Node::start(Path::new(BIN), "B", &db, &with(b_args, keeper.admit(&db, &[]).unwrap())).unwrap();
-    let c_args = ["--bootstrap", &boot, "--allow-repo", &allow].map(String::from).to_vec();
+    let c_args = ["--bootstrap", &boot, "--allow-repo", &allow, "--name", "gpu-box"].map(String::from).to_vec();
     let mut c = Node::start(Path::new(BIN), "C", &dc, &with(c_args, keeper.admit(&dc, &["gpu=yes"]).unwrap())).unwrap();
 
     // Identity: a key in the data dir, mode 0600, whose PeerId the node uses.
@@ -103,6 +103,12 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
         peers.as_array()?.iter().any(|p| p["peer_id"] == c.peer_id().as_str() && p["connected"] == true).then_some(())
     })
     .unwrap();
+    // C's name reaches the others in its heartbeats.
+    wait_for("C's name on A", LONG, || {
+        let peers = a.get("/api/v1/peers").ok()?;
+        peers.as_array()?.iter().any(|p| p["peer_id"] == c.peer_id().as_str() && p["name"] == "gpu-box").then_some(())
+    })
+    .unwrap();
 
     let change0 = wait_for("the recipe-less change on B", LONG, || {
         let v = b.get(&format!("/api/v1/changes?commit={}", &c0[..8])).ok()?;
@@ -119,6 +125,7 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
         assert_eq!(results.len(), 2, "{} serves {results:?}", n.name);
         let gpu = by_builder(results, "cuda");
         assert_eq!(gpu["signer"], c.peer_id().as_str(), "the gpu=yes job must be built by C");
+        assert_eq!(gpu["node_name"], "gpu-box", "the builder's name travels in its result");
         assert_eq!(gpu["status"], "success");
         let test = by_builder(results, "test");
         assert_eq!(test["status"], "success");

@@ -203,7 +203,10 @@ impl RocksStore {
             Some(v) if v == SCHEMA_WITHOUT_LOOKUPS || v == SCHEMA_WITHOUT_ARRIVALS => {
                 if v == SCHEMA_WITHOUT_LOOKUPS {
                     let filed = migrate(&db)?;
-                    tracing::info!("database in {}: filed the lookups of {filed} records (schema 1 to 2)", dir.display());
+                    tracing::info!(
+                        "database in {}: filed the lookups of {filed} records (schema 1 to 2)",
+                        dir.display()
+                    );
                 }
                 let n = number_arrivals(&db)?;
                 tracing::info!("database in {}: numbered {n} records in arrival order (schema 2 to 3)", dir.display());
@@ -327,7 +330,6 @@ impl RocksStore {
         w.set_sync(true);
         w
     }
-
 }
 
 impl RocksStore {

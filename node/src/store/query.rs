@@ -185,7 +185,12 @@ enum Source {
 
 impl RocksStore {
     /// Records of one kind, newest first, passing `keep`, at most `limit`.
-    pub(super) fn newest(&self, cf: &str, limit: usize, keep: &mut dyn FnMut(&VerifiedRecord) -> bool) -> Vec<VerifiedRecord> {
+    pub(super) fn newest(
+        &self,
+        cf: &str,
+        limit: usize,
+        keep: &mut dyn FnMut(&VerifiedRecord) -> bool,
+    ) -> Vec<VerifiedRecord> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(cf), IteratorMode::End) {
             let Ok((k, _)) = item else { break };
@@ -355,5 +360,4 @@ impl RocksStore {
         keys.sort_by(|a, b| b.cmp(a));
         Some(keys)
     }
-
 }

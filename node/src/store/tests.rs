@@ -35,6 +35,7 @@ fn result(job: Hash32, attempt: u32) -> VerifiedRecord {
         error: None,
         author: String::new(),
         title: String::new(),
+        node_name: String::new(),
     };
     sign(&deterministic_key(2), &Body::Result(r))
 }
@@ -156,6 +157,7 @@ fn mixed() -> Vec<VerifiedRecord> {
             error: None,
             author: String::new(),
             title: String::new(),
+            node_name: String::new(),
         };
         out.push(sign(&deterministic_key(1 + i % 2), &Body::Result(r)));
         if i % 2 == 0 {
@@ -183,13 +185,7 @@ fn filters() -> Vec<Filter> {
         Filter { commit: s("11000000000000000000000000000000000000001"), ..Default::default() },
         Filter { commit: s("4"), builder: s("win"), ..Default::default() },
         Filter { repo: s("/repo0"), builder: s("linux"), status: Some(Status::Success), ..Default::default() },
-        Filter {
-            repo: s("/repo1"),
-            branch: s("main"),
-            commit: s("00"),
-            signer: Some(signer),
-            ..Default::default()
-        },
+        Filter { repo: s("/repo1"), branch: s("main"), commit: s("00"), signer: Some(signer), ..Default::default() },
     ]
 }
 

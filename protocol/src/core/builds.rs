@@ -159,6 +159,7 @@ pub fn assemble_result(
     labels: &[String],
     author: String,
     title: String,
+    node_name: &str,
 ) -> BuildResult {
     let mut steps = Vec::with_capacity(o.steps.len());
     let mut failed_step = None;
@@ -208,6 +209,7 @@ pub fn assemble_result(
         error: o.error.clone(),
         author,
         title,
+        node_name: node_name.to_string(),
     };
     result
 }

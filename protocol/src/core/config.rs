@@ -41,6 +41,8 @@ pub struct Config {
     /// Which repositories this node builds; a job of any other is left to
     /// the nodes that allow it. Default: remote URLs, no local paths.
     pub repos: RepoPolicy,
+    /// The operator's name for this node, sent in heartbeats and results.
+    pub name: String,
 }
 
 /// The defaults, named once; the node's flags and the simulator's options
@@ -73,6 +75,7 @@ impl Config {
             admission: None,
             admission_grace_ms: defaults::ADMISSION_GRACE_MS,
             repos: RepoPolicy::default(),
+            name: String::new(),
         }
     }
 

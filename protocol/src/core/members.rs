@@ -4,7 +4,7 @@
 //! set of live peers or what they offer changes) are kept by this table,
 //! which owns what they count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -89,6 +89,9 @@ pub struct Membership {
     live_peers: usize,
     generation: u64,
     eligible_cache: BTreeMap<Vec<String>, (u64, Vec<Eligible>)>,
+    /// Names peers gave themselves, for peers that have one: kept apart
+    /// from `PeerView` so that unnamed peers cost nothing.
+    names: HashMap<PeerId, Arc<str>>,
 }
 
 impl Membership {
@@ -105,6 +108,7 @@ impl Membership {
             live_peers: 0,
             generation: 0,
             eligible_cache: BTreeMap::new(),
+            names: HashMap::new(),
         }
     }
 
@@ -152,11 +156,20 @@ impl Membership {
         };
         peers.retain(|v| !forget(v));
         self.peers = peers;
+        if self.names.len() > self.peers.len() {
+            let peers = &self.peers;
+            self.names.retain(|p, _| peers.get(p).is_some());
+        }
         self.live_peers = live;
         if changed {
             self.generation += 1;
         }
         changed
+    }
+
+    /// The name a peer gave itself in its last heartbeat.
+    pub fn name_of(&self, p: &PeerId) -> Option<&str> {
+        self.names.get(p).map(|n| &**n)
     }
 
     pub fn set_connected(&mut self, p: PeerId, connected: bool) {
@@ -184,6 +197,7 @@ impl Membership {
             || h.running.len() > wire::MAX_RUNNING_IN_HEARTBEAT
             || h.addrs.len() > wire::MAX_ADDRS
             || h.addrs.iter().any(|a| a.len() > wire::MAX_ADDR_LEN)
+            || !wire::valid_name(&h.name)
         {
             return Err("heartbeat over its limits");
         }
@@ -191,6 +205,11 @@ impl Membership {
             Some(v) if *v.labels == *h.labels => None,
             _ => Some(self.peers.shared_labels(&h.labels)),
         };
+        if h.name.is_empty() {
+            self.names.remove(&from);
+        } else if self.names.get(&from).is_none_or(|n| **n != *h.name) {
+            self.names.insert(from, h.name.as_str().into());
+        }
         let view = self.peers.get_or_insert(&from, || PeerView::new(&from));
         let was_live = view.live;
         let mut changed = false;
@@ -309,6 +328,7 @@ mod tests {
             busy: 0,
             running: vec![],
             addrs: vec![],
+            name: String::new(),
         }
     }
 
@@ -370,5 +390,27 @@ mod tests {
         big.addrs = vec!["x".repeat(wire::MAX_ADDR_LEN + 1)];
         assert!(m.on_heartbeat(9_000, peers[1], &big).is_err());
         assert!(m.peers().get(&peers[1]).is_none(), "nothing is kept of a rejected heartbeat");
+    }
+
+    #[test]
+    fn a_peer_is_known_by_the_name_its_heartbeat_gives_until_it_is_forgotten() {
+        let (mut m, peers) = table();
+        let mut named = heartbeat(2_000);
+        named.name = "build-07".into();
+        m.on_heartbeat(1_000, peers[0], &named).unwrap();
+        m.on_heartbeat(1_000, peers[1], &heartbeat(2_000)).unwrap();
+        assert_eq!(m.name_of(&peers[0]), Some("build-07"));
+        assert_eq!(m.name_of(&peers[1]), None);
+        for bad in ["x".repeat(wire::MAX_NAME_LEN + 1), "evil\u{1b}[2J".to_string()] {
+            let mut h = heartbeat(2_000);
+            h.name = bad;
+            assert!(m.on_heartbeat(1_500, peers[0], &h).is_err());
+        }
+        assert_eq!(m.name_of(&peers[0]), Some("build-07"), "a refused heartbeat changes nothing");
+        m.on_heartbeat(2_000, peers[0], &heartbeat(2_000)).unwrap();
+        assert_eq!(m.name_of(&peers[0]), None, "it gave its name up");
+        m.on_heartbeat(3_000, peers[0], &named).unwrap();
+        m.sweep(3_000 + FORGET_PEER_MS + 1);
+        assert_eq!(m.name_of(&peers[0]), None, "forgotten with the peer");
     }
 }

@@ -289,6 +289,10 @@ impl<S: Store> NodeCore<S> {
     pub fn peers(&self) -> &PeerTable {
         self.members.peers()
     }
+    /// The name a peer gave itself (`--name`), if it gave one.
+    pub fn peer_name(&self, p: &PeerId) -> Option<&str> {
+        self.members.name_of(p)
+    }
     pub fn running(&self) -> &Running {
         &self.builds.running
     }
@@ -513,6 +517,7 @@ impl<S: Store> NodeCore<S> {
             busy: self.builds.running.len() as u32,
             running,
             addrs: self.listen_addrs.clone(),
+            name: self.cfg.name.clone(),
         };
         self.broadcast(&Gossip::Heartbeat(hb));
         for (job, attempt) in self.builds.releases_to_repeat() {

@@ -369,7 +369,7 @@ impl<S: Store> NodeCore<S> {
             Some(VerifiedRecord { body: Body::Change(c), .. }) => (c.author, c.title),
             _ => (String::new(), String::new()),
         };
-        let result = assemble_result(&o, &job, &self.cfg.labels, author, title);
+        let result = assemble_result(&o, &job, &self.cfg.labels, author, title, &self.cfg.name);
         let status = result.status;
         match self.publish(now, &Body::Result(result)) {
             Ok(rec) => self.emit(Event::BuildPublished { job: o.job, attempt: o.attempt, status, record: rec.id }),
