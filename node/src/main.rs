@@ -202,6 +202,7 @@ const CONFIG_KEYS: &[&str] = &[
     "poll_secs",
     "label",
     "executors",
+    "db_cache_mb",
     "heartbeat_ms",
     "claim_stagger_ms",
     "lease_secs",
@@ -295,6 +296,10 @@ struct NodeArgs {
     /// Builds this node runs at once.
     #[arg(long, env = "PEERBOT_EXECUTORS", default_value_t = 1)]
     executors: u32,
+    /// Megabytes of RocksDB block cache, shared by the database's column
+    /// families: the history API reads from it.
+    #[arg(long, env = "PEERBOT_DB_CACHE_MB", default_value_t = 256)]
+    db_cache_mb: usize,
     /// Milliseconds between heartbeats (labels, free slots, lease renewals).
     #[arg(long, env = "PEERBOT_HEARTBEAT_MS", default_value_t = defaults::HEARTBEAT_MS)]
     heartbeat_ms: u64,
@@ -554,6 +559,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         (None, Some(f)) => identity::token_file(f)?,
         (None, None) => identity::api_token(&a.data_dir)?,
     };
+    store::set_block_cache_mb(a.db_cache_mb);
     let store = store::RocksStore::open(&a.data_dir.join("db"))?;
     let known: Vec<(libp2p::PeerId, Vec<Multiaddr>)> = load_peer_addrs(&store)
         .into_iter()
