@@ -69,7 +69,7 @@ median() {
         times+=("$(curl -s -o /dev/null -w '%{time_total}' "$http$path")")
     done
     n=$(curl -s "$http$path" | jq length)
-    printf '%-55s %9.1f ms  (%s items)\n' "$path" \
+    printf '%-55s %9.2f ms  (%s items)\n' "$path" \
         "$(printf '%s\n' "${times[@]}" | sort -g | sed -n "$(((RUNS + 1) / 2))p" | awk '{print $1 * 1000}')" "$n"
 }
 
@@ -94,3 +94,11 @@ median "/api/v1/changes?limit=50"
 median "/api/v1/changes?repo=$repo&limit=50"
 median "/api/v1/changes?repo=$repo&branch=nomatch&limit=50"
 median "/api/v1/changes?commit=$prefix&limit=50"
+# Jobs by state: finished ones from the store's index (every seeded job is
+# done, none cancelled or superseded), open ones from the core.
+median "/api/v1/jobs?state=done&limit=50"
+next=$(curl -sD - -o /dev/null "$http/api/v1/jobs?state=done&limit=50" | tr -d '\r' | awk 'tolower($1) == "x-next-before:" {print $2}')
+median "/api/v1/jobs?state=done&limit=50&before=$next"
+median "/api/v1/jobs?state=cancelled&limit=50"
+median "/api/v1/jobs?state=superseded&limit=50"
+median "/api/v1/jobs?state=pending&limit=50"

@@ -388,34 +388,36 @@ impl CoreActor {
 }
 
 impl CoreActor {
-    /// Jobs newest first, in `state` if given. Jobs being decided are in
-    /// the core's table; the others are read from the newest changes on.
-    fn jobs_json(&self, now: u64, state: Option<&str>, limit: usize) -> Vec<Value> {
+    /// Jobs newest first. A live state (pending, claimed, running) lists
+    /// the jobs of the core's table seen before `before`'s, by `seen_ms`
+    /// then id; no state lists the jobs of the newest changes. Finished
+    /// states are paged from the store's index by the HTTP layer.
+    fn jobs_json(&self, now: u64, state: Option<&str>, limit: usize, before: Option<Hash32>) -> Value {
         let queue = self.core.queue();
-        let mut v = Vec::new();
-        let wanted = |j: &Value| state.is_none_or(|s| j["state"] == s);
-        let live_only = state.is_some_and(|s| {
-            [JobStatus::Pending, JobStatus::Claimed, JobStatus::Running].iter().any(|x| x.as_str() == s)
-        });
-        if live_only {
-            let mut ids: Vec<(u64, Hash32)> = self.core.live_jobs().iter().map(|(id, j)| (j.seen_ms, *id)).collect();
-            ids.sort_unstable_by(|a, b| b.cmp(a));
-            v.extend(ids.iter().filter_map(|(_, id)| self.job_json(id, now, &queue)).filter(wanted).take(limit));
-            return v;
-        }
-        // `changes` stops at the first change kept: keep one only once the
-        // page is full.
-        self.core.store().changes(1, &mut |rec| {
-            if let peerbot_protocol::Body::Change(c) = &rec.body {
-                for spec in &c.jobs {
-                    if v.len() < limit {
-                        v.extend(self.job_json(&spec.id, now, &queue).filter(wanted));
-                    }
+        let Some(state) = state else {
+            let mut v = Vec::new();
+            // `changes` stops at the first change kept: keep one only once
+            // the page is full.
+            self.core.store().changes(1, &mut |rec| {
+                if let peerbot_protocol::Body::Change(c) = &rec.body {
+                    v.extend(c.jobs.iter().filter_map(|s| self.job_json(&s.id, now, &queue)).take(limit - v.len()));
                 }
-            }
-            v.len() >= limit
-        });
-        v
+                v.len() >= limit
+            });
+            return Value::Array(v);
+        };
+        let bound = match before.map(|b| (b, self.core.job(&b))) {
+            Some((b, Some(j))) => Some((j.seen_ms, b)),
+            Some((b, None)) => return json!({"error": format!("before: no job {}", b.to_hex())}),
+            None => None,
+        };
+        let mut ids: Vec<(u64, Hash32)> = self.core.live_jobs().iter().map(|(id, j)| (j.seen_ms, *id)).collect();
+        ids.retain(|k| bound.is_none_or(|b| *k < b));
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let wanted = |j: &Value| j["state"] == state;
+        Value::Array(
+            ids.iter().filter_map(|(_, id)| self.job_json(id, now, &queue)).filter(wanted).take(limit).collect(),
+        )
     }
 }
 
@@ -626,6 +628,7 @@ pub enum Query {
     Jobs {
         state: Option<String>,
         limit: usize,
+        before: Option<Hash32>,
     },
     JobsOf(Vec<Hash32>),
     /// One job, by a unique id prefix.
@@ -717,7 +720,7 @@ impl Handler<Query> for CoreActor {
                 }
                 Value::Array(v)
             }
-            Query::Jobs { state, limit } => Value::Array(self.jobs_json(now, state.as_deref(), limit)),
+            Query::Jobs { state, limit, before } => self.jobs_json(now, state.as_deref(), limit, before),
             Query::JobsOf(ids) => {
                 let queue = self.core.queue();
                 Value::Array(ids.iter().filter_map(|id| self.job_json(id, now, &queue)).collect())

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::core_actor::{Announce, Cancel, CoreActor, FetchBlob, Force, Query};
 use crate::git;
-use crate::store::{Filter, Kind, RocksStore};
+use crate::store::{Filter, Finished, Kind, Position, RocksStore};
 use peerbot_protocol::sync::SyncKey;
 
 pub struct AppState {
@@ -339,14 +339,29 @@ async fn list_changes(st: State, q: web::Query<ChangesQuery>) -> HttpResponse {
     let filter =
         Filter { repo: q.repo.clone(), branch: q.branch.clone(), commit: q.commit.clone(), ..Default::default() };
     let page = st.store.query(Kind::Changes, &filter, before, limit, SCAN_BUDGET);
+    // One question to the core for the whole page's jobs.
+    let ids: Vec<_> = page
+        .records
+        .iter()
+        .filter_map(|r| match &r.body {
+            Body::Change(c) => Some(c.jobs.iter().map(|j| j.id)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let states = match st.ask(Query::JobsOf(ids)).await {
+        Ok(Value::Array(v)) => v,
+        _ => vec![],
+    };
+    let by_id: std::collections::HashMap<&str, &Value> =
+        states.iter().filter_map(|j| Some((j["job"].as_str()?, j))).collect();
     let mut out = Vec::new();
     for rec in &page.records {
         let mut v = change_json(rec);
         if let Body::Change(c) = &rec.body {
-            let ids = c.jobs.iter().map(|j| j.id).collect();
-            if let Ok(states) = st.ask(Query::JobsOf(ids)).await {
-                v["jobs"] = states;
-            }
+            let jobs: Vec<Value> =
+                c.jobs.iter().filter_map(|j| by_id.get(j.id.to_hex().as_str()).map(|v| (*v).clone())).collect();
+            v["jobs"] = Value::Array(jobs);
         }
         out.push(v);
     }
@@ -673,20 +688,78 @@ async fn findings(st: State, q: web::Query<LimitQuery>) -> HttpResponse {
 struct JobsQuery {
     state: Option<String>,
     limit: Option<usize>,
+    before: Option<String>,
+}
+
+/// `before` of a finished state's list: the `X-Next-Before` of the page
+/// before (80 hex digits: a position in the list), or a job id (64 hex
+/// digits) listed in that state.
+fn job_cursor(st: &AppState, state: Finished, name: &str, before: &str) -> Result<Position, HttpResponse> {
+    let b = before.to_ascii_lowercase();
+    match (b.len(), hex::decode(&b)) {
+        (80, Ok(bytes)) => Ok(bytes.try_into().expect("40 bytes")),
+        (64, Ok(bytes)) => {
+            let job = peerbot_protocol::Hash32(bytes.try_into().expect("32 bytes"));
+            st.store.job_position(state, &job).ok_or_else(|| bad_request(format!("before: job {before} is not {name}")))
+        }
+        _ => Err(bad_request(format!(
+            "before: {before:?} is neither a job id (64 hex digits) nor an X-Next-Before cursor (80 hex digits)"
+        ))),
+    }
 }
 
 #[get("/api/v1/jobs")]
 async fn list_jobs(st: State, q: web::Query<JobsQuery>) -> HttpResponse {
-    if let Some(s) = &q.state {
-        if JobStatus::parse(s).is_none() {
+    let state = match q.state.as_deref().map(|s| (s, JobStatus::parse(s))) {
+        Some((s, None)) => {
             return bad_request(format!(
                 "state {s:?} is not one of pending, claimed, running, done, superseded, cancelled"
-            ));
+            ))
         }
-    }
+        Some((_, s)) => s,
+        None => None,
+    };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    match st.ask(Query::Jobs { state: q.state.clone(), limit }).await {
-        Ok(v) => HttpResponse::Ok().json(v),
+    let finished = match state {
+        Some(JobStatus::Done) => Some(Finished::Done),
+        Some(JobStatus::Cancelled) => Some(Finished::Cancelled),
+        Some(JobStatus::Superseded) => Some(Finished::Superseded),
+        _ => None,
+    };
+    if let (Some(f), Some(name)) = (finished, q.state.as_deref()) {
+        let before = match q.before.as_deref().map(|b| job_cursor(&st, f, name, b)).transpose() {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let page = st.store.finished_jobs(f, before, limit, SCAN_BUDGET);
+        let jobs = match st.ask(Query::JobsOf(page.jobs)).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let mut r = HttpResponse::Ok();
+        if let Some(next) = page.next {
+            r.insert_header(("X-Next-Before", hex::encode(next)));
+        }
+        return r.json(jobs);
+    }
+    let before = match (&q.before, &q.state) {
+        (None, _) => None,
+        (Some(_), None) => return bad_request("before: pages one state's list; give state too"),
+        (Some(b), Some(_)) => match b.parse::<peerbot_protocol::Hash32>() {
+            Ok(h) => Some(h),
+            Err(_) => return bad_request(format!("before: {b:?} is not a job id (64 hex digits)")),
+        },
+    };
+    match st.ask(Query::Jobs { state: q.state.clone(), limit, before }).await {
+        Ok(v) if v.get("error").is_some() => bad_request(v["error"].as_str().unwrap_or_default()),
+        Ok(v) => {
+            let mut r = HttpResponse::Ok();
+            let full = v.as_array().is_some_and(|a| a.len() == limit && limit > 0);
+            if let (true, Some(_), Some(last)) = (full, &q.state, v.as_array().and_then(|a| a.last())) {
+                r.insert_header(("X-Next-Before", last["job"].as_str().unwrap_or_default()));
+            }
+            r.json(v)
+        }
         Err(r) => r,
     }
 }

@@ -234,6 +234,7 @@ const CONFIG_KEYS: &[&str] = &[
     "label",
     "executors",
     "name",
+    "db_cache_mb",
     "heartbeat_ms",
     "claim_stagger_ms",
     "lease_secs",
@@ -330,6 +331,10 @@ struct NodeArgs {
     /// This node's name, shown instead of its PeerId [default: the host name].
     #[arg(long, env = "PEERBOT_NAME")]
     name: Option<String>,
+    /// Megabytes of RocksDB block cache, shared by the database's column
+    /// families: the history API reads from it.
+    #[arg(long, env = "PEERBOT_DB_CACHE_MB", default_value_t = 256)]
+    db_cache_mb: usize,
     /// Milliseconds between heartbeats (labels, free slots, lease renewals).
     #[arg(long, env = "PEERBOT_HEARTBEAT_MS", default_value_t = defaults::HEARTBEAT_MS)]
     heartbeat_ms: u64,
@@ -607,6 +612,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         (None, Some(f)) => identity::token_file(f)?,
         (None, None) => identity::api_token(&a.data_dir)?,
     };
+    store::set_block_cache_mb(a.db_cache_mb);
     let store = store::RocksStore::open(&a.data_dir.join("db"))?;
     let known: Vec<(libp2p::PeerId, Vec<Multiaddr>)> = load_peer_addrs(&store)
         .into_iter()

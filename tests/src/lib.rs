@@ -222,6 +222,18 @@ impl Node {
         Ok(resp.into_string()?)
     }
 
+    /// A GET's status code, JSON body and `X-Next-Before` header.
+    pub fn get_page(&self, path: &str) -> (u16, Value, Option<String>) {
+        let url = format!("{}{}", self.url(), path);
+        let r = ureq::get(&url).timeout(Duration::from_secs(90)).call();
+        let resp = match r {
+            Ok(resp) | Err(ureq::Error::Status(_, resp)) => resp,
+            Err(e) => return (0, Value::String(e.to_string()), None),
+        };
+        let next = resp.header("X-Next-Before").map(str::to_string);
+        (resp.status(), resp.into_json().unwrap_or(Value::Null), next)
+    }
+
     /// Status code and JSON body, for requests expected to fail.
     /// The token the node made for HTTP writes.
     pub fn api_token(&self) -> String {

@@ -11,10 +11,12 @@ use peerbot_protocol::sync::{Fingerprint, SyncKey};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
+mod jobs;
 mod query;
 
+pub use jobs::{Finished, Position};
 use query::{file_indexes, rebuild_indexes, INDEX_CFS, INDEX_VERSION, INDEX_VERSION_KEY};
-pub use query::{Filter, Kind};
+pub use query::{set_block_cache_mb, Filter, Kind};
 
 const CF_RECORDS: &str = "records";
 const CF_ORDER: &str = "order";
@@ -186,10 +188,11 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
+        let cache = query::block_cache();
         let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META, CF_LOOKUPS, CF_ARRIVALS]
             .into_iter()
             .chain(INDEX_CFS)
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(n, query::cf_options(n, &cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|e| anyhow::anyhow!("opening the database in {}: {e}", dir.display()))?;
         let meta = db.cf_handle(CF_META).expect("meta column family");
@@ -494,7 +497,11 @@ impl Store for RocksStore {
         // No sync needed: derived again from the records applied at start,
         // and the synced write of a checkpoint makes the earlier ones
         // durable with it (one write-ahead log).
-        self.db.put_cf(self.cf(CF_LOOKUPS), lookup_key(lookup, key, value), b"").map_err(err)
+        self.db.put_cf(self.cf(CF_LOOKUPS), lookup_key(lookup, key, value), b"").map_err(err)?;
+        if lookup == Lookup::Superseded {
+            jobs::file_superseded(&self.db, key, value).map_err(err)?;
+        }
+        Ok(())
     }
 
     fn lookup(&self, lookup: Lookup, key: &Hash32, limit: usize) -> Vec<Hash32> {

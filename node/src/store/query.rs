@@ -3,8 +3,9 @@
 use peerbot_protocol::record::{decode_stored, VerifiedRecord};
 use peerbot_protocol::sync::SyncKey;
 use peerbot_protocol::{Body, PeerId, Status};
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
+use super::jobs::{file_job_entry, refile_superseded, IX_JOB_STATE};
 use super::{order_key, parse_order_key, RocksStore, CF_CHANGES, CF_META, CF_RECORDS, CF_RESULTS};
 
 /// Secondary indexes for the API's filters: field key ‖ order key → empty,
@@ -21,7 +22,7 @@ const IX_RESULT_COMMIT: &str = "ix_result_commit";
 const IX_CHANGE_REPO: &str = "ix_change_repo";
 const IX_CHANGE_BRANCH: &str = "ix_change_repo_branch";
 const IX_CHANGE_COMMIT: &str = "ix_change_commit";
-pub(super) const INDEX_CFS: [&str; 9] = [
+pub(super) const INDEX_CFS: [&str; 10] = [
     IX_RESULT_BUILDER,
     IX_RESULT_REPO,
     IX_RESULT_BRANCH,
@@ -31,16 +32,47 @@ pub(super) const INDEX_CFS: [&str; 9] = [
     IX_CHANGE_REPO,
     IX_CHANGE_BRANCH,
     IX_CHANGE_COMMIT,
+    IX_JOB_STATE,
 ];
 /// In CF_META: the layout of the index column families on disk. Older or
 /// missing means they are rebuilt from CF_RECORDS at open.
 pub(super) const INDEX_VERSION_KEY: &[u8] = b"api_indexes";
-pub(super) const INDEX_VERSION: &[u8] = b"1";
+pub(super) const INDEX_VERSION: &[u8] = b"2";
 /// A commit prefix matching more results than this is dense enough that
 /// scanning by time finds its matches sooner than sorting the index's.
 const COMMIT_PREFIX_CAP: usize = 100_000;
 /// Index ranges are counted up to this many keys to pick the smallest.
 const SELECTIVITY_CAP: usize = 10_000;
+
+/// Megabytes of the block cache all column families share (`--db-cache-mb`).
+static BLOCK_CACHE_MB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(256);
+
+pub fn set_block_cache_mb(mb: usize) {
+    BLOCK_CACHE_MB.store(mb, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One block cache for the whole database, sized by `--db-cache-mb`.
+pub(super) fn block_cache() -> Cache {
+    Cache::new_lru_cache(BLOCK_CACHE_MB.load(std::sync::atomic::Ordering::Relaxed).max(8) << 20)
+}
+
+/// Reads of the API: RocksDB's default is a small cache per column family,
+/// so a page of 50 records read from a few hundred megabytes of history
+/// goes to the page cache for most blocks. A bloom filter on `records`
+/// lets a point read skip the levels that do not hold the id, and index
+/// and filter blocks stay in the cache.
+pub(super) fn cf_options(name: &str, cache: &Cache) -> Options {
+    let mut t = BlockBasedOptions::default();
+    t.set_block_cache(cache);
+    t.set_cache_index_and_filter_blocks(true);
+    t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    if name == CF_RECORDS {
+        t.set_bloom_filter(10.0, false);
+    }
+    let mut o = Options::default();
+    o.set_block_based_table_factory(&t);
+    o
+}
 
 fn field_hash(parts: &[&[u8]]) -> Vec<u8> {
     let mut h = blake3::Hasher::new();
@@ -93,6 +125,7 @@ pub(super) fn file_indexes(db: &DB, batch: &mut WriteBatch, rec: &VerifiedRecord
         k.extend_from_slice(key);
         batch.put_cf(db.cf_handle(cf).expect("cf"), k, b"");
     }
+    file_job_entry(db, batch, rec, key);
 }
 
 /// Empties the index column families and files every stored record's
@@ -118,6 +151,8 @@ pub(super) fn rebuild_indexes(db: &DB) -> anyhow::Result<u64> {
         }
     }
     db.write(batch)?;
+    let superseded = refile_superseded(db)?;
+    tracing::info!("indexing: {superseded} superseded jobs");
     let mut w = WriteOptions::default();
     w.set_sync(true);
     db.put_cf_opt(db.cf_handle(CF_META).expect("cf"), INDEX_VERSION_KEY, INDEX_VERSION, &w)?;
@@ -301,40 +336,62 @@ impl RocksStore {
                 ranges.push((IX_RESULT_SIGNER, field_hash(&[s.to_bytes().as_slice()])));
             }
         }
-        let mut best: Option<(usize, Source)> = None;
+        let mut keys = None;
         if let Some(c) = &f.commit {
             let cf = if results { IX_RESULT_COMMIT } else { IX_CHANGE_COMMIT };
-            if let Some(keys) = self.commit_keys(cf, &c.to_ascii_lowercase(), bound) {
-                best = Some((keys.len(), Source::Keys(keys)));
+            keys = self.commit_keys(cf, &c.to_ascii_lowercase(), bound);
+        }
+        let all = Source::All(if results { CF_RESULTS } else { CF_CHANGES });
+        match (keys, ranges.len()) {
+            (None, 0) => all,
+            (Some(keys), 0) => Source::Keys(keys),
+            // One range: nothing to compare it with, so nothing to count.
+            (None, 1) => ranges.pop().map_or(all, |(cf, p)| Source::Range(cf, p)),
+            (keys, _) => {
+                let cap = keys.as_ref().map_or(SELECTIVITY_CAP, |k| k.len().min(SELECTIVITY_CAP));
+                match (self.smallest_range(&ranges, bound, cap), keys) {
+                    (None, Some(keys)) => Source::Keys(keys),
+                    (i, _) => {
+                        let (cf, prefix) = ranges.swap_remove(i.unwrap_or(0));
+                        Source::Range(cf, prefix)
+                    }
+                }
             }
         }
-        for (cf, prefix) in ranges {
-            if best.as_ref().is_some_and(|(n, _)| *n == 0) {
-                break;
-            }
-            let n = self.count_range(cf, &prefix, bound, SELECTIVITY_CAP);
-            if best.as_ref().is_none_or(|(b, _)| n < *b) {
-                best = Some((n, Source::Range(cf, prefix)));
-            }
-        }
-        best.map(|(_, s)| s).unwrap_or(Source::All(if results { CF_RESULTS } else { CF_CHANGES }))
     }
 
-    /// Keys of one index value below `bound`, counted up to `cap`.
-    fn count_range(&self, cf: &str, prefix: &[u8], bound: Option<&[u8; 40]>, cap: usize) -> usize {
-        let mut upper = prefix.to_vec();
-        upper.extend_from_slice(bound.map_or(&[0xffu8; 40], |b| b));
-        let mut n = 0;
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(&upper, Direction::Reverse)) {
-            let Ok((k, _)) = item else { break };
-            if !k.starts_with(prefix) || n >= cap {
-                break;
-            }
-            if k.as_ref() < upper.as_slice() {
-                n += 1;
+    /// The range with the fewest keys below `bound`, if one has fewer than
+    /// `cap`. Their iterators are stepped in turn, so this reads as many
+    /// keys as the smallest range holds times the number of ranges, not
+    /// all their keys up to the cap.
+    fn smallest_range(
+        &self,
+        ranges: &[(&'static str, Vec<u8>)],
+        bound: Option<&[u8; 40]>,
+        cap: usize,
+    ) -> Option<usize> {
+        let mut iters: Vec<_> = ranges
+            .iter()
+            .map(|(cf, prefix)| {
+                let mut upper = prefix.clone();
+                upper.extend_from_slice(bound.map_or(&[0xffu8; 40], |b| b));
+                let mut it = self.db.raw_iterator_cf(self.cf(cf));
+                it.seek_for_prev(&upper);
+                if it.key() == Some(upper.as_slice()) {
+                    it.prev();
+                }
+                it
+            })
+            .collect();
+        for _ in 0..cap {
+            for (i, it) in iters.iter_mut().enumerate() {
+                if !it.key().is_some_and(|k| k.starts_with(&ranges[i].1)) {
+                    return Some(i);
+                }
+                it.prev();
             }
         }
-        n
+        None
     }
 
     /// The order keys of every record whose commit starts with `prefix`,

@@ -285,3 +285,73 @@ fn a_store_without_indexes_rebuilds_them_at_open() {
     assert_eq!(n, mixed().len() as u64);
     check_against_scan(&s);
 }
+
+fn cancel(job: Hash32, at: u64) -> VerifiedRecord {
+    let k = peerbot_protocol::record::Cancel { job, reason: "no".into(), requested_ms: at };
+    sign(&deterministic_key(1), &Body::Cancel(k))
+}
+
+fn result_at(job: Hash32, attempt: u32, at: u64) -> VerifiedRecord {
+    let Body::Result(mut r) = result(job, attempt).body else { unreachable!() };
+    r.ended_ms = at;
+    sign(&deterministic_key(2), &Body::Result(r))
+}
+
+/// Jobs of a finished state, every page of `limit` followed.
+fn finished(s: &RocksStore, state: Finished, limit: usize, budget: usize) -> Vec<Hash32> {
+    let (mut out, mut before) = (Vec::new(), None);
+    loop {
+        let page = s.finished_jobs(state, before, limit, budget);
+        assert!(page.jobs.len() <= limit);
+        out.extend(page.jobs);
+        match page.next {
+            Some(p) => before = Some(p),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn finished_jobs_are_listed_once_in_the_state_the_core_gives_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = RocksStore::open(dir.path()).unwrap();
+    let job = |i: u32| peerbot_protocol::recipe::job_id("/repo", &format!("abcd{i:02}"), "linux");
+    for i in 1..=6 {
+        s.put_record(&change(&format!("abcd{i:02}"))).unwrap();
+    }
+    // 1 built once; 2 built twice (listed at its first result); 3
+    // cancelled; 4 cancelled, then built all the same (done wins); 5
+    // superseded by 6, still open; 7 built, its change not stored here.
+    s.put_records(&[
+        result_at(job(1), 0, 5_000),
+        result_at(job(2), 0, 4_000),
+        result_at(job(2), 1, 9_000),
+        cancel(job(3), 6_000),
+        cancel(job(4), 3_000),
+    ])
+    .unwrap();
+    s.put_record(&result_at(job(4), 0, 7_000)).unwrap();
+    s.put_record(&result_at(job(7), 0, 8_000)).unwrap();
+    s.put_lookup(Lookup::Superseded, &job(5), &job(6)).unwrap();
+
+    let check = |s: &RocksStore| {
+        for (limit, budget) in [(1000, 1000), (1, 1000), (2, 1), (1, 1)] {
+            assert_eq!(finished(s, Finished::Done, limit, budget), vec![job(4), job(1), job(2)]);
+            assert_eq!(finished(s, Finished::Cancelled, limit, budget), vec![job(3)]);
+            assert_eq!(finished(s, Finished::Superseded, limit, budget), vec![job(5)]);
+        }
+        // A page before a job holds the jobs listed after it.
+        let at = s.job_position(Finished::Done, &job(1)).unwrap();
+        assert_eq!(s.finished_jobs(Finished::Done, Some(at), 10, 10).jobs, vec![job(2)]);
+        assert!(s.job_position(Finished::Cancelled, &job(4)).is_none(), "job 4 is done");
+        assert!(s.job_position(Finished::Done, &job(6)).is_none(), "job 6 is open");
+        // Two results and one cancel filed entries besides the listed ones.
+        assert_eq!(s.job_entries(Finished::Done).len(), 5);
+        assert_eq!(s.job_entries(Finished::Cancelled).len(), 2);
+    };
+    check(&s);
+    drop(s);
+    // Rebuilt from the records and the lookups, to the same lists.
+    let (s, _) = RocksStore::open_reindexed(dir.path()).unwrap();
+    check(&s);
+}
