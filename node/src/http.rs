@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{get, post, web, HttpResponse, Responder};
-use peerbot_protocol::core::views::mark_breakages;
 use peerbot_protocol::core::{Announced, JobStatus};
 use peerbot_protocol::record::{self, Body, VerifiedRecord};
 use peerbot_protocol::store::Store;
@@ -451,21 +450,15 @@ async fn list_builds(st: State, q: web::Query<BuildsQuery>) -> HttpResponse {
         signer,
     };
     let page = st.store.query(Kind::Results, &filter, before, limit, SCAN_BUDGET);
-    let recs = page.records;
-    // Newest first: a failure right after a pass of the same repo, branch
-    // and builder (within the results returned) broke it.
-    let keyed: Vec<_> = recs
+    let out: Vec<Value> = page
+        .records
         .iter()
-        .filter_map(|r| match &r.body {
-            Body::Result(b) => Some(((b.repo.as_str(), b.branch.as_str(), b.builder.as_str()), b.status)),
-            _ => None,
+        .map(|r| {
+            let mut v = result_json(r, false);
+            add_blame(&st.store, r, &mut v);
+            v
         })
         .collect();
-    let broke = mark_breakages(&keyed);
-    let mut out: Vec<Value> = recs.iter().map(|r| result_json(r, false)).collect();
-    for (v, b) in out.iter_mut().zip(broke) {
-        v["broke_build"] = json!(b);
-    }
     page_response(out, page.next)
 }
 

@@ -180,6 +180,9 @@ fn three_nodes_build_a_real_commit_and_all_serve_the_signed_results() {
         // The result names the commit's author, and that this commit broke the builder.
         assert_eq!(t["author"], "Alice Example <alice@example.org>");
         assert_eq!(t["title"], "break the check");
+        assert_eq!(t["broke_build"], true, "{t}");
+        assert_eq!(t["blamelist"].as_array().map(Vec::len), Some(1), "{t}");
+        assert_eq!(t["blamelist"][0], "Alice Example <alice@example.org>");
         assert_eq!(by_builder(results, "cuda")["status"], "success");
     }
 

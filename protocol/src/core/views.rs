@@ -1,6 +1,6 @@
 //! Read-only answers about the domain, for the API and the simulator
 //! alike: what state a job is in as a user sees it, why it waits, which
-//! jobs were built more than once, and which results broke their builder.
+//! jobs were built more than once (who broke a builder is `crate::blame`).
 
 use libp2p_identity::PeerId;
 
@@ -81,26 +81,6 @@ pub fn results_disagree(statuses: impl IntoIterator<Item = Status>) -> bool {
     let mut it = statuses.into_iter();
     let Some(first) = it.next() else { return false };
     it.any(|s| s != first)
-}
-
-/// A result broke its builder when it failed right after a pass of the
-/// same builder on the same branch.
-pub fn broke_build(status: Status, previous: Option<Status>) -> bool {
-    matches!(status, Status::Failure | Status::Exception)
-        && matches!(previous, Some(Status::Success) | Some(Status::Warnings))
-}
-
-/// For results listed newest first with their (repo, branch, builder),
-/// which broke their builder, judged against the next older listed result
-/// of the same builder and branch.
-pub fn mark_breakages<K: PartialEq>(results: &[(K, Status)]) -> Vec<bool> {
-    (0..results.len())
-        .map(|i| {
-            let (key, status) = &results[i];
-            let previous = results[i + 1..].iter().find(|(k, _)| k == key).map(|(_, s)| *s);
-            broke_build(*status, previous)
-        })
-        .collect()
 }
 
 impl<S: Store> NodeCore<S> {
@@ -256,17 +236,6 @@ impl<S: Store> NodeCore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_failure_after_a_pass_of_the_same_builder_broke_it() {
-        use Status::*;
-        // Newest first: builder a fails after passing; builder b keeps failing.
-        let list = [("a", Failure), ("b", Failure), ("a", Success), ("b", Failure), ("a", Warnings)];
-        assert_eq!(mark_breakages(&list), vec![true, false, false, false, false]);
-        assert!(broke_build(Exception, Some(Warnings)));
-        assert!(!broke_build(Failure, None), "a first failure has nothing to compare with");
-        assert!(!broke_build(Cancelled, Some(Success)));
-    }
 
     #[test]
     fn disagreement_needs_two_different_statuses() {
