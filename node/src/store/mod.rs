@@ -74,6 +74,21 @@ fn parse_lookup_key(b: &[u8]) -> Option<(Hash32, Hash32)> {
     }
     Some((Hash32(b[1..33].try_into().ok()?), Hash32(b[33..].try_into().ok()?)))
 }
+/// A catch-up asks whether each fetched id is stored: mostly it is not,
+/// and bloom filters answer that without searching the memtable or
+/// reading a table's blocks.
+fn cf_options(name: &str) -> Options {
+    let mut opts = Options::default();
+    if name == CF_RECORDS {
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(0.02);
+    }
+    opts
+}
+
 fn err(e: rocksdb::Error) -> StoreError {
     StoreError(e.to_string())
 }
@@ -123,7 +138,7 @@ impl RocksStore {
         let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META, CF_LOOKUPS]
             .into_iter()
             .chain(INDEX_CFS)
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|e| anyhow::anyhow!("opening the database in {}: {e}", dir.display()))?;
         let meta = db.cf_handle(CF_META).expect("meta column family");
@@ -209,7 +224,6 @@ impl RocksStore {
         w.set_sync(true);
         w
     }
-
 }
 
 impl RocksStore {
@@ -217,9 +231,23 @@ impl RocksStore {
     pub fn put_records_bulk(&self, recs: &[VerifiedRecord]) -> anyhow::Result<()> {
         self.spoil_summary()?;
         let mut batch = WriteBatch::default();
+        // A memtable inserts keys that come in ascending order for less
+        // than random ones (each search starts where the last one ended):
+        // the keys that are hashes go in sorted, the others come in time
+        // order already.
+        let mut by_id: Vec<&VerifiedRecord> = recs.iter().collect();
+        by_id.sort_unstable_by_key(|r| r.id);
+        for rec in by_id {
+            batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
+        }
+        let mut lookups: Vec<[u8; 65]> =
+            recs.iter().flat_map(|r| lookups_of(r)).map(|(l, k, v)| lookup_key(l, &k, &v)).collect();
+        lookups.sort_unstable();
+        for k in lookups {
+            batch.put_cf(self.cf(CF_LOOKUPS), k, b"");
+        }
         for rec in recs {
             let key = order_key(&SyncKey { time: rec.time(), id: rec.id });
-            batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
             batch.put_cf(self.cf(CF_ORDER), key, b"");
             match rec.body {
                 peerbot_protocol::Body::Change(_) => batch.put_cf(self.cf(CF_CHANGES), key, b""),
@@ -227,7 +255,6 @@ impl RocksStore {
                 _ => {}
             }
             file_indexes(&self.db, &mut batch, rec, &key);
-            self.file_lookups(&mut batch, rec);
         }
         self.db.write_opt(batch, &Self::sync_write())?;
         // Only what is on disk counts: a failed write (a full disk) must not
@@ -333,6 +360,15 @@ impl Store for RocksStore {
 
     fn has_record(&self, id: &Hash32) -> bool {
         matches!(self.db.get_pinned_cf(self.cf(CF_RECORDS), id.0), Ok(Some(_)))
+    }
+
+    fn has_records(&self, ids: &[Hash32]) -> Vec<bool> {
+        let keys = ids.iter().map(|id| &id.0);
+        self.db
+            .batched_multi_get_cf(self.cf(CF_RECORDS), keys, false)
+            .into_iter()
+            .map(|r| matches!(r, Ok(Some(_))))
+            .collect()
     }
 
     fn record_count(&self) -> u64 {
