@@ -180,7 +180,10 @@ impl CoreActor {
         match e {
             Event::RecordStored { id, kind, signer, from } => {
                 self.records_stored += 1;
-                info!(record = %id.short(), kind, signer = %signer, from = ?from, "record stored");
+                match from {
+                    None => info!(record = %id.short(), kind, signer = %signer, "record stored"),
+                    Some(from) => debug!(record = %id.short(), kind, signer = %signer, %from, "record stored"), // a catch-up stores many
+                }
             }
             Event::RecordRejected { from, reason } => {
                 self.records_rejected += 1;

@@ -68,6 +68,12 @@ pub trait Store {
     }
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>>;
     fn has_record(&self, id: &Hash32) -> bool;
+    /// Which of `ids` are stored, in order. A fetched batch asks for all of
+    /// its ids at once, which a store on disk answers for less than one
+    /// look-up each.
+    fn has_records(&self, ids: &[Hash32]) -> Vec<bool> {
+        ids.iter().map(|id| self.has_record(id)).collect()
+    }
     fn record_count(&self) -> u64;
     /// Keys in `[lo, hi)` in (time, id) order, at most `limit` of them.
     fn keys_in(&self, lo: &SyncKey, hi: Option<&SyncKey>, limit: usize) -> Vec<SyncKey>;

@@ -355,3 +355,17 @@ fn finished_jobs_are_listed_once_in_the_state_the_core_gives_them() {
     let (s, _) = RocksStore::open_reindexed(dir.path()).unwrap();
     check(&s);
 }
+
+#[test]
+fn a_batch_of_ids_is_answered_in_order_from_the_memtable_and_from_tables_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = RocksStore::open(dir.path()).unwrap();
+    let (a, b, c) = (change("abcd01"), change("abcd02"), change("abcd03"));
+    s.put_records(&[a.clone()]).unwrap();
+    // `a` into a table file with its bloom filter, `b` in the memtable.
+    s.db.flush_cf(s.cf(CF_RECORDS)).unwrap();
+    s.put_records(&[b.clone()]).unwrap();
+    let ids = [c.id, a.id, b.id, c.id, a.id];
+    assert_eq!(s.has_records(&ids), [false, true, true, false, true]);
+    assert_eq!(s.has_records(&[]), Vec::<bool>::new());
+}

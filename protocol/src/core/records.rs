@@ -44,6 +44,15 @@ pub(super) fn settled_in<S: Store>(store: &S, job: &Hash32) -> bool {
         || store.superseded_by(job).is_some()
 }
 
+/// What became of a batch of records from a peer.
+#[derive(Default)]
+pub(super) struct Accepted {
+    /// New records stored, or held for their signer's admission.
+    pub new: usize,
+    /// Ids of the batch stored now, new or not.
+    pub stored: std::collections::HashSet<Hash32>,
+}
+
 /// What the cluster's membership says of a verified record.
 enum Screen {
     Take,
@@ -143,19 +152,28 @@ impl<S: Store> NodeCore<S> {
     /// ones in one durable write; returns how many were new or held for
     /// their signer's admission.
     pub(super) fn accept_records(&mut self, now: Millis, batch: &[ByteBuf], from: PeerId) -> usize {
+        self.accept_batch(now, batch, from).new
+    }
+
+    /// `accept_records`, also telling which ids of the batch are stored
+    /// now, so that the caller of a fetch need not read them back.
+    pub(super) fn accept_batch(&mut self, now: Millis, batch: &[ByteBuf], from: PeerId) -> Accepted {
         let mut fresh: Vec<VerifiedRecord> = Vec::new();
         let mut held = 0;
+        let batch = &batch[..batch.len().min(wire::MAX_RECORDS_PER_REQUEST)];
         // A record's id is the hash of its bytes: those stored already are
         // not verified again.
+        let ids: Vec<Hash32> = batch.iter().map(|b| Hash32::of(b)).collect();
+        let known = self.store.has_records(&ids);
+        let mut stored: std::collections::HashSet<Hash32> =
+            ids.iter().zip(&known).filter(|(_, k)| **k).map(|(id, _)| *id).collect();
         let mut seen = std::collections::HashSet::new();
         let unknown: Vec<&[u8]> = batch
             .iter()
-            .take(wire::MAX_RECORDS_PER_REQUEST)
-            .map(|b| b.as_slice())
-            .filter(|b| {
-                let id = Hash32::of(b);
-                !self.store.has_record(&id) && seen.insert(id)
-            })
+            .zip(&ids)
+            .zip(&known)
+            .filter(|((_, id), known)| !**known && seen.insert(**id))
+            .map(|((b, _), _)| b.as_slice())
             .collect();
         for verified in self.verifier.verify_many(&unknown) {
             match verified {
@@ -170,8 +188,11 @@ impl<S: Store> NodeCore<S> {
         // Admissions first: the records they vouch for may be in this batch.
         fresh.sort_by_key(|r| !matches!(r.body, Body::Admission(_) | Body::Revocation(_)));
         match self.commit(now, &fresh, Some(from)) {
-            Ok(()) => fresh.len() + held,
-            Err(_) => 0,
+            Ok(()) => {
+                stored.extend(fresh.iter().map(|r| r.id));
+                Accepted { new: fresh.len() + held, stored }
+            }
+            Err(_) => Accepted { new: 0, stored },
         }
     }
 

@@ -115,14 +115,15 @@ impl<S: Store> NodeCore<S> {
                 Err(e) => self.sync_failed(peer, e.to_string()),
             },
             Pending::Fetch { peer, ids } => {
-                let (fetched, delivered) = match resp {
-                    Ok(Response::Records { records }) => {
-                        (self.accept_records(now, &records, peer), !records.is_empty())
-                    }
-                    _ => (0, false),
+                let (accepted, delivered) = match resp {
+                    Ok(Response::Records { records }) => (self.accept_batch(now, &records, peer), !records.is_empty()),
+                    _ => (Default::default(), false),
                 };
+                let fetched = accepted.new;
+                // Only what the answer did not bring is looked up again.
                 let missing: Vec<Hash32> = ids
                     .iter()
+                    .filter(|id| !accepted.stored.contains(id))
                     .filter(|id| !self.store.has_record(id) && !self.admissions.is_held(id))
                     .copied()
                     .collect();

@@ -130,31 +130,31 @@ fn a_restarted_node_takes_back_the_claim_it_missed_on_the_attempt_it_gave_up() {
     assert!(both[1].running().contains_key(&first.job), "y still builds it");
 }
 
+/// A jobless change signed by `key`, its title numbered `i`.
+fn signed_change(key: &libp2p_identity::Keypair, i: i64) -> Vec<u8> {
+    let c = commit_with(&format!("{i:04x}"), i, QUEUE);
+    let change = crate::record::Change {
+        repo: c.repo,
+        branch: c.branch,
+        commit: c.commit,
+        parents: vec![],
+        author: c.author,
+        committer: c.committer,
+        commit_time: c.commit_time,
+        title: format!("commit {i}"),
+        files: vec![],
+        jobs: vec![],
+        recipe_error: None,
+        announced_ms: i as u64,
+        force: None,
+    };
+    crate::record::sign(key, &Body::Change(change)).bytes
+}
+
 #[test]
 fn records_verified_on_several_threads_are_answered_in_order_and_judged_alike() {
     let key = deterministic_key(9);
-    let mut batch: Vec<Vec<u8>> = (0..300)
-        .map(|i| {
-            let mut c = commit_with(&format!("{i:04x}"), i, QUEUE);
-            c.title = format!("commit {i}");
-            let change = crate::record::Change {
-                repo: c.repo,
-                branch: c.branch,
-                commit: c.commit,
-                parents: vec![],
-                author: c.author,
-                committer: c.committer,
-                commit_time: c.commit_time,
-                title: c.title,
-                files: vec![],
-                jobs: vec![],
-                recipe_error: None,
-                announced_ms: i as u64,
-                force: None,
-            };
-            crate::record::sign(&key, &Body::Change(change)).bytes
-        })
-        .collect();
+    let mut batch: Vec<Vec<u8>> = (0..300).map(|i| signed_change(&key, i)).collect();
     // Every seventh signature broken, one record cut short.
     for b in batch.iter_mut().step_by(7) {
         let n = b.len();
@@ -175,4 +175,24 @@ fn records_verified_on_several_threads_are_answered_in_order_and_judged_alike() 
             assert_eq!(r.id, Hash32::of(b));
         }
     }
+}
+
+#[test]
+fn a_fetched_batch_says_which_of_its_ids_are_stored_so_none_is_read_back() {
+    let mut n = node(1, &["os=linux"]);
+    let from = deterministic_key(9).public().to_peer_id();
+    let signed: Vec<Vec<u8>> = (0..4).map(|i| signed_change(&deterministic_key(9), i)).collect();
+    let old = crate::record::verify(&signed[0]).unwrap();
+    n.store_mut().put_record(&old).unwrap();
+    let mut broken = signed[3].clone();
+    let len = broken.len();
+    broken[len - 3] ^= 1;
+    // One stored already, two new (one sent twice), one with a bad signature.
+    let batch: Vec<serde_bytes::ByteBuf> =
+        [&signed[0], &signed[1], &signed[2], &signed[1], &broken].map(|b| serde_bytes::ByteBuf::from(b.clone())).into();
+    let got = n.accept_batch(0, &batch, from);
+    assert_eq!(got.new, 2);
+    let stored: std::collections::HashSet<Hash32> = signed[..3].iter().map(|b| Hash32::of(b)).collect();
+    assert_eq!(got.stored, stored, "the stored one and the two new, not the refused one");
+    assert!(stored.iter().all(|id| n.store().has_record(id)) && !n.store().has_record(&Hash32::of(&broken)));
 }
