@@ -40,6 +40,8 @@ const SCHEMA_WITHOUT_ARRIVALS: &[u8] = b"2";
 /// The range summaries are saved after this many records arrive (and at a
 /// clean close), so that an open after a crash reads at most these.
 const SUMMARY_EVERY: u64 = 100_000;
+/// Bytes all column families' memtables hold together before flushing.
+const MEMTABLE_BUDGET: usize = 64 << 20;
 
 #[derive(Clone)]
 pub struct RocksStore {
@@ -203,6 +205,10 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
+        // Every column family has its own write buffers (64 MiB each by
+        // default): with nineteen of them a catch-up could hold a gigabyte
+        // in memtables. One budget for all, flushed when it is reached.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let cache = query::block_cache();
         let cfs = [CF_RECORDS, CF_ORDER, CF_CHANGES, CF_RESULTS, CF_BLOBS, CF_STATE, CF_META, CF_LOOKUPS, CF_ARRIVALS]
             .into_iter()
