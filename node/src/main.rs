@@ -66,15 +66,8 @@ enum Cmd {
     Results {
         #[command(flatten)]
         node: NodeUrl,
-        /// Only this repository.
-        #[arg(long)]
-        repo: Option<String>,
-        /// Only this branch.
-        #[arg(long)]
-        branch: Option<String>,
-        /// Only this commit (a prefix works).
-        #[arg(long)]
-        commit: Option<String>,
+        #[command(flatten)]
+        at: Where,
         /// Only this builder.
         #[arg(long)]
         builder: Option<String>,
@@ -92,15 +85,8 @@ enum Cmd {
     Changes {
         #[command(flatten)]
         node: NodeUrl,
-        /// Only this repository.
-        #[arg(long)]
-        repo: Option<String>,
-        /// Only this branch.
-        #[arg(long)]
-        branch: Option<String>,
-        /// Only this commit (a prefix works).
-        #[arg(long)]
-        commit: Option<String>,
+        #[command(flatten)]
+        at: Where,
         /// At most this many, newest first.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -177,6 +163,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which repository, branch and commit a history listing keeps.
+#[derive(Args)]
+struct Where {
+    /// Only this repository.
+    #[arg(long)]
+    repo: Option<String>,
+    /// Only this branch.
+    #[arg(long)]
+    branch: Option<String>,
+    /// Only this commit (a prefix works).
+    #[arg(long)]
+    commit: Option<String>,
 }
 
 /// A commit of a repository, through some node's API.
@@ -400,15 +400,15 @@ fn main() {
         Cmd::Cluster { cmd } => cluster::run(cmd),
         Cmd::Id { data_dir } => identity::load_or_create(&data_dir).map(|k| println!("{}", k.public().to_peer_id())),
         Cmd::Announce { at } => announce(&at),
-        Cmd::Results { node, repo, branch, commit, builder, status, limit, json } => {
+        Cmd::Results { node, at, builder, status, limit, json } => {
             let limit = limit.to_string();
             client::get_json(
                 &node.url,
                 "/api/v1/builds",
                 &[
-                    ("repo", repo.as_deref()),
-                    ("branch", branch.as_deref()),
-                    ("commit", commit.as_deref()),
+                    ("repo", at.repo.as_deref()),
+                    ("branch", at.branch.as_deref()),
+                    ("commit", at.commit.as_deref()),
                     ("builder", builder.as_deref()),
                     ("status", status.as_deref()),
                     ("limit", Some(&limit)),
@@ -433,12 +433,12 @@ fn main() {
                 }
             })
         }
-        Cmd::Changes { node, repo, branch, commit, limit, json } => {
+        Cmd::Changes { node, at, limit, json } => {
             let limit = limit.to_string();
             let q = [
-                ("repo", repo.as_deref()),
-                ("branch", branch.as_deref()),
-                ("commit", commit.as_deref()),
+                ("repo", at.repo.as_deref()),
+                ("branch", at.branch.as_deref()),
+                ("commit", at.commit.as_deref()),
                 ("limit", Some(limit.as_str())),
             ];
             client::get_json(&node.url, "/api/v1/changes", &q).and_then(|v| {

@@ -146,10 +146,16 @@ fn migrate(db: &DB) -> anyhow::Result<u64> {
         }
     }
     db.write(batch)?;
+    mark_schema(db, SCHEMA_WITHOUT_ARRIVALS)?;
+    Ok(n)
+}
+
+/// Records the schema a migration brought the database to, durably.
+fn mark_schema(db: &DB, version: &[u8]) -> anyhow::Result<()> {
     let mut w = WriteOptions::default();
     w.set_sync(true);
-    db.put_cf_opt(db.cf_handle(CF_META).expect("cf"), b"schema", SCHEMA_WITHOUT_ARRIVALS, &w)?;
-    Ok(n)
+    db.put_cf_opt(db.cf_handle(CF_META).expect("cf"), b"schema", version, &w)?;
+    Ok(())
 }
 
 /// Gives every stored record an arrival position, in (time, id) order, then
@@ -169,9 +175,7 @@ fn number_arrivals(db: &DB) -> anyhow::Result<u64> {
         }
     }
     db.write(batch)?;
-    let mut w = WriteOptions::default();
-    w.set_sync(true);
-    db.put_cf_opt(db.cf_handle(CF_META).expect("cf"), b"schema", SCHEMA_VERSION, &w)?;
+    mark_schema(db, SCHEMA_VERSION)?;
     Ok(n)
 }
 
