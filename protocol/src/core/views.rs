@@ -57,6 +57,9 @@ pub enum WaitingReason {
     TreeStable { remaining_ms: u64 },
     /// Every eligible node's executors are taken.
     EligibleBusy { eligible: usize },
+    /// This node is the only eligible one, and its repository policy
+    /// (`--allow-repo`) does not let it build this repository.
+    NotAllowedHere { repo: String },
     /// Eligible nodes are free; the best-ranked one takes it in turn.
     InLine,
 }
@@ -70,6 +73,9 @@ impl std::fmt::Display for WaitingReason {
             }
             WaitingReason::EligibleBusy { eligible } => {
                 write!(f, "all {eligible} eligible node(s) are busy")
+            }
+            WaitingReason::NotAllowedHere { repo } => {
+                write!(f, "no other node can build it, and this one does not build {repo:?} (not in its --allow-repo)")
             }
             WaitingReason::InLine => write!(f, "about to be claimed by the best-ranked free node"),
         }
@@ -199,6 +205,9 @@ impl<S: Store> NodeCore<S> {
         }
         if now < j.not_before {
             return Some(WaitingReason::TreeStable { remaining_ms: j.not_before - now });
+        }
+        if eligible == [self.me] && !self.cfg.repos.allows(&j.repo) {
+            return Some(WaitingReason::NotAllowedHere { repo: j.repo.clone() });
         }
         let held = self.jobs.held_claims(now, |p| self.members.key_of(p).unwrap_or(0));
         let free = |p: &PeerId| -> bool {

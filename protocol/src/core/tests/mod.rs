@@ -134,6 +134,20 @@ fn job_with_no_eligible_node_stays_pending() {
 }
 
 #[test]
+fn a_job_only_this_node_could_build_says_its_repository_is_not_allowed_here() {
+    let mut cfg = Config::new(vec!["os=linux".to_string()], 1);
+    cfg.repos = RepoPolicy::default();
+    let mut n = NodeCore::new(cfg, deterministic_key(1), MemStore::new(), 0);
+    let now = 10_000;
+    n.handle(now, Input::Tick);
+    n.announce(now, commit("abcd05")).unwrap();
+    n.handle(now + 5_000, Input::Tick);
+    let linux = n.live_jobs().values().find(|j| j.spec.builder == "linux").unwrap().spec.id;
+    assert_eq!(n.job_status(&linux), JobStatus::Pending, "a local path is not built by default");
+    assert_eq!(n.waiting_reason(now + 5_000, &linux), Some(WaitingReason::NotAllowedHere { repo: "/repo".into() }));
+}
+
+#[test]
 fn forged_and_garbage_gossip_is_rejected_and_not_stored() {
     let mut a = node(1, &["os=linux"]);
     let mut b = node(2, &["os=linux"]);
