@@ -18,7 +18,11 @@ fn change(commit: &str) -> VerifiedRecord {
 }
 
 fn result(job: Hash32, attempt: u32) -> VerifiedRecord {
-    let r = BuildResult {
+    sign(&deterministic_key(2), &Body::Result(result_body(job, attempt)))
+}
+
+fn result_body(job: Hash32, attempt: u32) -> BuildResult {
+    BuildResult {
         job,
         repo: "/repo".into(),
         branch: "main".into(),
@@ -36,8 +40,7 @@ fn result(job: Hash32, attempt: u32) -> VerifiedRecord {
         author: String::new(),
         title: String::new(),
         node_name: String::new(),
-    };
-    sign(&deterministic_key(2), &Body::Result(r))
+    }
 }
 
 #[test]
@@ -141,23 +144,14 @@ fn mixed() -> Vec<VerifiedRecord> {
         let branch = if i % 4 == 0 { "dev" } else { "main" };
         let commit = format!("{:02x}{:038x}", (i % 7) * 17, i / 2);
         let r = BuildResult {
-            job: Hash32(*blake3::hash(&i.to_be_bytes()).as_bytes()),
             repo: repo.clone(),
             branch: branch.into(),
             commit: if i % 11 == 0 { commit.to_ascii_uppercase() } else { commit.clone() },
             builder: ["linux", "mac", "win"][(i % 5 % 3) as usize].into(),
-            attempt: 0,
-            labels: vec![],
             started_ms: 0,
             ended_ms: 1_000 + i / 3,
             status: statuses[(i % 5) as usize],
-            steps: vec![],
-            metrics: Default::default(),
-            failed_step: None,
-            error: None,
-            author: String::new(),
-            title: String::new(),
-            node_name: String::new(),
+            ..result_body(Hash32(*blake3::hash(&i.to_be_bytes()).as_bytes()), 0)
         };
         out.push(sign(&deterministic_key(1 + i % 2), &Body::Result(r)));
         if i % 2 == 0 {
@@ -292,9 +286,7 @@ fn cancel(job: Hash32, at: u64) -> VerifiedRecord {
 }
 
 fn result_at(job: Hash32, attempt: u32, at: u64) -> VerifiedRecord {
-    let Body::Result(mut r) = result(job, attempt).body else { unreachable!() };
-    r.ended_ms = at;
-    sign(&deterministic_key(2), &Body::Result(r))
+    sign(&deterministic_key(2), &Body::Result(BuildResult { ended_ms: at, ..result_body(job, attempt) }))
 }
 
 /// Jobs of a finished state, every page of `limit` followed.
