@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use peerbot_protocol::recipe::{parse_recipe, RECIPE_FILE};
 
 /// Parses `file` (default `.peerbot.toml`) and prints what each builder
@@ -46,22 +46,11 @@ pub fn check(file: Option<&Path>) -> anyhow::Result<()> {
 /// id, or any name for a remote repository, is sent as it is, for the node
 /// to resolve in its mirror.
 pub fn resolve_commit(repo: &str, commit: &str) -> anyhow::Result<String> {
-    let full = matches!(commit.len(), 40 | 64) && commit.bytes().all(|b| b.is_ascii_hexdigit());
+    let full = matches!(commit.len(), 40 | 64) && crate::git::check_commit(commit).is_ok();
     if full || repo.contains("://") || !Path::new(repo).is_dir() {
         return Ok(commit.to_string());
     }
-    if commit.starts_with('-') || commit.is_empty() {
-        bail!("--commit {commit:?} is not a commit, branch or tag name");
-    }
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
-        .arg(format!("{commit}^{{commit}}"))
-        .output()
-        .context("running git rev-parse")?;
-    if !out.status.success() {
-        bail!("--commit {commit:?} names no commit in {repo}");
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
+    rt.block_on(crate::git::resolve(Path::new(repo), commit))
+        .map_err(|_| anyhow::anyhow!("--commit {commit:?} names no commit in {repo}"))
 }
