@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Median latency of the history API's list queries over N seeded results.
+# Median latency of the history API's list queries, and of the dashboard's
+# pages, over N seeded results.
 #
 #   bench/api-queries.sh [N]        (default 100000)
 #
@@ -62,14 +63,20 @@ echo "node up at $http after $(echo "$(date +%s.%N) - $t0" | bc) s ($PEERBOT)"
 mid=$(printf '%040x' $((N / 2)))
 prefix=${mid:0:39}
 
+# median PATH [KIND]: KIND "page" counts the bytes of an HTML page
+# instead of the items of a JSON list.
 median() {
-    local path=$1 times=() n
+    local path=$1 kind=${2:-list} times=() n
     curl -sf -o /dev/null "$http$path" || { echo "request failed: $path" >&2; exit 1; }
     for _ in $(seq 1 "$RUNS"); do
         times+=("$(curl -s -o /dev/null -w '%{time_total}' "$http$path")")
     done
-    n=$(curl -s "$http$path" | jq length)
-    printf '%-55s %9.2f ms  (%s items)\n' "$path" \
+    if [[ $kind == page ]]; then
+        n="$(curl -s "$http$path" | wc -c) bytes"
+    else
+        n="$(curl -s "$http$path" | jq length) items"
+    fi
+    printf '%-55s %9.2f ms  (%s)\n' "$path" \
         "$(printf '%s\n' "${times[@]}" | sort -g | sed -n "$(((RUNS + 1) / 2))p" | awk '{print $1 * 1000}')" "$n"
 }
 
@@ -102,3 +109,11 @@ median "/api/v1/jobs?state=done&limit=50&before=$next"
 median "/api/v1/jobs?state=cancelled&limit=50"
 median "/api/v1/jobs?state=superseded&limit=50"
 median "/api/v1/jobs?state=pending&limit=50"
+# The dashboard's pages and their JSON twins: the console shows 30
+# commits, the waterfall 50 builds, a builder page 100 builds with charts.
+median "/" page
+median "/api/v1/console" page
+median "/waterfall" page
+median "/api/v1/waterfall" page
+median "/builders/unit" page
+median "/nodes" page

@@ -277,3 +277,92 @@ mod tests {
         assert_eq!(clean_log(log), "\u{1b}[1;31merror\u{1b}[0m: x\n\tat y\\u{1b}[2J\\u{1b}]0;t\\u{7}\\u{d}over");
     }
 }
+
+/// Writes log text as `peerbot log` does: raw into a pipe or a file, made
+/// safe for a terminal.
+fn emit(text: &str) {
+    use std::io::{IsTerminal, Write};
+    let mut out = std::io::stdout().lock();
+    let _ = if std::io::stdout().is_terminal() {
+        out.write_all(clean_log(text).as_bytes())
+    } else {
+        out.write_all(text.as_bytes())
+    };
+    let _ = out.flush();
+}
+
+/// `peerbot log --follow JOB`: prints the running step's output as it
+/// comes (from the node running the job), each step under a header, then,
+/// once the job's result is stored, what the live tail did not show and
+/// the result's status. Returns that status.
+pub fn follow_log(node: &str, job: &str) -> anyhow::Result<String> {
+    let j = get_json(node, &format!("/api/v1/jobs/{job}"), &[])?;
+    let job = j["job"].as_str().context("the node's answer names no job")?.to_string();
+    // (step index, bytes of it printed)
+    let mut seen: Option<(usize, u64)> = None;
+    let mut told_elsewhere = false;
+    loop {
+        let (offset, index) = seen.map_or((0, None), |(i, o)| (o, Some(i.to_string())));
+        let offset = offset.to_string();
+        let q = [("offset", Some(offset.as_str())), ("index", index.as_deref())];
+        let c = get_json(node, &format!("/api/v1/jobs/{job}/live"), &q)?;
+        if c["running"] == true {
+            let i = c["index"].as_u64().unwrap_or(0) as usize;
+            if seen.is_none_or(|(was, _)| was != i) {
+                emit(&format!("== step {} ==\n", c["step"].as_str().unwrap_or("?")));
+            }
+            if c["skipped"].as_u64().unwrap_or(0) > 0 {
+                emit(&format!("[{} bytes before this are no longer kept]\n", c["skipped"]));
+            }
+            emit(c["text"].as_str().unwrap_or_default());
+            seen = Some((i, c["end"].as_u64().unwrap_or(0)));
+        } else {
+            let j = get_json(node, &format!("/api/v1/jobs/{job}"), &[])?;
+            let state = j["state"].as_str().unwrap_or_default();
+            if let Some(r) = j["results"].as_array().and_then(|r| r.iter().max_by_key(|r| r["attempt"].as_u64())) {
+                let id = r["id"].as_str().unwrap_or_default();
+                finish_log(node, id, seen)?;
+                let status = r["status"].as_str().unwrap_or_default().to_string();
+                emit(&format!("== {status}: build {id} ==\n"));
+                return Ok(status);
+            }
+            if matches!(state, "cancelled" | "superseded") {
+                emit(&format!("== the job was {state} before it was built ==\n"));
+                return Ok(state.to_string());
+            }
+            if state == "running" && !told_elsewhere {
+                let by = j["claim"]["by"].as_str().unwrap_or("another node");
+                emit(&format!("== running on {by}; its live log is served by that node; waiting for the result ==\n"));
+                told_elsewhere = true;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The rest of a followed build from its stored result: the end of the
+/// step being followed and every step after it.
+fn finish_log(node: &str, build: &str, seen: Option<(usize, u64)>) -> anyhow::Result<()> {
+    let b = get_json(node, &format!("/api/v1/builds/{build}"), &[])?;
+    for (i, step) in b["steps"].as_array().into_iter().flatten().enumerate() {
+        let from = match seen {
+            Some((s, _)) if i < s => continue,
+            Some((s, off)) if i == s => {
+                // A log cut at the cap no longer lines up with the live offsets.
+                if step["log"]["truncated"] == true {
+                    continue;
+                }
+                off as usize
+            }
+            _ => {
+                emit(&format!("== step {} ==\n", step["name"].as_str().unwrap_or("?")));
+                0
+            }
+        };
+        if step["log"].is_object() {
+            let text = get_text(node, &format!("/api/v1/builds/{build}/steps/{i}/log"))?;
+            emit(text.get(from.min(text.len())..).unwrap_or_default());
+        }
+    }
+    Ok(())
+}

@@ -191,7 +191,8 @@ async fn run_build(
         }
     };
     info!(job = %order.job.short(), builder = %order.builder, commit = %order.commit, "build started");
-    for step in &spec.steps {
+    for (index, step) in spec.steps.iter().enumerate() {
+        crate::live::begin(order.job, order.attempt, &step.name, index);
         // Progress may be lost when the core's mailbox is full: the next step or the outcome says more.
         let progress = BuildReport::Progress { job: order.job, attempt: order.attempt, step: step.name.clone() };
         if report.try_send(progress).is_err() {
@@ -207,7 +208,8 @@ async fn run_build(
             ("PEERBOT_STEP", step.name.clone()),
         ];
         let cmd = jail.command(&ws, &home, &[&mirror], &step.run, &envs);
-        let so = run_step(cmd, &step.run, Duration::from_secs(step.timeout_secs), &mut cancel, log_limit).await;
+        let timeout = Duration::from_secs(step.timeout_secs);
+        let so = run_step(cmd, &step.run, timeout, &mut cancel, log_limit, order.job).await;
         let so = match so {
             Ok(mut so) => {
                 so.name = step.name.clone();
@@ -230,6 +232,7 @@ async fn run_build(
             break;
         }
     }
+    crate::live::end(&order.job);
     let _ = tokio::fs::remove_dir_all(&ws).await;
     let _ = tokio::fs::remove_dir_all(&home).await;
     outcome.ended_ms = now_ms();
@@ -270,6 +273,7 @@ async fn run_step(
     timeout: Duration,
     cancel: &mut watch::Receiver<bool>,
     log_limit: u64,
+    job: Hash32,
 ) -> anyhow::Result<StepOutcome> {
     let (reader, writer) = std::io::pipe()?;
     let writer2 = writer.try_clone()?;
@@ -284,7 +288,7 @@ async fn run_step(
     if let Ok(mut g) = live_groups().lock() {
         g.insert(pid);
     }
-    let collector = tokio::task::spawn_blocking(move || collect_log(reader, log_limit));
+    let collector = tokio::task::spawn_blocking(move || collect_log(reader, log_limit, job));
     let mut timed_out = false;
     let status = tokio::select! {
         s = child.wait() => Some(s?),
@@ -338,13 +342,16 @@ async fn wait_cancel(cancel: &mut watch::Receiver<bool>) {
 /// Reads the whole output, keeping at most `limit` bytes: the first half
 /// and the last half of what was written (the end usually holds the
 /// error), with a line in the middle saying what was left out.
-fn collect_log(mut r: std::io::PipeReader, limit: u64) -> (Vec<u8>, bool) {
+fn collect_log(mut r: std::io::PipeReader, limit: u64, job: Hash32) -> (Vec<u8>, bool) {
     let mut kept = HeadTail::new(limit as usize);
     let mut buf = [0u8; 64 * 1024];
     loop {
         match r.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => kept.push(&buf[..n]),
+            Ok(n) => {
+                kept.push(&buf[..n]);
+                crate::live::push(&job, &buf[..n]);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{get, post, web, HttpResponse, Responder};
+use actix_web::{get, post, web, HttpResponse};
 use peerbot_protocol::core::{Announced, JobStatus};
 use peerbot_protocol::record::{self, Body, VerifiedRecord};
 use peerbot_protocol::store::Store;
@@ -33,6 +33,8 @@ pub struct AppState {
     /// page of another site that points its own name at this address
     /// (DNS rebinding) is refused.
     pub hosts: Vec<String>,
+    /// This node's `--name`, shown on every page.
+    pub name: String,
 }
 
 /// See `AppState::core_slots`: actix queues `send` past a mailbox's
@@ -47,6 +49,7 @@ impl AppState {
         data_dir: PathBuf,
         api_token: String,
         hosts: Vec<String>,
+        name: String,
     ) -> Self {
         AppState {
             core,
@@ -54,13 +57,14 @@ impl AppState {
             data_dir,
             api_token,
             hosts,
+            name,
             core_slots: tokio::sync::Semaphore::new(MAX_CORE_QUERIES),
             fetch_slots: tokio::sync::Semaphore::new(MAX_LOG_FETCHES),
         }
     }
 
     /// Asks the Core actor, unless too many requests already wait for it.
-    async fn ask<M>(&self, msg: M) -> Result<M::Result, HttpResponse>
+    pub(crate) async fn ask<M>(&self, msg: M) -> Result<M::Result, HttpResponse>
     where
         M: actix::Message + Send + 'static,
         M::Result: Send,
@@ -76,7 +80,7 @@ impl AppState {
 }
 
 /// Checks the bearer token of a write; blake3 hashes compare in constant time.
-fn authorize(req: &actix_web::HttpRequest, st: &AppState) -> Result<(), HttpResponse> {
+pub(crate) fn authorize(req: &actix_web::HttpRequest, st: &AppState) -> Result<(), HttpResponse> {
     let given = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -92,7 +96,7 @@ fn authorize(req: &actix_web::HttpRequest, st: &AppState) -> Result<(), HttpResp
     ))
 }
 
-type State = web::Data<AppState>;
+pub(crate) type State = web::Data<AppState>;
 
 /// The names a node answers to: localhost and the loopback addresses, the
 /// address it is bound to unless that is a wildcard, and `--http-host`.
@@ -108,7 +112,7 @@ pub fn allowed_hosts(bind: &str, extra: &[String]) -> Vec<String> {
 }
 
 /// The name in a `Host` header, without its port or an IPv6 literal's brackets.
-fn host_name(header: &str) -> String {
+pub(crate) fn host_name(header: &str) -> String {
     let h = header.trim().to_ascii_lowercase();
     if let Some(rest) = h.strip_prefix('[') {
         return rest.split(']').next().unwrap_or_default().to_string();
@@ -142,25 +146,24 @@ pub async fn check_host(
     next.call(req).await.map(|r| r.map_into_left_body())
 }
 
-const MAX_LIMIT: usize = 1000;
+pub(crate) const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
 
-fn error(code: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
+pub(crate) fn error(code: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
     HttpResponse::build(code).json(json!({ "error": msg.into() }))
 }
-fn bad_request(msg: impl Into<String>) -> HttpResponse {
+pub(crate) fn bad_request(msg: impl Into<String>) -> HttpResponse {
     error(actix_web::http::StatusCode::BAD_REQUEST, msg)
 }
-fn not_found(msg: impl Into<String>) -> HttpResponse {
+pub(crate) fn not_found(msg: impl Into<String>) -> HttpResponse {
     error(actix_web::http::StatusCode::NOT_FOUND, msg)
 }
-fn unavailable(msg: impl Into<String>) -> HttpResponse {
+pub(crate) fn unavailable(msg: impl Into<String>) -> HttpResponse {
     error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, msg)
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(index)
-        .service(node)
+    cfg.service(node)
         .service(metrics)
         .service(peers)
         .service(list_changes)
@@ -234,7 +237,7 @@ pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
     v
 }
 
-fn change_json(rec: &VerifiedRecord) -> Value {
+pub(crate) fn change_json(rec: &VerifiedRecord) -> Value {
     let Body::Change(c) = &rec.body else { return Value::Null };
     json!({
         "id": rec.id.to_hex(),
@@ -256,13 +259,8 @@ fn change_json(rec: &VerifiedRecord) -> Value {
 }
 
 /// A change this node just announced, as the API shows changes.
-fn stored_change_json(st: &AppState, id: &peerbot_protocol::Hash32) -> Value {
+pub(crate) fn stored_change_json(st: &AppState, id: &peerbot_protocol::Hash32) -> Value {
     st.store.record(id).as_ref().map(change_json).unwrap_or(json!({"id": id.to_hex()}))
-}
-
-#[get("/")]
-async fn index() -> impl Responder {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("ui.html"))
 }
 
 #[get("/api/v1/node")]
@@ -306,10 +304,10 @@ struct ChangesQuery {
 
 /// Records a filtered list reads at most per request: past it the page
 /// comes back short, with `X-Next-Before` saying where to go on.
-const SCAN_BUDGET: usize = 20_000;
+pub(crate) const SCAN_BUDGET: usize = 20_000;
 
 /// The order key of the `before` cursor: a record id or a unique prefix.
-fn before_key(st: &AppState, before: &Option<String>) -> Result<Option<SyncKey>, HttpResponse> {
+pub(crate) fn before_key(st: &AppState, before: &Option<String>) -> Result<Option<SyncKey>, HttpResponse> {
     let Some(b) = before else { return Ok(None) };
     match st.store.record_by_prefix(b) {
         Ok(Some(rec)) => Ok(Some(SyncKey { time: rec.time(), id: rec.id })),
@@ -462,7 +460,7 @@ async fn list_builds(st: State, q: web::Query<BuildsQuery>) -> HttpResponse {
     page_response(out, page.next)
 }
 
-fn find_result(st: &AppState, id: &str) -> Result<VerifiedRecord, HttpResponse> {
+pub(crate) fn find_result(st: &AppState, id: &str) -> Result<VerifiedRecord, HttpResponse> {
     match st.store.record_by_prefix(id) {
         Ok(Some(rec)) if matches!(rec.body, Body::Result(_)) => Ok(rec),
         Ok(_) => Err(not_found(format!("no build result {id}"))),
@@ -484,7 +482,7 @@ async fn get_build(st: State, id: web::Path<String>) -> HttpResponse {
 
 /// Who broke or fixed the builder with this result, by commit ancestry
 /// (`peerbot_protocol::blame`): the same answer on every node and page.
-fn add_blame(store: &RocksStore, rec: &VerifiedRecord, v: &mut Value) {
+pub(crate) fn add_blame(store: &RocksStore, rec: &VerifiedRecord, v: &mut Value) {
     let Body::Result(r) = &rec.body else { return };
     let b = peerbot_protocol::blame::blame(store, r);
     v["broke_build"] = json!(!b.blamelist.is_empty());
@@ -609,7 +607,7 @@ struct ForceBody {
 }
 
 /// Resolves a commit of a repository, fetching it first, into what the core needs.
-async fn commit_info_for(
+pub(crate) async fn commit_info_for(
     st: &AppState,
     repo: &str,
     branch: Option<String>,

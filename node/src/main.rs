@@ -8,11 +8,13 @@ mod executor;
 mod git;
 mod http;
 mod identity;
+mod live;
 mod metrics;
 mod net;
 mod sandbox;
 mod store;
 mod watcher;
+mod web;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -94,14 +96,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print the log of one step of a build.
+    /// Print the log of one step of a build, or follow a running job's log.
     Log {
         #[command(flatten)]
         node: NodeUrl,
-        /// Build result id (a unique prefix of at least 4 hex digits works).
-        build_id: String,
-        /// Step name, or its 0-based index.
-        step: String,
+        /// Build result id (a unique prefix of at least 4 hex digits works);
+        /// with --follow, a job id.
+        id: String,
+        /// Step name, or its 0-based index (not with --follow).
+        step: Option<String>,
+        /// Print the job's output as it runs, step after step, until its
+        /// result is stored; exits non-zero unless the build succeeded.
+        #[arg(long, conflicts_with = "step")]
+        follow: bool,
     },
     /// Force a rebuild of a commit, even one built before (new jobs).
     Force {
@@ -423,8 +430,18 @@ fn main() {
                 }
             })
         }
-        Cmd::Log { node, build_id, step } => {
-            client::get_text(&node.url, &format!("/api/v1/builds/{build_id}/steps/{step}/log")).map(|t| {
+        Cmd::Log { node, id, follow: true, .. } => client::follow_log(&node.url, &id).and_then(|status| {
+            if matches!(status.as_str(), "success" | "warnings") {
+                Ok(())
+            } else {
+                anyhow::bail!("the build's status is {status}")
+            }
+        }),
+        Cmd::Log { step: None, id, .. } => {
+            Err(anyhow::anyhow!("give the step (its name or 0-based index) of build {id}, or --follow a job"))
+        }
+        Cmd::Log { node, id, step: Some(step), follow: false } => {
+            client::get_text(&node.url, &format!("/api/v1/builds/{id}/steps/{step}/log")).map(|t| {
                 // Raw into a pipe or a file; made safe for a terminal.
                 if std::io::stdout().is_terminal() {
                     print!("{}", client::clean_log(&t))
@@ -691,12 +708,14 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             data_dir.clone(),
             api_token,
             http::allowed_hosts(&a.http, &a.http_host),
+            name.clone(),
         ));
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(state.clone())
                 .wrap(actix_web::middleware::from_fn(http::check_host))
                 .configure(http::routes)
+                .configure(web::routes)
         })
         .workers(2)
         .disable_signals()

@@ -4,6 +4,7 @@
 //! Every process is killed when its handle drops; every wait is for a
 //! condition, with a generous bound, never a bare sleep.
 
+pub mod browser;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

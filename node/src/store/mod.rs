@@ -16,7 +16,7 @@ mod query;
 
 pub use jobs::{Finished, Position};
 use query::{file_indexes, rebuild_indexes, INDEX_CFS, INDEX_VERSION, INDEX_VERSION_KEY};
-pub use query::{set_block_cache_mb, Filter, Kind};
+pub use query::{set_block_cache_mb, Filter, Kind, Page};
 
 const CF_RECORDS: &str = "records";
 const CF_ORDER: &str = "order";
