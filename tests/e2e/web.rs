@@ -2,7 +2,8 @@
 //! against a real node building a real repository: every page renders, a
 //! build's log is two clicks from the console, the live tail grows while a
 //! step runs (and `peerbot log --follow` prints it), a recipe error shows in
-//! red, and the force button works after logging in and is refused before.
+//! red, the force button works after logging in and is refused before, and
+//! the rebuild and cancel buttons do what they say.
 //! Screenshots of every page land in the test's target directory.
 
 use std::io::Read;
@@ -137,7 +138,7 @@ fn the_dashboard_in_a_browser() {
 
     let driver = Driver::start().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let followed = rt.block_on(async {
         let c = driver.browser().await.unwrap();
         let base = n.url();
 
@@ -219,7 +220,27 @@ fn the_dashboard_in_a_browser() {
         let forced = change_of(&n, &c2, true);
         assert_eq!(now.path(), format!("/changes/{}", forced["id"].as_str().unwrap()));
         shot(&c, "change-forced").await;
+
+        // Rebuild the slow build with the gate shut, then cancel it from its job page.
+        std::fs::remove_file(&gate).unwrap();
+        let slow = build_of(&n, &c3, "wait");
+        c.goto(&format!("{base}/builds/{}", slow["id"].as_str().unwrap())).await.unwrap();
+        c.find(Locator::Css("form[action='/ui/force'] button")).await.unwrap().click().await.unwrap();
+        until_source_has(&c, "forced from the web page").await;
+        c.find(Locator::LinkText("wait")).await.unwrap().click().await.unwrap();
+        until_source_has(&c, "tick ").await;
+        let job = c.current_url().await.unwrap().path().trim_start_matches("/jobs/").to_string();
+        c.find(Locator::Css("form[action='/ui/cancel'] button")).await.unwrap().click().await.unwrap();
+        // The running build is killed and its result says so.
+        let cancelled = wait_for("the rebuild cancelled", LONG, || {
+            let j = n.get(&format!("/api/v1/jobs/{job}")).ok()?;
+            j["results"].as_array().is_some_and(|r| !r.is_empty()).then_some(j)
+        })
+        .unwrap();
+        assert_eq!(cancelled["cancelled"]["reason"], "cancelled from the web page", "{cancelled}");
+        assert_eq!(cancelled["results"][0]["status"], "cancelled", "{cancelled}");
         c.close().await.unwrap();
+        done["id"].as_str().unwrap().to_string()
     });
 
     // `peerbot log --follow` printed the step as it ran, then the result.
@@ -229,7 +250,7 @@ fn the_dashboard_in_a_browser() {
     assert!(status.success(), "{out}");
     assert!(out.starts_with("== step wait ==\n"), "{out}");
     assert!(out.contains("tick 3\n") && out.contains("finished\n"), "{out}");
-    assert!(out.trim_end().ends_with(&format!("== success: build {} ==", build_of(&n, &c3, "wait")["id"].as_str().unwrap())), "{out}");
+    assert!(out.trim_end().ends_with(&format!("== success: build {followed} ==")), "{out}");
 }
 
 /// Writes from pages need the login cookie and the CSRF token of that
