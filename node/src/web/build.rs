@@ -303,3 +303,24 @@ pub async fn change_page(req: HttpRequest, st: State, id: web::Path<String>) -> 
     let json = format!("/api/v1/changes/{}", s(&c["id"]));
     page(Layout { title, here: "", json, refresh: false, session: &session }, body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_keeps_its_colours_and_never_its_markup() {
+        let (html, cut) = render_log(b"\x1b[31mred\x1b[0m <script>alert(1)</script> & \"q\"\n");
+        let html = html.into_string();
+        assert!(!cut);
+        assert!(!html.contains("<script"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(html.contains("red") && html.contains("<span"), "{html}");
+        // A long log shows its end, from the start of a line.
+        let mut long = vec![b'x'; LOG_SHOWN];
+        long.extend_from_slice(b"\nthe end\n");
+        let (html, cut) = render_log(&long);
+        assert!(cut);
+        assert!(html.into_string().ends_with("the end\n"));
+    }
+}
