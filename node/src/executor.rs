@@ -191,14 +191,19 @@ async fn run_build(
         }
     };
     info!(job = %order.job.short(), builder = %order.builder, commit = %order.commit, "build started");
+    let mut halted = false;
     for (index, step) in spec.steps.iter().enumerate() {
+        if !peerbot_protocol::recipe::step_runs(step, halted) {
+            continue;
+        }
         crate::live::begin(order.job, order.attempt, &step.name, index);
         // Progress may be lost when the core's mailbox is full: the next step or the outcome says more.
         let progress = BuildReport::Progress { job: order.job, attempt: order.attempt, step: step.name.clone() };
         if report.try_send(progress).is_err() {
             debug!(job = %order.job.short(), step = %step.name, "the core is busy; step progress not reported");
         }
-        let envs = [
+        let mut envs: Vec<(&str, String)> = step.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        envs.extend([
             ("PEERBOT_JOB", order.job.to_hex()),
             ("PEERBOT_ATTEMPT", order.attempt.to_string()),
             ("PEERBOT_REPO", order.repo.clone()),
@@ -206,10 +211,15 @@ async fn run_build(
             ("PEERBOT_COMMIT", order.commit.clone()),
             ("PEERBOT_BUILDER", order.builder.clone()),
             ("PEERBOT_STEP", step.name.clone()),
-        ];
-        let cmd = jail.command(&ws, &home, &[&mirror], &step.run, &envs);
-        let timeout = Duration::from_secs(step.timeout_secs);
-        let so = run_step(cmd, &step.run, timeout, &mut cancel, log_limit, order.job).await;
+        ]);
+        let so = match step_dir(&ws, step.workdir.as_deref()).await {
+            Ok(cwd) => {
+                let cmd = jail.command(&ws, &cwd, &home, &[&mirror], &step.run, &envs);
+                let timeout = Duration::from_secs(step.timeout_secs);
+                run_step(cmd, &step.run, timeout, &mut cancel, log_limit, order.job).await
+            }
+            Err(e) => Err(e),
+        };
         let so = match so {
             Ok(mut so) => {
                 so.name = step.name.clone();
@@ -222,21 +232,32 @@ async fn run_build(
                 ..Default::default()
             },
         };
-        let failed = so.exit_code != Some(0);
+        let warnings = peerbot_protocol::logparse::count_warnings(&String::from_utf8_lossy(&so.log));
+        let verdict = peerbot_protocol::recipe::step_verdict(Some(step), so.exit_code, so.timed_out, warnings);
         outcome.steps.push(so);
         if *cancel.borrow() {
             outcome.cancelled = true;
             break;
         }
-        if failed {
-            break;
-        }
+        halted |= verdict == peerbot_protocol::recipe::StepVerdict::Failure && step.halt_on_failure;
     }
     crate::live::end(&order.job);
     let _ = tokio::fs::remove_dir_all(&ws).await;
     let _ = tokio::fs::remove_dir_all(&home).await;
     outcome.ended_ms = now_ms();
     outcome
+}
+
+/// The directory a step runs in: the checkout, or its `workdir`, which
+/// must exist and, symbolic links followed, stay inside the checkout.
+async fn step_dir(ws: &Path, workdir: Option<&str>) -> anyhow::Result<PathBuf> {
+    let Some(w) = workdir else { return Ok(ws.to_path_buf()) };
+    let root = tokio::fs::canonicalize(ws).await?;
+    let dir = tokio::fs::canonicalize(ws.join(w)).await.map_err(|e| anyhow::anyhow!("workdir {w:?}: {e}"))?;
+    if !dir.starts_with(&root) || !dir.is_dir() {
+        anyhow::bail!("workdir {w:?} is not a directory inside the checkout");
+    }
+    Ok(dir)
 }
 
 /// Process groups of steps running now, so a stopping node takes them along.

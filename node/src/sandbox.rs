@@ -90,9 +90,11 @@ impl StepJail {
     /// with only `envs` beside PATH, HOME, LANG and TERM; `readable` stays
     /// visible (read-only) inside a hidden directory (the repository mirror
     /// that the checkout borrows objects from).
+    /// `sh -c script` in `cwd` (the checkout `ws` or a directory in it).
     pub fn command(
         &self,
         ws: &Path,
+        cwd: &Path,
         home: &Path,
         readable: &[&Path],
         script: &str,
@@ -119,11 +121,11 @@ impl StepJail {
                 for w in [ws, home] {
                     c.arg("--bind").arg(w).arg(w);
                 }
-                c.arg("--chdir").arg(ws).args(["--", "sh"]);
+                c.arg("--chdir").arg(cwd).args(["--", "sh"]);
                 c
             }
         };
-        cmd.arg("-c").arg(script).current_dir(ws).env_clear();
+        cmd.arg("-c").arg(script).current_dir(cwd).env_clear();
         cmd.env("PATH", &self.path_var).env("HOME", home).env("LANG", "C.UTF-8").env("TERM", "dumb");
         for (k, v) in envs {
             cmd.env(k, v);
@@ -188,7 +190,7 @@ mod tests {
         let ws = jail.work_root().join("b");
         std::fs::create_dir_all(&ws).unwrap();
         let script = format!("cat {}/HEAD", mirror.display());
-        let out = jail.command(&ws, &ws, &[&relative], &script, &[]).output().unwrap();
+        let out = jail.command(&ws, &ws, &ws, &[&relative], &script, &[]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ref: refs/heads/main\n");
     }
@@ -199,7 +201,7 @@ mod tests {
         let data = root.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let jail = StepJail::prepare(SandboxMode::None, &root.path().join("w"), &data, &[]).unwrap();
-        let out = jail.command(root.path(), root.path(), &[], "env", &[("PEERBOT_STEP", "s".into())]).output().unwrap();
+        let out = jail.command(root.path(), root.path(), root.path(), &[], "env", &[("PEERBOT_STEP", "s".into())]).output().unwrap();
         let env = String::from_utf8_lossy(&out.stdout);
         let mut names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
         names.sort();

@@ -10,6 +10,8 @@
 //! timeout_secs = 600
 //! ```
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Hash32;
@@ -49,6 +51,7 @@ pub fn check_spec(j: &JobSpec) -> Result<(), String> {
         if s.timeout_secs == 0 || s.timeout_secs > MAX_STEP_TIMEOUT_SECS {
             return Err(format!("builder {:?}: a step's timeout is not 1 to {MAX_STEP_TIMEOUT_SECS} s", j.builder));
         }
+        check_step_options(&s.env, s.workdir.as_deref()).map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
     }
     Ok(())
 }
@@ -58,6 +61,116 @@ pub struct StepSpec {
     pub name: String,
     pub run: String,
     pub timeout_secs: u64,
+    /// Variables added to the step's environment (never `PEERBOT_*`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Where the step runs, relative to the checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// A failure stops the build: later steps run only if `always_run`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub halt_on_failure: bool,
+    /// A failure makes the build `warnings`, not `failure`, and halts nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub warn_on_failure: bool,
+    /// Warnings in the step's log make it a failure.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub flunk_on_warnings: bool,
+    /// Runs even after an earlier step halted the build (cleanup).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub always_run: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl StepSpec {
+    /// A step with the defaults: halts on failure, nothing else set.
+    pub fn new(name: impl Into<String>, run: impl Into<String>, timeout_secs: u64) -> StepSpec {
+        StepSpec {
+            name: name.into(),
+            run: run.into(),
+            timeout_secs,
+            env: BTreeMap::new(),
+            workdir: None,
+            halt_on_failure: true,
+            warn_on_failure: false,
+            flunk_on_warnings: false,
+            always_run: false,
+        }
+    }
+}
+
+/// How a step ended, as its build's status counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepVerdict {
+    Success,
+    Warnings,
+    Failure,
+}
+
+/// Judges a step that ran: a non-zero exit or a timeout fails it, unless
+/// `warn_on_failure`; warnings in its log fail it under `flunk_on_warnings`.
+/// `spec` is `None` for a step the recipe does not name (defaults apply).
+pub fn step_verdict(spec: Option<&StepSpec>, exit_code: Option<i32>, timed_out: bool, warnings: u64) -> StepVerdict {
+    let failed = timed_out || exit_code != Some(0);
+    match (failed, warnings > 0) {
+        (true, _) if spec.is_some_and(|s| s.warn_on_failure) => StepVerdict::Warnings,
+        (true, _) => StepVerdict::Failure,
+        (false, true) if spec.is_some_and(|s| s.flunk_on_warnings) => StepVerdict::Failure,
+        (false, true) => StepVerdict::Warnings,
+        (false, false) => StepVerdict::Success,
+    }
+}
+
+/// Whether a step runs, given that an earlier one has halted the build or not.
+pub fn step_runs(spec: &StepSpec, halted: bool) -> bool {
+    !halted || spec.always_run
+}
+
+pub const MAX_STEP_ENV: usize = 64;
+pub const MAX_ENV_VALUE_LEN: usize = 4096;
+pub const MAX_WORKDIR_LEN: usize = 256;
+
+/// A step's `env` and `workdir` as a recipe may set them: names of shell
+/// variables outside `PEERBOT_`, values of bounded size without NUL, and a
+/// relative path that stays inside the checkout.
+fn check_step_options(env: &BTreeMap<String, String>, workdir: Option<&str>) -> Result<(), String> {
+    if env.len() > MAX_STEP_ENV {
+        return Err(format!("env has over {MAX_STEP_ENV} variables"));
+    }
+    for (k, v) in env {
+        let shell_name = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && k.len() <= MAX_NAME_LEN;
+        if !shell_name {
+            return Err(format!("env name {k:?} is not a variable name (letters, digits, '_'; not first a digit)"));
+        }
+        if k.starts_with("PEERBOT_") || matches!(k.as_str(), "PATH" | "HOME") {
+            return Err(format!("env name {k:?} is set by the node and cannot be changed"));
+        }
+        if v.len() > MAX_ENV_VALUE_LEN || v.contains('\0') {
+            return Err(format!("env {k:?}: its value is over {MAX_ENV_VALUE_LEN} bytes or holds a NUL"));
+        }
+    }
+    if let Some(w) = workdir {
+        let p = std::path::Path::new(w);
+        let inside = !w.is_empty()
+            && w.len() <= MAX_WORKDIR_LEN
+            && !w.contains('\0')
+            && p.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        if !inside {
+            return Err(format!("workdir {w:?} must be a relative path inside the checkout, without '..'"));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +231,16 @@ struct RawStep {
     name: Option<String>,
     run: String,
     timeout_secs: Option<u64>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+    halt_on_failure: Option<bool>,
+    #[serde(default)]
+    warn_on_failure: bool,
+    #[serde(default)]
+    flunk_on_warnings: bool,
+    #[serde(default)]
+    always_run: bool,
 }
 
 /// The job id every node derives for one builder at one commit.
@@ -194,7 +317,17 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
                     b.name
                 )));
             }
-            steps.push(StepSpec { name, run: s.run.clone(), timeout_secs });
+            check_step_options(&s.env, s.workdir.as_deref())
+                .map_err(|e| RecipeError::Invalid(format!("builder {:?} step {name:?}: {e}", b.name)))?;
+            steps.push(StepSpec {
+                env: s.env.clone(),
+                workdir: s.workdir.clone(),
+                halt_on_failure: s.halt_on_failure.unwrap_or(true),
+                warn_on_failure: s.warn_on_failure,
+                flunk_on_warnings: s.flunk_on_warnings,
+                always_run: s.always_run,
+                ..StepSpec::new(name, s.run.clone(), timeout_secs)
+            });
         }
         let tree_stable_secs = b.tree_stable_secs.unwrap_or(0);
         if tree_stable_secs > MAX_TREE_STABLE_SECS {
@@ -451,5 +584,96 @@ run = "nvidia-smi"
         assert_eq!(shown("a\nb\t\u{1b}[2J"), "a\\nb\\t\\u{1b}[2J");
         let long = "x".repeat(1000);
         assert_eq!(shown(&long).chars().count(), SHOWN_COMMAND_CHARS + 1);
+    }
+
+    #[test]
+    fn step_options_parse_with_their_defaults_and_are_checked() {
+        let text = r#"
+[[builder]]
+name = "b"
+[[builder.step]]
+name = "setup"
+run = "true"
+env = { FOO = "bar", _X1 = "" }
+workdir = "sub/dir"
+[[builder.step]]
+name = "lint"
+run = "lint"
+halt_on_failure = false
+warn_on_failure = true
+flunk_on_warnings = true
+[[builder.step]]
+name = "cleanup"
+run = "rm -rf out"
+always_run = true
+"#;
+        let jobs = parse_recipe("r", "c", text).unwrap();
+        let s = &jobs[0].steps;
+        assert_eq!(s[0].env.get("FOO").map(String::as_str), Some("bar"));
+        assert_eq!(s[0].workdir.as_deref(), Some("sub/dir"));
+        assert!(s[0].halt_on_failure && !s[0].warn_on_failure && !s[0].flunk_on_warnings && !s[0].always_run);
+        assert!(!s[1].halt_on_failure && s[1].warn_on_failure && s[1].flunk_on_warnings);
+        assert!(s[2].always_run);
+        assert!(check_spec(&jobs[0]).is_ok());
+        let bad = |opt: &str| {
+            let t = format!("[[builder]]\nname = \"b\"\n[[builder.step]]\nrun = \"x\"\n{opt}\n");
+            parse_recipe("r", "c", &t).unwrap_err().to_string()
+        };
+        for (opt, says) in [
+            ("env = { PEERBOT_JOB = \"x\" }", "set by the node"),
+            ("env = { PATH = \"/x\" }", "set by the node"),
+            ("env = { \"1A\" = \"x\" }", "not a variable name"),
+            ("env = { \"A-B\" = \"x\" }", "not a variable name"),
+            ("workdir = \"../up\"", "inside the checkout"),
+            ("workdir = \"/etc\"", "inside the checkout"),
+            ("workdir = \"a/../../b\"", "inside the checkout"),
+            ("always = true", "unknown field"),
+        ] {
+            assert!(bad(opt).contains(says), "{opt}: {}", bad(opt));
+        }
+        // A peer's announcement is held to the same rules.
+        let mut j = jobs[0].clone();
+        j.steps[0].workdir = Some("../../etc".into());
+        assert!(check_spec(&j).unwrap_err().contains("workdir"));
+    }
+
+    #[test]
+    fn a_step_without_options_encodes_as_before_so_recipe_hashes_do_not_change() {
+        #[derive(Serialize)]
+        struct Before {
+            name: String,
+            run: String,
+            timeout_secs: u64,
+        }
+        let old = Before { name: "build".into(), run: "make".into(), timeout_secs: 600 };
+        let new = StepSpec::new("build", "make", 600);
+        assert_eq!(crate::codec::encode(&old), crate::codec::encode(&new));
+        let decoded: StepSpec = crate::codec::decode(&crate::codec::encode(&old), 1 << 16).unwrap();
+        assert_eq!(decoded, new, "an old step reads with the defaults (halt_on_failure)");
+    }
+
+    #[test]
+    fn step_verdicts_follow_the_step_options() {
+        use StepVerdict::*;
+        let plain = StepSpec::new("s", "x", 1);
+        let warn = StepSpec { warn_on_failure: true, ..plain.clone() };
+        let flunk = StepSpec { flunk_on_warnings: true, ..plain.clone() };
+        let cases = [
+            (Some(&plain), Some(0), false, 0, Success),
+            (Some(&plain), Some(0), false, 2, Warnings),
+            (Some(&plain), Some(1), false, 0, Failure),
+            (Some(&plain), Some(0), true, 0, Failure),
+            (Some(&plain), None, false, 0, Failure),
+            (Some(&warn), Some(1), false, 0, Warnings),
+            (Some(&warn), None, true, 0, Warnings),
+            (Some(&flunk), Some(0), false, 1, Failure),
+            (Some(&flunk), Some(0), false, 0, Success),
+            (None, Some(2), false, 0, Failure),
+        ];
+        for (spec, exit, timed_out, warnings, want) in cases {
+            assert_eq!(step_verdict(spec, exit, timed_out, warnings), want, "{spec:?} {exit:?} {timed_out} {warnings}");
+        }
+        let cleanup = StepSpec { always_run: true, ..plain.clone() };
+        assert!(step_runs(&plain, false) && !step_runs(&plain, true) && step_runs(&cleanup, true));
     }
 }

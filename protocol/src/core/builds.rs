@@ -9,7 +9,7 @@ use super::jobs::JobView;
 use crate::codec::{decode, encode};
 use crate::ids::Hash32;
 use crate::logparse::{count_tests, count_warnings};
-use crate::recipe::StepSpec;
+use crate::recipe::{StepSpec, StepVerdict};
 use crate::record::{self, BlobRef, BuildResult, Status, StepResult};
 use crate::store::{Store, StoreError};
 use crate::Millis;
@@ -163,6 +163,7 @@ pub fn assemble_result(
 ) -> BuildResult {
     let mut steps = Vec::with_capacity(o.steps.len());
     let mut failed_step = None;
+    let mut warned = false;
     let mut warnings = 0;
     let mut tests: Option<record::TestCounts> = None;
     for s in &o.steps {
@@ -177,8 +178,11 @@ pub fn assemble_result(
             acc.skipped += t.skipped;
         }
         let hash = Hash32::of(&s.log);
-        if failed_step.is_none() && (s.exit_code != Some(0)) {
-            failed_step = Some(s.name.clone());
+        let spec = job.spec.steps.iter().find(|x| x.name == s.name);
+        match crate::recipe::step_verdict(spec, s.exit_code, s.timed_out, w) {
+            StepVerdict::Failure if failed_step.is_none() => failed_step = Some(s.name.clone()),
+            StepVerdict::Warnings => warned = true,
+            _ => {}
         }
         steps.push(StepResult {
             name: s.name.clone(),
@@ -191,7 +195,7 @@ pub fn assemble_result(
             tests: t,
         });
     }
-    let status = status_of(o, failed_step.is_some(), warnings);
+    let status = status_of(o, failed_step.is_some(), warned || warnings > 0);
     let result = BuildResult {
         job: o.job,
         repo: job.repo.clone(),
@@ -214,14 +218,14 @@ pub fn assemble_result(
     result
 }
 
-fn status_of(o: &BuildOutcome, failed: bool, warnings: u64) -> Status {
+fn status_of(o: &BuildOutcome, failed: bool, warned: bool) -> Status {
     if o.error.is_some() {
         Status::Exception
     } else if o.cancelled {
         Status::Cancelled
     } else if failed {
         Status::Failure
-    } else if warnings > 0 {
+    } else if warned {
         Status::Warnings
     } else {
         Status::Success

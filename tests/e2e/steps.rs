@@ -1,0 +1,107 @@
+//! Step options on a real node and a real repository: `env` and `workdir`
+//! reach the step; a failure halts the build but for `always_run` steps;
+//! `warn_on_failure` turns a failure into warnings and halts nothing;
+//! `flunk_on_warnings` fails a step whose log has warnings.
+
+use std::path::Path;
+use std::time::Duration;
+
+use peerbot_tests::{wait_for, GitRepo, Node};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_peerbot");
+const LONG: Duration = Duration::from_secs(120);
+
+const RECIPE: &str = r#"
+[[builder]]
+name = "halts"
+[[builder.step]]
+name = "setup"
+workdir = "sub"
+env = { GREETING = "hello from env" }
+run = "echo \"$GREETING in $(basename \"$PWD\")\""
+[[builder.step]]
+name = "lint"
+warn_on_failure = true
+run = "echo lint found things; exit 1"
+[[builder.step]]
+name = "test"
+run = "exit 3"
+[[builder.step]]
+name = "never"
+run = "echo should not run"
+[[builder.step]]
+name = "cleanup"
+always_run = true
+run = "echo cleaned"
+
+[[builder]]
+name = "soft"
+[[builder.step]]
+name = "optional"
+warn_on_failure = true
+run = "exit 1"
+[[builder.step]]
+name = "after"
+run = "echo still ran"
+
+[[builder]]
+name = "strict"
+[[builder.step]]
+name = "compile"
+flunk_on_warnings = true
+run = "echo 'warning: unused variable'"
+[[builder.step]]
+name = "after"
+run = "true"
+"#;
+
+fn build_of(n: &Node, commit: &str, builder: &str) -> Value {
+    let found = wait_for(&format!("a {builder} result"), LONG, || {
+        let list = n.get(&format!("/api/v1/builds?commit={commit}&builder={builder}")).ok()?;
+        let id = list.as_array()?.first()?["id"].as_str()?.to_string();
+        n.get(&format!("/api/v1/builds/{id}")).ok()
+    });
+    found.unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()))
+}
+
+fn step_names(b: &Value) -> Vec<&str> {
+    b["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn step_options_decide_what_runs_and_what_the_build_is() {
+    let root = tempfile::Builder::new().prefix("peerbot-steps-").tempdir().unwrap();
+    let repo = GitRepo::new().unwrap();
+    let commit = repo.commit(&[(".peerbot.toml", RECIPE), ("sub/.keep", "")], "steps").unwrap();
+    let path = repo.path().display().to_string();
+    let args = [
+        "--watch".to_string(),
+        format!("{path}#main"),
+        "--allow-repo".into(),
+        path,
+        "--sandbox".into(),
+        "none".into(),
+    ];
+    let n = Node::start(Path::new(BIN), "steps", &root.path().join("n"), &args).unwrap();
+
+    let b = build_of(&n, &commit, "halts");
+    assert_eq!(b["status"], "failure", "{b}");
+    assert_eq!(b["failed_step"], "test");
+    assert_eq!(step_names(&b), ["setup", "lint", "test", "cleanup"], "never is skipped, cleanup runs");
+    let id = b["id"].as_str().unwrap();
+    let setup = n.get_text(&format!("/api/v1/builds/{id}/steps/setup/log")).unwrap();
+    assert_eq!(setup, "hello from env in sub\n");
+    let cleanup = n.get_text(&format!("/api/v1/builds/{id}/steps/cleanup/log")).unwrap();
+    assert_eq!(cleanup, "cleaned\n");
+
+    let b = build_of(&n, &commit, "soft");
+    assert_eq!(b["status"], "warnings", "{b}");
+    assert_eq!(step_names(&b), ["optional", "after"]);
+    assert!(b["failed_step"].is_null());
+
+    let b = build_of(&n, &commit, "strict");
+    assert_eq!(b["status"], "failure", "{b}");
+    assert_eq!(b["failed_step"], "compile");
+    assert_eq!(step_names(&b), ["compile"], "a flunked step halts the build");
+}
