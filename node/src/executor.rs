@@ -232,7 +232,8 @@ async fn run_build(
                 ..Default::default()
             },
         };
-        let warnings = peerbot_protocol::logparse::count_warnings(&String::from_utf8_lossy(&so.log));
+        let log = String::from_utf8_lossy(&so.log);
+        let (warnings, _) = peerbot_protocol::logparse::find_warnings(&log, step.warnings.as_ref(), 0);
         let verdict = peerbot_protocol::recipe::step_verdict(Some(step), so.exit_code, so.timed_out, warnings);
         outcome.steps.push(so);
         if *cancel.borrow() {

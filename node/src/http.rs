@@ -200,6 +200,7 @@ pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
                 "duration_ms": s.duration_ms,
                 "timed_out": s.timed_out,
                 "warnings": s.warnings,
+                "warning_lines": s.warning_lines,
                 "tests": s.tests,
                 "log": s.log.as_ref().map(|l| json!({"hash": l.hash.to_hex(), "size": l.size, "truncated": l.truncated})),
             })

@@ -14,6 +14,37 @@ pub fn count_warnings(log: &str) -> u64 {
         .count() as u64
 }
 
+/// Warning lines kept in a result, at most, and the characters kept of each.
+pub const MAX_WARNING_LINES: usize = 50;
+pub const MAX_WARNING_LINE_CHARS: usize = 200;
+
+/// A step's warning lines under its recipe's rule (`None`: the default
+/// pattern of `count_warnings`): how many, and the first `keep` of them.
+/// The rule's expressions were checked when the recipe was read; one that
+/// no longer compiles counts as the default.
+pub fn find_warnings(log: &str, rule: Option<&crate::recipe::WarningRule>, keep: usize) -> (u64, Vec<String>) {
+    let compiled = rule.and_then(|r| r.compile().ok());
+    let is_warning = |l: &str| match &compiled {
+        Some((pattern, suppress)) => {
+            let hit = match pattern {
+                Some(p) => p.is_match(l),
+                None => count_warnings(l) > 0,
+            };
+            hit && !suppress.iter().any(|s| s.is_match(l))
+        }
+        None => count_warnings(l) > 0,
+    };
+    let mut n = 0;
+    let mut kept = Vec::new();
+    for l in log.lines().filter(|l| is_warning(l)) {
+        n += 1;
+        if kept.len() < keep {
+            kept.push(l.chars().take(MAX_WARNING_LINE_CHARS).collect());
+        }
+    }
+    (n, kept)
+}
+
 fn number_before(words: &[&str], i: usize) -> Option<u64> {
     if i == 0 {
         return None;
@@ -85,5 +116,21 @@ mod tests {
         assert_eq!(count_tests(pytest), Some(TestCounts { passed: 7, failed: 2, skipped: 1 }));
         assert_eq!(count_tests("12 passed, 0 failed"), Some(TestCounts { passed: 12, failed: 0, skipped: 0 }));
         assert_eq!(count_tests("building...\ndone\n"), None);
+    }
+
+    #[test]
+    fn warnings_follow_the_steps_pattern_and_suppressions() {
+        use crate::recipe::WarningRule;
+        let log = "warning: unused x\nwarning: deprecated y (vendor/z.rs)\nLINT W001 style\nok\n";
+        assert_eq!(find_warnings(log, None, 50), (2, vec!["warning: unused x".into(), "warning: deprecated y (vendor/z.rs)".into()]));
+        let suppress = WarningRule { pattern: None, suppress: vec!["vendor/".into()] };
+        assert_eq!(find_warnings(log, Some(&suppress), 50), (1, vec!["warning: unused x".into()]));
+        let lint = WarningRule { pattern: Some(r"^LINT W\d+".into()), suppress: vec![] };
+        assert_eq!(find_warnings(log, Some(&lint), 50).0, 1);
+        // The count is every match; the lines kept are the first few, cut.
+        let many = format!("warning: {}\n", "x".repeat(500)).repeat(70);
+        let (n, kept) = find_warnings(&many, None, MAX_WARNING_LINES);
+        assert_eq!((n, kept.len()), (70, MAX_WARNING_LINES));
+        assert_eq!(kept[0].chars().count(), MAX_WARNING_LINE_CHARS);
     }
 }

@@ -52,6 +52,9 @@ pub fn check_spec(j: &JobSpec) -> Result<(), String> {
             return Err(format!("builder {:?}: a step's timeout is not 1 to {MAX_STEP_TIMEOUT_SECS} s", j.builder));
         }
         check_step_options(&s.env, s.workdir.as_deref()).map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
+        if let Some(w) = &s.warnings {
+            w.compile().map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
+        }
     }
     Ok(())
 }
@@ -79,6 +82,48 @@ pub struct StepSpec {
     /// Runs even after an earlier step halted the build (cleanup).
     #[serde(default, skip_serializing_if = "is_false")]
     pub always_run: bool,
+    /// Which log lines are warnings; Buildbot's default pattern when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<WarningRule>,
+}
+
+/// `warnings = { pattern = "REGEX", suppress = ["REGEX", ...] }`: a line is
+/// a warning when it matches `pattern` (or the default) and no `suppress`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarningRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppress: Vec<String>,
+}
+
+pub const MAX_PATTERN_LEN: usize = 1024;
+pub const MAX_SUPPRESS: usize = 32;
+/// Compiled size of one expression: enough for any sane pattern, and a
+/// bound on what a recipe can make a node allocate.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+type Compiled = (Option<regex::Regex>, Vec<regex::Regex>);
+
+impl WarningRule {
+    pub fn compile(&self) -> Result<Compiled, String> {
+        let one = |p: &str| {
+            if p.len() > MAX_PATTERN_LEN {
+                return Err(format!("the pattern {:?}… is over {MAX_PATTERN_LEN} bytes", &p[..p.floor_char_boundary(40)]));
+            }
+            regex::RegexBuilder::new(p)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| format!("the pattern {p:?} is not a regular expression: {e}"))
+        };
+        if self.suppress.len() > MAX_SUPPRESS {
+            return Err(format!("warnings.suppress has over {MAX_SUPPRESS} patterns"));
+        }
+        let pattern = self.pattern.as_deref().map(one).transpose()?;
+        let suppress = self.suppress.iter().map(|p| one(p)).collect::<Result<_, _>>()?;
+        Ok((pattern, suppress))
+    }
 }
 
 fn yes() -> bool {
@@ -104,6 +149,7 @@ impl StepSpec {
             warn_on_failure: false,
             flunk_on_warnings: false,
             always_run: false,
+            warnings: None,
         }
     }
 }
@@ -241,6 +287,7 @@ struct RawStep {
     flunk_on_warnings: bool,
     #[serde(default)]
     always_run: bool,
+    warnings: Option<WarningRule>,
 }
 
 /// The job id every node derives for one builder at one commit.
@@ -319,6 +366,9 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
             }
             check_step_options(&s.env, s.workdir.as_deref())
                 .map_err(|e| RecipeError::Invalid(format!("builder {:?} step {name:?}: {e}", b.name)))?;
+            if let Some(w) = &s.warnings {
+                w.compile().map_err(|e| RecipeError::Invalid(format!("builder {:?} step {name:?}: {e}", b.name)))?;
+            }
             steps.push(StepSpec {
                 env: s.env.clone(),
                 workdir: s.workdir.clone(),
@@ -326,6 +376,7 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
                 warn_on_failure: s.warn_on_failure,
                 flunk_on_warnings: s.flunk_on_warnings,
                 always_run: s.always_run,
+                warnings: s.warnings.clone(),
                 ..StepSpec::new(name, s.run.clone(), timeout_secs)
             });
         }
@@ -628,6 +679,8 @@ always_run = true
             ("workdir = \"/etc\"", "inside the checkout"),
             ("workdir = \"a/../../b\"", "inside the checkout"),
             ("always = true", "unknown field"),
+            ("warnings = { pattern = \"(\" }", "not a regular expression"),
+            ("warnings = { suppress = [\"[z-a]\"] }", "not a regular expression"),
         ] {
             assert!(bad(opt).contains(says), "{opt}: {}", bad(opt));
         }

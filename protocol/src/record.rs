@@ -114,6 +114,9 @@ pub struct StepResult {
     pub log: Option<BlobRef>,
     pub warnings: u64,
     pub tests: Option<TestCounts>,
+    /// The first warning lines of the build, cut to 200 characters each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warning_lines: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,9 @@
 //! Step options on a real node and a real repository: `env` and `workdir`
 //! reach the step; a failure halts the build but for `always_run` steps;
 //! `warn_on_failure` turns a failure into warnings and halts nothing;
-//! `flunk_on_warnings` fails a step whose log has warnings.
+//! `flunk_on_warnings` fails a step whose log has warnings; `warnings`
+//! counts the lines of its own pattern, less those suppressed, and the
+//! result keeps them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -44,6 +46,13 @@ run = "exit 1"
 [[builder.step]]
 name = "after"
 run = "echo still ran"
+
+[[builder]]
+name = "lint"
+[[builder.step]]
+name = "lint"
+warnings = { pattern = "^LINT W[0-9]+", suppress = ["vendor/"] }
+run = "echo 'LINT W001 src/a.rs'; echo 'LINT W002 vendor/b.rs'; echo 'LINT W003 src/c.rs'; echo 'warning: not ours'"
 
 [[builder]]
 name = "strict"
@@ -100,7 +109,13 @@ fn step_options_decide_what_runs_and_what_the_build_is() {
     assert_eq!(step_names(&b), ["optional", "after"]);
     assert!(b["failed_step"].is_null());
 
+    let b = build_of(&n, &commit, "lint");
+    assert_eq!(b["status"], "warnings", "{b}");
+    assert_eq!(b["steps"][0]["warnings"], 2);
+    assert_eq!(b["steps"][0]["warning_lines"], serde_json::json!(["LINT W001 src/a.rs", "LINT W003 src/c.rs"]));
+
     let b = build_of(&n, &commit, "strict");
+    assert_eq!(b["steps"][0]["warning_lines"], serde_json::json!(["warning: unused variable"]));
     assert_eq!(b["status"], "failure", "{b}");
     assert_eq!(b["failed_step"], "compile");
     assert_eq!(step_names(&b), ["compile"], "a flunked step halts the build");

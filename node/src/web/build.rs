@@ -136,6 +136,10 @@ pub async fn build_page(req: HttpRequest, st: State, id: web::Path<String>) -> H
             } }
         }
         @for (i, step) in b["steps"].as_array().into_iter().flatten().enumerate() {
+            @if let Some(lines) = step["warning_lines"].as_array().filter(|l| !l.is_empty()) {
+                h2 { "Warnings of " code { (s(&step["name"])) } " (" (step["warnings"]) ")" }
+                pre.log { @for l in lines { (s(l)) "\n" } }
+            }
             @if step["log"].is_object() {
                 h2 id={"log-" (i)} { "Log of " code { (s(&step["name"])) } }
                 @match log_of(&st, step) {

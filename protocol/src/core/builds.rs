@@ -8,7 +8,7 @@ use super::io::BuildOutcome;
 use super::jobs::JobView;
 use crate::codec::{decode, encode};
 use crate::ids::Hash32;
-use crate::logparse::{count_tests, count_warnings};
+use crate::logparse::{count_tests, find_warnings, MAX_WARNING_LINES};
 use crate::recipe::{StepSpec, StepVerdict};
 use crate::record::{self, BlobRef, BuildResult, Status, StepResult};
 use crate::store::{Store, StoreError};
@@ -164,11 +164,15 @@ pub fn assemble_result(
     let mut steps = Vec::with_capacity(o.steps.len());
     let mut failed_step = None;
     let mut warned = false;
+    let mut kept_lines = 0;
     let mut warnings = 0;
     let mut tests: Option<record::TestCounts> = None;
     for s in &o.steps {
         let text = String::from_utf8_lossy(&s.log);
-        let w = count_warnings(&text);
+        let spec = job.spec.steps.iter().find(|x| x.name == s.name);
+        let keep = MAX_WARNING_LINES.saturating_sub(kept_lines);
+        let (w, warning_lines) = find_warnings(&text, spec.and_then(|x| x.warnings.as_ref()), keep);
+        kept_lines += warning_lines.len();
         let t = count_tests(&text);
         warnings += w;
         if let Some(t) = &t {
@@ -178,7 +182,6 @@ pub fn assemble_result(
             acc.skipped += t.skipped;
         }
         let hash = Hash32::of(&s.log);
-        let spec = job.spec.steps.iter().find(|x| x.name == s.name);
         match crate::recipe::step_verdict(spec, s.exit_code, s.timed_out, w) {
             StepVerdict::Failure if failed_step.is_none() => failed_step = Some(s.name.clone()),
             StepVerdict::Warnings => warned = true,
@@ -193,6 +196,7 @@ pub fn assemble_result(
             log: Some(BlobRef { hash, size: s.log.len() as u64, truncated: s.truncated }),
             warnings: w,
             tests: t,
+            warning_lines,
         });
     }
     let status = status_of(o, failed_step.is_some(), warned || warnings > 0);
