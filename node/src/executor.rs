@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use peerbot_protocol::core::{BuildOrder, BuildOutcome, StepOutcome, MAX_LOG_BYTES};
 use peerbot_protocol::ids::Hash32;
-use peerbot_protocol::recipe::{check_announced, JobSpec};
+use peerbot_protocol::recipe::{check_announced, JobSpec, StepSpec};
 use peerbot_protocol::repos::{RepoPolicy, NOT_ALLOWED};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -216,7 +216,15 @@ async fn run_build(
             Ok(cwd) => {
                 let cmd = jail.command(&ws, &cwd, &home, &[&mirror], &step.run, &envs);
                 let timeout = Duration::from_secs(step.timeout_secs);
-                run_step(cmd, &step.run, timeout, &mut cancel, log_limit, order.job).await
+                let so = run_step(cmd, &step.run, timeout, &mut cancel, log_limit, order.job).await;
+                let place = Place { jail, ws: &ws, cwd: &cwd, home: &home, mirror: &mirror };
+                match so {
+                    Ok(mut so) if !*cancel.borrow() => {
+                        so.metrics = measure(&place, step, &envs).await;
+                        Ok(so)
+                    }
+                    other => other,
+                }
             }
             Err(e) => Err(e),
         };
@@ -247,6 +255,56 @@ async fn run_build(
     let _ = tokio::fs::remove_dir_all(&home).await;
     outcome.ended_ms = now_ms();
     outcome
+}
+
+/// Where a step ran: what its metrics' commands run in too.
+struct Place<'a> {
+    jail: &'a StepJail,
+    ws: &'a Path,
+    cwd: &'a Path,
+    home: &'a Path,
+    mirror: &'a Path,
+}
+
+/// How long a metric's command may take.
+const METRIC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A step's `metrics`, measured after it ran: a file's size (the file must
+/// be inside the checkout), or the first word a command prints, read as a
+/// number. A metric that cannot be measured is left out of the result.
+async fn measure(at: &Place<'_>, step: &StepSpec, envs: &[(&str, String)]) -> std::collections::BTreeMap<String, f64> {
+    use peerbot_protocol::recipe::{metric_source, MetricSource};
+    let mut out = std::collections::BTreeMap::new();
+    for (name, spec) in &step.metrics {
+        let value = match metric_source(spec) {
+            Ok(MetricSource::FileSize(p)) => file_size(at.ws, p).await,
+            Ok(MetricSource::Command(c)) => {
+                let mut cmd = tokio::process::Command::from(at.jail.command(at.ws, at.cwd, at.home, &[at.mirror], c, envs));
+                cmd.stdin(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+                match tokio::time::timeout(METRIC_TIMEOUT, cmd.output()).await {
+                    Ok(Ok(o)) if o.status.success() => {
+                        String::from_utf8_lossy(&o.stdout).split_whitespace().next().and_then(|w| w.parse::<f64>().ok())
+                    }
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        match value.filter(|v| v.is_finite()) {
+            Some(v) => {
+                out.insert(name.clone(), v);
+            }
+            None => debug!(step = %step.name, metric = %name, "metric not measured"),
+        }
+    }
+    out
+}
+
+async fn file_size(ws: &Path, p: &str) -> Option<f64> {
+    let root = tokio::fs::canonicalize(ws).await.ok()?;
+    let f = tokio::fs::canonicalize(ws.join(p)).await.ok()?;
+    let meta = tokio::fs::metadata(&f).await.ok()?;
+    (f.starts_with(&root) && meta.is_file()).then_some(meta.len() as f64)
 }
 
 /// The directory a step runs in: the checkout, or its `workdir`, which
@@ -347,6 +405,7 @@ async fn run_step(
         timed_out,
         log,
         truncated,
+        metrics: Default::default(),
     })
 }
 

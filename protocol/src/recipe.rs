@@ -55,6 +55,7 @@ pub fn check_spec(j: &JobSpec) -> Result<(), String> {
         if let Some(w) = &s.warnings {
             w.compile().map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
         }
+        check_metrics(&s.metrics).map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
     }
     Ok(())
 }
@@ -85,6 +86,57 @@ pub struct StepSpec {
     /// Which log lines are warnings; Buildbot's default pattern when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<WarningRule>,
+    /// Numbers measured after the step: name to `file_size:PATH` or
+    /// `cmd:COMMAND` (which prints a number).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, String>,
+}
+
+/// How a step's metric is measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricSource<'a> {
+    /// The size in bytes of a file of the checkout.
+    FileSize(&'a str),
+    /// The first word a shell command prints, as a number.
+    Command(&'a str),
+}
+
+pub const MAX_STEP_METRICS: usize = 16;
+pub const MAX_METRIC_COMMAND_LEN: usize = 1024;
+/// Metrics every result has; a recipe cannot name its own after them.
+pub const BUILT_IN_METRICS: [&str; 5] = ["build_secs", "warnings", "tests_passed", "tests_failed", "tests_skipped"];
+
+pub fn metric_source(spec: &str) -> Result<MetricSource<'_>, String> {
+    if let Some(p) = spec.strip_prefix("file_size:") {
+        check_step_options(&BTreeMap::new(), Some(p)).map_err(|e| format!("file_size: {e}"))?;
+        Ok(MetricSource::FileSize(p))
+    } else if let Some(c) = spec.strip_prefix("cmd:") {
+        if c.trim().is_empty() || c.len() > MAX_METRIC_COMMAND_LEN {
+            return Err(format!("cmd: a command of 1 to {MAX_METRIC_COMMAND_LEN} bytes expected"));
+        }
+        Ok(MetricSource::Command(c))
+    } else {
+        Err(format!("{spec:?} is neither \"file_size:PATH\" nor \"cmd:COMMAND\""))
+    }
+}
+
+fn check_metrics(metrics: &BTreeMap<String, String>) -> Result<(), String> {
+    if metrics.len() > MAX_STEP_METRICS {
+        return Err(format!("over {MAX_STEP_METRICS} metrics"));
+    }
+    for (name, spec) in metrics {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(format!("metric name {name:?} may only use a-z, 0-9 and '_'"));
+        }
+        if BUILT_IN_METRICS.contains(&name.as_str()) || name.starts_with("step_secs_") {
+            return Err(format!("metric {name:?} is one every result has already"));
+        }
+        metric_source(spec).map_err(|e| format!("metric {name:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// `warnings = { pattern = "REGEX", suppress = ["REGEX", ...] }`: a line is
@@ -150,6 +202,7 @@ impl StepSpec {
             flunk_on_warnings: false,
             always_run: false,
             warnings: None,
+            metrics: BTreeMap::new(),
         }
     }
 }
@@ -288,6 +341,8 @@ struct RawStep {
     #[serde(default)]
     always_run: bool,
     warnings: Option<WarningRule>,
+    #[serde(default)]
+    metrics: BTreeMap<String, String>,
 }
 
 /// The job id every node derives for one builder at one commit.
@@ -369,6 +424,8 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
             if let Some(w) = &s.warnings {
                 w.compile().map_err(|e| RecipeError::Invalid(format!("builder {:?} step {name:?}: {e}", b.name)))?;
             }
+            check_metrics(&s.metrics)
+                .map_err(|e| RecipeError::Invalid(format!("builder {:?} step {name:?}: {e}", b.name)))?;
             steps.push(StepSpec {
                 env: s.env.clone(),
                 workdir: s.workdir.clone(),
@@ -377,6 +434,7 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
                 flunk_on_warnings: s.flunk_on_warnings,
                 always_run: s.always_run,
                 warnings: s.warnings.clone(),
+                metrics: s.metrics.clone(),
                 ..StepSpec::new(name, s.run.clone(), timeout_secs)
             });
         }
@@ -680,6 +738,12 @@ always_run = true
             ("workdir = \"a/../../b\"", "inside the checkout"),
             ("always = true", "unknown field"),
             ("warnings = { pattern = \"(\" }", "not a regular expression"),
+            ("metrics = { Size = \"file_size:a\" }", "may only use a-z"),
+            ("metrics = { warnings = \"cmd:echo 1\" }", "every result has already"),
+            ("metrics = { step_secs_x = \"cmd:echo 1\" }", "every result has already"),
+            ("metrics = { size = \"du -b x\" }", "neither"),
+            ("metrics = { size = \"file_size:../x\" }", "inside the checkout"),
+            ("metrics = { size = \"cmd: \" }", "a command of 1 to"),
             ("warnings = { suppress = [\"[z-a]\"] }", "not a regular expression"),
         ] {
             assert!(bad(opt).contains(says), "{opt}: {}", bad(opt));

@@ -120,3 +120,48 @@ fn step_options_decide_what_runs_and_what_the_build_is() {
     assert_eq!(b["failed_step"], "compile");
     assert_eq!(step_names(&b), ["compile"], "a flunked step halts the build");
 }
+
+/// `size` is the image's size at each commit; `lines` a command's number.
+const METRICS: &str = r#"
+[[builder]]
+name = "image"
+[[builder.step]]
+name = "build"
+run = "mkdir -p out && head -c $(cat size) /dev/zero > out/app.img && ln -sf /etc/hostname out/outside"
+metrics = { image_size = "file_size:out/app.img", lines = "cmd:printf '%s lines\n' 42", outside = "file_size:out/outside", absent = "file_size:out/none" }
+"#;
+
+#[test]
+fn metrics_are_measured_and_tracked_over_commits_on_the_builder_page() {
+    let root = tempfile::Builder::new().prefix("peerbot-metrics-").tempdir().unwrap();
+    let repo = GitRepo::new().unwrap();
+    let path = repo.path().display().to_string();
+    let args =
+        ["--watch".to_string(), format!("{path}#main"), "--allow-repo".into(), path, "--sandbox".into(), "none".into()];
+    let mut commits = Vec::new();
+    let mut n = None;
+    for size in [1000, 1500, 1200] {
+        let c = repo.commit(&[(".peerbot.toml", METRICS), ("size", &size.to_string())], &format!("size {size}")).unwrap();
+        let node = n.get_or_insert_with(|| Node::start(Path::new(BIN), "metrics", &root.path().join("n"), &args).unwrap());
+        let b = build_of(node, &c, "image");
+        assert_eq!(b["status"], "success", "{b}");
+        assert_eq!(b["metrics"]["image_size"], size as f64, "{b}");
+        assert_eq!(b["metrics"]["lines"], 42.0);
+        assert!(b["metrics"]["step_secs_build"].is_number());
+        // A link out of the checkout and a file that is not there measure nothing.
+        assert!(b["metrics"].get("outside").is_none() && b["metrics"].get("absent").is_none(), "{b}");
+        commits.push(c);
+    }
+    let n = n.unwrap();
+    let page = n.get("/api/v1/builders/image").unwrap();
+    let points: Vec<(String, f64)> = page["series"]["image_size"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["commit"].as_str().unwrap().to_string(), p["value"].as_f64().unwrap()))
+        .collect();
+    let want: Vec<(String, f64)> = commits.iter().cloned().zip([1000.0, 1500.0, 1200.0]).collect();
+    assert_eq!(points, want, "oldest first");
+    let html = n.get_text("/builders/image").unwrap();
+    assert!(html.contains("aria-label=\"image_size\""), "the builder page draws the metric");
+}

@@ -212,7 +212,7 @@ pub fn assemble_result(
         ended_ms: o.ended_ms.max(o.started_ms),
         status,
         steps,
-        metrics: metrics_of(o, warnings, tests.as_ref()),
+        metrics: metrics_of(o, warnings, tests.as_ref(), &job.spec.steps),
         failed_step: if status == Status::Failure { failed_step } else { None },
         error: o.error.clone(),
         author,
@@ -236,8 +236,24 @@ fn status_of(o: &BuildOutcome, failed: bool, warned: bool) -> Status {
     }
 }
 
-fn metrics_of(o: &BuildOutcome, warnings: u64, tests: Option<&record::TestCounts>) -> BTreeMap<String, f64> {
+/// The build's own figures, each step's duration (`step_secs_NAME`), and
+/// what the steps measured under names their recipe declares.
+fn metrics_of(
+    o: &BuildOutcome,
+    warnings: u64,
+    tests: Option<&record::TestCounts>,
+    spec: &[StepSpec],
+) -> BTreeMap<String, f64> {
     let mut metrics = BTreeMap::new();
+    for s in &o.steps {
+        let declared = spec.iter().find(|x| x.name == s.name).map(|x| &x.metrics);
+        for (k, v) in &s.metrics {
+            if declared.is_some_and(|d| d.contains_key(k)) && v.is_finite() {
+                metrics.insert(k.clone(), *v);
+            }
+        }
+        metrics.insert(format!("step_secs_{}", s.name), s.duration_ms as f64 / 1000.0);
+    }
     metrics.insert("build_secs".to_string(), o.ended_ms.saturating_sub(o.started_ms) as f64 / 1000.0);
     metrics.insert("warnings".to_string(), warnings as f64);
     if let Some(t) = tests {

@@ -102,6 +102,8 @@ pub struct StepOutcome {
     pub timed_out: bool,
     pub log: Vec<u8>,
     pub truncated: bool,
+    /// What the step's `metrics` measured after it ran.
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Default)]
