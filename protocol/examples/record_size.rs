@@ -48,6 +48,7 @@ fn main() {
             log: Some(BlobRef { hash: peerbot_protocol::ids::Hash32::of(b"x"), size: 12345, truncated: false }),
             warnings: 0,
             tests: Some(Default::default()),
+            warning_lines: vec![],
         }],
         metrics: Default::default(),
         failed_step: None,

@@ -253,6 +253,7 @@ pub(crate) fn simulated_outcome(job: Hash32, attempt: u32, now: Millis, cancelle
             timed_out: false,
             log: format!("simulated build of {} attempt {attempt}\n", job.short()).into_bytes(),
             truncated: false,
+            metrics: Default::default(),
         }],
         error: None,
         cancelled,
