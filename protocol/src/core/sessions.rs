@@ -128,8 +128,11 @@ impl Sessions {
         let tally = self.open.entry(peer).or_default();
         tally.need += out.need.len();
         tally.have += out.have.len();
-        let next = if out.finished() || round >= MAX_SYNC_ROUNDS {
-            self.synced_once = true;
+        // With the want-list full, the rest of the session would only list
+        // ids to drop, at the peer's cost: the next session goes on.
+        let full = self.overflowed == Some(peer) && self.wanted.len() >= MAX_WANTED;
+        let next = if out.finished() || round >= MAX_SYNC_ROUNDS || full {
+            self.synced_once |= !full;
             let t = self.open.remove(&peer).unwrap_or_default();
             Next::Finished { rounds: round, need: t.need, have: t.have }
         } else {
@@ -304,6 +307,19 @@ mod tests {
         s.failed(&peer);
         assert_eq!(fetches.iter().map(Vec::len).sum::<usize>(), MAX_WANTED);
         assert_eq!(s.resume_after_overflow(), None, "not while the list is full");
+        // A session that finds more while the list is full ends at once,
+        // with ranges still to compare.
+        s.start(&store, peer);
+        let more = vec![
+            SyncRange {
+                upper: Some(sync::SyncKey { time: 5, id: Hash32::ZERO }),
+                mode: RangeMode::IdList { ids: vec![Hash32::of(b"more")], answer: true },
+            },
+            SyncRange { upper: None, mode: RangeMode::Fingerprint { fp: vec![1; 16] } },
+        ];
+        let plan = s.round(0, &store, peer, 1, &more).unwrap();
+        assert!(plan.fetches.is_empty() && matches!(plan.next, Next::Finished { .. }));
+        assert_eq!(s.progress().sessions, 0);
         let (most, rest) = fetches.split_at(fetches.len() * 4 / 5);
         for f in most {
             s.fetch_answered(1, peer, f, f.len(), vec![], true);
