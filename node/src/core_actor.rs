@@ -49,6 +49,8 @@ pub struct CoreActor {
     started_ms: u64,
     records_stored: u64,
     records_rejected: u64,
+    /// The core's verifier, when large answers are checked off this thread.
+    precheck: Option<std::sync::Arc<crate::precheck::Prechecked>>,
 }
 
 /// Nodes whose admission was revoked, and from when: the HTTP API marks
@@ -86,7 +88,43 @@ impl CoreActor {
             started_ms: now_ms(),
             records_stored: 0,
             records_rejected: 0,
+            precheck: None,
         }
+    }
+
+    /// Large answers (fetched records) are checked on other threads first;
+    /// `p` must be the core's verifier, which takes the results.
+    pub fn with_precheck(mut self, p: std::sync::Arc<crate::precheck::Prechecked>) -> Self {
+        self.precheck = Some(p);
+        self
+    }
+
+    /// Hands an answer to the core, its records' signatures checked first
+    /// on a blocking thread if it is large: the actor meanwhile goes on
+    /// (storing the previous batch), and answers are handled as their
+    /// checks end, in any order, as they may arrive in any order.
+    fn on_response(&mut self, ctx: &mut Context<Self>, id: u64, bytes: Vec<u8>) {
+        let p = match &self.precheck {
+            Some(p) if bytes.len() >= crate::precheck::PRECHECK_MIN_BYTES => p.clone(),
+            _ => return self.input(ctx, Input::Response { id, bytes }),
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let recs = p.check_answer(&bytes);
+            (bytes, recs)
+        });
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |done, act, ctx| match done {
+            Ok((bytes, recs)) => {
+                let p = act.precheck.clone();
+                if let Some(p) = &p {
+                    p.hold(recs);
+                }
+                act.input(ctx, Input::Response { id, bytes });
+                if let Some(p) = &p {
+                    p.clear();
+                }
+            }
+            Err(e) => act.input(ctx, Input::RequestFailed { id, reason: format!("checking the answer failed: {e}") }),
+        }));
     }
 
     fn input(&mut self, ctx: &mut Context<Self>, input: Input) {
@@ -381,7 +419,7 @@ impl StreamHandler<NetEvent> for CoreActor {
             NetEvent::Connected(p) => self.input(ctx, Input::PeerConnected(p)),
             NetEvent::Disconnected(p) => self.input(ctx, Input::PeerDisconnected(p)),
             NetEvent::Request { from, id, bytes } => self.input(ctx, Input::Request { from, id, bytes }),
-            NetEvent::Response { id, bytes } => self.input(ctx, Input::Response { id, bytes }),
+            NetEvent::Response { id, bytes } => self.on_response(ctx, id, bytes),
             NetEvent::RequestFailed { id, reason } => self.input(ctx, Input::RequestFailed { id, reason }),
             NetEvent::PeerAddrs { peer, addrs } => self.remember_peer(peer, addrs),
             NetEvent::Limited { peer, what } => {

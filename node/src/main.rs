@@ -11,6 +11,7 @@ mod identity;
 mod live;
 mod metrics;
 mod net;
+mod precheck;
 mod sandbox;
 mod store;
 mod watcher;
@@ -679,11 +680,12 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             "history read"
         );
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        core.set_verifier(std::sync::Arc::new(peerbot_protocol::core::ParallelCheck { threads }));
+        let prechecked = precheck::Prechecked::new(threads);
+        core.set_verifier(prechecked.clone());
         let core_addr = CoreActor::create(|ctx| {
             ctx.set_mailbox_capacity(core_actor::CORE_MAILBOX);
             ctx.add_stream(tokio_stream(ev_rx));
-            CoreActor::new(core, net_tx, data_dir.clone(), jail)
+            CoreActor::new(core, net_tx, data_dir.clone(), jail).with_precheck(prechecked)
         });
         let net_cfg = net::NetConfig { listen: a.listen.clone(), bootstrap: a.bootstrap.clone(), known };
         actix_rt::spawn(async move {

@@ -34,6 +34,7 @@ pub mod logparse;
 pub mod recipe;
 pub mod record;
 pub mod repos;
+pub mod sigcheck;
 pub mod store;
 pub mod sync;
 pub mod wire;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{decode, encode};
 use crate::ids::Hash32;
 use crate::recipe::JobSpec;
+use crate::sigcheck::{self, SignerKey};
 use crate::Millis;
 
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -240,24 +241,24 @@ fn signed_message(body: &[u8]) -> Vec<u8> {
 const SIGNER_CACHE: usize = 4096;
 
 thread_local! {
-    static SIGNERS: std::cell::RefCell<std::collections::HashMap<Vec<u8>, (libp2p_identity::ed25519::PublicKey, PeerId)>> =
-        Default::default();
+    static SIGNERS: std::cell::RefCell<std::collections::HashMap<Vec<u8>, (SignerKey, PeerId)>> = Default::default();
 }
 
-fn signer_key(raw: &[u8]) -> Result<(libp2p_identity::ed25519::PublicKey, PeerId), RecordError> {
+fn signer_key(raw: &[u8]) -> Result<(SignerKey, PeerId), RecordError> {
     if let Some(hit) = SIGNERS.with(|c| c.borrow().get(raw).cloned()) {
         return Ok(hit);
     }
     let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(raw).map_err(|_| RecordError::Signer)?;
-    let peer = PublicKey::from(ed.clone()).to_peer_id();
+    let key = SignerKey::from_bytes(raw).ok_or(RecordError::Signer)?;
+    let peer = PublicKey::from(ed).to_peer_id();
     SIGNERS.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() >= SIGNER_CACHE {
             c.clear();
         }
-        c.insert(raw.to_vec(), (ed.clone(), peer));
+        c.insert(raw.to_vec(), (key.clone(), peer));
     });
-    Ok((ed, peer))
+    Ok((key, peer))
 }
 
 /// Signs a body with the node's key, giving the record as it goes on the wire.
@@ -277,6 +278,38 @@ pub fn sign(key: &Keypair, body: &Body) -> VerifiedRecord {
 
 /// Checks a record as received: size, envelope, signature, then body.
 pub fn verify(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
+    let (env, signer, sig) = open(bytes)?;
+    if !sig.as_ref().is_some_and(sigcheck::check_one) {
+        return Err(RecordError::Signature);
+    }
+    finish(bytes, env, signer)
+}
+
+/// `verify` for many records at once, answered in order: their
+/// signatures are checked by one batch equation, and only if it fails
+/// one by one, to tell the bad from the good.
+pub fn verify_batch(batch: &[&[u8]]) -> Vec<Result<VerifiedRecord, RecordError>> {
+    let opened: Vec<_> = batch.iter().map(|b| open(b)).collect();
+    let sigs: Vec<sigcheck::Prepared> =
+        opened.iter().filter_map(|o| o.as_ref().ok().and_then(|(_, _, sig)| sig.clone())).collect();
+    let all_hold = sigcheck::check_batch(&sigs);
+    batch
+        .iter()
+        .zip(opened)
+        .map(|(bytes, o)| {
+            let (env, signer, sig) = o?;
+            // A batch that holds vouches for each of its signatures.
+            if !sig.is_some_and(|s| all_hold || sigcheck::check_one(&s)) {
+                return Err(RecordError::Signature);
+            }
+            finish(bytes, env, signer)
+        })
+        .collect()
+}
+
+/// The envelope checked and decoded, with its signature ready to check
+/// (`None`: malformed, so bad).
+fn open(bytes: &[u8]) -> Result<(Envelope, PeerId, Option<sigcheck::Prepared>), RecordError> {
     let env: Envelope = decode(bytes, MAX_RECORD_BYTES).map_err(RecordError::Envelope)?;
     if env.v != ENVELOPE_VERSION {
         return Err(RecordError::Version(env.v));
@@ -286,10 +319,13 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedRecord, RecordError> {
     if encode(&env) != bytes {
         return Err(RecordError::NonCanonical);
     }
-    let (ed, signer) = signer_key(&env.signer)?;
-    if !ed.verify(&signed_message(&env.body), &env.sig) {
-        return Err(RecordError::Signature);
-    }
+    let (key, signer) = signer_key(&env.signer)?;
+    let sig = sigcheck::prepare(&key, &[SIGN_DOMAIN, &env.body], &env.sig);
+    Ok((env, signer, sig))
+}
+
+/// The body of a record whose signature holds, decoded and checked.
+fn finish(bytes: &[u8], env: Envelope, signer: PeerId) -> Result<VerifiedRecord, RecordError> {
     let body: Body = decode(&env.body, MAX_RECORD_BYTES).map_err(RecordError::Body)?;
     validate_body(&body)?;
     Ok(VerifiedRecord { id: Hash32::of(bytes), signer, body, bytes: bytes.to_vec(), signature: env.sig })

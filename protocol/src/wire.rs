@@ -20,7 +20,11 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 pub const BLOB_CHUNK: usize = 1024 * 1024;
 /// A response carries at most a chunk or a batch of records, with room to spare.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
-pub const MAX_RECORDS_PER_REQUEST: usize = 512;
+/// Records one `GetRecords` or `PushRecords` carries at most. A batch also
+/// stops at about 2 MiB (`core::sessions::RECORD_BATCH_BYTES`), which at
+/// records of about 700 bytes is near 2048 of them: fewer requests for a
+/// catch-up, under the same per-peer request rate.
+pub const MAX_RECORDS_PER_REQUEST: usize = 2048;
 pub const MAX_RUNNING_IN_HEARTBEAT: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

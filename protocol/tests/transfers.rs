@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 
 use harness::{jobless_changes, Net, Traffic, Wire, REQUEST_TIMEOUT_MS};
 use peerbot_protocol::ids::Hash32;
-use peerbot_protocol::wire::{Request, Response};
+use peerbot_protocol::wire::{Request, Response, MAX_RECORDS_PER_REQUEST};
+
+/// Records in one fetch.
+const BATCH: u64 = MAX_RECORDS_PER_REQUEST as u64;
 
 /// The core's `MAX_TRANSFERS`, which is not public.
 const TRANSFER_LIMIT: usize = 4;
@@ -37,16 +40,17 @@ fn fetches_by(net: &Net, i: usize) -> Vec<(u64, usize, Vec<Hash32>, bool)> {
 
 #[test]
 fn record_transfers_stay_within_the_in_flight_limit() {
-    // Pushes to node 2 are lost, so it must fetch all 4000 records itself,
+    // Pushes to node 2 are lost, so it must fetch all the records itself,
     // from two peers at once: eight batches for four slots.
     let mut net = Net::builder(3)
-        .records(0, &jobless_changes(0..2_000))
-        .records(1, &jobless_changes(2_000..4_000))
+        .records(0, &jobless_changes(0..4 * BATCH))
+        .records(1, &jobless_changes(4 * BATCH..8 * BATCH))
         .lose(usize::MAX, |t: &Traffic| t.to == 2 && is_push(t))
         .start();
-    net.run_until("all hold 4000", 120_000, |net| (0..3).all(|i| net.ids(i).len() == 4_000)).unwrap();
+    let all = 8 * BATCH as usize;
+    net.run_until("all hold them all", 120_000, |net| (0..3).all(|i| net.ids(i).len() == all)).unwrap();
     for i in 0..3 {
-        assert_eq!(net.ids(i), ids_of(0..4_000), "node {i}");
+        assert_eq!(net.ids(i), ids_of(0..8 * BATCH), "node {i}");
         let peak = net.peak_record_transfers(i);
         assert!(peak <= TRANSFER_LIMIT, "node {i} had {peak} record transfers out at once");
     }
@@ -57,15 +61,16 @@ fn record_transfers_stay_within_the_in_flight_limit() {
 
 #[test]
 fn failed_fetches_free_their_slots_and_catch_up_completes() {
-    // 3000 records are six batches; the first four fetches, every slot,
-    // are lost. Pushes are lost too, so fetches are the only way in.
+    // Six batches; the first four fetches, every slot, are lost. Pushes
+    // are lost too, so fetches are the only way in.
+    let n = 6 * BATCH - 72;
     let mut net = Net::builder(2)
-        .records(0, &jobless_changes(0..3_000))
+        .records(0, &jobless_changes(0..n))
         .lose(usize::MAX, is_push)
         .lose(TRANSFER_LIMIT, |t: &Traffic| t.from == 1 && is_fetch(t))
         .start();
-    net.run_until("node 1 holds 3000", 600_000, |net| net.ids(1).len() == 3_000).unwrap();
-    assert_eq!(net.ids(1), ids_of(0..3_000));
+    net.run_until("node 1 holds them all", 600_000, |net| net.ids(1).len() == n as usize).unwrap();
+    assert_eq!(net.ids(1), ids_of(0..n));
 
     let fetches = fetches_by(&net, 1);
     let lost: Vec<_> = fetches.iter().filter(|f| f.3).collect();

@@ -144,6 +144,9 @@ impl<S: Store> NodeCore<S> {
                 if let Some(p) = self.sessions.progress_to_report(now) {
                     self.emit(Event::CatchingUp { to_fetch: p.to_fetch, fetched: p.fetched });
                 }
+                if let Some(next) = self.sessions.resume_after_overflow() {
+                    self.start_sync(now, next);
+                }
                 self.transfer_done();
             }
             Pending::Push => self.transfer_done(),

@@ -18,7 +18,8 @@ pub const MAX_SYNC_ROUNDS: u32 = 64;
 /// A batch of records in one fetch or push stays about this size.
 pub const RECORD_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Ids wanted (queued or in flight) at once, from all sessions; what a
-/// session finds beyond this waits for a later session.
+/// session finds beyond this waits for a later session, which starts as
+/// soon as the list has drained to a quarter (`resume_after_overflow`).
 pub const MAX_WANTED: usize = 256 * 1024;
 /// Records pushed to a peer in one round, at most about this many bytes;
 /// a later session pushes the rest.
@@ -81,6 +82,9 @@ pub struct Sessions {
     progress_said_ms: Millis,
     /// A reconciliation with some peer has completed since start.
     synced_once: bool,
+    /// A session with this peer found more missing records than the
+    /// want-list could take: another starts once the list has drained.
+    overflowed: Option<PeerId>,
 }
 
 impl Sessions {
@@ -110,6 +114,7 @@ impl Sessions {
         let mut new = Vec::new();
         for id in &out.need {
             if self.wanted.len() >= MAX_WANTED {
+                self.overflowed = Some(peer);
                 break;
             }
             if let std::collections::hash_map::Entry::Vacant(e) = self.wanted.entry(*id) {
@@ -123,8 +128,11 @@ impl Sessions {
         let tally = self.open.entry(peer).or_default();
         tally.need += out.need.len();
         tally.have += out.have.len();
-        let next = if out.finished() || round >= MAX_SYNC_ROUNDS {
-            self.synced_once = true;
+        // With the want-list full, the rest of the session would only list
+        // ids to drop, at the peer's cost: the next session goes on.
+        let full = self.overflowed == Some(peer) && self.wanted.len() >= MAX_WANTED;
+        let next = if out.finished() || round >= MAX_SYNC_ROUNDS || full {
+            self.synced_once |= !full;
             let t = self.open.remove(&peer).unwrap_or_default();
             Next::Finished { rounds: round, need: t.need, have: t.have }
         } else {
@@ -159,14 +167,28 @@ impl Sessions {
         }
         let again = if fetched > 0 { missing } else { vec![] };
         let done = ids.len() - again.len();
+        let asked_again: std::collections::HashSet<&Hash32> = again.iter().collect();
         for id in ids {
-            if !again.contains(id) {
+            if !asked_again.contains(id) {
                 self.wanted.remove(id);
             }
         }
         self.progress.to_fetch = self.progress.to_fetch.saturating_sub(done);
         crate::invariant!(self.progress.to_fetch <= self.wanted.len(), "every record to fetch is wanted");
         again
+    }
+
+    /// The peer to reconcile with again now: its last session found more
+    /// than the want-list could take, and the list has drained to a
+    /// quarter, so the next part is found while the rest is fetched
+    /// rather than at the next periodic session.
+    pub fn resume_after_overflow(&mut self) -> Option<PeerId> {
+        let peer = self.overflowed?;
+        if self.wanted.len() > MAX_WANTED / 4 || self.open.contains_key(&peer) {
+            return None;
+        }
+        self.overflowed = None;
+        Some(peer)
     }
 
     /// Progress to report while catching up, at most every two seconds.
@@ -266,5 +288,48 @@ mod tests {
         s.fetch_answered(3_500, honest, &bogus(3)[..1], 0, bogus(3)[..1].to_vec(), true);
         assert!(!s.stalled_by(&honest) && s.fetching(3_500));
         assert!(!s.fetching(3_000 + STALL_MS));
+    }
+
+    #[test]
+    fn a_session_that_found_more_than_the_want_list_takes_resumes_once_the_list_drains() {
+        let store = MemStore::new();
+        let mut s = Sessions::default();
+        let peer = crate::deterministic_key(1).public().to_peer_id();
+        let ids: Vec<Hash32> = (0..MAX_WANTED as u64 + 1000).map(|i| Hash32::of(&i.to_le_bytes())).collect();
+        s.start(&store, peer);
+        let mut fetches = vec![];
+        for (round, part) in ids.chunks(sync::MAX_IDS / 2).enumerate() {
+            let listing = vec![SyncRange { upper: None, mode: RangeMode::IdList { ids: part.to_vec(), answer: true } }];
+            fetches.extend(s.round(0, &store, peer, round as u32 + 1, &listing).unwrap().fetches);
+            // Each listing is the last word on the range: a new session each time.
+            s.start(&store, peer);
+        }
+        s.failed(&peer);
+        assert_eq!(fetches.iter().map(Vec::len).sum::<usize>(), MAX_WANTED);
+        assert_eq!(s.resume_after_overflow(), None, "not while the list is full");
+        // A session that finds more while the list is full ends at once,
+        // with ranges still to compare.
+        s.start(&store, peer);
+        let more = vec![
+            SyncRange {
+                upper: Some(sync::SyncKey { time: 5, id: Hash32::ZERO }),
+                mode: RangeMode::IdList { ids: vec![Hash32::of(b"more")], answer: true },
+            },
+            SyncRange { upper: None, mode: RangeMode::Fingerprint { fp: vec![1; 16] } },
+        ];
+        let plan = s.round(0, &store, peer, 1, &more).unwrap();
+        assert!(plan.fetches.is_empty() && matches!(plan.next, Next::Finished { .. }));
+        assert_eq!(s.progress().sessions, 0);
+        let (most, rest) = fetches.split_at(fetches.len() * 4 / 5);
+        for f in most {
+            s.fetch_answered(1, peer, f, f.len(), vec![], true);
+        }
+        assert!(s.progress().to_fetch <= MAX_WANTED / 4, "{}", s.progress().to_fetch);
+        assert_eq!(s.resume_after_overflow(), Some(peer));
+        assert_eq!(s.resume_after_overflow(), None, "once");
+        for f in rest {
+            s.fetch_answered(1, peer, f, f.len(), vec![], true);
+        }
+        assert_eq!(s.progress().to_fetch, 0);
     }
 }

@@ -196,3 +196,28 @@ fn a_fetched_batch_says_which_of_its_ids_are_stored_so_none_is_read_back() {
     assert_eq!(got.stored, stored, "the stored one and the two new, not the refused one");
     assert!(stored.iter().all(|id| n.store().has_record(id)) && !n.store().has_record(&Hash32::of(&broken)));
 }
+
+#[test]
+fn a_forged_record_in_a_fetched_batch_is_refused_alone_and_the_rest_stored() {
+    let mut n = node(1, &["os=linux"]);
+    n.set_verifier(std::sync::Arc::new(ParallelCheck { threads: 2 }));
+    let from = deterministic_key(9).public().to_peer_id();
+    let mut signed: Vec<Vec<u8>> = (0..200).map(|i| signed_change(&deterministic_key(9), i)).collect();
+    // Signed by another key, under key 9's name: well formed, not valid.
+    let theirs = crate::record::sign(&deterministic_key(8), &crate::record::verify(&signed[150]).unwrap().body);
+    let forged = signed[150].len() - theirs.signature.len();
+    signed[150][forged..].copy_from_slice(&theirs.signature);
+    let batch: Vec<serde_bytes::ByteBuf> = signed.iter().map(|b| serde_bytes::ByteBuf::from(b.clone())).collect();
+    let got = n.accept_batch(0, &batch, from);
+    assert_eq!(got.new, 199);
+    for (i, b) in signed.iter().enumerate() {
+        assert_eq!(n.store().has_record(&Hash32::of(b)), i != 150, "record {i}");
+    }
+    let mut refusals = vec![];
+    while let Some(o) = n.poll_output() {
+        if let Output::Event(Event::RecordRejected { from: f, reason }) = o {
+            refusals.push((f, reason));
+        }
+    }
+    assert_eq!(refusals, vec![(from, "bad signature".to_string())]);
+}
