@@ -1,72 +1,59 @@
-//! Ed25519 signature checks for records, one at a time or many at once.
-//!
-//! Both use the cofactored equation `[8](R - [s]B + [k]A) = 0`, with `s`
-//! canonical and `R` in its canonical encoding. The single and the batch
-//! check then accept exactly the same signatures: a batch equation cannot
-//! see the small-order part of a point (it cancels with probability 1/8
-//! or more), so with the cofactorless single check a crafted signature
+//! Ed25519 signature checks for records, one at a time or many at once,
+//! with `ed25519-zebra`: its single and batch checks use the same
+//! (cofactored, ZIP-215) rule, so they accept exactly the same signatures.
+//! A cofactorless single check next to a batch equation would not: a batch
+//! cannot see the small-order part of a point, so a crafted signature
 //! would be valid on some nodes and invalid on others. Honest signatures
-//! (`R = [r]B`) pass either way; the cofactored check is as hard to forge.
+//! (`R = [r]B`) pass either way.
+//!
+//! On top of that rule, a record's signature must encode `s` reduced and
+//! `R` canonically: one signature has one encoding, so a record has one id.
 
-use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
-use sha2::{Digest, Sha512};
+use ed25519_zebra::{batch, Signature, VerificationKey, VerificationKeyBytes};
+use rand_chacha::rand_core::SeedableRng;
 
 /// A signer's key, decoded once.
 #[derive(Clone, Debug)]
 pub struct SignerKey {
     pub bytes: [u8; 32],
-    pub point: EdwardsPoint,
+    key: VerificationKey,
 }
 
 impl SignerKey {
     pub fn from_bytes(raw: &[u8]) -> Option<SignerKey> {
         let bytes: [u8; 32] = raw.try_into().ok()?;
-        let point = CompressedEdwardsY(bytes).decompress()?;
-        Some(SignerKey { bytes, point })
+        let key = VerificationKey::try_from(bytes).ok()?;
+        Some(SignerKey { bytes, key })
     }
 }
 
-/// One signature, decoded, with its challenge `k = H(R || A || M)`.
+/// One signature ready to check: its key, its bytes and the signed message.
 #[derive(Clone, Debug)]
 pub struct Prepared {
-    r: EdwardsPoint,
-    r_bytes: [u8; 32],
-    s: Scalar,
-    k: Scalar,
-    a: EdwardsPoint,
-    a_bytes: [u8; 32],
+    key: VerificationKey,
+    sig: Signature,
+    msg: Vec<u8>,
 }
 
-/// Decodes a signature over `parts` (the message, concatenated) by `key`;
-/// `None` when it cannot be valid (wrong length, `s` not reduced, `R` not
-/// a point or not in its canonical encoding).
+/// A signature over `parts` (the message, concatenated) by `key`; `None`
+/// when it cannot be valid (wrong length, `s` not reduced, `R` not a point
+/// or not in its canonical encoding).
 pub fn prepare(key: &SignerKey, parts: &[&[u8]], sig: &[u8]) -> Option<Prepared> {
-    let sig: &[u8; 64] = sig.try_into().ok()?;
+    let sig: [u8; 64] = sig.try_into().ok()?;
+    let s: [u8; 32] = sig[32..].try_into().expect("32 bytes");
+    Option::<Scalar>::from(Scalar::from_canonical_bytes(s))?;
     let r_bytes: [u8; 32] = sig[..32].try_into().expect("32 bytes");
-    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(sig[32..].try_into().expect("32 bytes")))?;
     let r = CompressedEdwardsY(r_bytes).decompress()?;
-    // One encoding per signature: a second one of `R` would be a second id.
     if r.compress().0 != r_bytes {
         return None;
     }
-    let mut h = Sha512::new();
-    h.update(r_bytes);
-    h.update(key.bytes);
-    for p in parts {
-        h.update(p);
-    }
-    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-    Some(Prepared { r, r_bytes, s, k, a: key.point, a_bytes: key.bytes })
+    Some(Prepared { key: key.key, sig: Signature::from_bytes(&sig), msg: parts.concat() })
 }
 
-/// The cofactored check of one signature.
 pub fn check_one(p: &Prepared) -> bool {
-    // [k](-A) + [s]B should be R, up to a small-order point.
-    let expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&p.k, &-p.a, &p.s);
-    (p.r - expected).mul_by_cofactor().is_identity()
+    p.key.verify(&p.sig, &p.msg).is_ok()
 }
 
 /// Whether every signature holds, by one random linear combination of
@@ -81,51 +68,33 @@ pub fn check_batch(items: &[Prepared]) -> bool {
     }
     // The weights come from a hash of the whole batch: a sender cannot
     // choose signatures that cancel for weights it cannot know, and the
-    // core draws no randomness.
+    // core draws no randomness of its own.
     let mut seed = blake3::Hasher::new_derive_key("peerbot 2026 ed25519 batch weights");
+    let mut v = batch::Verifier::new();
     for p in items {
-        seed.update(&p.r_bytes);
-        seed.update(p.s.as_bytes());
-        seed.update(&p.a_bytes);
-        seed.update(p.k.as_bytes());
+        let key = VerificationKeyBytes::from(p.key);
+        seed.update(key.as_ref());
+        seed.update(&p.sig.to_bytes());
+        seed.update(blake3::hash(&p.msg).as_bytes());
+        v.queue((key, p.sig, &p.msg));
     }
-    let mut weights = seed.finalize_xof();
-    let mut s_sum = Scalar::ZERO;
-    let mut scalars: Vec<Scalar> = Vec::with_capacity(items.len() + 4);
-    let mut points: Vec<EdwardsPoint> = Vec::with_capacity(items.len() + 4);
-    // A cluster has few signers: each key appears once in the sum, with
-    // the weighted challenges of all its signatures added up.
-    let mut keys: Vec<(EdwardsPoint, Scalar)> = Vec::new();
-    let mut key_at: std::collections::HashMap<[u8; 32], usize> = std::collections::HashMap::new();
-    for p in items {
-        let mut z = [0u8; 16];
-        weights.fill(&mut z);
-        let z = Scalar::from(u128::from_le_bytes(z));
-        s_sum += z * p.s;
-        scalars.push(z);
-        points.push(p.r);
-        let zk = z * p.k;
-        match key_at.get(&p.a_bytes) {
-            Some(&i) => keys[i].1 += zk,
-            None => {
-                key_at.insert(p.a_bytes, keys.len());
-                keys.push((p.a, zk));
-            }
-        }
-    }
-    for (a, acc) in keys {
-        scalars.push(acc);
-        points.push(a);
-    }
-    scalars.push(-s_sum);
-    points.push(ED25519_BASEPOINT_POINT);
-    EdwardsPoint::vartime_multiscalar_mul(&scalars, &points).mul_by_cofactor().is_identity()
+    let rng = rand_chacha::ChaCha20Rng::from_seed(*seed.finalize().as_bytes());
+    v.verify(rng).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::edwards::EdwardsPoint;
+    use sha2::{Digest, Sha512};
+
+    /// `p` with its signature bytes changed by `f`.
+    fn altered(p: &Prepared, f: impl FnOnce(&mut [u8; 64])) -> Prepared {
+        let mut b = p.sig.to_bytes();
+        f(&mut b);
+        Prepared { sig: Signature::from_bytes(&b), ..p.clone() }
+    }
 
     /// A key's secret scalar and public key, as ed25519 derives them from a seed.
     fn expand(seed: [u8; 32]) -> (Scalar, SignerKey) {
@@ -136,7 +105,7 @@ mod tests {
         a[31] |= 64;
         let a = Scalar::from_bytes_mod_order(a);
         let point = EdwardsPoint::mul_base(&a);
-        (a, SignerKey { bytes: point.compress().0, point })
+        (a, SignerKey::from_bytes(&point.compress().0).unwrap())
     }
 
     /// Signs with nonce point `[r]B + extra`: `extra` a small-order point
@@ -176,13 +145,16 @@ mod tests {
         assert!(check_batch(&items));
         for bad in [0, 17, 39] {
             let mut forged = items.clone();
-            forged[bad].s += Scalar::ONE;
+            forged[bad] = altered(&forged[bad], |b| {
+                let s = Scalar::from_bytes_mod_order(b[32..].try_into().unwrap()) + Scalar::ONE;
+                b[32..].copy_from_slice(s.as_bytes());
+            });
             assert!(!check_batch(&forged), "a wrong s at {bad} passed");
             assert!(!check_one(&forged[bad]));
         }
         // Another signer's signature over the same message.
         let (_, other) = expand([77; 32]);
-        let swapped = Prepared { a: other.point, a_bytes: other.bytes, ..items[5].clone() };
+        let swapped = Prepared { key: other.key, ..items[5].clone() };
         items[5] = swapped;
         assert!(!check_batch(&items));
     }
