@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use crate::ids::Hash32;
 use crate::recipe::job_id;
-use crate::record::{decode_stored, Body, BuildResult, Change, Status, VerifiedRecord};
+use crate::record::{Body, BuildResult, Change, Status, VerifiedRecord};
 use crate::store::Store;
 
 /// First parents followed looking for the previous result.
@@ -48,7 +48,7 @@ fn passed(s: Status) -> bool {
 }
 
 fn read<S: Store + ?Sized>(store: &S, id: &Hash32) -> Option<VerifiedRecord> {
-    decode_stored(&store.get_record(id)?).ok()
+    store.record(id)
 }
 
 /// The unforced change announcing `commit`.

@@ -8,7 +8,7 @@ use super::jobs::{decode_lost, lost_key, new_job, JobState, JobView};
 use super::records::settled_in;
 use super::NodeCore;
 use crate::ids::Hash32;
-use crate::record::{decode_stored, Body, Status, VerifiedRecord};
+use crate::record::{Body, Status, VerifiedRecord};
 use crate::store::{Lookup, Store};
 use crate::Millis;
 
@@ -91,7 +91,7 @@ pub fn results_disagree(statuses: impl IntoIterator<Item = Status>) -> bool {
 
 impl<S: Store> NodeCore<S> {
     fn stored(&self, id: &Hash32) -> Option<VerifiedRecord> {
-        decode_stored(&self.store.get_record(id)?).ok()
+        self.store.record(id)
     }
 
     /// Whether the store holds any record of the job (its change, a result
