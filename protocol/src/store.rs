@@ -67,9 +67,10 @@ pub trait Store {
         Ok(())
     }
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>>;
-    /// A stored record, decoded (a store may keep decoded records).
-    fn record(&self, id: &Hash32) -> Option<VerifiedRecord> {
-        crate::record::decode_stored(&self.get_record(id)?).ok()
+    /// A stored record, decoded (a store may keep decoded records, and
+    /// share them rather than copy them).
+    fn record(&self, id: &Hash32) -> Option<Arc<VerifiedRecord>> {
+        crate::record::decode_stored(&self.get_record(id)?).ok().map(Arc::new)
     }
     fn has_record(&self, id: &Hash32) -> bool;
     /// Which of `ids` are stored, in order. A fetched batch asks for all of

@@ -465,8 +465,8 @@ impl Store for RocksStore {
         self.db.get_cf(self.cf(CF_RECORDS), id.0).ok().flatten()
     }
 
-    fn record(&self, id: &Hash32) -> Option<VerifiedRecord> {
-        RocksStore::record(self, id)
+    fn record(&self, id: &Hash32) -> Option<Arc<VerifiedRecord>> {
+        self.cached_record(id)
     }
 
     fn has_record(&self, id: &Hash32) -> bool {
