@@ -204,7 +204,8 @@ pub enum Kind {
 /// One page of a query, newest first.
 #[derive(Debug, Default)]
 pub struct Page {
-    pub records: Vec<VerifiedRecord>,
+    /// Shared with the store's cache, not copied.
+    pub records: Vec<std::sync::Arc<VerifiedRecord>>,
     /// Where the next page starts (pass as `before`): set when the page is
     /// full or the scan budget ran out first, `None` at the end of history.
     pub next: Option<SyncKey>,
@@ -262,7 +263,7 @@ impl RocksStore {
             let read = || decode_stored(&self.get_record(&key.id)?).ok();
             if let Some(rec) = self.cache.record_if(&key.id, read, |r| filter.matches(r)) {
                 if filter.matches(&rec) {
-                    page.records.push(std::sync::Arc::unwrap_or_clone(rec));
+                    page.records.push(rec);
                 }
             }
             examined += 1;
