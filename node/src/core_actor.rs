@@ -60,6 +60,25 @@ pub fn revoked_signers() -> &'static std::sync::RwLock<HashMap<PeerId, u64>> {
     R.get_or_init(Default::default)
 }
 
+/// A peer id as text, as the API shows signers: the base58 encoding costs
+/// more than the rest of a listed record, and a page names few peers.
+pub fn peer_text(p: &PeerId) -> String {
+    thread_local!(static TEXT: std::cell::RefCell<HashMap<PeerId, String>> = Default::default());
+    TEXT.with(|t| {
+        let mut t = t.borrow_mut();
+        if let Some(s) = t.get(p) {
+            return s.clone();
+        }
+        // Bounded: a cluster has few signers, anything past this is odd.
+        if t.len() >= 1024 {
+            t.clear();
+        }
+        let s = p.to_string();
+        t.insert(*p, s.clone());
+        s
+    })
+}
+
 impl CoreActor {
     pub fn new(
         core: NodeCore<RocksStore>,

@@ -223,7 +223,7 @@ pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
         "started_ms": r.started_ms,
         "ended_ms": r.ended_ms,
         "duration_ms": r.ended_ms.saturating_sub(r.started_ms),
-        "signer": rec.signer.to_string(),
+        "signer": crate::core_actor::peer_text(&rec.signer),
         "signer_revoked_ms": crate::core_actor::revoked_signers().read().ok().and_then(|m| m.get(&rec.signer).copied()),
         "labels": r.labels,
         "steps": steps,
@@ -253,7 +253,7 @@ pub(crate) fn change_json(rec: &VerifiedRecord) -> Value {
         "files": c.files,
         "recipe_error": c.recipe_error,
         "announced_ms": c.announced_ms,
-        "announced_by": rec.signer.to_string(),
+        "announced_by": crate::core_actor::peer_text(&rec.signer),
         "force": c.force.as_ref().map(|f| json!({"nonce": f.nonce.to_hex(), "reason": f.reason})),
         "jobs": c.jobs.iter().map(|j| json!({"job": j.id.to_hex(), "builder": j.builder, "requires": j.requires})).collect::<Vec<_>>(),
     })

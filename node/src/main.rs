@@ -13,6 +13,7 @@ mod metrics;
 mod net;
 mod precheck;
 mod sandbox;
+mod seed;
 mod store;
 mod watcher;
 mod web;
@@ -243,6 +244,7 @@ const CONFIG_KEYS: &[&str] = &[
     "executors",
     "name",
     "db_cache_mb",
+    "read_cache_mb",
     "heartbeat_ms",
     "claim_stagger_ms",
     "lease_secs",
@@ -343,6 +345,10 @@ struct NodeArgs {
     /// families: the history API reads from it.
     #[arg(long, env = "PEERBOT_DB_CACHE_MB", default_value_t = 256)]
     db_cache_mb: usize,
+    /// Megabytes of decoded records and lookups the history API keeps,
+    /// in front of the block cache; 0 keeps none.
+    #[arg(long, env = "PEERBOT_READ_CACHE_MB", default_value_t = 32)]
+    read_cache_mb: usize,
     /// Milliseconds between heartbeats (labels, free slots, lease renewals).
     #[arg(long, env = "PEERBOT_HEARTBEAT_MS", default_value_t = defaults::HEARTBEAT_MS)]
     heartbeat_ms: u64,
@@ -492,7 +498,7 @@ fn main() {
                     client::print_jobs(&v)
                 }
             }),
-        Cmd::SeedHistory { data_dir, results } => seed_history(&data_dir, results),
+        Cmd::SeedHistory { data_dir, results } => seed::seed_history(&data_dir, results),
         Cmd::Reindex { data_dir } => {
             // The rebuild logs its progress.
             init_logging();
@@ -631,6 +637,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         (None, None) => identity::api_token(&a.data_dir)?,
     };
     store::set_block_cache_mb(a.db_cache_mb);
+    store::set_read_cache_mb(a.read_cache_mb);
     let store = store::RocksStore::open(&a.data_dir.join("db"))?;
     let known: Vec<(libp2p::PeerId, Vec<Multiaddr>)> = load_peer_addrs(&store)
         .into_iter()
@@ -754,65 +761,4 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
 
 fn tokio_stream<T: 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-fn seed_history(data_dir: &std::path::Path, results: usize) -> anyhow::Result<()> {
-    use peerbot_protocol::recipe::parse_recipe;
-    use peerbot_protocol::record::{sign, Body, BuildResult, Change, Status};
-    let key = identity::load_or_create(data_dir)?;
-    let store = store::RocksStore::open(&data_dir.join("db"))?;
-    let recipe = "[[builder]]\nname = \"unit\"\n[[builder.step]]\nname = \"test\"\nrun = \"true\"\n";
-    let start = now_ms().saturating_sub(results as u64 * 1000);
-    let mut batch = Vec::with_capacity(2048);
-    for i in 0..results {
-        let commit = format!("{:040x}", i as u128 + 1);
-        let repo = "bench://synthetic".to_string();
-        let jobs = parse_recipe(&repo, &commit, recipe).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let t = start + i as u64 * 1000;
-        let change = Change {
-            repo: repo.clone(),
-            branch: "main".into(),
-            commit: commit.clone(),
-            parents: vec![],
-            author: "Bench <bench@peerbot.invalid>".into(),
-            committer: "Bench <bench@peerbot.invalid>".into(),
-            commit_time: (t / 1000) as i64,
-            title: format!("synthetic commit {i}"),
-            files: vec![],
-            jobs: jobs.clone(),
-            recipe_error: None,
-            announced_ms: t,
-            force: None,
-        };
-        let result = BuildResult {
-            job: jobs[0].id,
-            repo,
-            branch: "main".into(),
-            commit,
-            builder: "unit".into(),
-            attempt: 0,
-            labels: vec!["os=linux".into()],
-            started_ms: t + 10,
-            ended_ms: t + 500,
-            status: Status::Success,
-            steps: vec![],
-            metrics: Default::default(),
-            failed_step: None,
-            error: None,
-            author: "Bench <bench@peerbot.invalid>".into(),
-            title: format!("synthetic commit {i}"),
-            node_name: String::new(),
-        };
-        batch.push(sign(&key, &Body::Change(change)));
-        batch.push(sign(&key, &Body::Result(result)));
-        if batch.len() >= 2048 {
-            store.put_records_bulk(&batch)?;
-            batch.clear();
-        }
-    }
-    store.put_records_bulk(&batch)?;
-    // A node's checkpoint still holds: the next start applies these as
-    // records that arrived after it.
-    println!("{} records in {}", 2 * results, data_dir.display());
-    Ok(())
 }

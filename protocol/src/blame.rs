@@ -10,10 +10,11 @@
 //! records decide, so every node and every page size gives one answer.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use crate::ids::Hash32;
 use crate::recipe::job_id;
-use crate::record::{decode_stored, Body, BuildResult, Change, Status, VerifiedRecord};
+use crate::record::{Body, BuildResult, Change, Status, VerifiedRecord};
 use crate::store::Store;
 
 /// First parents followed looking for the previous result.
@@ -47,13 +48,20 @@ fn passed(s: Status) -> bool {
     matches!(s, Status::Success | Status::Warnings)
 }
 
-fn read<S: Store + ?Sized>(store: &S, id: &Hash32) -> Option<VerifiedRecord> {
-    decode_stored(&store.get_record(id)?).ok()
+fn read<S: Store + ?Sized>(store: &S, id: &Hash32) -> Option<Arc<VerifiedRecord>> {
+    store.record(id)
 }
 
-/// The unforced change announcing `commit`.
-fn change<S: Store + ?Sized>(store: &S, repo: &str, commit: &str) -> Option<Change> {
-    match read(store, &store.change_for_commit(repo, commit)?)?.body {
+/// The unforced change announcing `commit`: its record, shared with the
+/// store's cache rather than copied (see `unforced`).
+fn change<S: Store + ?Sized>(store: &S, repo: &str, commit: &str) -> Option<Arc<VerifiedRecord>> {
+    let rec = read(store, &store.change_for_commit(repo, commit)?)?;
+    unforced(&rec)?;
+    Some(rec)
+}
+
+fn unforced(rec: &VerifiedRecord) -> Option<&Change> {
+    match &rec.body {
         Body::Change(c) if c.force.is_none() => Some(c),
         _ => None,
     }
@@ -87,22 +95,24 @@ pub fn blame<S: Store + ?Sized>(store: &S, result: &BuildResult) -> Blame {
     }
     let Some(own) = change(store, &r.repo, &r.commit) else { return Blame::default() };
     let mut out = Blame::default();
-    let mut parent = own.parents.first().cloned();
+    let mut parent = unforced(&own).and_then(|c| c.parents.first().cloned());
     for _ in 0..MAX_WALK {
         let Some(p) = parent.take() else { break };
         if let Some(v) = verdict(store, &r.repo, &p, &r.builder) {
             out.previous = Some(v);
             break;
         }
-        parent = change(store, &r.repo, &p).and_then(|c| c.parents.first().cloned());
+        parent = change(store, &r.repo, &p).and_then(|c| unforced(&c)?.parents.first().cloned());
     }
     // The commits first tested here: this one, and its ancestors back to
     // commits with a verdict of this builder, along every parent.
     let mut authors: Vec<String> = Vec::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut queue: VecDeque<(String, Change)> = VecDeque::from([(r.commit.clone(), own)]);
+    let mut queue: VecDeque<(String, Arc<VerifiedRecord>)> = VecDeque::from([(r.commit.clone(), own)]);
     seen.insert(r.commit.to_ascii_lowercase());
-    while let Some((commit, c)) = queue.pop_front() {
+    while let Some((commit, rec)) = queue.pop_front() {
+        // `change` gave only unforced changes.
+        let Some(c) = unforced(&rec) else { continue };
         if out.commits.len() >= MAX_RANGE {
             out.truncated = true;
             break;

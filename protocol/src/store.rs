@@ -67,6 +67,11 @@ pub trait Store {
         Ok(())
     }
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>>;
+    /// A stored record, decoded (a store may keep decoded records, and
+    /// share them rather than copy them).
+    fn record(&self, id: &Hash32) -> Option<Arc<VerifiedRecord>> {
+        crate::record::decode_stored(&self.get_record(id)?).ok().map(Arc::new)
+    }
     fn has_record(&self, id: &Hash32) -> bool;
     /// Which of `ids` are stored, in order. A fetched batch asks for all of
     /// its ids at once, which a store on disk answers for less than one

@@ -18,7 +18,7 @@ impl CoreActor {
             .filter_map(|(r, _)| self.core.store().record(r))
             .map(|r| match &r.body {
                 peerbot_protocol::Body::Result(b) => json!({
-                    "id": r.id.to_hex(), "status": b.status.as_str(), "attempt": b.attempt, "signer": r.signer.to_string()
+                    "id": r.id.to_hex(), "status": b.status.as_str(), "attempt": b.attempt, "signer": crate::core_actor::peer_text(&r.signer)
                 }),
                 _ => Value::Null,
             })

@@ -2,12 +2,12 @@
 //! table holds only the open jobs, so the past is paged from here.
 
 use peerbot_protocol::ids::Hash32;
-use peerbot_protocol::record::{decode_stored, VerifiedRecord};
-use peerbot_protocol::store::Lookup;
+use peerbot_protocol::record::VerifiedRecord;
+use peerbot_protocol::store::{Lookup, Store};
 use peerbot_protocol::Body;
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
-use super::{lookup_key, parse_lookup_key, RocksStore, CF_LOOKUPS, CF_RECORDS};
+use super::{parse_lookup_key, RocksStore, CF_LOOKUPS};
 
 /// State ‖ time ‖ id → job id. A result files a `Done` entry and a cancel
 /// a `Cancelled` one, at the record's own (time, id), in the write that
@@ -57,31 +57,21 @@ pub(super) fn file_job_entry(db: &DB, batch: &mut WriteBatch, rec: &VerifiedReco
 }
 
 /// Up to `limit` ids filed under `key`, in id order.
-fn lookup(db: &DB, l: Lookup, key: &Hash32, limit: usize) -> Vec<Hash32> {
-    let start = lookup_key(l, key, &Hash32([0; 32]));
-    let mut out = Vec::new();
-    for item in db.iterator_cf(db.cf_handle(CF_LOOKUPS).expect("cf"), IteratorMode::From(&start, Direction::Forward)) {
-        let Ok((k, _)) = item else { break };
-        if !k.starts_with(&start[..33]) || out.len() >= limit {
-            break;
-        }
-        out.extend(parse_lookup_key(&k).map(|(_, id)| id));
-    }
-    out
+fn lookup(s: &RocksStore, l: Lookup, key: &Hash32, limit: usize) -> Vec<Hash32> {
+    Store::lookup(s, l, key, limit)
 }
 
-fn stored_position(db: &DB, id: &Hash32) -> Option<Position> {
-    let bytes = db.get_cf(db.cf_handle(CF_RECORDS).expect("cf"), id.0).ok()??;
-    let rec = decode_stored(&bytes).ok()?;
+fn stored_position(s: &RocksStore, id: &Hash32) -> Option<Position> {
+    let rec = s.cached_record(id)?;
     Some(super::order_key(&peerbot_protocol::sync::SyncKey { time: rec.time(), id: rec.id }))
 }
 
 /// Where a superseded job is listed: when the later of its change and the
 /// change of the job in its place was stored, so after both were known.
-fn superseded_position(db: &DB, job: &Hash32, by: &Hash32) -> Position {
+fn superseded_position(s: &RocksStore, job: &Hash32, by: &Hash32) -> Position {
     let time = [job, by]
         .iter()
-        .filter_map(|j| lookup(db, Lookup::JobChange, j, 1).first().and_then(|c| stored_position(db, c)))
+        .filter_map(|j| lookup(s, Lookup::JobChange, j, 1).first().and_then(|c| stored_position(s, c)))
         .max()
         .map_or([0; 8], |p| p[..8].try_into().expect("8 bytes"));
     let mut pos = [0u8; 40];
@@ -91,22 +81,22 @@ fn superseded_position(db: &DB, job: &Hash32, by: &Hash32) -> Position {
 }
 
 /// Files a superseded job's entry (with the core's `Superseded` lookup).
-pub(super) fn file_superseded(db: &DB, job: &Hash32, by: &Hash32) -> Result<(), rocksdb::Error> {
-    let pos = superseded_position(db, job, by);
-    db.put_cf(db.cf_handle(IX_JOB_STATE).expect("cf"), entry_key(Finished::Superseded, &pos), job.0)
+pub(super) fn file_superseded(s: &RocksStore, job: &Hash32, by: &Hash32) -> Result<(), rocksdb::Error> {
+    let pos = superseded_position(s, job, by);
+    s.db.put_cf(s.cf(IX_JOB_STATE), entry_key(Finished::Superseded, &pos), job.0)
 }
 
 /// Files the entries of every `Superseded` lookup again (a rebuild).
-pub(super) fn refile_superseded(db: &DB) -> anyhow::Result<u64> {
+pub(super) fn refile_superseded(s: &RocksStore) -> anyhow::Result<u64> {
     let start = [Lookup::Superseded as u8];
     let mut n = 0;
-    for item in db.iterator_cf(db.cf_handle(CF_LOOKUPS).expect("cf"), IteratorMode::From(&start, Direction::Forward)) {
+    for item in s.db.iterator_cf(s.cf(CF_LOOKUPS), IteratorMode::From(&start, Direction::Forward)) {
         let (k, _) = item?;
         if !k.starts_with(&start) {
             break;
         }
         if let Some((job, by)) = parse_lookup_key(&k) {
-            file_superseded(db, &job, &by)?;
+            file_superseded(s, &job, &by)?;
             n += 1;
         }
     }
@@ -118,42 +108,42 @@ pub(super) fn refile_superseded(db: &DB) -> anyhow::Result<u64> {
 /// whatever else happened, then a cancel, then a newer job in its place.
 /// `None` for a job still open, or whose change is not stored (nothing
 /// could show it).
-fn stored_state(db: &DB, job: &Hash32) -> Option<(Finished, Vec<Hash32>)> {
-    lookup(db, Lookup::JobChange, job, 1).first()?;
-    let results = lookup(db, Lookup::JobResult, job, 64);
+fn stored_state(s: &RocksStore, job: &Hash32) -> Option<(Finished, Vec<Hash32>)> {
+    lookup(s, Lookup::JobChange, job, 1).first()?;
+    let results = lookup(s, Lookup::JobResult, job, 64);
     if !results.is_empty() {
         return Some((Finished::Done, results));
     }
-    let cancels = lookup(db, Lookup::JobCancel, job, 64);
+    let cancels = lookup(s, Lookup::JobCancel, job, 64);
     if !cancels.is_empty() {
         return Some((Finished::Cancelled, cancels));
     }
-    let by = lookup(db, Lookup::Superseded, job, 1);
+    let by = lookup(s, Lookup::Superseded, job, 1);
     (!by.is_empty()).then_some((Finished::Superseded, by))
 }
 
 /// A job's one place in `state`'s list: its earliest result for `Done`,
 /// its earliest cancel for `Cancelled`; `None` if it is not in that state.
-fn position(db: &DB, state: Finished, job: &Hash32) -> Option<Position> {
-    let (now, ids) = stored_state(db, job)?;
+fn position(s: &RocksStore, state: Finished, job: &Hash32) -> Option<Position> {
+    let (now, ids) = stored_state(s, job)?;
     if now != state {
         return None;
     }
     match state {
-        Finished::Superseded => Some(superseded_position(db, job, &ids[0])),
-        _ => ids.iter().filter_map(|id| stored_position(db, id)).min(),
+        Finished::Superseded => Some(superseded_position(s, job, &ids[0])),
+        _ => ids.iter().filter_map(|id| stored_position(s, id)).min(),
     }
 }
 
 /// Whether the entry at `pos` is where `job` is listed in `state`.
-fn canonical(db: &DB, state: Finished, job: &Hash32, pos: &Position) -> bool {
+fn canonical(s: &RocksStore, state: Finished, job: &Hash32, pos: &Position) -> bool {
     if state == Finished::Superseded {
-        return position(db, state, job).as_ref() == Some(pos);
+        return position(s, state, job).as_ref() == Some(pos);
     }
-    match stored_state(db, job) {
+    match stored_state(s, job) {
         // The common case, one result or one cancel: no record to read.
         Some((now, ids)) if now == state && ids.len() == 1 => ids[0].0[..] == pos[8..],
-        Some((now, _)) if now == state => position(db, state, job).as_ref() == Some(pos),
+        Some((now, _)) if now == state => position(s, state, job).as_ref() == Some(pos),
         _ => false,
     }
 }
@@ -180,7 +170,7 @@ impl RocksStore {
                 continue;
             };
             let job = Hash32(job);
-            if canonical(&self.db, state, &job, &pos) {
+            if canonical(self, state, &job, &pos) {
                 page.jobs.push(job);
             }
             examined += 1;
@@ -194,7 +184,7 @@ impl RocksStore {
 
     /// Where `job` is listed in `state`, for a `before` cursor naming a job.
     pub fn job_position(&self, state: Finished, job: &Hash32) -> Option<Position> {
-        position(&self.db, state, job)
+        position(self, state, job)
     }
 
     /// Every entry of `state`, oldest first.

@@ -11,9 +11,11 @@ use peerbot_protocol::sync::{Fingerprint, SyncKey};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
+mod cache;
 mod jobs;
 mod query;
 
+pub use cache::set_read_cache_mb;
 pub use jobs::{Finished, Position};
 use query::{file_indexes, rebuild_indexes, INDEX_CFS, INDEX_VERSION, INDEX_VERSION_KEY};
 pub use query::{set_block_cache_mb, Filter, Kind, Page};
@@ -53,6 +55,8 @@ pub struct RocksStore {
     /// Held across each write of records: their arrival positions are
     /// given out in the order the writes land.
     arrivals: Arc<std::sync::Mutex<Arrivals>>,
+    /// Decoded records and lookups the API reads again and again.
+    cache: Arc<cache::ReadCache>,
 }
 
 #[derive(Default)]
@@ -200,7 +204,7 @@ impl RocksStore {
     /// they are current (`peerbot reindex`, on a stopped node).
     pub fn open_reindexed(dir: &Path) -> anyhow::Result<(Self, u64)> {
         let s = Self::open_with(dir, true)?;
-        let n = rebuild_indexes(&s.db)?;
+        let n = rebuild_indexes(&s)?;
         Ok((s, n))
     }
 
@@ -246,10 +250,7 @@ impl RocksStore {
                 String::from_utf8_lossy(SCHEMA_VERSION)
             ),
         }
-        if !reindex && db.get_cf(meta, INDEX_VERSION_KEY)?.as_deref() != Some(INDEX_VERSION) {
-            tracing::info!("database in {}: building the API's indexes", dir.display());
-            rebuild_indexes(&db)?;
-        }
+        let stale_indexes = !reindex && db.get_cf(meta, INDEX_VERSION_KEY)?.as_deref() != Some(INDEX_VERSION);
         if db.get_cf(meta, OLD_SUMMARY_KEY)?.is_some() {
             db.delete_cf(meta, OLD_SUMMARY_KEY)?;
         }
@@ -283,12 +284,18 @@ impl RocksStore {
             }
         };
         let n = index.count();
-        Ok(RocksStore {
+        let s = RocksStore {
             db: Arc::new(db),
             count: Arc::new(std::sync::atomic::AtomicU64::new(n)),
             index: Arc::new(std::sync::RwLock::new(index)),
             arrivals: Arc::new(std::sync::Mutex::new(Arrivals { last, summarised })),
-        })
+            cache: Arc::new(cache::ReadCache::configured()),
+        };
+        if stale_indexes {
+            tracing::info!("database in {}: building the API's indexes", dir.display());
+            rebuild_indexes(&s)?;
+        }
+        Ok(s)
     }
 
     /// Saves the range summaries for the next open, so that it reads no
@@ -322,8 +329,8 @@ impl RocksStore {
         for rec in by_id {
             batch.put_cf(self.cf(CF_RECORDS), rec.id.0, &rec.bytes);
         }
-        let mut lookups: Vec<[u8; 65]> =
-            recs.iter().flat_map(|r| lookups_of(r)).map(|(l, k, v)| lookup_key(l, &k, &v)).collect();
+        let filed: Vec<(Lookup, Hash32, Hash32)> = recs.iter().flat_map(|r| lookups_of(r)).collect();
+        let mut lookups: Vec<[u8; 65]> = filed.iter().map(|(l, k, v)| lookup_key(*l, k, v)).collect();
         lookups.sort_unstable();
         for k in lookups {
             batch.put_cf(self.cf(CF_LOOKUPS), k, b"");
@@ -342,6 +349,7 @@ impl RocksStore {
             file_indexes(&self.db, &mut batch, rec, &key);
         }
         self.db.write_opt(batch, &Self::sync_write())?;
+        self.cache.filed(filed.into_iter().map(|(l, k, _)| (l, k)));
         // Only what is on disk counts: a failed write (a full disk) must not
         // leave the count or the reconciliation index ahead of the database.
         arrivals.last = at;
@@ -385,19 +393,29 @@ impl RocksStore {
         let mut start = vec![lookup as u8];
         start.extend_from_slice(&prefix[..prefix.len().min(32)]);
         let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
         for item in self.db.iterator_cf(self.cf(CF_LOOKUPS), IteratorMode::From(&start, Direction::Forward)) {
             let Ok((k, _)) = item else { break };
-            if !k.starts_with(&start) || out.len() >= limit {
+            if !k.starts_with(&start) {
                 break;
             }
             out.extend(parse_lookup_key(&k));
+            // Stopping here spares a step to the next key.
+            if out.len() >= limit {
+                break;
+            }
         }
         out
     }
 
     pub fn record(&self, id: &Hash32) -> Option<VerifiedRecord> {
-        let b = self.get_record(id)?;
-        decode_stored(&b).ok()
+        self.cached_record(id).map(Arc::unwrap_or_clone)
+    }
+
+    fn cached_record(&self, id: &Hash32) -> Option<Arc<VerifiedRecord>> {
+        self.cache.record(id, || decode_stored(&self.get_record(id)?).ok())
     }
 
     /// Finds a record by a unique hex prefix of its id.
@@ -445,6 +463,10 @@ impl Store for RocksStore {
 
     fn get_record(&self, id: &Hash32) -> Option<Vec<u8>> {
         self.db.get_cf(self.cf(CF_RECORDS), id.0).ok().flatten()
+    }
+
+    fn record(&self, id: &Hash32) -> Option<Arc<VerifiedRecord>> {
+        self.cached_record(id)
     }
 
     fn has_record(&self, id: &Hash32) -> bool {
@@ -539,14 +561,20 @@ impl Store for RocksStore {
         // and the synced write of a checkpoint makes the earlier ones
         // durable with it (one write-ahead log).
         self.db.put_cf(self.cf(CF_LOOKUPS), lookup_key(lookup, key, value), b"").map_err(err)?;
+        self.cache.filed([(lookup, *key)]);
         if lookup == Lookup::Superseded {
-            jobs::file_superseded(&self.db, key, value).map_err(err)?;
+            jobs::file_superseded(self, key, value).map_err(err)?;
         }
         Ok(())
     }
 
     fn lookup(&self, lookup: Lookup, key: &Hash32, limit: usize) -> Vec<Hash32> {
-        self.lookups_from(lookup, &key.0, limit).into_iter().map(|(_, id)| id).collect()
+        let read = |n: usize| self.lookups_from(lookup, &key.0, n).into_iter().map(|(_, id)| id).collect();
+        if limit > cache::LOOKUP_READ {
+            return read(limit);
+        }
+        let filed = self.cache.lookup(lookup, key, read);
+        filed[..filed.len().min(limit)].to_vec()
     }
 
     fn lookup_prefix(&self, lookup: Lookup, prefix: &[u8], limit: usize) -> Vec<(Hash32, Hash32)> {

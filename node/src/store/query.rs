@@ -1,6 +1,7 @@
 //! The API's secondary indexes and the queries they answer.
 
 use peerbot_protocol::record::{decode_stored, VerifiedRecord};
+use peerbot_protocol::store::Store;
 use peerbot_protocol::sync::SyncKey;
 use peerbot_protocol::{Body, PeerId, Status};
 use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -130,7 +131,8 @@ pub(super) fn file_indexes(db: &DB, batch: &mut WriteBatch, rec: &VerifiedRecord
 
 /// Empties the index column families and files every stored record's
 /// entries again, in batches, then marks them current.
-pub(super) fn rebuild_indexes(db: &DB) -> anyhow::Result<u64> {
+pub(super) fn rebuild_indexes(s: &RocksStore) -> anyhow::Result<u64> {
+    let db = &*s.db;
     for cf in INDEX_CFS {
         // No key is 256 bytes of 0xff: this bound is past all of them.
         db.delete_range_cf(db.cf_handle(cf).expect("cf"), b"".as_slice(), [0xffu8; 256].as_slice())?;
@@ -151,7 +153,7 @@ pub(super) fn rebuild_indexes(db: &DB) -> anyhow::Result<u64> {
         }
     }
     db.write(batch)?;
-    let superseded = refile_superseded(db)?;
+    let superseded = refile_superseded(s)?;
     tracing::info!("indexing: {superseded} superseded jobs");
     let mut w = WriteOptions::default();
     w.set_sync(true);
@@ -202,7 +204,8 @@ pub enum Kind {
 /// One page of a query, newest first.
 #[derive(Debug, Default)]
 pub struct Page {
-    pub records: Vec<VerifiedRecord>,
+    /// Shared with the store's cache, not copied.
+    pub records: Vec<std::sync::Arc<VerifiedRecord>>,
     /// Where the next page starts (pass as `before`): set when the page is
     /// full or the scan budget ran out first, `None` at the end of history.
     pub next: Option<SyncKey>,
@@ -257,7 +260,8 @@ impl RocksStore {
         }
         let mut examined = 0usize;
         let mut visit = |key: SyncKey, page: &mut Page| -> bool {
-            if let Some(rec) = self.record(&key.id) {
+            let read = || decode_stored(&self.get_record(&key.id)?).ok();
+            if let Some(rec) = self.cache.record_if(&key.id, read, |r| filter.matches(r)) {
                 if filter.matches(&rec) {
                     page.records.push(rec);
                 }

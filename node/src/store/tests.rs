@@ -361,3 +361,43 @@ fn a_batch_of_ids_is_answered_in_order_from_the_memtable_and_from_tables_on_disk
     assert_eq!(s.has_records(&ids), [false, true, true, false, true]);
     assert_eq!(s.has_records(&[]), Vec::<bool>::new());
 }
+
+#[test]
+fn a_cached_lookup_is_dropped_when_any_clone_of_the_store_files_under_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStore::open(dir.path()).unwrap();
+    let mut writer = s.clone();
+    let job = peerbot_protocol::recipe::job_id("/repo", "abcd01", "linux");
+    let other = peerbot_protocol::recipe::job_id("/repo", "abcd02", "linux");
+    // Asked before anything is filed: empty answers are cached too.
+    assert_eq!(s.change_for_job(&job), None);
+    assert!(s.results_for_job(&job).is_empty());
+    assert_eq!(s.superseded_by(&job), None);
+    let c = change("abcd01");
+    writer.put_record(&c).unwrap();
+    assert_eq!(s.change_for_job(&job), Some(c.id));
+    assert_eq!(s.change_for_commit("/repo", "abcd01"), Some(c.id));
+    writer.put_records(&[result(job, 0)]).unwrap();
+    assert_eq!(s.results_for_job(&job).len(), 1);
+    writer.put_lookup(Lookup::Superseded, &job, &other).unwrap();
+    assert_eq!(s.superseded_by(&job), Some(other));
+    // More ids than a cached entry holds: every limit gives the first in
+    // id order, as the database does.
+    let many: Vec<_> = (1..70).map(|a| result(job, a)).collect();
+    writer.put_records(&many).unwrap();
+    let all = s.lookup(Lookup::JobResult, &job, 1000);
+    assert_eq!(all.len(), 70);
+    assert!(all.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(s.lookup(Lookup::JobResult, &job, 64), all[..64]);
+    assert_eq!(s.lookup(Lookup::JobResult, &job, 1), all[..1]);
+    assert_eq!(s.results_for_job(&job), all[..64]);
+    // A cached record is the stored one.
+    for id in [c.id, all[0]] {
+        let stored = decode_stored(&s.get_record(&id).unwrap()).unwrap();
+        for _ in 0..2 {
+            let r = s.record(&id).unwrap();
+            assert_eq!((r.id, &r.bytes, r.signer), (stored.id, &stored.bytes, stored.signer));
+        }
+    }
+    assert!(s.record(&Hash32([7; 32])).is_none());
+}

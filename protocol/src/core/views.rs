@@ -8,7 +8,7 @@ use super::jobs::{decode_lost, lost_key, new_job, JobState, JobView};
 use super::records::settled_in;
 use super::NodeCore;
 use crate::ids::Hash32;
-use crate::record::{decode_stored, Body, Status, VerifiedRecord};
+use crate::record::{Body, Status, VerifiedRecord};
 use crate::store::{Lookup, Store};
 use crate::Millis;
 
@@ -90,8 +90,8 @@ pub fn results_disagree(statuses: impl IntoIterator<Item = Status>) -> bool {
 }
 
 impl<S: Store> NodeCore<S> {
-    fn stored(&self, id: &Hash32) -> Option<VerifiedRecord> {
-        decode_stored(&self.store.get_record(id)?).ok()
+    fn stored(&self, id: &Hash32) -> Option<std::sync::Arc<VerifiedRecord>> {
+        self.store.record(id)
     }
 
     /// Whether the store holds any record of the job (its change, a result
@@ -125,15 +125,16 @@ impl<S: Store> NodeCore<S> {
             return Some(j.clone());
         }
         let change = self.store.change_for_job(id)?;
-        let Body::Change(c) = self.stored(&change)?.body else { return None };
+        let rec = self.stored(&change)?;
+        let Body::Change(c) = &rec.body else { return None };
         let spec = c.jobs.iter().find(|s| s.id == *id)?;
-        let mut v = new_job(c.announced_ms, &c, change, spec);
+        let mut v = new_job(c.announced_ms, c, change, spec);
         v.not_before = 0;
         v.attempt = self
             .store
             .results_for_job(id)
             .iter()
-            .filter_map(|r| match self.stored(r)?.body {
+            .filter_map(|r| match &self.stored(r)?.body {
                 Body::Result(b) => Some(b.attempt),
                 _ => None,
             })
@@ -143,8 +144,8 @@ impl<S: Store> NodeCore<S> {
         v.lost = self.store.get_state(&lost_key(id)).map(|b| decode_lost(&b)).unwrap_or_default();
         v.cancelled = self.store.cancel_for_job(id).and_then(|k| {
             let rec = self.stored(&k)?;
-            match rec.body {
-                Body::Cancel(k) => Some((k.reason, rec.signer)),
+            match &rec.body {
+                Body::Cancel(k) => Some((k.reason.clone(), rec.signer)),
                 _ => None,
             }
         });
@@ -234,7 +235,7 @@ impl<S: Store> NodeCore<S> {
         self.store
             .results_for_job(job)
             .iter()
-            .filter_map(|id| match self.stored(id)?.body {
+            .filter_map(|id| match &self.stored(id)?.body {
                 Body::Result(r) => Some((*id, r.status)),
                 _ => None,
             })
