@@ -270,7 +270,7 @@ pub fn builder(st: &AppState, name: &str, q: &PageQuery) -> Result<Value, HttpRe
         Filter { repo: q.repo.clone(), branch: q.branch.clone(), builder: Some(name.to_string()), ..Default::default() };
     let page = st.store.query(Kind::Results, &filter, before, limit(q, 100), SCAN_BUDGET);
     let results: Vec<(&VerifiedRecord, &BuildResult)> =
-        page.records.iter().filter_map(|rec| Some((rec, result_of(rec)?))).collect();
+        page.records.iter().filter_map(|rec| Some((&**rec, result_of(rec)?))).collect();
     let judged: Vec<&BuildResult> =
         results.iter().map(|(_, r)| *r).filter(|r| r.status != peerbot_protocol::Status::Cancelled).collect();
     let good = judged
