@@ -167,7 +167,11 @@ impl WarningRule {
             regex::RegexBuilder::new(p)
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
-                .map_err(|e| format!("the pattern {p:?} is not a regular expression: {e}"))
+                // The parser's message spans lines; one line reads everywhere it is shown.
+                .map_err(|e| {
+                    let why = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                    format!("the pattern {p:?} is not a regular expression: {why}")
+                })
         };
         if self.suppress.len() > MAX_SUPPRESS {
             return Err(format!("warnings.suppress has over {MAX_SUPPRESS} patterns"));
