@@ -250,7 +250,7 @@ async fn run_build(
         }
         halted |= verdict == peerbot_protocol::recipe::StepVerdict::Failure && step.halt_on_failure;
     }
-    crate::live::end(&order.job);
+    crate::live::end(&order.job, order.attempt);
     let _ = tokio::fs::remove_dir_all(&ws).await;
     let _ = tokio::fs::remove_dir_all(&home).await;
     outcome.ended_ms = now_ms();

@@ -43,10 +43,13 @@ pub fn push(job: &Hash32, bytes: &[u8]) {
     s.kept.extend(bytes);
 }
 
-/// The build of `job` ended (its result is published or lost).
-pub fn end(job: &Hash32) {
+/// The build of `job` at `attempt` ended (its result is published or
+/// lost); a later attempt's output stays.
+pub fn end(job: &Hash32, attempt: u32) {
     if let Ok(mut t) = table().lock() {
-        t.remove(job);
+        if t.get(job).is_some_and(|s| s.attempt == attempt) {
+            t.remove(job);
+        }
     }
 }
 
@@ -111,7 +114,9 @@ mod tests {
         push(&job, b"ok\n");
         let c = read(&job, 5000, Some(0)).unwrap();
         assert_eq!((c.step.as_str(), c.index, c.offset, c.text.as_str()), ("test", 1, 0, "ok\n"));
-        end(&job);
+        end(&job, 0);
+        assert!(read(&job, 0, None).is_some(), "another attempt's end leaves this one");
+        end(&job, 1);
         assert!(read(&job, 0, None).is_none());
     }
 }

@@ -24,6 +24,10 @@ pub struct SignerKey {
 impl SignerKey {
     pub fn from_bytes(raw: &[u8]) -> Option<SignerKey> {
         let bytes: [u8; 32] = raw.try_into().ok()?;
+        // Under the cofactored rule a small-order key "signs" anything.
+        if CompressedEdwardsY(bytes).decompress()?.is_small_order() {
+            return None;
+        }
         let key = VerificationKey::try_from(bytes).ok()?;
         Some(SignerKey { bytes, key })
     }
@@ -179,6 +183,14 @@ mod tests {
             batch.insert(3, p);
             assert!(check_batch(&batch), "torsion {i} in a batch");
         }
+    }
+
+    #[test]
+    fn small_order_keys_are_refused() {
+        for t in EIGHT_TORSION.iter() {
+            assert!(SignerKey::from_bytes(&t.compress().0).is_none());
+        }
+        assert!(SignerKey::from_bytes(&expand([3; 32]).1.bytes).is_some());
     }
 
     #[test]

@@ -74,7 +74,14 @@ fn see_other(to: &str) -> HttpResponse {
 /// Only paths of this site are followed after a login.
 fn local_path(next: &Option<String>) -> String {
     match next.as_deref() {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        // Browsers drop tabs and newlines from a URL: "/\t/x" would become "//x".
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.chars().any(|c| c == '\\' || c.is_control() || c.is_whitespace()) =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -205,7 +212,7 @@ mod tests {
     #[test]
     fn only_local_paths_are_followed_after_login() {
         assert_eq!(local_path(&Some("/builds/ab".into())), "/builds/ab");
-        for evil in ["//evil.example/x", "https://evil.example/", "/\\evil.example", "builds"] {
+        for evil in ["//evil.example/x", "https://evil.example/", "/\\evil.example", "builds", "/\t/evil.example", "/\n/evil"] {
             assert_eq!(local_path(&Some(evil.into())), "/", "{evil}");
         }
     }

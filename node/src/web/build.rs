@@ -280,7 +280,7 @@ pub async fn change_page(req: HttpRequest, st: State, id: web::Path<String>) -> 
         table {
             tr { th { "commit" } td { code { (s(&c["commit"])) } " on " (s(&c["branch"])) " of " code { (s(&c["repo"])) } } }
             tr { th { "author" } td { (s(&c["author"])) } }
-            tr { th { "committed" } td { (when(c["commit_time"].as_i64().unwrap_or(0).max(0) as u64 * 1000)) } }
+            tr { th { "committed" } td { (when(super::commit_ms(c["commit_time"].as_i64().unwrap_or(0)))) } }
             tr { th { "announced" } td { (when(c["announced_ms"].as_u64().unwrap_or(0))) " by " code { (peer_short(s(&c["announced_by"]))) } } }
             tr { th { "parents" } td { @for p in c["parents"].as_array().into_iter().flatten() { code { (short(s(p))) } " " } } }
             @if let Some(f) = c["force"].as_object() { tr { th { "forced" } td { (s(&f["reason"])) } } }

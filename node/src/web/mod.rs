@@ -162,8 +162,18 @@ pub fn from_api(session: &Session, r: HttpResponse) -> HttpResponse {
     error_page(session, code, &msg)
 }
 
+/// The first characters of a commit id (a peer may send any text: cut
+/// at a character, never inside one).
 pub fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(10)]
+    match sha.char_indices().nth(10) {
+        Some((i, _)) => &sha[..i],
+        None => sha,
+    }
+}
+
+/// A commit time (seconds, as git gives it) in milliseconds.
+pub fn commit_ms(secs: i64) -> u64 {
+    (secs.max(0) as u64).saturating_mul(1000)
 }
 
 /// A time in milliseconds since the epoch, to the second, UTC.
@@ -171,13 +181,18 @@ pub fn when(ms: u64) -> String {
     if ms == 0 {
         return String::new();
     }
+    // Past 9999-12-31 there is no such date to print: the number is what was sent.
+    if ms > 253_402_300_799_999 {
+        return format!("{ms} ms");
+    }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string().replace('T', " ").trim_end_matches('Z').to_string()
 }
 
 /// A PeerId shown short: its end (they all begin alike).
 pub fn peer_short(peer: &str) -> String {
-    format!("…{}", &peer[peer.len().saturating_sub(8)..])
+    let n = peer.chars().count();
+    format!("…{}", peer.chars().skip(n.saturating_sub(8)).collect::<String>())
 }
 
 pub fn secs(ms: u64) -> String {
@@ -207,4 +222,21 @@ pub fn keep_query(repo: &Option<String>, branch: &Option<String>) -> String {
         return String::new();
     }
     format!("?{}", serde_urlencoded::to_string(pairs).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_a_peer_sent_is_cut_and_dated_without_panics() {
+        assert_eq!(short("0123456789abcdef"), "0123456789");
+        assert_eq!(short("aaaaaaaaaé-and-more"), "aaaaaaaaaé");
+        assert_eq!(short("é"), "é");
+        assert_eq!(peer_short("ééééééééééé"), "…éééééééé");
+        assert_eq!(when(1_000), "1970-01-01 00:00:01");
+        assert_eq!(when(u64::MAX), format!("{} ms", u64::MAX));
+        assert_eq!(commit_ms(i64::MAX), u64::MAX);
+        assert_eq!(commit_ms(-5), 0);
+    }
 }

@@ -107,7 +107,7 @@ pub async fn console_page(req: HttpRequest, st: State, q: web::Query<PageQuery>)
                             td { (s(&row["title"]))
                                  @if let Some(e) = row["recipe_error"].as_str() { " " span.err title=(e) { "recipe error" } } }
                             td { (who(s(&row["author"]))) }
-                            td.muted { (when(row["commit_time"].as_i64().unwrap_or(0).max(0) as u64 * 1000)) }
+                            td.muted { (when(super::commit_ms(row["commit_time"].as_i64().unwrap_or(0)))) }
                             @for b in &builders {
                                 @match row["cells"].get(*b) { Some(c) => (cell(c)), None => td.cell {} }
                             }
