@@ -279,7 +279,8 @@ async fn measure(at: &Place<'_>, step: &StepSpec, envs: &[(&str, String)]) -> st
         let value = match metric_source(spec) {
             Ok(MetricSource::FileSize(p)) => file_size(at.ws, p).await,
             Ok(MetricSource::Command(c)) => {
-                let mut cmd = tokio::process::Command::from(at.jail.command(at.ws, at.cwd, at.home, &[at.mirror], c, envs));
+                let mut cmd =
+                    tokio::process::Command::from(at.jail.command(at.ws, at.cwd, at.home, &[at.mirror], c, envs));
                 cmd.stdin(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
                 match tokio::time::timeout(METRIC_TIMEOUT, cmd.output()).await {
                     Ok(Ok(o)) if o.status.success() => {

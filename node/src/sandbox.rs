@@ -201,7 +201,10 @@ mod tests {
         let data = root.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let jail = StepJail::prepare(SandboxMode::None, &root.path().join("w"), &data, &[]).unwrap();
-        let out = jail.command(root.path(), root.path(), root.path(), &[], "env", &[("PEERBOT_STEP", "s".into())]).output().unwrap();
+        let out = jail
+            .command(root.path(), root.path(), root.path(), &[], "env", &[("PEERBOT_STEP", "s".into())])
+            .output()
+            .unwrap();
         let env = String::from_utf8_lossy(&out.stdout);
         let mut names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
         names.sort();

@@ -122,7 +122,10 @@ mod tests {
     fn warnings_follow_the_steps_pattern_and_suppressions() {
         use crate::recipe::WarningRule;
         let log = "warning: unused x\nwarning: deprecated y (vendor/z.rs)\nLINT W001 style\nok\n";
-        assert_eq!(find_warnings(log, None, 50), (2, vec!["warning: unused x".into(), "warning: deprecated y (vendor/z.rs)".into()]));
+        assert_eq!(
+            find_warnings(log, None, 50),
+            (2, vec!["warning: unused x".into(), "warning: deprecated y (vendor/z.rs)".into()])
+        );
         let suppress = WarningRule { pattern: None, suppress: vec!["vendor/".into()] };
         assert_eq!(find_warnings(log, Some(&suppress), 50), (1, vec!["warning: unused x".into()]));
         let lint = WarningRule { pattern: Some(r"^LINT W\d+".into()), suppress: vec![] };

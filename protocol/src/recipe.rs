@@ -51,7 +51,8 @@ pub fn check_spec(j: &JobSpec) -> Result<(), String> {
         if s.timeout_secs == 0 || s.timeout_secs > MAX_STEP_TIMEOUT_SECS {
             return Err(format!("builder {:?}: a step's timeout is not 1 to {MAX_STEP_TIMEOUT_SECS} s", j.builder));
         }
-        check_step_options(&s.env, s.workdir.as_deref()).map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
+        check_step_options(&s.env, s.workdir.as_deref())
+            .map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
         if let Some(w) = &s.warnings {
             w.compile().map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
         }
@@ -162,7 +163,10 @@ impl WarningRule {
     pub fn compile(&self) -> Result<Compiled, String> {
         let one = |p: &str| {
             if p.len() > MAX_PATTERN_LEN {
-                return Err(format!("the pattern {:?}… is over {MAX_PATTERN_LEN} bytes", &p[..p.floor_char_boundary(40)]));
+                return Err(format!(
+                    "the pattern {:?}… is over {MAX_PATTERN_LEN} bytes",
+                    &p[..p.floor_char_boundary(40)]
+                ));
             }
             regex::RegexBuilder::new(p)
                 .size_limit(REGEX_SIZE_LIMIT)

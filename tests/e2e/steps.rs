@@ -84,14 +84,8 @@ fn step_options_decide_what_runs_and_what_the_build_is() {
     let repo = GitRepo::new().unwrap();
     let commit = repo.commit(&[(".peerbot.toml", RECIPE), ("sub/.keep", "")], "steps").unwrap();
     let path = repo.path().display().to_string();
-    let args = [
-        "--watch".to_string(),
-        format!("{path}#main"),
-        "--allow-repo".into(),
-        path,
-        "--sandbox".into(),
-        "none".into(),
-    ];
+    let args =
+        ["--watch".to_string(), format!("{path}#main"), "--allow-repo".into(), path, "--sandbox".into(), "none".into()];
     let n = Node::start(Path::new(BIN), "steps", &root.path().join("n"), &args).unwrap();
 
     let b = build_of(&n, &commit, "halts");
@@ -141,8 +135,10 @@ fn metrics_are_measured_and_tracked_over_commits_on_the_builder_page() {
     let mut commits = Vec::new();
     let mut n = None;
     for size in [1000, 1500, 1200] {
-        let c = repo.commit(&[(".peerbot.toml", METRICS), ("size", &size.to_string())], &format!("size {size}")).unwrap();
-        let node = n.get_or_insert_with(|| Node::start(Path::new(BIN), "metrics", &root.path().join("n"), &args).unwrap());
+        let c =
+            repo.commit(&[(".peerbot.toml", METRICS), ("size", &size.to_string())], &format!("size {size}")).unwrap();
+        let node =
+            n.get_or_insert_with(|| Node::start(Path::new(BIN), "metrics", &root.path().join("n"), &args).unwrap());
         let b = build_of(node, &c, "image");
         assert_eq!(b["status"], "success", "{b}");
         assert_eq!(b["metrics"]["image_size"], size as f64, "{b}");

@@ -291,19 +291,28 @@ fn page_writes_need_the_login_and_its_csrf_token() {
     let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
     assert_eq!(csrf.len(), 64);
 
-    let (code, _, body) = post("/ui/force", Some(&cookie), None, &[&[("csrf", "0".repeat(64).as_str())][..], &force].concat());
-    assert_eq!(code, 403, "{body}");
     let (code, _, body) =
-        post("/ui/force", Some(&cookie), Some("http://evil.example"), &[&[("csrf", csrf.as_str())][..], &force].concat());
+        post("/ui/force", Some(&cookie), None, &[&[("csrf", "0".repeat(64).as_str())][..], &force].concat());
+    assert_eq!(code, 403, "{body}");
+    let (code, _, body) = post(
+        "/ui/force",
+        Some(&cookie),
+        Some("http://evil.example"),
+        &[&[("csrf", csrf.as_str())][..], &force].concat(),
+    );
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("evil.example"), "{body}");
     // Right cookie, token and origin: the write goes through to the node,
     // which names what is wrong with this repository.
     let origin = n.url();
-    let (code, _, body) = post("/ui/force", Some(&cookie), Some(&origin), &[&[("csrf", csrf.as_str())][..], &force].concat());
+    let (code, _, body) =
+        post("/ui/force", Some(&cookie), Some(&origin), &[&[("csrf", csrf.as_str())][..], &force].concat());
     assert_eq!(code, 400, "{body}");
     assert!(!body.contains("CSRF") && !body.contains("log in"), "{body}");
     // The JSON API does not take the cookie.
-    let r = agent.post(&format!("{}/api/v1/force", n.url())).set("cookie", &cookie).send_json(serde_json::json!({"repo": "x", "commit": "HEAD"}));
+    let r = agent
+        .post(&format!("{}/api/v1/force", n.url()))
+        .set("cookie", &cookie)
+        .send_json(serde_json::json!({"repo": "x", "commit": "HEAD"}));
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
 }

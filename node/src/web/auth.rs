@@ -54,7 +54,11 @@ fn check_write(req: &HttpRequest, st: &AppState, csrf: &str) -> Result<Session, 
         ));
     }
     if !same(csrf, &session.csrf) {
-        return Err(error_page(&session, StatusCode::FORBIDDEN, "the form's CSRF token is missing or stale: reload the page"));
+        return Err(error_page(
+            &session,
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is missing or stale: reload the page",
+        ));
     }
     let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if let Some(o) = origin {
@@ -124,11 +128,8 @@ pub async fn login(req: HttpRequest, st: State, form: web::Form<LoginForm>) -> H
         let session = Session::of(&req, &st);
         return error_page(&session, StatusCode::UNAUTHORIZED, "that is not this node's API token");
     }
-    let cookie = Cookie::build(COOKIE, st.api_token.clone())
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .finish();
+    let cookie =
+        Cookie::build(COOKIE, st.api_token.clone()).path("/").http_only(true).same_site(SameSite::Strict).finish();
     let mut r = see_other(&local_path(&form.next));
     let _ = r.add_cookie(&cookie);
     r
@@ -212,7 +213,9 @@ mod tests {
     #[test]
     fn only_local_paths_are_followed_after_login() {
         assert_eq!(local_path(&Some("/builds/ab".into())), "/builds/ab");
-        for evil in ["//evil.example/x", "https://evil.example/", "/\\evil.example", "builds", "/\t/evil.example", "/\n/evil"] {
+        for evil in
+            ["//evil.example/x", "https://evil.example/", "/\\evil.example", "builds", "/\t/evil.example", "/\n/evil"]
+        {
             assert_eq!(local_path(&Some(evil.into())), "/", "{evil}");
         }
     }

@@ -39,7 +39,14 @@ fn render_log(bytes: &[u8]) -> (Markup, bool) {
     (PreEscaped(html), cut)
 }
 
-fn force_button(session: &Session, label: &str, repo: &str, branch: &str, commit: &str, builder: Option<&str>) -> Markup {
+fn force_button(
+    session: &Session,
+    label: &str,
+    repo: &str,
+    branch: &str,
+    commit: &str,
+    builder: Option<&str>,
+) -> Markup {
     html! {
         form.inline method="post" action="/ui/force" {
             input type="hidden" name="csrf" value=(session.csrf);

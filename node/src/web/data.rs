@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::PageQuery;
 use crate::core_actor::Query;
-use crate::http::{before_key, bad_request, AppState, MAX_LIMIT, SCAN_BUDGET};
+use crate::http::{bad_request, before_key, AppState, MAX_LIMIT, SCAN_BUDGET};
 use crate::store::{Filter, Kind};
 
 /// Changes read to list the repositories and branches a node knows of.
@@ -84,9 +84,8 @@ pub async fn console(st: &AppState, q: &PageQuery) -> Result<Value, HttpResponse
         }
     }
     // Unless asked, the branch where something happened last.
-    let pick = newest.iter().find(|(r, b)| {
-        q.repo.as_ref().is_none_or(|x| x == r) && q.branch.as_ref().is_none_or(|x| x == b)
-    });
+    let pick =
+        newest.iter().find(|(r, b)| q.repo.as_ref().is_none_or(|x| x == r) && q.branch.as_ref().is_none_or(|x| x == b));
     let repo = q.repo.clone().or_else(|| pick.map(|p| p.0.clone()));
     let branch = q.branch.clone().or_else(|| pick.map(|p| p.1.clone()));
     let before = before_key(st, &q.before)?;
@@ -232,7 +231,9 @@ pub async fn waterfall(st: &AppState, q: &PageQuery) -> Result<Value, HttpRespon
             "steps": steps_json(r), "error": r.error,
         }));
     }
-    Ok(json!({"repo": q.repo, "branch": q.branch, "builders": builders, "entries": entries, "next_before": next(&page)}))
+    Ok(
+        json!({"repo": q.repo, "branch": q.branch, "builders": builders, "entries": entries, "next_before": next(&page)}),
+    )
 }
 
 /// Every builder seen in recent results, with its last build.
@@ -266,8 +267,12 @@ pub fn builder(st: &AppState, name: &str, q: &PageQuery) -> Result<Value, HttpRe
         return Err(bad_request("a builder name has 1 to 200 characters"));
     }
     let before = before_key(st, &q.before)?;
-    let filter =
-        Filter { repo: q.repo.clone(), branch: q.branch.clone(), builder: Some(name.to_string()), ..Default::default() };
+    let filter = Filter {
+        repo: q.repo.clone(),
+        branch: q.branch.clone(),
+        builder: Some(name.to_string()),
+        ..Default::default()
+    };
     let page = st.store.query(Kind::Results, &filter, before, limit(q, 100), SCAN_BUDGET);
     let results: Vec<(&VerifiedRecord, &BuildResult)> =
         page.records.iter().filter_map(|rec| Some((&**rec, result_of(rec)?))).collect();
@@ -280,7 +285,8 @@ pub fn builder(st: &AppState, name: &str, q: &PageQuery) -> Result<Value, HttpRe
     let durations: Vec<u64> = judged.iter().map(|r| r.ended_ms.saturating_sub(r.started_ms)).collect();
     let mut series: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for (rec, r) in results.iter().rev() {
-        let point = |v: f64| json!({"commit": r.commit, "build": rec.id.to_hex(), "status": r.status.as_str(), "value": v});
+        let point =
+            |v: f64| json!({"commit": r.commit, "build": rec.id.to_hex(), "status": r.status.as_str(), "value": v});
         // Results record their duration as `build_secs`; older ones did not.
         if !r.metrics.contains_key("build_secs") {
             let secs = r.ended_ms.saturating_sub(r.started_ms) as f64 / 1000.0;

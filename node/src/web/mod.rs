@@ -20,7 +20,6 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 use serde_json::Value;
 
-
 pub use auth::Session;
 
 /// A name as one segment of a path.

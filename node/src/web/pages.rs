@@ -209,7 +209,16 @@ pub async fn builders_page(req: HttpRequest, st: State) -> HttpResponse {
             } }
         }
     };
-    page(Layout { title: "Builders".into(), here: "/builders", json: "/api/v1/builders".into(), refresh: false, session: &session }, body)
+    page(
+        Layout {
+            title: "Builders".into(),
+            here: "/builders",
+            json: "/api/v1/builders".into(),
+            refresh: false,
+            session: &session,
+        },
+        body,
+    )
 }
 
 #[get("/api/v1/builders")]
@@ -218,7 +227,12 @@ pub async fn builders_json(st: State) -> HttpResponse {
 }
 
 #[get("/builders/{name}")]
-pub async fn builder_page(req: HttpRequest, st: State, name: web::Path<String>, q: web::Query<PageQuery>) -> HttpResponse {
+pub async fn builder_page(
+    req: HttpRequest,
+    st: State,
+    name: web::Path<String>,
+    q: web::Query<PageQuery>,
+) -> HttpResponse {
     let session = Session::of(&req, &st);
     let v = match data::builder(&st, &name, &q) {
         Ok(v) => v,
@@ -296,7 +310,16 @@ pub async fn nodes_page(req: HttpRequest, st: State) -> HttpResponse {
             } }
         }
     };
-    page(Layout { title: "Nodes".into(), here: "/nodes", json: "/api/v1/nodes".into(), refresh: true, session: &session }, body)
+    page(
+        Layout {
+            title: "Nodes".into(),
+            here: "/nodes",
+            json: "/api/v1/nodes".into(),
+            refresh: true,
+            session: &session,
+        },
+        body,
+    )
 }
 
 #[get("/api/v1/nodes")]

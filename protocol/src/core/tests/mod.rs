@@ -562,9 +562,7 @@ fn given_up(n: &mut NodeCore<MemStore>) -> Vec<(Hash32, u32)> {
 
 #[test]
 fn give_up_deadline_is_the_steps_timeouts_and_the_grace() {
-    let steps = |secs: &[u64]| -> Vec<StepSpec> {
-        secs.iter().map(|s| StepSpec::new("s", "x", *s)).collect()
-    };
+    let steps = |secs: &[u64]| -> Vec<StepSpec> { secs.iter().map(|s| StepSpec::new("s", "x", *s)).collect() };
     assert_eq!(give_up_deadline(1_000, &steps(&[60, 30]), 30_000), 1_000 + 90_000 + 30_000);
     assert_eq!(give_up_deadline(5, &[], 7), 12, "no steps: the grace alone");
     assert_eq!(give_up_deadline(1, &steps(&[u64::MAX, 1]), 1), Millis::MAX, "saturates, never wraps");
