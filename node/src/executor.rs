@@ -302,19 +302,28 @@ async fn measure(at: &Place<'_>, step: &StepSpec, envs: &[(&str, String)]) -> st
 }
 
 async fn file_size(ws: &Path, p: &str) -> Option<f64> {
-    let root = tokio::fs::canonicalize(ws).await.ok()?;
-    let f = tokio::fs::canonicalize(ws.join(p)).await.ok()?;
+    let f = in_checkout(ws, p).await.ok()?;
     let meta = tokio::fs::metadata(&f).await.ok()?;
-    (f.starts_with(&root) && meta.is_file()).then_some(meta.len() as f64)
+    meta.is_file().then_some(meta.len() as f64)
+}
+
+/// `rel` in the checkout `ws`, symbolic links followed; an error when it
+/// does not exist or leads out of the checkout.
+async fn in_checkout(ws: &Path, rel: &str) -> anyhow::Result<PathBuf> {
+    let root = tokio::fs::canonicalize(ws).await?;
+    let p = tokio::fs::canonicalize(ws.join(rel)).await.map_err(|e| anyhow::anyhow!("{rel:?}: {e}"))?;
+    if !p.starts_with(&root) {
+        anyhow::bail!("{rel:?} leads out of the checkout");
+    }
+    Ok(p)
 }
 
 /// The directory a step runs in: the checkout, or its `workdir`, which
 /// must exist and, symbolic links followed, stay inside the checkout.
 async fn step_dir(ws: &Path, workdir: Option<&str>) -> anyhow::Result<PathBuf> {
     let Some(w) = workdir else { return Ok(ws.to_path_buf()) };
-    let root = tokio::fs::canonicalize(ws).await?;
-    let dir = tokio::fs::canonicalize(ws.join(w)).await.map_err(|e| anyhow::anyhow!("workdir {w:?}: {e}"))?;
-    if !dir.starts_with(&root) || !dir.is_dir() {
+    let dir = in_checkout(ws, w).await.map_err(|e| anyhow::anyhow!("workdir {e:#}"))?;
+    if !dir.is_dir() {
         anyhow::bail!("workdir {w:?} is not a directory inside the checkout");
     }
     Ok(dir)

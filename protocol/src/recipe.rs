@@ -109,7 +109,9 @@ pub const BUILT_IN_METRICS: [&str; 5] = ["build_secs", "warnings", "tests_passed
 
 pub fn metric_source(spec: &str) -> Result<MetricSource<'_>, String> {
     if let Some(p) = spec.strip_prefix("file_size:") {
-        check_step_options(&BTreeMap::new(), Some(p)).map_err(|e| format!("file_size: {e}"))?;
+        if !inside_checkout(p) {
+            return Err(format!("file_size: {p:?} must be a relative path inside the checkout, without '..'"));
+        }
         Ok(MetricSource::FileSize(p))
     } else if let Some(c) = spec.strip_prefix("cmd:") {
         if c.trim().is_empty() || c.len() > MAX_METRIC_COMMAND_LEN {
@@ -267,17 +269,21 @@ fn check_step_options(env: &BTreeMap<String, String>, workdir: Option<&str>) -> 
             return Err(format!("env {k:?}: its value is over {MAX_ENV_VALUE_LEN} bytes or holds a NUL"));
         }
     }
-    if let Some(w) = workdir {
-        let p = std::path::Path::new(w);
-        let inside = !w.is_empty()
-            && w.len() <= MAX_WORKDIR_LEN
-            && !w.contains('\0')
-            && p.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
-        if !inside {
-            return Err(format!("workdir {w:?} must be a relative path inside the checkout, without '..'"));
-        }
+    if let Some(w) = workdir.filter(|w| !inside_checkout(w)) {
+        return Err(format!("workdir {w:?} must be a relative path inside the checkout, without '..'"));
     }
     Ok(())
+}
+
+/// A path relative to the checkout that names nothing outside it (links
+/// are the executor's to follow and check).
+fn inside_checkout(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= MAX_WORKDIR_LEN
+        && !p.contains('\0')
+        && std::path::Path::new(p)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,13 +6,11 @@
 //! result keeps them.
 
 use std::path::Path;
-use std::time::Duration;
 
-use peerbot_tests::{wait_for, GitRepo, Node};
+use peerbot_tests::{GitRepo, Node};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_peerbot");
-const LONG: Duration = Duration::from_secs(120);
 
 const RECIPE: &str = r#"
 [[builder]]
@@ -65,15 +63,6 @@ name = "after"
 run = "true"
 "#;
 
-fn build_of(n: &Node, commit: &str, builder: &str) -> Value {
-    let found = wait_for(&format!("a {builder} result"), LONG, || {
-        let list = n.get(&format!("/api/v1/builds?commit={commit}&builder={builder}")).ok()?;
-        let id = list.as_array()?.first()?["id"].as_str()?.to_string();
-        n.get(&format!("/api/v1/builds/{id}")).ok()
-    });
-    found.unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()))
-}
-
 fn step_names(b: &Value) -> Vec<&str> {
     b["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect()
 }
@@ -88,7 +77,7 @@ fn step_options_decide_what_runs_and_what_the_build_is() {
         ["--watch".to_string(), format!("{path}#main"), "--allow-repo".into(), path, "--sandbox".into(), "none".into()];
     let n = Node::start(Path::new(BIN), "steps", &root.path().join("n"), &args).unwrap();
 
-    let b = build_of(&n, &commit, "halts");
+    let b = n.build_of(&commit, "halts");
     assert_eq!(b["status"], "failure", "{b}");
     assert_eq!(b["failed_step"], "test");
     assert_eq!(step_names(&b), ["setup", "lint", "test", "cleanup"], "never is skipped, cleanup runs");
@@ -98,17 +87,17 @@ fn step_options_decide_what_runs_and_what_the_build_is() {
     let cleanup = n.get_text(&format!("/api/v1/builds/{id}/steps/cleanup/log")).unwrap();
     assert_eq!(cleanup, "cleaned\n");
 
-    let b = build_of(&n, &commit, "soft");
+    let b = n.build_of(&commit, "soft");
     assert_eq!(b["status"], "warnings", "{b}");
     assert_eq!(step_names(&b), ["optional", "after"]);
     assert!(b["failed_step"].is_null());
 
-    let b = build_of(&n, &commit, "lint");
+    let b = n.build_of(&commit, "lint");
     assert_eq!(b["status"], "warnings", "{b}");
     assert_eq!(b["steps"][0]["warnings"], 2);
     assert_eq!(b["steps"][0]["warning_lines"], serde_json::json!(["LINT W001 src/a.rs", "LINT W003 src/c.rs"]));
 
-    let b = build_of(&n, &commit, "strict");
+    let b = n.build_of(&commit, "strict");
     assert_eq!(b["steps"][0]["warning_lines"], serde_json::json!(["warning: unused variable"]));
     assert_eq!(b["status"], "failure", "{b}");
     assert_eq!(b["failed_step"], "compile");
@@ -139,7 +128,7 @@ fn metrics_are_measured_and_tracked_over_commits_on_the_builder_page() {
             repo.commit(&[(".peerbot.toml", METRICS), ("size", &size.to_string())], &format!("size {size}")).unwrap();
         let node =
             n.get_or_insert_with(|| Node::start(Path::new(BIN), "metrics", &root.path().join("n"), &args).unwrap());
-        let b = build_of(node, &c, "image");
+        let b = node.build_of(&c, "image");
         assert_eq!(b["status"], "success", "{b}");
         assert_eq!(b["metrics"]["image_size"], size as f64, "{b}");
         assert_eq!(b["metrics"]["lines"], 42.0);

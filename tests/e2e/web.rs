@@ -49,14 +49,6 @@ run = "i=0; while [ -e slow ] && [ ! -e {gate} ]; do i=$((i+1)); echo tick $i; s
     )
 }
 
-fn build_of(n: &Node, commit: &str, builder: &str) -> Value {
-    let found = wait_for(&format!("a {builder} result for {commit}"), LONG, || {
-        let list = n.get(&format!("/api/v1/builds?commit={commit}&builder={builder}")).ok()?;
-        list.as_array()?.first().cloned()
-    });
-    found.unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail()))
-}
-
 fn change_of(n: &Node, commit: &str, forced: bool) -> Value {
     let found = wait_for(&format!("a change for {commit}"), LONG, || {
         let list = n.get(&format!("/api/v1/changes?commit={commit}")).ok()?;
@@ -115,11 +107,11 @@ fn the_dashboard_in_a_browser() {
         "web-node".into(),
     ];
     let n = Node::start(Path::new(BIN), "web", &root.path().join("n"), &args).unwrap();
-    assert_eq!(build_of(&n, &c1, "check")["status"], "warnings");
+    assert_eq!(n.build_of(&c1, "check")["status"], "warnings");
     let c2 = repo.commit_as(MALLORY, &[("broken", "1\n")], &[], "mallory breaks it").unwrap();
-    let red = build_of(&n, &c2, "check");
+    let red = n.build_of(&c2, "check");
     assert_eq!(red["blamelist"][0], MALLORY);
-    build_of(&n, &c2, "wait");
+    n.build_of(&c2, "wait");
 
     // A step that runs until the gate opens.
     let c3 = repo.commit_as(ALICE, &[("slow", "1\n")], &[], "alice slows it down").unwrap();
@@ -156,9 +148,9 @@ fn the_dashboard_in_a_browser() {
         assert_eq!(c.execute("return window.stayed === true;", vec![]).await.unwrap(), Value::Bool(true));
         shot(&c, "job-live").await;
         std::fs::write(&gate, "open").unwrap();
-        let done = build_of(&n, &c3, "wait");
+        let done = n.build_of(&c3, "wait");
         assert_eq!(done["status"], "success");
-        build_of(&n, &c3, "check");
+        n.build_of(&c3, "check");
 
         // The console: Mallory's commit stands out; its log is two clicks away.
         c.goto(&base).await.unwrap();
@@ -223,7 +215,7 @@ fn the_dashboard_in_a_browser() {
 
         // Rebuild the slow build with the gate shut, then cancel it from its job page.
         std::fs::remove_file(&gate).unwrap();
-        let slow = build_of(&n, &c3, "wait");
+        let slow = n.build_of(&c3, "wait");
         c.goto(&format!("{base}/builds/{}", slow["id"].as_str().unwrap())).await.unwrap();
         c.find(Locator::Css("form[action='/ui/force'] button")).await.unwrap().click().await.unwrap();
         until_source_has(&c, "forced from the web page").await;

@@ -271,6 +271,19 @@ impl Node {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The newest result of `builder` at `commit` (as `GET
+    /// /api/v1/builds/{id}` shows it), once there is one; panics with the
+    /// node's log after two minutes.
+    pub fn build_of(&self, commit: &str, builder: &str) -> Value {
+        let found =
+            wait_for(&format!("a {builder} result for {commit} on {}", self.name), Duration::from_secs(120), || {
+                let list = self.get(&format!("/api/v1/builds?commit={commit}&builder={builder}")).ok()?;
+                let id = list.as_array()?.first()?["id"].as_str()?.to_string();
+                self.get(&format!("/api/v1/builds/{id}")).ok()
+            });
+        found.unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()))
+    }
+
     pub fn log_tail(&self) -> String {
         let s = fs::read_to_string(self.data_dir.join("node.log")).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{error_page, from_api, page, Layout};
 use crate::core_actor::{Cancel, Force};
-use crate::http::{commit_info_for, AppState, State};
+use crate::http::{commit_info_for, same_token, AppState, State};
 
 const COOKIE: &str = "peerbot_token";
 
@@ -26,14 +26,9 @@ fn csrf_for(token: &str) -> String {
     blake3::keyed_hash(blake3::hash(token.as_bytes()).as_bytes(), b"peerbot page forms").to_hex().to_string()
 }
 
-fn same(a: &str, b: &str) -> bool {
-    // Compared as hashes: blake3's equality takes the same time whatever differs.
-    !a.is_empty() && blake3::hash(a.as_bytes()) == blake3::hash(b.as_bytes())
-}
-
 impl Session {
     pub fn of(req: &HttpRequest, st: &AppState) -> Session {
-        let logged_in = req.cookie(COOKIE).is_some_and(|c| same(c.value(), &st.api_token));
+        let logged_in = req.cookie(COOKIE).is_some_and(|c| same_token(c.value(), &st.api_token));
         Session {
             logged_in,
             csrf: if logged_in { csrf_for(&st.api_token) } else { String::new() },
@@ -53,7 +48,7 @@ fn check_write(req: &HttpRequest, st: &AppState, csrf: &str) -> Result<Session, 
             "log in with this node's API token first (the node keeps it in DATA_DIR/api.token)",
         ));
     }
-    if !same(csrf, &session.csrf) {
+    if !same_token(csrf, &session.csrf) {
         return Err(error_page(
             &session,
             StatusCode::FORBIDDEN,
@@ -124,7 +119,7 @@ pub struct LoginForm {
 
 #[post("/login")]
 pub async fn login(req: HttpRequest, st: State, form: web::Form<LoginForm>) -> HttpResponse {
-    if !same(&form.token, &st.api_token) {
+    if !same_token(&form.token, &st.api_token) {
         let session = Session::of(&req, &st);
         return error_page(&session, StatusCode::UNAUTHORIZED, "that is not this node's API token");
     }
@@ -224,6 +219,6 @@ mod tests {
     fn the_csrf_token_depends_on_the_api_token() {
         assert_eq!(csrf_for("a"), csrf_for("a"));
         assert_ne!(csrf_for("a"), csrf_for("b"));
-        assert!(!same("", ""));
+        assert!(!same_token("", ""));
     }
 }

@@ -9,20 +9,12 @@ use peerbot_protocol::store::Store;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{error_page, from_api, node_label, page, peer_short, secs, short, when, Layout, Session};
+use super::{error_page, from_api, names, node_label, page, peer_short, s, secs, short, when, Layout, Session};
 use crate::core_actor::Query;
 use crate::http::{add_blame, change_json, find_result, not_found, result_json, AppState, State};
 
 /// The end of a log shown on a build's page; the raw link has all of it.
 const LOG_SHOWN: usize = 512 * 1024;
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or_default()
-}
-
-fn names(v: &Value) -> String {
-    v.as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
-}
 
 /// A log as HTML, its ANSI colours kept; only its end when it is long.
 fn render_log(bytes: &[u8]) -> (Markup, bool) {

@@ -173,13 +173,17 @@ fn merge(into: &mut Value, from: Value) {
 }
 
 /// A step's colour: its status as a build's would be.
+/// (The result does not carry the step's recipe options: the default
+/// verdict, and a step killed other than by its timeout is `cancelled`.)
 fn step_status(s: &peerbot_protocol::record::StepResult) -> &'static str {
-    match (s.exit_code, s.timed_out) {
-        (_, true) => "failure",
-        (Some(0), _) if s.warnings > 0 => "warnings",
-        (Some(0), _) => "success",
-        (Some(_), _) => "failure",
-        (None, _) => "cancelled",
+    use peerbot_protocol::recipe::{step_verdict, StepVerdict};
+    if s.exit_code.is_none() && !s.timed_out {
+        return "cancelled";
+    }
+    match step_verdict(None, s.exit_code, s.timed_out, s.warnings) {
+        StepVerdict::Success => "success",
+        StepVerdict::Warnings => "warnings",
+        StepVerdict::Failure => "failure",
     }
 }
 

@@ -161,6 +161,16 @@ pub fn from_api(session: &Session, r: HttpResponse) -> HttpResponse {
     error_page(session, code, &msg)
 }
 
+/// A JSON string, or "" for anything else.
+pub fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+/// A JSON list of strings (authors, labels) as one line.
+pub fn names(v: &Value) -> String {
+    v.as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+}
+
 /// The first characters of a commit id (a peer may send any text: cut
 /// at a character, never inside one).
 pub fn short(sha: &str) -> &str {

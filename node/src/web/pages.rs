@@ -5,7 +5,7 @@ use maud::{html, Markup};
 use serde_json::Value;
 
 use super::chart::chart;
-use super::{data, from_api, keep_query, node_label, page, secs, short, when, Layout, PageQuery, Session};
+use super::{data, from_api, keep_query, names, node_label, page, s, secs, short, when, Layout, PageQuery, Session};
 use crate::http::State;
 
 fn json_or(r: Result<Value, HttpResponse>) -> HttpResponse {
@@ -15,20 +15,12 @@ fn json_or(r: Result<Value, HttpResponse>) -> HttpResponse {
     }
 }
 
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or_default()
-}
-
 /// A link to the next page, keeping the selection.
 fn older(path: &str, q: &PageQuery, next: &Value) -> Markup {
     let Some(n) = next.as_str() else { return html! {} };
     let keep = keep_query(&q.repo, &q.branch);
     let sep = if keep.is_empty() { "?" } else { "&" };
     html! { p { a href={(path) (keep) (sep) "before=" (n)} { "older →" } } }
-}
-
-fn authors(list: &Value) -> String {
-    list.as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// A person as "Name", without the address.
@@ -41,9 +33,9 @@ fn cell(c: &Value) -> Markup {
     let broke = c["broke_build"] == true;
     let mut tip = status.to_string();
     if broke {
-        tip = format!("{tip}: broke the build; blamelist {}", authors(&c["blamelist"]));
+        tip = format!("{tip}: broke the build; blamelist {}", names(&c["blamelist"]));
     } else if c["fixed_by"].as_array().is_some_and(|a| !a.is_empty()) {
-        tip = format!("{tip}: fixed by {}", authors(&c["fixed_by"]));
+        tip = format!("{tip}: fixed by {}", names(&c["fixed_by"]));
     }
     if let Some(step) = c["step"].as_str() {
         tip = format!("{tip} ({step})");
