@@ -59,6 +59,26 @@ pub fn post_json(node: &str, token: Option<&str>, path: &str, body: &Value) -> a
     resp.into_json().with_context(|| format!("{url}: not JSON"))
 }
 
+/// Posts raw bytes (a patch) with a query; the answer is JSON.
+pub fn post_bytes(
+    node: &str,
+    token: Option<&str>,
+    path: &str,
+    query: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Value> {
+    let url = format!("{}{}", base(node), path);
+    let mut req = agent().post(&url).set("Content-Type", "application/octet-stream");
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {}", t.trim()));
+    }
+    for (k, v) in query {
+        req = req.query(k, v);
+    }
+    let resp = req.send_bytes(body).map_err(|e| fail(&url, e))?;
+    resp.into_json().with_context(|| format!("{url}: not JSON"))
+}
+
 /// At most `n` characters from the start.
 fn short(s: &str, n: usize) -> String {
     s.chars().take(n).collect()

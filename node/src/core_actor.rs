@@ -420,7 +420,9 @@ impl Actor for CoreActor {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
         let repos = self.core.config().repos.clone();
-        let ex = Executor::new(self.data_dir.clone(), self.jail.clone(), repos, ctx.address().recipient()).start();
+        let me = ctx.address();
+        let ex = Executor::new(self.data_dir.clone(), self.jail.clone(), repos, me.clone().recipient(), me.recipient())
+            .start();
         self.executor = Some(ex);
         self.drain(ctx);
     }
@@ -543,6 +545,48 @@ impl Handler<Force> for CoreActor {
         let r = self.core.force(now_ms(), msg.info, msg.builder.as_deref(), msg.reason);
         self.drain(ctx);
         r
+    }
+}
+
+/// A try build of a patch (see `trybuild`).
+#[derive(Message)]
+#[rtype(result = "Result<Hash32, String>")]
+pub struct TryPatch {
+    pub info: CommitInfo,
+    pub builders: Vec<String>,
+    pub patch: Vec<u8>,
+    pub reason: String,
+}
+
+impl Handler<TryPatch> for CoreActor {
+    type Result = Result<Hash32, String>;
+    fn handle(&mut self, msg: TryPatch, ctx: &mut Context<Self>) -> Self::Result {
+        let r = self.core.try_patch(now_ms(), msg.info, &msg.builders, &msg.patch, msg.reason);
+        self.drain(ctx);
+        r
+    }
+}
+
+/// A blob's bytes, fetched from peers when this node does not hold it.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, String>")]
+pub struct GetBlob {
+    pub hash: Hash32,
+    pub hint: Option<PeerId>,
+}
+
+impl Handler<GetBlob> for CoreActor {
+    type Result = ResponseFuture<Result<Vec<u8>, String>>;
+    fn handle(&mut self, msg: GetBlob, ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.core.store().clone();
+        if let Some(bytes) = store.get_blob(&msg.hash) {
+            return Box::pin(async move { Ok(bytes) });
+        }
+        let fetched = <Self as Handler<FetchBlob>>::handle(self, FetchBlob { hash: msg.hash, hint: msg.hint }, ctx);
+        Box::pin(async move {
+            fetched.await?;
+            store.get_blob(&msg.hash).ok_or_else(|| format!("blob {} vanished from the store", msg.hash.short()))
+        })
     }
 }
 

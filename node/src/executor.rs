@@ -25,6 +25,7 @@ use peerbot_protocol::repos::{RepoPolicy, NOT_ALLOWED};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::core_actor::GetBlob;
 use crate::sandbox::StepJail;
 use crate::{git, now_ms};
 
@@ -60,6 +61,8 @@ pub struct Executor {
     data_dir: PathBuf,
     jail: Arc<StepJail>,
     report: Recipient<BuildReport>,
+    /// Where a try build's patch comes from (the core, which fetches it).
+    blobs: Recipient<GetBlob>,
     cancels: HashMap<(Hash32, u32), watch::Sender<bool>>,
     log_limit: u64,
     /// The repositories this node builds (the core's `Config::repos`).
@@ -67,9 +70,15 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(data_dir: PathBuf, jail: Arc<StepJail>, repos: RepoPolicy, report: Recipient<BuildReport>) -> Self {
+    pub fn new(
+        data_dir: PathBuf,
+        jail: Arc<StepJail>,
+        repos: RepoPolicy,
+        report: Recipient<BuildReport>,
+        blobs: Recipient<GetBlob>,
+    ) -> Self {
         let repos = Arc::new(repos);
-        Executor { data_dir, jail, report, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES, repos }
+        Executor { data_dir, jail, report, blobs, cancels: HashMap::new(), log_limit: MAX_LOG_BYTES, repos }
     }
 }
 
@@ -96,9 +105,10 @@ impl Handler<StartBuild> for Executor {
         let me = ctx.address();
         let limit = self.log_limit;
         let repos = self.repos.clone();
+        let blobs = self.blobs.clone();
         actix::spawn(async move {
             let key = (order.job, order.attempt);
-            let outcome = run_build(&data_dir, &jail, &repos, order, rx, &report, limit).await;
+            let outcome = run_build(&data_dir, &jail, &repos, &blobs, order, rx, &report, limit).await;
             // One outcome and one note per build, and the core runs at most
             // `--executors` builds: these are bounded without a capacity, and
             // neither may be lost.
@@ -136,14 +146,43 @@ fn check_order(order: &BuildOrder, repos: &RepoPolicy) -> anyhow::Result<()> {
     }
     git::check_repo(&order.repo)?;
     git::check_commit(&order.commit)?;
-    git::check_branch(&order.branch)?;
+    git::check_branch(upstream_branch(&order.branch))?;
     Ok(())
 }
 
-/// The job as the commit's own `.peerbot.toml` in `mirror` defines it, if
-/// it is what was announced; else why not ("recipe mismatch: ...").
-async fn own_recipe(mirror: &Path, order: &BuildOrder) -> anyhow::Result<JobSpec> {
-    let text = git::recipe_at(mirror, &order.commit).await;
+/// A try build's branch names the branch it was tried against.
+fn upstream_branch(branch: &str) -> &str {
+    branch.strip_prefix(peerbot_protocol::record::TRY_BRANCH_PREFIX).unwrap_or(branch)
+}
+
+/// The patch of a try build, fetched from the node that signed it if
+/// need be, and checked against its signed hash.
+async fn try_patch(order: &BuildOrder, blobs: &Recipient<GetBlob>) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some((p, from)) = order.patch else { return Ok(None) };
+    let fetch = blobs.send(GetBlob { hash: p.hash, hint: Some(from) });
+    let bytes = match tokio::time::timeout(PATCH_FETCH_LIMIT, fetch).await {
+        Ok(Ok(Ok(b))) => b,
+        Ok(Ok(Err(e))) => anyhow::bail!("cannot fetch the try patch {}: {e}", p.hash.short()),
+        Ok(Err(e)) => anyhow::bail!("cannot fetch the try patch {}: {e}", p.hash.short()),
+        Err(_) => anyhow::bail!(
+            "the try patch {} could not be fetched within {} s",
+            p.hash.short(),
+            PATCH_FETCH_LIMIT.as_secs()
+        ),
+    };
+    crate::trybuild::checked_patch(bytes, &p.hash).map(Some)
+}
+
+const PATCH_FETCH_LIMIT: Duration = Duration::from_secs(120);
+
+/// The job as the commit's own `.peerbot.toml` in `mirror` defines it (of
+/// the patched tree, for a try build), if it is what was announced; else
+/// why not ("recipe mismatch: ...").
+async fn own_recipe(mirror: &Path, order: &BuildOrder, patch: Option<&[u8]>) -> anyhow::Result<JobSpec> {
+    let text = match patch {
+        None => git::recipe_at(mirror, &order.commit).await,
+        Some(p) => crate::trybuild::patched_recipe(mirror, &order.commit, p).await,
+    };
     let text = text.as_deref().map_err(String::as_str);
     Ok(check_announced(&order.announced, &order.repo, &order.commit, text)?)
 }
@@ -152,6 +191,7 @@ async fn run_build(
     data_dir: &Path,
     jail: &StepJail,
     repos: &RepoPolicy,
+    blobs: &Recipient<GetBlob>,
     order: BuildOrder,
     mut cancel: watch::Receiver<bool>,
     report: &Recipient<BuildReport>,
@@ -165,11 +205,15 @@ async fn run_build(
     let home = jail.work_root().join(format!("{name}.home"));
     let prepared = async {
         check_order(&order, repos)?;
-        let (ws, order) = (&ws, &order);
+        let patch = try_patch(&order, blobs).await?;
+        let (ws, order, patch) = (&ws, &order, patch.as_deref());
         let (mirror, spec) = git::with_commit(data_dir, &order.repo, &order.commit, |mirror| async move {
             let (checked_out, spec) =
-                tokio::join!(git::checkout(&mirror, ws, &order.commit), own_recipe(&mirror, order));
+                tokio::join!(git::checkout(&mirror, ws, &order.commit), own_recipe(&mirror, order, patch));
             checked_out?;
+            if let Some(p) = patch {
+                crate::trybuild::apply(ws, p).await?;
+            }
             spec
         })
         .await?;
@@ -207,11 +251,14 @@ async fn run_build(
             ("PEERBOT_JOB", order.job.to_hex()),
             ("PEERBOT_ATTEMPT", order.attempt.to_string()),
             ("PEERBOT_REPO", order.repo.clone()),
-            ("PEERBOT_BRANCH", order.branch.clone()),
+            ("PEERBOT_BRANCH", upstream_branch(&order.branch).to_string()),
             ("PEERBOT_COMMIT", order.commit.clone()),
             ("PEERBOT_BUILDER", order.builder.clone()),
             ("PEERBOT_STEP", step.name.clone()),
         ]);
+        if order.patch.is_some() {
+            envs.push(("PEERBOT_TRY", "1".into()));
+        }
         let so = match step_dir(&ws, step.workdir.as_deref()).await {
             Ok(cwd) => {
                 let cmd = jail.command(&ws, &cwd, &home, &[&mirror], &step.run, &envs);
@@ -517,6 +564,7 @@ mod tests {
             commit: commit.into(),
             builder: "b".into(),
             announced: spec,
+            patch: None,
         }
     }
 

@@ -50,7 +50,7 @@ pub async fn git_within(limit: std::time::Duration, dir: Option<&Path>, args: &[
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn git_command(dir: Option<&Path>, args: &[&str]) -> Command {
+pub(crate) fn git_command(dir: Option<&Path>, args: &[&str]) -> Command {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);

@@ -260,7 +260,12 @@ pub(crate) fn change_json(rec: &VerifiedRecord) -> Value {
         "recipe_error": c.recipe_error,
         "announced_ms": c.announced_ms,
         "announced_by": crate::core_actor::peer_text(&rec.signer),
-        "force": c.force.as_ref().map(|f| json!({"nonce": f.nonce.to_hex(), "reason": f.reason})),
+        "force": c.force.as_ref().map(|f| json!({
+            "nonce": f.nonce.to_hex(),
+            "reason": f.reason,
+            "patch": f.patch.map(|p| json!({"hash": p.hash.to_hex(), "size": p.size})),
+        })),
+        "try": peerbot_protocol::record::is_try_branch(&c.branch),
         "jobs": c.jobs.iter().map(|j| json!({"job": j.id.to_hex(), "builder": j.builder, "requires": j.requires})).collect::<Vec<_>>(),
     })
 }

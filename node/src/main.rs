@@ -15,6 +15,8 @@ mod precheck;
 mod sandbox;
 mod seed;
 mod store;
+mod trybuild;
+mod tryclient;
 mod watcher;
 mod web;
 
@@ -122,6 +124,25 @@ enum Cmd {
         /// Why, for the record.
         #[arg(long, default_value = "forced by a user")]
         reason: String,
+    },
+    /// Build this work tree's uncommitted changes (and unpushed commits) on
+    /// the cluster, as a patch against its upstream commit: a try build,
+    /// kept out of the branch's history, blame and notifications.
+    Try {
+        #[command(flatten)]
+        node: NodeUrl,
+        /// Only this builder; repeat for more [default: every builder of the patched recipe].
+        #[arg(long = "builder")]
+        builders: Vec<String>,
+        /// The repository as the cluster knows it [default: the upstream remote's URL].
+        #[arg(long)]
+        repo: Option<String>,
+        /// The git work tree.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Wait for the results and print them; exits non-zero unless every build succeeded.
+        #[arg(long)]
+        wait: bool,
     },
     /// Cancel a job everywhere: a running build is killed and recorded as cancelled.
     Cancel {
@@ -475,6 +496,21 @@ fn main() {
             })
         }
         Cmd::Force { at, builder, reason } => force(&at, builder, reason),
+        Cmd::Try { node, builders, repo, dir, wait } => {
+            let args = tryclient::TryArgs {
+                node: &node.url,
+                token: node.token.as_deref(),
+                dir: &dir,
+                repo: repo.as_deref(),
+                builders: &builders,
+                wait,
+            };
+            tryclient::run(args).map(|all_good| {
+                if !all_good {
+                    std::process::exit(1);
+                }
+            })
+        }
         Cmd::Check { file } => check::check(file.as_deref()),
         Cmd::Cancel { node, job, reason } => client::post_json(
             &node.url,
@@ -724,6 +760,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
                 .app_data(state.clone())
                 .wrap(actix_web::middleware::from_fn(http::check_host))
                 .configure(http::routes)
+                .configure(trybuild::routes)
                 .configure(web::routes)
         })
         .workers(2)

@@ -46,6 +46,29 @@ pub struct Change {
 pub struct Force {
     pub nonce: Hash32,
     pub reason: String,
+    /// Set on a try build: the patch its builds apply on top of the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchRef>,
+}
+
+/// A patch (what `git diff --binary` prints) kept as a blob by the node
+/// that signed the change; its hash in the signed change signs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchRef {
+    pub hash: Hash32,
+    pub size: u64,
+}
+
+/// A try build's patch is at most this big.
+pub const MAX_PATCH_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Try changes are filed on a branch named `try:<branch>`: git refuses `:`
+/// in branch names, so no real branch shares their history, collapsing or
+/// blame.
+pub const TRY_BRANCH_PREFIX: &str = "try:";
+
+pub fn is_try_branch(branch: &str) -> bool {
+    branch.starts_with(TRY_BRANCH_PREFIX)
 }
 
 /// A user's request to stop a job: the claimant kills the build and
@@ -341,6 +364,13 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
             if c.force.as_ref().is_some_and(|f| f.reason.len() > 1024) {
                 return bad("force reason over 1024 bytes");
             }
+            let patch = c.force.as_ref().and_then(|f| f.patch);
+            if is_try_branch(&c.branch) != patch.is_some() {
+                return bad("a change on a try: branch must carry a patch, and only such a change may");
+            }
+            if patch.is_some_and(|p| p.size > MAX_PATCH_BYTES) {
+                return bad("try patch over 4 MiB");
+            }
             if c.jobs.len() > crate::recipe::MAX_BUILDERS {
                 return bad("change lists more jobs than a recipe may have builders");
             }
@@ -426,6 +456,31 @@ pub(crate) mod tests {
         assert_eq!(back.signer, key.public().to_peer_id());
         assert_eq!(back.body, rec.body);
         assert_eq!(rec.id, Hash32::of(&rec.bytes));
+    }
+
+    #[test]
+    fn a_try_change_and_only_a_try_change_carries_a_patch() {
+        let key = crate::deterministic_key(1);
+        let make = |branch: &str, patch: Option<PatchRef>| {
+            let Body::Change(mut c) = sample_change() else { unreachable!() };
+            let nonce = Hash32::of(b"n");
+            c.branch = branch.into();
+            for j in c.jobs.iter_mut() {
+                j.id = crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &nonce);
+            }
+            c.force = Some(Force { nonce, reason: "try".into(), patch });
+            verify(&sign(&key, &Body::Change(c)).bytes)
+        };
+        let patch = PatchRef { hash: Hash32::of(b"diff"), size: 4 };
+        assert!(make("try:main", Some(patch)).is_ok());
+        assert!(make("main", None).is_ok(), "a forced rebuild");
+        assert!(make("try:main", None).is_err(), "a try branch without a patch");
+        assert!(make("main", Some(patch)).is_err(), "a patch on a real branch");
+        let big = PatchRef { size: MAX_PATCH_BYTES + 1, ..patch };
+        assert!(make("try:main", Some(big)).is_err());
+        // A forced rebuild encodes as before the patch field was added.
+        let f = Force { nonce: Hash32::of(b"n"), reason: "r".into(), patch: None };
+        assert!(!crate::codec::encode(&f).windows(5).any(|w| w == b"patch"));
     }
 
     #[test]

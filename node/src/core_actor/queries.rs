@@ -51,6 +51,7 @@ impl CoreActor {
             "superseded_by": j.superseded_by.map(|h| h.to_hex()),
             "cancelled": j.cancelled.as_ref().map(|(why, by)| json!({"reason": why, "by": by.to_string()})),
             "forced": j.forced,
+            "try": j.patch.is_some(),
             "seen_ms": j.seen_ms,
         }))
     }

@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use maud::{html, Markup, PreEscaped};
+use peerbot_protocol::record::is_try_branch;
 use peerbot_protocol::record::Body;
 use peerbot_protocol::store::Store;
 use serde::Deserialize;
@@ -103,8 +104,11 @@ pub async fn build_page(req: HttpRequest, st: State, id: web::Path<String>) -> H
                 @if let Some(p) = b["previous_build"]["id"].as_str() { " · previous build " a href={"/builds/" (p)} { (s(&b["previous_build"]["status"])) } }
                 " · first to test " (b["first_tested"]["commits"].as_array().map_or(0, |c| c.len())) " commit(s)"
             } }
-            tr { th { "job" } td { a href={"/jobs/" (s(&b["job"]))} { code { (short(s(&b["job"]))) } } " · "
-                (force_button(&session, "rebuild", s(&b["repo"]), s(&b["branch"]), s(&b["commit"]), b["builder"].as_str())) } }
+            tr { th { "job" } td { a href={"/jobs/" (s(&b["job"]))} { code { (short(s(&b["job"]))) } }
+                // A try is sent again with `peerbot try`: its patch is not the commit's.
+                @if !is_try_branch(s(&b["branch"])) { " · "
+                    (force_button(&session, "rebuild", s(&b["repo"]), s(&b["branch"]), s(&b["commit"]), b["builder"].as_str())) }
+                @else { " · " span.muted { "a try build, kept out of the branch's history" } } } }
         }
         @if results.len() > 1 {
             h2 { "Results of this job" @if job["disagreeing_results"] == true { " · " span.err { "they disagree" } } }
@@ -283,8 +287,12 @@ pub async fn change_page(req: HttpRequest, st: State, id: web::Path<String>) -> 
             tr { th { "announced" } td { (when(c["announced_ms"].as_u64().unwrap_or(0))) " by " code { (peer_short(s(&c["announced_by"]))) } } }
             tr { th { "parents" } td { @for p in c["parents"].as_array().into_iter().flatten() { code { (short(s(p))) } " " } } }
             @if let Some(f) = c["force"].as_object() { tr { th { "forced" } td { (s(&f["reason"])) } } }
+            @if let Some(p) = c["force"]["patch"].as_object() { tr { th { "try patch" } td {
+                a href={"/api/v1/changes/" (s(&c["id"])) "/patch"} { (p["size"].as_u64().unwrap_or(0)) " bytes" } " on top of the commit" } } }
             tr { th { "files" } td { (c["files"].as_array().map_or(0, |f| f.len())) " changed" } }
-            tr { th { "" } td { (force_button(&session, "force a build", s(&c["repo"]), s(&c["branch"]), s(&c["commit"]), None)) } }
+            @if c["try"] != true {
+                tr { th { "" } td { (force_button(&session, "force a build", s(&c["repo"]), s(&c["branch"]), s(&c["commit"]), None)) } }
+            }
         }
         h2 { "Jobs" }
         @if c["jobs"].as_array().is_none_or(|j| j.is_empty()) { p.muted { "None: " @if c["recipe_error"].is_string() { "the recipe could not be read." } @else { "no builder of the recipe matched this change." } } }

@@ -77,6 +77,9 @@ pub async fn console(st: &AppState, q: &PageQuery) -> Result<Value, HttpResponse
     let mut newest: Vec<(String, String)> = Vec::new();
     for rec in &recent.records {
         if let Body::Change(c) = &rec.body {
+            if peerbot_protocol::record::is_try_branch(&c.branch) {
+                continue;
+            }
             repos.entry(c.repo.clone()).or_default().insert(c.branch.clone());
             if c.force.is_none() {
                 newest.push((c.repo.clone(), c.branch.clone()));
@@ -278,8 +281,15 @@ pub fn builder(st: &AppState, name: &str, q: &PageQuery) -> Result<Value, HttpRe
         ..Default::default()
     };
     let page = st.store.query(Kind::Results, &filter, before, limit(q, 100), SCAN_BUDGET);
-    let results: Vec<(&VerifiedRecord, &BuildResult)> =
-        page.records.iter().filter_map(|rec| Some((&**rec, result_of(rec)?))).collect();
+    // Try builds tested patches, not the branch: they stay out of its trends
+    // unless their own try branch is asked for.
+    let tries = q.branch.as_deref().is_some_and(peerbot_protocol::record::is_try_branch);
+    let results: Vec<(&VerifiedRecord, &BuildResult)> = page
+        .records
+        .iter()
+        .filter_map(|rec| Some((&**rec, result_of(rec)?)))
+        .filter(|(_, r)| tries || !peerbot_protocol::record::is_try_branch(&r.branch))
+        .collect();
     let judged: Vec<&BuildResult> =
         results.iter().map(|(_, r)| *r).filter(|r| r.status != peerbot_protocol::Status::Cancelled).collect();
     let good = judged

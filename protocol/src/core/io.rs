@@ -91,6 +91,8 @@ pub struct BuildOrder {
     /// The job as its change announced it. The executor runs the steps of
     /// the commit's own recipe, and only when they are these.
     pub announced: JobSpec,
+    /// A try build's patch, and the node that holds it (the change's signer).
+    pub patch: Option<(crate::record::PatchRef, PeerId)>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -64,6 +64,8 @@ pub struct JobView {
     pub cancelled: Option<(String, PeerId)>,
     pub commit_time: i64,
     pub forced: bool,
+    /// A try build's patch.
+    pub patch: Option<crate::record::PatchRef>,
     /// Which eligible peers had a free slot when last ranked, and since when.
     pub(crate) free_sig: u64,
     pub(crate) free_since: Millis,
@@ -313,6 +315,7 @@ pub(crate) fn new_job(now: Millis, c: &Change, change: Hash32, spec: &JobSpec) -
         cancelled: None,
         commit_time: c.commit_time,
         forced: c.force.is_some(),
+        patch: c.force.as_ref().and_then(|f| f.patch),
         free_sig: 0,
         free_since: now,
     }

@@ -776,6 +776,7 @@ impl<S: Store> NodeCore<S> {
             commit: j.commit.clone(),
             builder: j.spec.builder.clone(),
             announced: j.spec.clone(),
+            patch: j.patch.and_then(|p| Some((p, self.store.record(&j.change)?.signer))),
         };
         let give_up_at = give_up_deadline(now, &order.announced.steps, self.cfg.build_grace_ms);
         self.builds.start(id, attempt, now, give_up_at);

@@ -455,13 +455,50 @@ impl<S: Store> NodeCore<S> {
         builder: Option<&str>,
         reason: String,
     ) -> Result<Hash32, String> {
+        let builders: Vec<String> = builder.into_iter().map(str::to_string).collect();
+        self.forced_change(now, info, &builders, reason, None)
+    }
+
+    /// A try build: `patch` applied on top of `info.commit`, whose recipe
+    /// (`info.recipe`) is the patched one, as jobs of the branch
+    /// `try:<info.branch>`, which no branch history counts. The patch is
+    /// kept here as a blob; its hash in the signed change signs it.
+    pub fn try_patch(
+        &mut self,
+        now: Millis,
+        mut info: CommitInfo,
+        builders: &[String],
+        patch: &[u8],
+        reason: String,
+    ) -> Result<Hash32, String> {
+        if patch.len() as u64 > record::MAX_PATCH_BYTES {
+            return Err(format!("the patch is {} bytes, over the limit of {}", patch.len(), record::MAX_PATCH_BYTES));
+        }
+        if record::is_try_branch(&info.branch) {
+            return Err(format!("branch {:?} is already a try branch", info.branch));
+        }
+        info.branch = format!("{}{}", record::TRY_BRANCH_PREFIX, info.branch);
+        let hash = Hash32::of(patch);
+        self.store.put_blob(&hash, patch).map_err(|e| format!("cannot keep the patch: {e}"))?;
+        let patch = record::PatchRef { hash, size: patch.len() as u64 };
+        self.forced_change(now, info, builders, reason, Some(patch))
+    }
+
+    fn forced_change(
+        &mut self,
+        now: Millis,
+        info: CommitInfo,
+        builders: &[String],
+        reason: String,
+        patch: Option<record::PatchRef>,
+    ) -> Result<Hash32, String> {
         let text = info.recipe.clone()?;
         let mut jobs = parse_recipe(&info.repo, &info.commit, &text).map_err(|e| e.to_string())?;
-        if let Some(b) = builder {
-            jobs.retain(|j| j.builder == b);
-            if jobs.is_empty() {
-                return Err(format!("the recipe at {} has no builder {b:?}", info.commit));
-            }
+        if let Some(b) = builders.iter().find(|b| !jobs.iter().any(|j| &j.builder == *b)) {
+            return Err(format!("the recipe at {} has no builder {b:?}", info.commit));
+        }
+        if !builders.is_empty() {
+            jobs.retain(|j| builders.contains(&j.builder));
         }
         let nonce = Hash32::of_fields(
             "peerbot.force",
@@ -470,7 +507,7 @@ impl<S: Store> NodeCore<S> {
         for j in jobs.iter_mut() {
             j.id = crate::recipe::forced_job_id(&info.repo, &info.commit, &j.builder, &nonce);
         }
-        let force = record::Force { nonce, reason: clip(&reason, 1024) };
+        let force = record::Force { nonce, reason: clip(&reason, 1024), patch };
         let change = info.into_change(jobs, None, now, Some(force));
         self.publish_now(now, Body::Change(change))
     }
