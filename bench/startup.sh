@@ -15,6 +15,8 @@
 # first run reads the seeded records in any case, then saves a checkpoint.
 # TAIL=M seeds M more results before each later run, as records that
 # arrived after the checkpoint (what a crash leaves to read again).
+# SEEDED=DIR copies the node's directory from DIR (a stopped node's
+# directory holding N seeded results) instead of seeding it again.
 set -euo pipefail
 n=${1:-100000}
 runs=${2:-3}
@@ -31,7 +33,13 @@ cleanup() {
 }
 trap cleanup EXIT
 seed_start=$(date +%s.%N)
-"$bin" seed-history --results "$n" --data-dir "$dir/data" >/dev/null
+if [[ -n ${SEEDED:-} ]]; then
+    [[ -d $SEEDED/db ]] || { echo "SEEDED=$SEEDED holds no db" >&2; exit 2; }
+    cp -a "$SEEDED" "$dir/data"
+    rm -f "$dir/data/node.json"
+else
+    "$bin" seed-history --results "$n" --data-dir "$dir/data" >/dev/null
+fi
 echo "seeded $n results in $(echo "$(date +%s.%N) - $seed_start" | bc) s; $(du -sk "$dir/data/db" | cut -f1) kB on disk"
 readies=() rsss=() peaks=()
 tail_n=${TAIL:-0}

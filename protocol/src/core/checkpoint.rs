@@ -24,10 +24,10 @@ pub const CHECKPOINT_KEY: &str = "checkpoint";
 const VERSION: u32 = 2;
 /// A checkpoint is saved this often while records arrive, bounding what a
 /// start after a crash reads.
-pub const CHECKPOINT_EVERY_MS: Millis = 60_000;
+pub const CHECKPOINT_EVERY_MS: Millis = 10_000;
 /// ...and after this many records, so that a catch-up that is cut short
 /// does not read them all again.
-pub const CHECKPOINT_EVERY_RECORDS: u64 = 20_000;
+pub const CHECKPOINT_EVERY_RECORDS: u64 = 4_096;
 /// Records read per store call when applying those after the checkpoint.
 const TAIL_CHUNK: usize = 4096;
 /// Admission and revocation records a checkpoint lists at most; a cluster
