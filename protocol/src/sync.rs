@@ -314,9 +314,49 @@ fn describe<S: Store + ?Sized>(store: &S, span: &Span, reply: &mut Reply, count:
     }
 }
 
+/// The responder's answer to a range the initiator holds nothing of (a
+/// new node's whole history): its ids, as many as the message has room
+/// for, and the rest of the range by fingerprint for the next round. A
+/// fresh node then learns 16,000 ids a round instead of one 1,024-id leaf
+/// per range after splitting its way down to it, and the serving node
+/// reads each of its keys once instead of summing ranges at every level.
+/// False when the message has no room left (then the range is described
+/// as usual).
+fn list_for_empty<S: Store + ?Sized>(store: &S, span: &Span, reply: &mut Reply) -> bool {
+    let room = reply.budget.saturating_sub(BUCKETS + LIST_THRESHOLD as usize + 2).min(reply.scan);
+    if reply.initiator || room == 0 {
+        return false;
+    }
+    let mine = store.keys_in(&span.lo, span.hi.as_ref(), room + 1);
+    reply.scan = reply.scan.saturating_sub(mine.len());
+    if mine.is_empty() {
+        reply.push(span.hi, RangeMode::Skip);
+        return true;
+    }
+    if mine.len() <= room {
+        let extra = mine.into_iter().map(|k| k.id).collect();
+        reply.push(span.hi, RangeMode::Answer { extra, have: vec![] });
+        return true;
+    }
+    let cut = min_bound(&mine[room - 1], &mine[room]);
+    let extra = mine[..room].iter().map(|k| k.id).collect();
+    reply.push(Some(cut), RangeMode::Answer { extra, have: vec![] });
+    reply.fingerprint_of(store, &cut, span.hi);
+    true
+}
+
+/// A fingerprint of nothing: the sender holds no record in the range.
+fn is_empty_fingerprint(fp: &[u8]) -> bool {
+    static EMPTY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    fp == EMPTY.get_or_init(|| Fingerprint::default().finish(0)).as_slice()
+}
+
 fn on_fingerprint<S: Store + ?Sized>(store: &S, span: &Span, fp: &[u8], reply: &mut Reply) -> Result<(), SyncError> {
     if fp.len() != 16 {
         return Err(SyncError::FingerprintLength);
+    }
+    if is_empty_fingerprint(fp) && list_for_empty(store, span, reply) {
+        return Ok(());
     }
     let (mine, myfp) = store.summary(&span.lo, span.hi.as_ref());
     if myfp.finish(mine) == *fp {
@@ -370,6 +410,9 @@ fn on_prefixes<S: Store + ?Sized>(store: &S, span: &Span, prefixes: &[[u8; 8]], 
         reply.push(span.hi, RangeMode::Skip);
         return;
     }
+    if prefixes.is_empty() && list_for_empty(store, span, reply) {
+        return;
+    }
     let mine = store.keys_in(&span.lo, span.hi.as_ref(), ANSWER_MAX + 1);
     if mine.len() <= ANSWER_MAX && reply.budget > mine.len() {
         let theirs: HashSet<[u8; 8]> = prefixes.iter().copied().collect();
@@ -407,7 +450,9 @@ fn on_answer<S: Store + ?Sized>(
                 }
             }
         }
-        out.need.extend(extra.iter().filter(|id| !store.has_record(id)));
+        // One batched look-up: a fresh node's answers carry thousands.
+        let known = store.has_records(extra);
+        out.need.extend(extra.iter().zip(known).filter(|(_, k)| !k).map(|(id, _)| *id));
     }
     reply.push(span.hi, RangeMode::Skip);
 }
@@ -456,6 +501,22 @@ mod tests {
             msg = out.reply;
         }
         panic!("reconciliation did not finish");
+    }
+
+    #[test]
+    fn a_new_node_is_sent_ids_by_the_message_full() {
+        let keys: Vec<(u64, u32)> = (0..40_000).map(|i| (i as u64 / 2, i)).collect();
+        let (fresh, full) = (MemStore::new(), store_with(&keys));
+        let (need, have, rounds) = reconcile(&fresh, &full);
+        assert_eq!(need, full.ids());
+        assert!(have.is_empty());
+        // 40,000 ids in answers of under 16,384: three of them, not one
+        // 1,024-id leaf per range after splitting down to it.
+        assert!(rounds <= 4, "{rounds} rounds");
+        // A node holding some of the history is still told only the rest.
+        let half = store_with(&keys[..20_000]);
+        let (need, _, _) = reconcile(&half, &full);
+        assert_eq!(need.len(), 20_000);
     }
 
     #[test]
