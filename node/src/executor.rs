@@ -217,14 +217,18 @@ async fn run_build(
             spec
         })
         .await?;
-        // The path the checkout borrows objects from, as the jail binds it.
-        let mirror = tokio::fs::canonicalize(&mirror).await?;
+        // The paths the checkouts borrow objects from, as the jail binds them.
+        let mut mirrors = vec![tokio::fs::canonicalize(&mirror).await?];
+        if spec.submodules {
+            let allowed = |url: &str| repos.allows(url);
+            mirrors.extend(git::checkout_submodules(data_dir, ws, &order.repo, &allowed).await?);
+        }
         let _ = tokio::fs::remove_dir_all(&home).await;
         tokio::fs::create_dir_all(&home).await?;
-        anyhow::Ok((mirror, spec))
+        anyhow::Ok((mirrors, spec))
     }
     .await;
-    let (mirror, spec) = match prepared {
+    let (mirrors, spec) = match prepared {
         Ok(m) => m,
         Err(e) => {
             warn!(job = %order.job.short(), "cannot prepare the build: {e:#}");
@@ -261,10 +265,11 @@ async fn run_build(
         }
         let so = match step_dir(&ws, step.workdir.as_deref()).await {
             Ok(cwd) => {
-                let cmd = jail.command(&ws, &cwd, &home, &[&mirror], &step.run, &envs);
+                let readable: Vec<&Path> = mirrors.iter().map(PathBuf::as_path).collect();
+                let cmd = jail.command(&ws, &cwd, &home, &readable, &step.run, &envs);
                 let timeout = Duration::from_secs(step.timeout_secs);
                 let so = run_step(cmd, &step.run, timeout, &mut cancel, log_limit, order.job).await;
-                let place = Place { jail, ws: &ws, cwd: &cwd, home: &home, mirror: &mirror };
+                let place = Place { jail, ws: &ws, cwd: &cwd, home: &home, mirrors: &readable };
                 match so {
                     Ok(mut so) if !*cancel.borrow() => {
                         so.metrics = measure(&place, step, &envs).await;
@@ -310,7 +315,7 @@ struct Place<'a> {
     ws: &'a Path,
     cwd: &'a Path,
     home: &'a Path,
-    mirror: &'a Path,
+    mirrors: &'a [&'a Path],
 }
 
 /// How long a metric's command may take.
@@ -327,7 +332,7 @@ async fn measure(at: &Place<'_>, step: &StepSpec, envs: &[(&str, String)]) -> st
             Ok(MetricSource::FileSize(p)) => file_size(at.ws, p).await,
             Ok(MetricSource::Command(c)) => {
                 let mut cmd =
-                    tokio::process::Command::from(at.jail.command(at.ws, at.cwd, at.home, &[at.mirror], c, envs));
+                    tokio::process::Command::from(at.jail.command(at.ws, at.cwd, at.home, at.mirrors, c, envs));
                 cmd.stdin(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
                 match tokio::time::timeout(METRIC_TIMEOUT, cmd.output()).await {
                     Ok(Ok(o)) if o.status.success() => {

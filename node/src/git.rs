@@ -269,6 +269,116 @@ pub async fn checkout(mirror: &Path, dest: &Path, commit: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// Nesting of submodules followed at most, and submodules per build.
+const MAX_SUBMODULE_DEPTH: usize = 4;
+const MAX_SUBMODULES: usize = 64;
+
+/// The submodules the commit checked out in `dir` records, recursively,
+/// each checked out at its recorded commit from a mirror of its own
+/// repository, as the build's own checkout is. What `.gitmodules` names
+/// comes from the repository: each URL (resolved against its parent's
+/// when relative) must pass the same checks as a repository and be one
+/// that `allowed` (this node's policy) lets it fetch; each path must stay
+/// inside its parent's checkout. Returns the mirrors the checkouts borrow
+/// objects from.
+pub async fn checkout_submodules(
+    data_dir: &Path,
+    dir: &Path,
+    repo: &str,
+    allowed: &(dyn Fn(&str) -> bool + Sync),
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut mirrors = Vec::new();
+    let mut queue = vec![(dir.to_path_buf(), repo.to_string(), 0usize)];
+    let mut count = 0;
+    while let Some((parent, parent_repo, depth)) = queue.pop() {
+        for (path, url) in submodules_of(&parent).await? {
+            count += 1;
+            if count > MAX_SUBMODULES {
+                bail!("over {MAX_SUBMODULES} submodules");
+            }
+            if depth >= MAX_SUBMODULE_DEPTH {
+                bail!("submodule {path:?} is nested over {MAX_SUBMODULE_DEPTH} deep");
+            }
+            let url = resolve_submodule_url(&parent_repo, &url);
+            check_repo(&url).with_context(|| format!("submodule {path:?}"))?;
+            if !allowed(&url) {
+                bail!("submodule {path:?}: repository {url:?} is not allowed by this node's policy");
+            }
+            let line = git(Some(&parent), &["ls-tree", "HEAD", "--", &path]).await?;
+            // "160000 commit <id>	<path>": a gitlink.
+            let commit = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["160000", "commit", id, ..] => id.to_string(),
+                _ => bail!("submodule {path:?} is not a gitlink at this commit"),
+            };
+            let object = format!("{commit}^{{commit}}");
+            let object = &object;
+            let (mirror, ()) = with_commit(data_dir, &url, &commit, |m| async move {
+                git(Some(&m), &["cat-file", "-e", object]).await.map(|_| ())
+            })
+            .await
+            .with_context(|| format!("submodule {path:?} at {commit}"))?;
+            let dest = parent.join(&path);
+            checkout(&mirror, &dest, &commit).await.with_context(|| format!("submodule {path:?}"))?;
+            mirrors.push(tokio::fs::canonicalize(&mirror).await?);
+            queue.push((dest, url, depth + 1));
+        }
+    }
+    Ok(mirrors)
+}
+
+/// (path, url) of each submodule `.gitmodules` in `dir` lists.
+async fn submodules_of(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    if !dir.join(".gitmodules").is_file() {
+        return Ok(vec![]);
+    }
+    let listed = git(Some(dir), &["config", "-f", ".gitmodules", "--get-regexp", r"^submodule\..*\.(path|url)$"])
+        .await
+        .unwrap_or_default();
+    let mut by_name: std::collections::BTreeMap<String, (Option<String>, Option<String>)> = Default::default();
+    for line in listed.lines() {
+        let Some((key, value)) = line.split_once(' ') else { continue };
+        let Some(rest) = key.strip_prefix("submodule.") else { continue };
+        if let Some(name) = rest.strip_suffix(".path") {
+            by_name.entry(name.to_string()).or_default().0 = Some(value.to_string());
+        } else if let Some(name) = rest.strip_suffix(".url") {
+            by_name.entry(name.to_string()).or_default().1 = Some(value.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for (name, (path, url)) in by_name {
+        let (Some(path), Some(url)) = (path, url) else { bail!("submodule {name:?} lacks a path or a url") };
+        let inside = !path.is_empty()
+            && Path::new(&path).components().all(|c| matches!(c, std::path::Component::Normal(_)))
+            && !path.split('/').any(|c| c == ".git");
+        if !inside {
+            bail!("submodule {name:?}: path {path:?} leaves the checkout");
+        }
+        out.push((path, url));
+    }
+    Ok(out)
+}
+
+/// A submodule URL as git resolves it: `./x` and `../x` against the
+/// parent's repository, anything else as it is.
+fn resolve_submodule_url(parent: &str, url: &str) -> String {
+    if !(url.starts_with("./") || url.starts_with("../")) {
+        return url.to_string();
+    }
+    let mut base: Vec<&str> = parent.trim_end_matches('/').split('/').collect();
+    for part in url.split('/') {
+        match part {
+            "." | "" => {}
+            ".." => {
+                if base.len() > 1 {
+                    base.pop();
+                }
+            }
+            p => base.push(p),
+        }
+    }
+    base.join("/")
+}
+
 /// Reads `commit` out of the mirror of `repo` with `read`: at once when
 /// the mirror exists, and once more after a fetch if that fails. A commit
 /// the node has seen (most builds, and announcements of commits a watcher
@@ -320,6 +430,14 @@ mod tests {
         assert!(!marker.exists(), "the helper's command ran");
         let err = git(None, &["ls-remote", "--", "fd::3"]).await.unwrap_err().to_string();
         assert!(err.contains("not allowed"), "{err}");
+    }
+
+    #[test]
+    fn relative_submodule_urls_resolve_against_their_parent() {
+        assert_eq!(resolve_submodule_url("/srv/git/app", "../lib"), "/srv/git/lib");
+        assert_eq!(resolve_submodule_url("/srv/git/app/", "./vendored"), "/srv/git/app/vendored");
+        assert_eq!(resolve_submodule_url("https://h/org/app.git", "../lib.git"), "https://h/org/lib.git");
+        assert_eq!(resolve_submodule_url("/srv/app", "https://h/x.git"), "https://h/x.git");
     }
 
     #[test]

@@ -304,6 +304,10 @@ pub struct JobSpec {
     /// Higher goes first when nodes pick among waiting jobs.
     #[serde(default)]
     pub priority: i32,
+    /// Check out the commit's git submodules too (each from a mirror of
+    /// its own, which the building node's policy must allow).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub submodules: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -334,6 +338,8 @@ struct RawBuilder {
     collapse: bool,
     #[serde(default)]
     priority: i32,
+    #[serde(default)]
+    submodules: bool,
     #[serde(default)]
     step: Vec<RawStep>,
 }
@@ -462,8 +468,12 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
         if !(-1000..=1000).contains(&b.priority) {
             return Err(RecipeError::Invalid(format!("builder {:?}: priority must be -1000 to 1000", b.name)));
         }
-        let recipe_hash =
-            Hash32::of(&crate::codec::encode(&(&b.name, &requires, &steps, tree_stable_secs, b.collapse, b.priority)));
+        let fields = (&b.name, &requires, &steps, tree_stable_secs, b.collapse, b.priority);
+        // Builders without the newer options hash as they always did.
+        let recipe_hash = match b.submodules {
+            false => Hash32::of(&crate::codec::encode(&fields)),
+            true => Hash32::of(&crate::codec::encode(&(fields, "submodules"))),
+        };
         jobs.push(JobSpec {
             id: job_id(repo, commit, &b.name),
             builder: b.name.clone(),
@@ -473,6 +483,7 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
             tree_stable_secs,
             collapse: b.collapse,
             priority: b.priority,
+            submodules: b.submodules,
         });
     }
     Ok(jobs)
@@ -537,6 +548,9 @@ pub fn check_announced(
     }
     if announced.priority != own.priority {
         return differs("has priority", announced.priority.to_string(), own.priority.to_string());
+    }
+    if announced.submodules != own.submodules {
+        return differs("has submodules", announced.submodules.to_string(), own.submodules.to_string());
     }
     if announced.recipe_hash != own.recipe_hash {
         return differs("has recipe hash", announced.recipe_hash.short(), own.recipe_hash.short());

@@ -215,3 +215,17 @@ fn step_verdicts_follow_the_step_options() {
     let cleanup = StepSpec { always_run: true, ..plain.clone() };
     assert!(step_runs(&plain, false) && !step_runs(&plain, true) && step_runs(&cleanup, true));
 }
+
+#[test]
+fn submodules_are_asked_for_per_builder_and_change_the_hash_only_when_set() {
+    let plain = "[[builder]]\nname = 'b'\n[[builder.step]]\nrun = 'make'\n";
+    let with = "[[builder]]\nname = 'b'\nsubmodules = true\n[[builder.step]]\nrun = 'make'\n";
+    let off = "[[builder]]\nname = 'b'\nsubmodules = false\n[[builder.step]]\nrun = 'make'\n";
+    let (p, w, o) = (announced(plain, "b"), announced(with, "b"), announced(off, "b"));
+    assert!(!p.submodules && w.submodules);
+    assert_eq!(p.recipe_hash, o.recipe_hash, "false is the default: old recipes hash as before");
+    assert_ne!(p.recipe_hash, w.recipe_hash);
+    assert!(!crate::codec::encode(&p).windows(10).any(|x| x == b"submodules"), "a job spec without it encodes as before");
+    let e = check_announced(&p, "r", "c", Ok(with)).unwrap_err();
+    assert!(e.0.contains("has submodules false"), "{e}");
+}
