@@ -150,3 +150,61 @@ fn metrics_are_measured_and_tracked_over_commits_on_the_builder_page() {
     let html = n.get_text("/builders/image").unwrap();
     assert!(html.contains("aria-label=\"image_size\""), "the builder page draws the metric");
 }
+
+/// A step past its timeout is killed, a cleanup still runs, and a log
+/// over the cap (64 MiB) keeps its beginning and its end.
+const LIMITS: &str = r#"
+[[builder]]
+name = "slow"
+[[builder.step]]
+name = "hang"
+timeout_secs = 1
+run = "echo started; sleep 300; echo never"
+[[builder.step]]
+name = "cleanup"
+always_run = true
+run = "echo cleaned"
+
+[[builder]]
+name = "chatty"
+[[builder.step]]
+name = "flood"
+run = "echo FIRST-LINE; yes 'a line of output that goes on' | head -c 70000000; echo LAST-LINE"
+"#;
+
+#[test]
+fn a_step_is_killed_at_its_timeout_and_a_huge_log_keeps_both_ends() {
+    let root = tempfile::Builder::new().prefix("peerbot-limits-").tempdir().unwrap();
+    let repo = GitRepo::new().unwrap();
+    let commit = repo.commit(&[(".peerbot.toml", LIMITS)], "limits").unwrap();
+    let path = repo.path().display().to_string();
+    let args =
+        ["--watch".to_string(), format!("{path}#main"), "--allow-repo".into(), path, "--sandbox".into(), "none".into()];
+    let n = Node::start(Path::new(BIN), "limits", &root.path().join("n"), &args).unwrap();
+
+    let b = n.build_of(&commit, "slow");
+    assert_eq!(b["status"], "failure", "{b}");
+    assert_eq!(b["failed_step"], "hang");
+    assert_eq!(b["steps"][0]["timed_out"], true, "{b}");
+    assert!(b["steps"][0]["exit_code"].is_null(), "killed, not exited: {b}");
+    assert!(b["steps"][0]["duration_ms"].as_u64().unwrap() < 60_000, "killed at its timeout, not at the sleep's end");
+    assert_eq!(step_names(&b), ["hang", "cleanup"]);
+    let id = b["id"].as_str().unwrap();
+    let hang = n.get_text(&format!("/api/v1/builds/{id}/steps/hang/log")).unwrap();
+    assert!(hang.starts_with("started\n") && !hang.contains("never"), "{hang}");
+
+    let b = n.build_of(&commit, "chatty");
+    assert_eq!(b["status"], "success", "{b}");
+    let log_ref = &b["steps"][0]["log"];
+    assert_eq!(log_ref["truncated"], true, "{b}");
+    assert!(log_ref["size"].as_u64().unwrap() <= 64 * 1024 * 1024 + 1024, "{b}");
+    let id = b["id"].as_str().unwrap();
+    // Read as bytes: the log is bigger than the harness reads as text.
+    let url = format!("{}/api/v1/builds/{id}/steps/flood/log", n.url());
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut ureq::get(&url).call().unwrap().into_reader(), &mut bytes).unwrap();
+    let log = String::from_utf8_lossy(&bytes);
+    assert!(log.starts_with("FIRST-LINE\na line of output"), "the beginning is kept");
+    assert!(log.ends_with("LAST-LINE\n"), "the end is kept");
+    assert!(log.contains("bytes after the first"), "the cut is marked");
+}

@@ -225,7 +225,10 @@ fn submodules_are_asked_for_per_builder_and_change_the_hash_only_when_set() {
     assert!(!p.submodules && w.submodules);
     assert_eq!(p.recipe_hash, o.recipe_hash, "false is the default: old recipes hash as before");
     assert_ne!(p.recipe_hash, w.recipe_hash);
-    assert!(!crate::codec::encode(&p).windows(10).any(|x| x == b"submodules"), "a job spec without it encodes as before");
+    assert!(
+        !crate::codec::encode(&p).windows(10).any(|x| x == b"submodules"),
+        "a job spec without it encodes as before"
+    );
     let e = check_announced(&p, "r", "c", Ok(with)).unwrap_err();
     assert!(e.0.contains("has submodules false"), "{e}");
 }
