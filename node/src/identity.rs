@@ -65,8 +65,8 @@ pub const TOKEN_FILE: &str = "api.token";
 
 /// The token HTTP writes must present, made at first start (mode 0600).
 /// A token kept in a file of the operator's (`--api-token-file`).
-pub fn token_file(path: &Path) -> anyhow::Result<String> {
-    let bytes = read_secret(path).with_context(|| "--api-token-file")?;
+pub fn token_file(path: &Path, flag: &str) -> anyhow::Result<String> {
+    let bytes = read_secret(path).with_context(|| flag.to_string())?;
     let t = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not text", path.display()))?;
     let t = t.trim().to_string();
     if t.len() < 16 || t.chars().any(|c| c.is_control() || c.is_whitespace()) {

@@ -3,9 +3,11 @@
 mod check;
 mod client;
 mod cluster;
+mod config;
 mod core_actor;
 mod executor;
 mod git;
+mod hooks;
 mod http;
 mod identity;
 mod live;
@@ -250,80 +252,6 @@ struct NodeUrl {
     token: Option<String>,
 }
 
-/// Settings a config file may hold: the node flags, by their long names
-/// with `_` for `-`.
-const CONFIG_KEYS: &[&str] = &[
-    "data_dir",
-    "http",
-    "http_host",
-    "listen",
-    "bootstrap",
-    "watch",
-    "allow_repo",
-    "poll_secs",
-    "label",
-    "executors",
-    "name",
-    "db_cache_mb",
-    "read_cache_mb",
-    "heartbeat_ms",
-    "claim_stagger_ms",
-    "lease_secs",
-    "sync_secs",
-    "log_replicas",
-    "log_horizon",
-    "api_token",
-    "api_token_file",
-    "work_dir",
-    "sandbox",
-    "cluster",
-    "admission",
-];
-
-/// The config file named by `--config` or `PEERBOT_CONFIG`.
-fn config_path(args: &[String]) -> Option<String> {
-    let mut path = std::env::var("PEERBOT_CONFIG").ok();
-    for (i, a) in args.iter().enumerate() {
-        if a == "--config" {
-            path = args.get(i + 1).cloned();
-        } else if let Some(p) = a.strip_prefix("--config=") {
-            path = Some(p.to_string());
-        }
-    }
-    path
-}
-
-/// Reads the node's config file into `PEERBOT_*` variables that are not
-/// already set, so that flags beat the environment, which beats the file.
-fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
-    let Some(path) = config_path(args) else { return Ok(()) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("config file {path} is not valid TOML"))?;
-    for (key, value) in table {
-        if !CONFIG_KEYS.contains(&key.as_str()) {
-            anyhow::bail!("config file {path}: unknown setting {key:?}; known: {}", CONFIG_KEYS.join(", "));
-        }
-        let text = match &value {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(n) => n.to_string(),
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|v| match v {
-                    toml::Value::String(s) => Ok(s.clone()),
-                    other => Err(anyhow::anyhow!("config file {path}: {key} must list strings, found {other}")),
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?
-                .join(","),
-            other => anyhow::bail!("config file {path}: {key} cannot be {other}"),
-        };
-        let var = format!("PEERBOT_{}", key.to_ascii_uppercase());
-        if std::env::var_os(&var).is_none() {
-            std::env::set_var(var, text);
-        }
-    }
-    Ok(())
-}
-
 #[derive(Args)]
 struct NodeArgs {
     /// TOML file with node settings (keys as the long flags, `_` for `-`); flags and PEERBOT_* variables override it.
@@ -392,6 +320,10 @@ struct NodeArgs {
     /// every node lets one token write through any node of the cluster.
     #[arg(long, env = "PEERBOT_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
+    /// The secret of push webhooks (POST /api/v1/hooks/{github,gitlab,gitea}), read from FILE
+    /// (mode 0600, at least 16 characters) [default: hooks refused].
+    #[arg(long, env = "PEERBOT_HOOK_SECRET_FILE")]
+    hook_secret_file: Option<PathBuf>,
     /// Drop this node's copies of logs of results older than this (e.g. 180d); records stay. Default: keep all.
     #[arg(long, env = "PEERBOT_LOG_HORIZON", value_parser = parse_duration_ms)]
     log_horizon: Option<u64>,
@@ -416,7 +348,7 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("node") {
-        if let Err(e) = apply_config_file(&args) {
+        if let Err(e) = config::apply_config_file(&args) {
             eprintln!("peerbot: {e:#}");
             std::process::exit(2);
         }
@@ -661,17 +593,23 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     });
     info!(cluster = %membership.cluster.to_text(), keeper = membership.keeper, "admitted");
     let work_root = a.work_dir.clone().unwrap_or_else(|| sandbox::default_work_root(&a.data_dir));
-    let config_file = config_path(&std::env::args().collect::<Vec<_>>()).map(PathBuf::from);
-    let secrets: Vec<&std::path::Path> =
-        config_file.iter().chain(a.api_token_file.iter()).map(|p| p.as_path()).collect();
+    let config_file = config::config_path(&std::env::args().collect::<Vec<_>>()).map(PathBuf::from);
+    let secrets: Vec<&std::path::Path> = config_file
+        .iter()
+        .chain(a.api_token_file.iter())
+        .chain(a.hook_secret_file.iter())
+        .map(|p| p.as_path())
+        .collect();
     let jail = std::sync::Arc::new(sandbox::StepJail::prepare(a.sandbox, &work_root, &a.data_dir, &secrets)?);
     let api_token = match (a.api_token.clone(), &a.api_token_file) {
         (Some(_), Some(_)) => anyhow::bail!("--api-token and --api-token-file: give one"),
         (Some(t), None) if t.trim().len() >= 16 => t.trim().to_string(),
         (Some(_), None) => anyhow::bail!("--api-token must be at least 16 characters"),
-        (None, Some(f)) => identity::token_file(f)?,
+        (None, Some(f)) => identity::token_file(f, "--api-token-file")?,
         (None, None) => identity::api_token(&a.data_dir)?,
     };
+    let hook_secret =
+        a.hook_secret_file.as_deref().map(|f| identity::token_file(f, "--hook-secret-file")).transpose()?;
     store::set_block_cache_mb(a.db_cache_mb);
     store::set_read_cache_mb(a.read_cache_mb);
     let store = store::RocksStore::open(&a.data_dir.join("db"))?;
@@ -689,6 +627,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     cfg.log_horizon_ms = a.log_horizon;
     cfg.cluster = Some(membership.cluster.clone());
     cfg.admission = Some(membership.admission.clone());
+    let hooks = actix_web::web::Data::new(hooks::Hooks { secret: hook_secret, repos: repos.clone() });
     cfg.repos = repos;
     cfg.name = identity::node_name(a.name.as_deref())?;
     let name = cfg.name.clone();
@@ -758,9 +697,11 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(state.clone())
+                .app_data(hooks.clone())
                 .wrap(actix_web::middleware::from_fn(http::check_host))
                 .configure(http::routes)
                 .configure(trybuild::routes)
+                .configure(hooks::routes)
                 .configure(web::routes)
         })
         .workers(2)
