@@ -49,11 +49,29 @@ pub fn prepare(key: &SignerKey, parts: &[&[u8]], sig: &[u8]) -> Option<Prepared>
     let s: [u8; 32] = sig[32..].try_into().expect("32 bytes");
     Option::<Scalar>::from(Scalar::from_canonical_bytes(s))?;
     let r_bytes: [u8; 32] = sig[..32].try_into().expect("32 bytes");
-    let r = CompressedEdwardsY(r_bytes).decompress()?;
-    if r.compress().0 != r_bytes {
+    if !canonical_point_encoding(&r_bytes) {
         return None;
     }
     Some(Prepared { key: key.key, sig: Signature::from_bytes(&sig), msg: parts.concat() })
+}
+
+/// Whether `b`, if it encodes a point, is that point's one encoding: `y`
+/// reduced (below p = 2^255 - 19), and no sign bit on the two points whose
+/// `x` is zero (y = 1 and y = p - 1), which have no negative. Whether it
+/// is a point at all the check itself finds. This is what decompressing
+/// and compressing again would tell, without the square root that
+/// decompression costs, which the check computes anyway.
+fn canonical_point_encoding(b: &[u8; 32]) -> bool {
+    let sign = b[31] & 0x80 != 0;
+    let mut y = *b;
+    y[31] &= 0x7f;
+    let high_all_ones = y[1..31].iter().all(|&x| x == 0xff) && y[31] == 0x7f;
+    if high_all_ones && y[0] >= 0xed {
+        return false; // y >= p
+    }
+    let one = y[0] == 1 && y[1..].iter().all(|&x| x == 0);
+    let minus_one = high_all_ones && y[0] == 0xec;
+    !(sign && (one || minus_one))
 }
 
 pub fn check_one(p: &Prepared) -> bool {
@@ -89,6 +107,31 @@ pub fn check_batch(items: &[Prepared]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cheap_canonical_check_agrees_with_decompressing_and_compressing() {
+        let mut cases: Vec<[u8; 32]> = Vec::new();
+        // Every y near 0, near 1 and near p, with and without the sign bit.
+        for low in 0u8..=255 {
+            for high in [0x00u8, 0x80, 0x7f, 0xff] {
+                let mut b = [if high & 0x7f == 0 { 0 } else { 0xff }; 32];
+                b[0] = low;
+                b[31] = high;
+                cases.push(b);
+            }
+        }
+        for seed in 0u32..2000 {
+            let mut b = *blake3::hash(&seed.to_le_bytes()).as_bytes();
+            cases.push(b);
+            b[31] ^= 0x80;
+            cases.push(b);
+        }
+        for b in cases {
+            if let Some(p) = CompressedEdwardsY(b).decompress() {
+                assert_eq!(canonical_point_encoding(&b), p.compress().0 == b, "{b:02x?}");
+            }
+        }
+    }
     use curve25519_dalek::constants::EIGHT_TORSION;
     use curve25519_dalek::edwards::EdwardsPoint;
     use sha2::{Digest, Sha512};
