@@ -16,7 +16,14 @@ pub fn check(file: Option<&Path>) -> anyhow::Result<()> {
         Err(e) => {
             // The parser's message spans lines (it points at the column):
             // printed as it is, not through the CLI's one-line cleaning.
-            eprintln!("peerbot: {}: {e}", path.display());
+            // The parser names the file `.peerbot.toml`: name the one read.
+            let e = e.to_string();
+            let rest = e.strip_prefix(RECIPE_FILE).unwrap_or(&e);
+            eprintln!(
+                "peerbot: {}{}",
+                path.display(),
+                if rest.starts_with([':', ' ']) { rest.to_string() } else { format!(": {rest}") }
+            );
             std::process::exit(1);
         }
     };

@@ -107,6 +107,14 @@ fn check_reads_a_recipe_and_the_cli_takes_refs_and_host_port() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
+    assert!(!err.contains(".peerbot.toml"), "the file read is named, once: {err}");
+    // The default file, named once.
+    let dir = root.path().join("proj");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".peerbot.toml"), "[[builder]]\nname = \"t\"\n").unwrap();
+    let out = Command::new(BIN).arg("check").current_dir(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("peerbot: .peerbot.toml: builder \"t\" has no"), "{err}");
 
     // `--commit HEAD` and a branch name, resolved in the local clone;
     // `--node host:port` without a scheme.
