@@ -92,9 +92,12 @@ fn a_clean_stop_restarts_from_its_checkpoint_and_a_crash_reads_only_what_came_af
     n.start_again().unwrap();
     let s = startup(&n);
     assert_eq!(s["from_checkpoint"], true, "{s}\n{}", n.log_tail());
-    // At least the fourth change and its result.
+    // The fourth result at least came after the last checkpoint (saved
+    // every 10 s: it may have come between the fourth change and its
+    // result, and then names that change as open too).
     let after = s["after_checkpoint"].as_u64().unwrap();
-    assert!(after >= 2, "{s}");
-    assert_eq!(s["records_read"].as_u64().unwrap(), 4 + after, "{s}");
+    assert!(after >= 1, "{s}");
+    let from_checkpoint = s["records_read"].as_u64().unwrap() - after;
+    assert!(from_checkpoint == 4 || (from_checkpoint == 5 && after < 2), "{s}");
     assert_eq!(jobs(&n), before);
 }

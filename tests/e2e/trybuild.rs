@@ -147,6 +147,12 @@ fn a_dirty_work_tree_is_built_as_a_try_and_the_branch_history_is_untouched() {
     assert!(v["error"].as_str().unwrap().contains("no builder \"nope\""), "{v}");
     assert_eq!(a.get("/api/v1/changes?limit=50").unwrap().as_array().unwrap().len(), changes);
 
+    // A patched recipe without builders has nothing to build.
+    std::fs::write(work.join(".peerbot.toml"), "# nothing yet\n").unwrap();
+    let err = a.cli(&["try", "--dir", work.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(err.contains("no [[builder]] is defined"), "{err}");
+    assert_eq!(a.get("/api/v1/changes?limit=50").unwrap().as_array().unwrap().len(), changes);
+
     // A clean work tree has nothing to try.
     git(&work, &["stash", "-u", "-q"]);
     git(&work, &["reset", "-q", "--hard", "@{upstream}"]);

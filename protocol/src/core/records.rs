@@ -500,6 +500,7 @@ impl<S: Store> NodeCore<S> {
         if !builders.is_empty() {
             jobs.retain(|j| builders.contains(&j.builder));
         }
+
         let nonce = Hash32::of_fields(
             "peerbot.force",
             &[&self.me.to_bytes(), &now.to_le_bytes(), &rand::Rng::gen::<u64>(&mut self.rng).to_le_bytes()],
