@@ -278,6 +278,12 @@ fn page_writes_need_the_login_and_its_csrf_token() {
     let set_cookie = set_cookie.unwrap();
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_string();
+    assert!(!set_cookie.contains(&token), "the browser never holds the token itself: {set_cookie}");
+    assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+    // A token given as the cookie's value is not a login.
+    let (code, _, _) =
+        post("/ui/force", Some(&format!("peerbot_session={token}")), None, &[&[("csrf", "x")][..], &force].concat());
+    assert_eq!(code, 401);
 
     let page = agent.get(&format!("{}/login", n.url())).set("cookie", &cookie).call().unwrap().into_string().unwrap();
     let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();

@@ -10,7 +10,7 @@ use super::{error_page, from_api, page, Layout};
 use crate::core_actor::{Cancel, Force};
 use crate::http::{commit_info_for, same_token, AppState, State};
 
-const COOKIE: &str = "peerbot_token";
+const COOKIE: &str = "peerbot_session";
 
 /// Who is looking at a page: logged in or not, and the CSRF token their
 /// forms carry.
@@ -26,9 +26,16 @@ fn csrf_for(token: &str) -> String {
     blake3::keyed_hash(blake3::hash(token.as_bytes()).as_bytes(), b"peerbot page forms").to_hex().to_string()
 }
 
+/// What the login cookie holds: derived from the token, so the browser
+/// never keeps the token itself, and a stolen cookie opens the pages'
+/// forms only, never the JSON API (which takes the token alone).
+fn session_for(token: &str) -> String {
+    blake3::keyed_hash(blake3::hash(token.as_bytes()).as_bytes(), b"peerbot page session").to_hex().to_string()
+}
+
 impl Session {
     pub fn of(req: &HttpRequest, st: &AppState) -> Session {
-        let logged_in = req.cookie(COOKIE).is_some_and(|c| same_token(c.value(), &st.api_token));
+        let logged_in = req.cookie(COOKIE).is_some_and(|c| same_token(c.value(), &session_for(&st.api_token)));
         Session {
             logged_in,
             csrf: if logged_in { csrf_for(&st.api_token) } else { String::new() },
@@ -123,8 +130,14 @@ pub async fn login(req: HttpRequest, st: State, form: web::Form<LoginForm>) -> H
         let session = Session::of(&req, &st);
         return error_page(&session, StatusCode::UNAUTHORIZED, "that is not this node's API token");
     }
-    let cookie =
-        Cookie::build(COOKIE, st.api_token.clone()).path("/").http_only(true).same_site(SameSite::Strict).finish();
+    // Secure when the page came over TLS (directly or, as a proxy says, to it).
+    let tls = req.connection_info().scheme() == "https";
+    let cookie = Cookie::build(COOKIE, session_for(&st.api_token))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(tls)
+        .finish();
     let mut r = see_other(&local_path(&form.next));
     let _ = r.add_cookie(&cookie);
     r

@@ -4,7 +4,8 @@
 //! every page works without it.
 //!
 //! Writes from pages (force, rebuild, cancel) need a login: the node's API
-//! token, kept in an `HttpOnly`, `SameSite=Strict` cookie, and a CSRF
+//! token, checked once, then a value derived from it kept in an
+//! `HttpOnly`, `SameSite=Strict` cookie, and a CSRF
 //! token derived from it in every form. The JSON API never accepts the
 //! cookie: it wants `Authorization: Bearer`, which no other site's page
 //! can make a browser send.
