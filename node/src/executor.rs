@@ -158,7 +158,12 @@ fn upstream_branch(branch: &str) -> &str {
 /// The patch of a try build, fetched from the node that signed it if
 /// need be, and checked against its signed hash.
 async fn try_patch(order: &BuildOrder, blobs: &Recipient<GetBlob>) -> anyhow::Result<Option<Vec<u8>>> {
-    let Some((p, from)) = order.patch else { return Ok(None) };
+    let Some((p, from)) = order.patch else {
+        if peerbot_protocol::record::is_try_branch(&order.branch) {
+            anyhow::bail!("a try build whose patch is not known here");
+        }
+        return Ok(None);
+    };
     let fetch = blobs.send(GetBlob { hash: p.hash, hint: Some(from) });
     let bytes = match tokio::time::timeout(PATCH_FETCH_LIMIT, fetch).await {
         Ok(Ok(Ok(b))) => b,
@@ -170,7 +175,7 @@ async fn try_patch(order: &BuildOrder, blobs: &Recipient<GetBlob>) -> anyhow::Re
             PATCH_FETCH_LIMIT.as_secs()
         ),
     };
-    crate::trybuild::checked_patch(bytes, &p.hash).map(Some)
+    crate::trybuild::checked_patch(bytes, &p).map(Some)
 }
 
 const PATCH_FETCH_LIMIT: Duration = Duration::from_secs(120);
@@ -211,12 +216,14 @@ async fn run_build(
             let (checked_out, spec) =
                 tokio::join!(git::checkout(&mirror, ws, &order.commit), own_recipe(&mirror, order, patch));
             checked_out?;
-            if let Some(p) = patch {
-                crate::trybuild::apply(ws, p).await?;
-            }
             spec
         })
         .await?;
+        // Not inside the read above: a patch that does not apply is no
+        // reason to fetch the repository again.
+        if let Some(p) = patch {
+            crate::trybuild::apply(ws, p).await?;
+        }
         // The paths the checkouts borrow objects from, as the jail binds them.
         let mut mirrors = vec![tokio::fs::canonicalize(&mirror).await?];
         if spec.submodules {

@@ -304,12 +304,18 @@ pub async fn checkout_submodules(
             if !allowed(&url) {
                 bail!("submodule {path:?}: repository {url:?} is not allowed by this node's policy");
             }
-            let line = git(Some(&parent), &["ls-tree", "HEAD", "--", &path]).await?;
-            // "160000 commit <id>	<path>": a gitlink.
-            let commit = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                ["160000", "commit", id, ..] => id.to_string(),
+            // From the index, not HEAD: a try's patch may move a submodule.
+            let line = git(Some(&parent), &["ls-files", "-s", "-z", "--", &path]).await?;
+            // "160000 <id> 0<TAB><path><NUL>": a gitlink, at exactly that path.
+            let entry = line.split('\0').next().unwrap_or_default();
+            let commit = match entry.split_once('\t') {
+                Some((meta, p)) if p == path => match meta.split(' ').collect::<Vec<_>>().as_slice() {
+                    ["160000", id, "0"] => id.to_string(),
+                    _ => bail!("submodule {path:?} is not a gitlink at this commit"),
+                },
                 _ => bail!("submodule {path:?} is not a gitlink at this commit"),
             };
+            refuse_links(&parent, &path)?;
             let object = format!("{commit}^{{commit}}");
             let object = &object;
             let (mirror, ()) = with_commit(data_dir, &url, &commit, |m| async move {
@@ -326,17 +332,38 @@ pub async fn checkout_submodules(
     Ok(mirrors)
 }
 
+/// Refuses a path with a symbolic link on the way: a checkout there would
+/// write wherever the link points.
+fn refuse_links(root: &Path, path: &str) -> anyhow::Result<()> {
+    let mut at = root.to_path_buf();
+    for part in Path::new(path).components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => bail!("submodule {path:?}: {} is a symbolic link", at.display()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("submodule {path:?}")),
+        }
+    }
+    Ok(())
+}
+
 /// (path, url) of each submodule `.gitmodules` in `dir` lists.
 async fn submodules_of(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     if !dir.join(".gitmodules").is_file() {
         return Ok(vec![]);
     }
-    let listed = git(Some(dir), &["config", "-f", ".gitmodules", "--get-regexp", r"^submodule\..*\.(path|url)$"])
-        .await
-        .unwrap_or_default();
+    // `--null`: key, newline, value, NUL; names and values may hold spaces.
+    let args = ["config", "-f", ".gitmodules", "--null", "--get-regexp", r"^submodule\..*\.(path|url)$"];
+    let listed = match git(Some(dir), &args).await {
+        Ok(l) => l,
+        // Exit 1 with nothing said: nothing matched. Anything else: a broken .gitmodules.
+        Err(e) if e.to_string().trim_end().ends_with(':') => String::new(),
+        Err(e) => return Err(e).context(".gitmodules cannot be read"),
+    };
     let mut by_name: std::collections::BTreeMap<String, (Option<String>, Option<String>)> = Default::default();
-    for line in listed.lines() {
-        let Some((key, value)) = line.split_once(' ') else { continue };
+    for item in listed.split('\0').filter(|i| !i.is_empty()) {
+        let Some((key, value)) = item.split_once('\n') else { continue };
         let Some(rest) = key.strip_prefix("submodule.") else { continue };
         if let Some(name) = rest.strip_suffix(".path") {
             by_name.entry(name.to_string()).or_default().0 = Some(value.to_string());

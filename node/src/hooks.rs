@@ -128,11 +128,25 @@ async fn handle(
     st: web::Data<AppState>,
     hooks: web::Data<Hooks>,
     q: web::Query<HookQuery>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> HttpResponse {
     let unauthorized = |why: &str| error(actix_web::http::StatusCode::UNAUTHORIZED, why);
     let Some(secret) = &hooks.secret else {
         return error(actix_web::http::StatusCode::FORBIDDEN, "this node has no hook secret (--hook-secret-file)");
+    };
+    // Without the forge's header there is nothing to check the body with:
+    // refused before it is read.
+    let proof = match forge {
+        Forge::GitHub => "x-hub-signature-256",
+        Forge::Gitea => "x-gitea-signature",
+        Forge::GitLab => "x-gitlab-token",
+    };
+    if header(&req, proof).is_none() {
+        return unauthorized(&format!("no {proof} header"));
+    }
+    let body = match crate::trybuild::read_body(body, MAX_HOOK_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     if let Err(why) = signed(forge, &req, secret, &body) {
         return unauthorized(why);
@@ -184,7 +198,7 @@ async fn github_push(
     st: web::Data<AppState>,
     h: web::Data<Hooks>,
     q: web::Query<HookQuery>,
-    b: web::Bytes,
+    b: web::Payload,
 ) -> HttpResponse {
     handle(Forge::GitHub, req, st, h, q, b).await
 }
@@ -195,7 +209,7 @@ async fn gitlab_push(
     st: web::Data<AppState>,
     h: web::Data<Hooks>,
     q: web::Query<HookQuery>,
-    b: web::Bytes,
+    b: web::Payload,
 ) -> HttpResponse {
     handle(Forge::GitLab, req, st, h, q, b).await
 }
@@ -206,19 +220,13 @@ async fn gitea_push(
     st: web::Data<AppState>,
     h: web::Data<Hooks>,
     q: web::Query<HookQuery>,
-    b: web::Bytes,
+    b: web::Payload,
 ) -> HttpResponse {
     handle(Forge::Gitea, req, st, h, q, b).await
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1/hooks")
-            .app_data(web::PayloadConfig::new(MAX_HOOK_BYTES))
-            .service(github_push)
-            .service(gitlab_push)
-            .service(gitea_push),
-    );
+    cfg.service(web::scope("/api/v1/hooks").service(github_push).service(gitlab_push).service(gitea_push));
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use anyhow::{bail, Context};
-use peerbot_protocol::record::{Body, MAX_PATCH_BYTES};
+use peerbot_protocol::record::{Body, PatchRef, MAX_PATCH_BYTES};
 use peerbot_protocol::store::Store;
 use peerbot_protocol::Hash32;
 use serde::Deserialize;
@@ -95,11 +95,16 @@ async fn post_try(
     req: HttpRequest,
     st: web::Data<AppState>,
     q: web::Query<TryQuery>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> HttpResponse {
     if let Err(r) = authorize(&req, &st) {
         return r;
     }
+    // Read only once the token is good: nobody else makes the node hold a patch.
+    let body = match read_body(body, MAX_PATCH_BYTES as usize).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let q = q.into_inner();
     if body.is_empty() {
         return bad_request("the patch is empty: there is nothing to try");
@@ -129,6 +134,23 @@ async fn post_try(
     }
 }
 
+/// A request's body, up to `limit` bytes (over it: 413).
+pub async fn read_body(mut body: web::Payload, limit: usize) -> Result<web::Bytes, HttpResponse> {
+    use futures::StreamExt;
+    let mut out = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| bad_request(format!("reading the request body: {e}")))?;
+        if out.len() + chunk.len() > limit {
+            return Err(crate::http::error(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {limit} bytes"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
 /// The patch of a try change.
 #[get("/api/v1/changes/{id}/patch")]
 async fn get_patch(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
@@ -137,21 +159,23 @@ async fn get_patch(st: web::Data<AppState>, id: web::Path<String>) -> HttpRespon
     let Body::Change(c) = &rec.body else { return not_found("no such change") };
     let Some(p) = c.force.as_ref().and_then(|f| f.patch) else { return not_found("that change is not a try") };
     match st.store.get_blob(&p.hash) {
-        Some(bytes) => HttpResponse::Ok().content_type("text/x-diff; charset=utf-8").body(bytes),
+        Some(bytes) => HttpResponse::Ok()
+            .content_type("text/x-diff; charset=utf-8")
+            .insert_header(("X-Content-Type-Options", "nosniff"))
+            .insert_header(("Content-Disposition", "attachment; filename=\"try.patch\""))
+            .body(bytes),
         None => not_found("this node does not hold the patch; ask the node that signed the change"),
     }
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    // A patch may be bigger than the API's other bodies.
-    let limit = web::PayloadConfig::new(MAX_PATCH_BYTES as usize);
-    cfg.service(web::resource("/api/v1/try").app_data(limit).route(web::post().to(post_try))).service(get_patch);
+    cfg.service(web::resource("/api/v1/try").route(web::post().to(post_try))).service(get_patch);
 }
 
-/// A patch checked against the hash its change signed.
-pub fn checked_patch(bytes: Vec<u8>, want: &Hash32) -> anyhow::Result<Vec<u8>> {
-    if Hash32::of(&bytes) != *want {
-        bail!("the try patch does not match the hash its change signed");
+/// A patch checked against the size and hash its change signed.
+pub fn checked_patch(bytes: Vec<u8>, want: &PatchRef) -> anyhow::Result<Vec<u8>> {
+    if bytes.len() as u64 != want.size || want.size > MAX_PATCH_BYTES || Hash32::of(&bytes) != want.hash {
+        bail!("the try patch does not match the size and hash its change signed");
     }
     Ok(bytes)
 }

@@ -96,6 +96,8 @@ pub fn patch(dir: &Path, base: &str) -> anyhow::Result<Vec<u8>> {
             "--no-ext-diff",
             "--no-textconv",
             "--no-renames",
+            "--submodule=short",
+            "--ignore-submodules=none",
             "--src-prefix=a/",
             "--dst-prefix=b/",
             base,

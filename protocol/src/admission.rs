@@ -23,6 +23,9 @@ const REVOCATION_DOMAIN: &[u8] = b"peerbot.revocation.v1\0";
 pub const PLATFORM_KEYS: &[&str] = &["os", "arch"];
 /// The label a certificate grants to let a node cancel any job of the cluster.
 pub const ADMIN_LABEL: &str = "role=admin";
+/// A node admitted with this label (or `role=admin`) may sign try changes,
+/// whose patches builders run: a power like a repository author's.
+pub const TRY_LABEL: &str = "role=try";
 /// A certificate's text is at most this long.
 pub const MAX_ADMISSION_TEXT: usize = 16 * 1024;
 

@@ -51,6 +51,17 @@ pub struct Force {
     pub patch: Option<PatchRef>,
 }
 
+impl Force {
+    /// What the jobs' ids are made with: the nonce, and for a try the
+    /// patch too, so that nobody can sign another patch under the same jobs.
+    pub fn job_nonce(&self) -> Hash32 {
+        match &self.patch {
+            None => self.nonce,
+            Some(p) => Hash32::of_fields("peerbot.try.nonce.v1", &[&self.nonce.0, &p.hash.0, &p.size.to_le_bytes()]),
+        }
+    }
+}
+
 /// A patch (what `git diff --binary` prints) kept as a blob by the node
 /// that signed the change; its hash in the signed change signs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -380,7 +391,7 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
                 }
                 let want = match &c.force {
                     None => crate::recipe::job_id(&c.repo, &c.commit, &j.builder),
-                    Some(f) => crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &f.nonce),
+                    Some(f) => crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &f.job_nonce()),
                 };
                 if j.id != want {
                     return bad("change lists a job whose id does not match its repo, commit and builder");
@@ -463,12 +474,12 @@ pub(crate) mod tests {
         let key = crate::deterministic_key(1);
         let make = |branch: &str, patch: Option<PatchRef>| {
             let Body::Change(mut c) = sample_change() else { unreachable!() };
-            let nonce = Hash32::of(b"n");
+            let force = Force { nonce: Hash32::of(b"n"), reason: "try".into(), patch };
             c.branch = branch.into();
             for j in c.jobs.iter_mut() {
-                j.id = crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &nonce);
+                j.id = crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &force.job_nonce());
             }
-            c.force = Some(Force { nonce, reason: "try".into(), patch });
+            c.force = Some(force);
             verify(&sign(&key, &Body::Change(c)).bytes)
         };
         let patch = PatchRef { hash: Hash32::of(b"diff"), size: 4 };
@@ -478,6 +489,19 @@ pub(crate) mod tests {
         assert!(make("main", Some(patch)).is_err(), "a patch on a real branch");
         let big = PatchRef { size: MAX_PATCH_BYTES + 1, ..patch };
         assert!(make("try:main", Some(big)).is_err());
+        // Another patch under the same nonce makes other jobs: a try's jobs
+        // cannot be taken over by a change with another patch.
+        let other = PatchRef { hash: Hash32::of(b"other diff"), size: 10 };
+        let nonce = Hash32::of(b"n");
+        let ids = |p| Force { nonce, reason: String::new(), patch: Some(p) }.job_nonce();
+        assert_ne!(ids(patch), ids(other));
+        let Body::Change(mut c) = sample_change() else { unreachable!() };
+        c.branch = "try:main".into();
+        for j in c.jobs.iter_mut() {
+            j.id = crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &nonce);
+        }
+        c.force = Some(Force { nonce, reason: "try".into(), patch: Some(patch) });
+        assert!(verify(&sign(&key, &Body::Change(c)).bytes).is_err(), "ids made without the patch");
         // A forced rebuild encodes as before the patch field was added.
         let f = Force { nonce: Hash32::of(b"n"), reason: "r".into(), patch: None };
         assert!(!crate::codec::encode(&f).windows(5).any(|w| w == b"patch"));

@@ -63,12 +63,12 @@ fn a_dirty_work_tree_is_built_as_a_try_and_the_branch_history_is_untouched() {
     let base = origin.commit(&[(".peerbot.toml", RECIPE), ("greeting.txt", "hello from main\n")], "base").unwrap();
     let allow = origin.path().canonicalize().unwrap().display().to_string();
 
-    // A takes the try and signs it but builds nothing (no runner label);
-    // B builds, so it must fetch the patch from A.
+    // A takes the try and signs it (admitted with role=try) but builds
+    // nothing (no runner label); B builds, so it must fetch the patch from A.
     let keeper = Keeper::new(Path::new(BIN), &root.path().join("keeper")).unwrap();
     let (da, db) = (root.path().join("a"), root.path().join("b"));
     let mut a_args = vec!["--watch".to_string(), format!("{allow}#main"), "--sandbox".into(), "none".into()];
-    a_args.extend(keeper.admit(&da, &[]).unwrap());
+    a_args.extend(keeper.admit(&da, &["role=try"]).unwrap());
     let a = Node::start(Path::new(BIN), "A", &da, &a_args).unwrap();
     let mut b_args =
         ["--bootstrap", &a.multiaddr(), "--allow-repo", &allow, "--sandbox", "none"].map(String::from).to_vec();
@@ -152,6 +152,12 @@ fn a_dirty_work_tree_is_built_as_a_try_and_the_branch_history_is_untouched() {
     let err = a.cli(&["try", "--dir", work.to_str().unwrap()]).unwrap_err().to_string();
     assert!(err.contains("no [[builder]] is defined"), "{err}");
     assert_eq!(a.get("/api/v1/changes?limit=50").unwrap().as_array().unwrap().len(), changes);
+
+    // B was not admitted to sign tries: it refuses one, and so would every
+    // node refuse a try change B signed.
+    let (code, v) = post_patch(&b, &q, patch.as_bytes(), true);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("role=try"), "{v}");
 
     // A clean work tree has nothing to try.
     git(&work, &["stash", "-u", "-q"]);

@@ -81,6 +81,12 @@ impl<S: Store> NodeCore<S> {
                         Ok(()) => Screen::Take,
                         Err(why) => Screen::Refuse(why),
                     },
+                    Body::Change(c) if c.force.as_ref().is_some_and(|f| f.patch.is_some()) => {
+                        match self.may_try(&rec.signer) {
+                            Ok(()) => Screen::Take,
+                            Err(why) => Screen::Refuse(why),
+                        }
+                    }
                     _ => Screen::Take,
                 },
                 Err(admissions::Refusal::Unknown) => Screen::Hold,
@@ -477,11 +483,23 @@ impl<S: Store> NodeCore<S> {
         if record::is_try_branch(&info.branch) {
             return Err(format!("branch {:?} is already a try branch", info.branch));
         }
+        self.may_try(&self.me)?;
         info.branch = format!("{}{}", record::TRY_BRANCH_PREFIX, info.branch);
-        let hash = Hash32::of(patch);
-        self.store.put_blob(&hash, patch).map_err(|e| format!("cannot keep the patch: {e}"))?;
-        let patch = record::PatchRef { hash, size: patch.len() as u64 };
         self.forced_change(now, info, builders, reason, Some(patch))
+    }
+
+    /// A try change counts from a node admitted with `role=try` or
+    /// `role=admin`: builders run what its patch says.
+    fn may_try(&self, who: &PeerId) -> Result<(), String> {
+        let a = &self.admissions;
+        if a.grants(who, admissions::ADMIN_LABEL) || a.grants(who, crate::admission::TRY_LABEL) {
+            return Ok(());
+        }
+        Err(format!(
+            "not allowed: only a node admitted with {} or {} may sign a try",
+            crate::admission::TRY_LABEL,
+            admissions::ADMIN_LABEL
+        ))
     }
 
     fn forced_change(
@@ -490,7 +508,7 @@ impl<S: Store> NodeCore<S> {
         info: CommitInfo,
         builders: &[String],
         reason: String,
-        patch: Option<record::PatchRef>,
+        patch: Option<&[u8]>,
     ) -> Result<Hash32, String> {
         let text = info.recipe.clone()?;
         let mut jobs = parse_recipe(&info.repo, &info.commit, &text).map_err(|e| e.to_string())?;
@@ -505,10 +523,14 @@ impl<S: Store> NodeCore<S> {
             "peerbot.force",
             &[&self.me.to_bytes(), &now.to_le_bytes(), &rand::Rng::gen::<u64>(&mut self.rng).to_le_bytes()],
         );
+        let patch_ref = patch.map(|p| record::PatchRef { hash: Hash32::of(p), size: p.len() as u64 });
+        let force = record::Force { nonce, reason: clip(&reason, 1024), patch: patch_ref };
         for j in jobs.iter_mut() {
-            j.id = crate::recipe::forced_job_id(&info.repo, &info.commit, &j.builder, &nonce);
+            j.id = crate::recipe::forced_job_id(&info.repo, &info.commit, &j.builder, &force.job_nonce());
         }
-        let force = record::Force { nonce, reason: clip(&reason, 1024), patch };
+        if let (Some(bytes), Some(p)) = (patch, patch_ref) {
+            self.store.put_blob(&p.hash, bytes).map_err(|e| format!("cannot keep the patch: {e}"))?;
+        }
         let change = info.into_change(jobs, None, now, Some(force));
         self.publish_now(now, Body::Change(change))
     }
