@@ -217,6 +217,7 @@ pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
         "job": r.job.to_hex(),
         "repo": r.repo,
         "branch": r.branch,
+        "try": peerbot_protocol::record::is_try_branch(&r.branch),
         "commit": r.commit,
         "builder": r.builder,
         "attempt": r.attempt,

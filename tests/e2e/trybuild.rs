@@ -106,6 +106,7 @@ fn a_dirty_work_tree_is_built_as_a_try_and_the_branch_history_is_untouched() {
     .unwrap();
     let check = tries.as_array().unwrap().iter().find(|r| r["builder"] == "check").unwrap();
     assert_eq!(check["commit"], base.as_str(), "built on top of the upstream commit");
+    assert_eq!(check["try"], true, "a try says so wherever results are listed");
     let id = check["id"].as_str().unwrap();
     let log = a.get_text(&format!("/api/v1/builds/{id}/steps/show/log")).unwrap();
     assert_eq!(log, "hello from the work tree\nan untracked file\n");

@@ -249,6 +249,9 @@ pub fn builders(st: &AppState) -> Value {
     let mut seen: BTreeMap<&str, Value> = BTreeMap::new();
     for rec in &page.records {
         let Some(r) = result_of(rec) else { continue };
+        if peerbot_protocol::record::is_try_branch(&r.branch) {
+            continue;
+        }
         let e = seen.entry(&r.builder).or_insert_with(|| {
             json!({"builder": r.builder, "last_build": rec.id.to_hex(), "last_status": r.status.as_str(),
                    "last_ended_ms": r.ended_ms, "last_commit": r.commit, "recent_builds": 0})
