@@ -280,6 +280,11 @@ async fn run_build(
                 match so {
                     Ok(mut so) if !*cancel.borrow() => {
                         so.metrics = measure(&place, step, &envs).await;
+                        if let Some(p) = step.tests.as_ref().and_then(|t| t.path.clone()) {
+                            let (files, note) = read_reports(&ws, &cwd, p).await;
+                            so.report_files = files;
+                            so.log.extend_from_slice(note.as_bytes());
+                        }
                         Ok(so)
                     }
                     other => other,
@@ -388,6 +393,44 @@ async fn step_dir(ws: &Path, workdir: Option<&str>) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Paths a report glob may visit before the search gives up: a checkout
+/// with millions of files must not hold the build.
+const MAX_GLOB_VISITS: usize = 10_000;
+
+/// The files of a step's `tests.path` (a glob under the step's directory),
+/// those that stay inside the checkout once links are followed, read up
+/// to the report limits; and a line for the log when none was read.
+async fn read_reports(ws: &Path, cwd: &Path, pattern: String) -> (Vec<Vec<u8>>, String) {
+    use peerbot_protocol::testreport::{check_report_glob, MAX_REPORT_BYTES, MAX_REPORT_FILES};
+    let (ws, cwd) = (ws.to_path_buf(), cwd.to_path_buf());
+    let found = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
+        check_report_glob(&pattern).map_err(anyhow::Error::msg)?;
+        let root = std::fs::canonicalize(&ws)?;
+        let full = format!("{}/{pattern}", glob::Pattern::escape(&cwd.to_string_lossy()));
+        let opts = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+        let mut files = Vec::new();
+        let mut budget = MAX_REPORT_BYTES as u64;
+        for p in glob::glob_with(&full, opts)?.take(MAX_GLOB_VISITS).flatten() {
+            let Ok(real) = std::fs::canonicalize(&p) else { continue };
+            if !real.starts_with(&root) || !real.is_file() || files.len() >= MAX_REPORT_FILES || budget == 0 {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            std::fs::File::open(&real)?.take(budget).read_to_end(&mut bytes)?;
+            budget -= bytes.len() as u64;
+            files.push(bytes);
+        }
+        Ok(files)
+    })
+    .await;
+    match found {
+        Ok(Ok(files)) if !files.is_empty() => (files, String::new()),
+        Ok(Ok(_)) => (vec![], "\npeerbot: no test report file matched tests.path inside the checkout\n".into()),
+        Ok(Err(e)) => (vec![], format!("\npeerbot: the test reports could not be read: {e:#}\n")),
+        Err(e) => (vec![], format!("\npeerbot: the test reports could not be read: {e}\n")),
+    }
+}
+
 /// Process groups of steps running now, so a stopping node takes them along.
 fn live_groups() -> &'static std::sync::Mutex<std::collections::HashSet<u32>> {
     static G: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u32>>> = std::sync::OnceLock::new();
@@ -475,6 +518,7 @@ async fn run_step(
         log,
         truncated,
         metrics: Default::default(),
+        report_files: Vec::new(),
     })
 }
 

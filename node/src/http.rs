@@ -208,6 +208,8 @@ pub fn result_json(rec: &VerifiedRecord, detail: bool) -> Value {
                 "warnings": s.warnings,
                 "warning_lines": s.warning_lines,
                 "tests": s.tests,
+                "test_format": s.test_format,
+                "failed_tests": s.failed_tests,
                 "log": s.log.as_ref().map(|l| json!({"hash": l.hash.to_hex(), "size": l.size, "truncated": l.truncated})),
             })
         })

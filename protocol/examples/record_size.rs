@@ -49,6 +49,8 @@ fn main() {
             warnings: 0,
             tests: Some(Default::default()),
             warning_lines: vec![],
+            failed_tests: vec![],
+            test_format: None,
         }],
         metrics: Default::default(),
         failed_step: None,

@@ -37,6 +37,8 @@ pub mod repos;
 pub mod sigcheck;
 pub mod store;
 pub mod sync;
+pub mod testhistory;
+pub mod testreport;
 pub mod wire;
 
 pub use crate::core::{Config, Event, Input, NodeCore, Output};

@@ -138,6 +138,14 @@ pub struct TestCounts {
     pub skipped: u64,
 }
 
+/// A failing test as a step's test report names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedTest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepResult {
     pub name: String,
@@ -152,6 +160,14 @@ pub struct StepResult {
     /// The first warning lines of the build, cut to 200 characters each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warning_lines: Vec<String>,
+    /// The step's failing tests from its `tests` report, the first
+    /// `testreport::MAX_FAILURES` of them; absent from older results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_tests: Vec<FailedTest>,
+    /// The format of the step's test report, when it had one: then a test
+    /// not in `failed_tests` (while they are all kept) did not fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_format: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -409,6 +425,9 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
             }
             if !crate::wire::valid_name(&r.node_name) {
                 return bad("result's node name is over 64 bytes or holds control characters");
+            }
+            if r.steps.iter().any(|s| s.failed_tests.len() > crate::testreport::MAX_FAILURES) {
+                return bad("result's step lists more failing tests than a node keeps");
             }
         }
         // Checked against the cluster key by the core, which knows it.

@@ -138,6 +138,15 @@ pub async fn build_page(req: HttpRequest, st: State, id: web::Path<String>) -> H
                 }
             } }
         }
+        @for step in b["steps"].as_array().into_iter().flatten() {
+            @if let Some(failed) = step["failed_tests"].as_array().filter(|f| !f.is_empty()) {
+                h2 { "Failing tests of " code { (s(&step["name"])) } " (" (step["tests"]["failed"]) ", " (s(&step["test_format"])) ")" }
+                @if step["tests"]["failed"].as_u64().is_some_and(|n| n > failed.len() as u64) { p.muted { "The first " (failed.len()) " are kept." } }
+                table.failed-tests { tbody { @for f in failed {
+                    tr { td { code { (s(&f["name"])) } } td { @if !s(&f["message"]).is_empty() { pre.log { (s(&f["message"])) } } } }
+                } } }
+            }
+        }
         @for (i, step) in b["steps"].as_array().into_iter().flatten().enumerate() {
             @if let Some(lines) = step["warning_lines"].as_array().filter(|l| !l.is_empty()) {
                 h2 { "Warnings of " code { (s(&step["name"])) } " (" (step["warnings"]) ")" }

@@ -332,6 +332,45 @@ pub fn builder(st: &AppState, name: &str, q: &PageQuery) -> Result<Value, HttpRe
     }))
 }
 
+/// Builds read for a builder's test history: enough to see a test flip,
+/// and a bound on what one request holds in memory however long the history.
+pub const TEST_HISTORY_BUILDS: usize = 200;
+
+fn test_json(t: &peerbot_protocol::testhistory::TestSummary) -> Value {
+    json!({"name": t.name, "runs": t.runs, "failures": t.failures, "recent": t.recent, "flaky": t.flaky,
+           "failing": t.failing, "last_failure_commit": t.last_failure_commit,
+           "last_failure_message": t.last_failure_message})
+}
+
+/// The tests that failed in a builder's recent builds: flaky ones apart
+/// from those failing now and those that failed and pass again.
+pub fn builder_tests(st: &AppState, name: &str, q: &PageQuery) -> Result<Value, HttpResponse> {
+    use peerbot_protocol::testhistory::{observations, summarize};
+    if name.is_empty() || name.len() > 200 {
+        return Err(bad_request("a builder name has 1 to 200 characters"));
+    }
+    let filter = Filter {
+        repo: q.repo.clone(),
+        branch: q.branch.clone(),
+        builder: Some(name.to_string()),
+        ..Default::default()
+    };
+    let page = st.store.query(Kind::Results, &filter, None, TEST_HISTORY_BUILDS, SCAN_BUDGET);
+    // The store answers newest first; a history reads oldest first.
+    let results: Vec<&BuildResult> = page.records.iter().rev().filter_map(|rec| result_of(rec)).collect();
+    let tests = summarize(&observations(&results));
+    let pick = |f: &dyn Fn(&peerbot_protocol::testhistory::TestSummary) -> bool| -> Vec<Value> {
+        tests.iter().filter(|t| f(t)).map(test_json).collect()
+    };
+    Ok(json!({
+        "builder": name, "repo": q.repo, "branch": q.branch,
+        "builds": results.len(),
+        "flaky": pick(&|t| t.flaky),
+        "failing": pick(&|t| !t.flaky && t.failing),
+        "passing_again": pick(&|t| !t.flaky && !t.failing),
+    }))
+}
+
 /// Every node this one knows, with what it is building now.
 pub async fn nodes(st: &AppState) -> Result<Value, HttpResponse> {
     let me = st.ask(Query::Node).await?;

@@ -37,6 +37,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(pages::builders_json)
         .service(pages::builder_page)
         .service(pages::builder_json)
+        .service(pages::builder_tests_json)
         .service(pages::nodes_page)
         .service(pages::nodes_json)
         .service(build::build_page)

@@ -230,6 +230,7 @@ pub async fn builder_page(
         Ok(v) => v,
         Err(r) => return from_api(&session, r),
     };
+    let tests = data::builder_tests(&st, &name, &q);
     let rate = v["success_rate"].as_f64().map(|r| format!("{:.0} %", r * 100.0)).unwrap_or_else(|| "–".into());
     let median = v["median_duration_ms"].as_u64().map(secs).unwrap_or_else(|| "–".into());
     let body = html! {
@@ -239,6 +240,11 @@ pub async fn builder_page(
         div.side { @for (metric, pts) in v["series"].as_object().into_iter().flatten() {
             (chart(metric, pts.as_array().map(|a| a.as_slice()).unwrap_or_default()))
         } }
+        @if let Ok(t) = &tests {
+            @let (flaky, failing) = (t["flaky"].as_array().cloned().unwrap_or_default(), t["failing"].as_array().cloned().unwrap_or_default());
+            @if !failing.is_empty() { h2 { "Failing tests" } (tests_table(&failing)) }
+            @if !flaky.is_empty() { h2 { "Flaky tests" } p.muted { "They failed and passed on one commit, or went pass, fail, pass." } (tests_table(&flaky)) }
+        }
         h2 { "Recent builds" }
         table {
             thead { tr { th { "status" } th { "commit" } th { "title" } th { "author" } th { "branch" } th { "built by" } th { "finished" } th { "took" } th { "failed step" } } }
@@ -260,6 +266,29 @@ pub async fn builder_page(
     };
     let json = format!("/api/v1/builders/{}{}", super::urlencode(&name), keep_query(&q.repo, &q.branch));
     page(Layout { title: format!("Builder {name}"), here: "/builders", json, refresh: false, session: &session }, body)
+}
+
+#[get("/api/v1/builders/{name}/tests")]
+pub async fn builder_tests_json(st: State, name: web::Path<String>, q: web::Query<PageQuery>) -> HttpResponse {
+    json_or(data::builder_tests(&st, &name, &q))
+}
+
+/// A table of tests from the builder's test history.
+fn tests_table(tests: &[Value]) -> Markup {
+    html! {
+        table.tests { thead { tr { th { "test" } th { "recent runs (oldest first)" } th { "failed" } th { "last failure" } } }
+            tbody { @for t in tests {
+                tr {
+                    td { code { (s(&t["name"])) } }
+                    td.runs { @for r in t["recent"].as_array().into_iter().flatten() {
+                        span class={"badge " (if r == true { "success" } else { "failure" })} { (if r == true { "✓" } else { "✗" }) }
+                    } }
+                    td { (t["failures"]) " of " (t["runs"]) }
+                    td { span.sha { (short(s(&t["last_failure_commit"]))) } " " span.muted { (s(&t["last_failure_message"]).lines().next().unwrap_or("")) } }
+                }
+            } }
+        }
+    }
 }
 
 #[get("/api/v1/builders/{name}")]

@@ -12,6 +12,7 @@ use crate::logparse::{count_tests, find_warnings, MAX_WARNING_LINES};
 use crate::recipe::{StepSpec, StepVerdict};
 use crate::record::{self, BlobRef, BuildResult, Status, StepResult};
 use crate::store::{Store, StoreError};
+use crate::testreport::parse as parse_report;
 use crate::Millis;
 
 const OWN_CLAIMS_KEY: &str = "own_claims";
@@ -173,7 +174,13 @@ pub fn assemble_result(
         let keep = MAX_WARNING_LINES.saturating_sub(kept_lines);
         let (w, warning_lines) = find_warnings(&text, spec.and_then(|x| x.warnings.as_ref()), keep);
         kept_lines += warning_lines.len();
-        let t = count_tests(&text);
+        // A step's own report, when its recipe names one, over log summaries.
+        let report =
+            spec.and_then(|x| x.tests.as_ref()).map(|t| (t.format, parse_report(t.format, &s.log, &s.report_files)));
+        let t = match &report {
+            Some((_, r)) => Some(r.counts.clone()),
+            None => count_tests(&text),
+        };
         warnings += w;
         if let Some(t) = &t {
             let acc = tests.get_or_insert_with(Default::default);
@@ -197,6 +204,8 @@ pub fn assemble_result(
             warnings: w,
             tests: t,
             warning_lines,
+            test_format: report.as_ref().map(|(f, _)| f.as_str().to_string()),
+            failed_tests: report.map(|(_, r)| r.failures).unwrap_or_default(),
         });
     }
     let status = status_of(o, failed_step.is_some(), warned || warnings > 0);
@@ -262,4 +271,49 @@ fn metrics_of(
         metrics.insert("tests_skipped".to_string(), t.skipped as f64);
     }
     metrics
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::io::StepOutcome;
+    use crate::record::Change;
+
+    #[test]
+    fn a_steps_report_gives_its_counts_and_failing_tests_over_log_summaries() {
+        let recipe = "[[builder]]\nname = 'b'\n[[builder.step]]\nname = 'py'\nrun = 'pytest'\n\
+                      tests = { format = 'junit', path = 'r.xml' }\n[[builder.step]]\nname = 'plain'\nrun = 'x'\n";
+        let spec = crate::recipe::parse_recipe("r", "c", recipe).unwrap().remove(0);
+        let change = Change { repo: "r".into(), branch: "main".into(), commit: "c".into(), ..Default::default() };
+        let job = super::super::jobs::new_job(0, &change, Hash32::of(b"ch"), &spec);
+        let xml = br#"<testsuite><testcase classname="t" name="ok"/><testcase classname="t" name="bad"><failure message="no"/></testcase></testsuite>"#;
+        let o = BuildOutcome {
+            steps: vec![
+                StepOutcome {
+                    name: "py".into(),
+                    exit_code: Some(1),
+                    // The report wins over a summary line in the log.
+                    log: b"9 passed, 9 failed\n".to_vec(),
+                    report_files: vec![xml.to_vec()],
+                    ..Default::default()
+                },
+                StepOutcome {
+                    name: "plain".into(),
+                    exit_code: Some(0),
+                    log: b"3 passed\n".to_vec(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let r = assemble_result(&o, &job, &[], String::new(), String::new(), "n");
+        let py = &r.steps[0];
+        assert_eq!(py.tests, Some(record::TestCounts { passed: 1, failed: 1, skipped: 0 }));
+        assert_eq!(py.failed_tests, [record::FailedTest { name: "t.bad".into(), message: "no".into() }]);
+        assert_eq!(py.test_format.as_deref(), Some("junit"));
+        let plain = &r.steps[1];
+        assert_eq!((plain.failed_tests.len(), plain.test_format.as_deref()), (0, None));
+        assert_eq!(r.metrics["tests_passed"], 4.0);
+        assert_eq!(r.metrics["tests_failed"], 1.0);
+    }
 }

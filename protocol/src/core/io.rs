@@ -106,6 +106,8 @@ pub struct StepOutcome {
     pub truncated: bool,
     /// What the step's `metrics` measured after it ran.
     pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The step's test report files (its `tests.path`), as read, bounded.
+    pub report_files: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Default)]

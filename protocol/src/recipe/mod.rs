@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::Hash32;
 use crate::labels::{parse_label, MAX_LABELS};
+pub use crate::testreport::{TestFormat, TestReportSpec};
 
 pub const RECIPE_FILE: &str = ".peerbot.toml";
 pub const MAX_RECIPE_BYTES: usize = 256 * 1024;
@@ -57,6 +58,9 @@ pub fn check_spec(j: &JobSpec) -> Result<(), String> {
             w.compile().map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
         }
         check_metrics(&s.metrics).map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
+        if let Some(t) = &s.tests {
+            t.check().map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
+        }
     }
     Ok(())
 }
@@ -91,6 +95,10 @@ pub struct StepSpec {
     /// `cmd:COMMAND` (which prints a number).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, String>,
+    /// Where the step's test report is: its format, and for JUnit the
+    /// files (a glob under the step's directory). Log summaries otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestReportSpec>,
 }
 
 /// How a step's metric is measured.
@@ -213,6 +221,7 @@ impl StepSpec {
             always_run: false,
             warnings: None,
             metrics: BTreeMap::new(),
+            tests: None,
         }
     }
 }
@@ -363,6 +372,7 @@ struct RawStep {
     warnings: Option<WarningRule>,
     #[serde(default)]
     metrics: BTreeMap<String, String>,
+    tests: Option<TestReportSpec>,
 }
 
 /// The job id every node derives for one builder at one commit.
@@ -446,6 +456,9 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
             }
             check_metrics(&s.metrics)
                 .map_err(|e| RecipeError::Invalid(format!("builder {:?} step {name:?}: {e}", b.name)))?;
+            if let Some(t) = &s.tests {
+                t.check().map_err(|e| RecipeError::Invalid(format!("builder {:?} step {name:?}: {e}", b.name)))?;
+            }
             steps.push(StepSpec {
                 env: s.env.clone(),
                 workdir: s.workdir.clone(),
@@ -455,6 +468,7 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
                 always_run: s.always_run,
                 warnings: s.warnings.clone(),
                 metrics: s.metrics.clone(),
+                tests: s.tests.clone(),
                 ..StepSpec::new(name, s.run.clone(), timeout_secs)
             });
         }
@@ -595,6 +609,18 @@ fn compare_steps(announced: &[StepSpec], own: &[StepSpec]) -> Result<(), String>
             return Err(format!(
                 "the announced step {:?} times out after {} s, the commit's {RECIPE_FILE} says {} s",
                 a.name, a.timeout_secs, o.timeout_secs
+            ));
+        }
+        if a.tests != o.tests {
+            let shown = |t: &Option<TestReportSpec>| match t {
+                None => "none".to_string(),
+                Some(t) => format!("{} {}", t.format.as_str(), t.path.as_deref().map(|p| shown(p)).unwrap_or_default()),
+            };
+            return Err(format!(
+                "the announced step {:?} reads tests as {}, the commit's {RECIPE_FILE} says {}",
+                a.name,
+                shown(&a.tests).trim(),
+                shown(&o.tests).trim()
             ));
         }
     }

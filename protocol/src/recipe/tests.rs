@@ -232,3 +232,34 @@ fn submodules_are_asked_for_per_builder_and_change_the_hash_only_when_set() {
     let e = check_announced(&p, "r", "c", Ok(with)).unwrap_err();
     assert!(e.0.contains("has submodules false"), "{e}");
 }
+
+#[test]
+fn a_steps_test_report_is_parsed_checked_and_compared() {
+    let text =
+        |tests: &str| format!("[[builder]]\nname = \"b\"\n[[builder.step]]\nname = \"t\"\nrun = \"x\"\n{tests}\n");
+    let jobs = parse_recipe("r", "c", &text("tests = { format = \"junit\", path = \"out/*.xml\" }")).unwrap();
+    let want = TestReportSpec { format: TestFormat::Junit, path: Some("out/*.xml".into()) };
+    assert_eq!(jobs[0].steps[0].tests, Some(want));
+    let tap = parse_recipe("r", "c", &text("tests = { format = \"tap\" }")).unwrap();
+    assert_eq!(tap[0].steps[0].tests.as_ref().map(|t| t.format), Some(TestFormat::Tap));
+    let bad = |tests: &str| parse_recipe("r", "c", &text(tests)).unwrap_err().to_string();
+    for (tests, says) in [
+        ("tests = { format = \"xunit\" }", "unknown variant `xunit`, expected one of `junit`"),
+        ("tests = { format = \"junit\" }", "step \"t\": tests: format \"junit\" is read from files: set path"),
+        ("tests = { format = \"tap\", path = \"a.tap\" }", "path is only for \"junit\""),
+        ("tests = { format = \"junit\", path = \"../r.xml\" }", "tests.path: \"../r.xml\" must be a relative path"),
+        ("tests = { format = \"junit\", path = \"/tmp/*.xml\" }", "inside the checkout"),
+        ("tests = { format = \"junit\", path = \"a[.xml\" }", "is not a glob"),
+        ("tests = { format = \"junit\", path = \"r.xml\", keep = 1 }", "unknown field `keep`"),
+    ] {
+        assert!(bad(tests).contains(says), "{tests}: {}", bad(tests));
+    }
+    // A peer's announcement is held to the same rules, and compared.
+    let mut j = jobs[0].clone();
+    j.steps[0].tests = Some(TestReportSpec { format: TestFormat::Junit, path: Some("../../x".into()) });
+    assert!(check_spec(&j).unwrap_err().contains("tests.path"));
+    let e = check_announced(&tap[0], "r", "c", Ok(&text("tests = { format = \"junit\", path = \"out/*.xml\" }")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reads tests as tap, the commit's .peerbot.toml says junit out/*.xml"), "{e}");
+}
