@@ -192,41 +192,27 @@ async fn handle(
     HttpResponse::Ok().json(json!({"repo": repo, "branch": push.branch, "announced": announced}))
 }
 
-#[post("/github")]
-async fn github_push(
+/// `POST /api/v1/hooks/{github,gitlab,gitea}`.
+#[post("/api/v1/hooks/{forge}")]
+async fn push_event(
     req: HttpRequest,
     st: web::Data<AppState>,
     h: web::Data<Hooks>,
+    forge: web::Path<String>,
     q: web::Query<HookQuery>,
     b: web::Payload,
 ) -> HttpResponse {
-    handle(Forge::GitHub, req, st, h, q, b).await
-}
-
-#[post("/gitlab")]
-async fn gitlab_push(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    h: web::Data<Hooks>,
-    q: web::Query<HookQuery>,
-    b: web::Payload,
-) -> HttpResponse {
-    handle(Forge::GitLab, req, st, h, q, b).await
-}
-
-#[post("/gitea")]
-async fn gitea_push(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    h: web::Data<Hooks>,
-    q: web::Query<HookQuery>,
-    b: web::Payload,
-) -> HttpResponse {
-    handle(Forge::Gitea, req, st, h, q, b).await
+    let forge = match forge.as_str() {
+        "github" => Forge::GitHub,
+        "gitlab" => Forge::GitLab,
+        "gitea" => Forge::Gitea,
+        other => return crate::http::not_found(format!("no hook for {other:?}: github, gitlab or gitea")),
+    };
+    handle(forge, req, st, h, q, b).await
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::scope("/api/v1/hooks").service(github_push).service(gitlab_push).service(gitea_push));
+    cfg.service(push_event);
 }
 
 #[cfg(test)]
