@@ -263,7 +263,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Signs a record of this node's, commits it and gossips it.
-    fn publish(&mut self, now: Millis, body: &Body) -> Result<VerifiedRecord, StoreError> {
+    pub(super) fn publish(&mut self, now: Millis, body: &Body) -> Result<VerifiedRecord, StoreError> {
         let rec = record::sign(&self.key, body);
         self.commit(now, std::slice::from_ref(&rec), None)?;
         self.broadcast(&Gossip::Record(rec.bytes.clone()));
@@ -400,7 +400,7 @@ impl<S: Store> NodeCore<S> {
 
     /// A build this node cannot keep the result of: the job opens again,
     /// here and (by a release) everywhere, rather than stay claimed.
-    fn give_back(&mut self, now: Millis, job: Hash32, attempt: u32, reason: String) {
+    pub(super) fn give_back(&mut self, now: Millis, job: Hash32, attempt: u32, reason: String) {
         self.emit(Event::GaveBack { job, attempt, reason: reason.clone() });
         if self.jobs.release(now, self.me, &job, attempt, &reason) {
             self.broadcast(&Gossip::Release { job, attempt, reason: reason.clone(), sent_ms: now });
