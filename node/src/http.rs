@@ -261,6 +261,9 @@ pub(crate) fn change_json(rec: &VerifiedRecord) -> Value {
         "announced_ms": c.announced_ms,
         "announced_by": crate::core_actor::peer_text(&rec.signer),
         "force": c.force.as_ref().map(|f| json!({"nonce": f.nonce.to_hex(), "reason": f.reason})),
+        // A scheduled build of the branch head: the firing it is for.
+        "firing_ms": c.firing_ms,
+        "reason": if c.firing_ms.is_some() { "schedule" } else if c.force.is_some() { "force" } else { "change" },
         "jobs": c.jobs.iter().map(|j| json!({"job": j.id.to_hex(), "builder": j.builder, "requires": j.requires})).collect::<Vec<_>>(),
     })
 }

@@ -51,6 +51,9 @@ impl CoreActor {
             "superseded_by": j.superseded_by.map(|h| h.to_hex()),
             "cancelled": j.cancelled.as_ref().map(|(why, by)| json!({"reason": why, "by": by.to_string()})),
             "forced": j.forced,
+            "firing_ms": j.firing_ms,
+            "reason": if j.firing_ms.is_some() { "schedule" } else if j.forced { "force" } else { "change" },
+            "depends_on": j.spec.depends_on,
             "seen_ms": j.seen_ms,
         }))
     }

@@ -283,6 +283,7 @@ pub async fn change_page(req: HttpRequest, st: State, id: web::Path<String>) -> 
             tr { th { "announced" } td { (when(c["announced_ms"].as_u64().unwrap_or(0))) " by " code { (peer_short(s(&c["announced_by"]))) } } }
             tr { th { "parents" } td { @for p in c["parents"].as_array().into_iter().flatten() { code { (short(s(p))) } " " } } }
             @if let Some(f) = c["force"].as_object() { tr { th { "forced" } td { (s(&f["reason"])) } } }
+            @if let Some(t) = c["firing_ms"].as_u64() { tr { th { "scheduled" } td { "reason: schedule, the firing at " (when(t)) } } }
             tr { th { "files" } td { (c["files"].as_array().map_or(0, |f| f.len())) " changed" } }
             tr { th { "" } td { (force_button(&session, "force a build", s(&c["repo"]), s(&c["branch"]), s(&c["commit"]), None)) } }
         }

@@ -39,6 +39,7 @@ pub mod rank;
 mod records;
 mod requests;
 mod retention;
+mod schedule;
 mod scheduler;
 mod sessions;
 mod timer;
@@ -176,6 +177,7 @@ pub struct NodeCore<S: Store> {
     /// The store's arrival position at the last checkpoint (or at start).
     checkpointed_at: u64,
     startup: checkpoint::Startup,
+    schedules: schedule::Schedules,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -188,6 +190,7 @@ impl<S: Store> NodeCore<S> {
         timers.set(Timer::Claims, now);
         timers.set(Timer::Retention, now + RETENTION_EVERY_MS);
         timers.set(Timer::Checkpoint, now + checkpoint::CHECKPOINT_EVERY_MS);
+        timers.set(Timer::Schedule, now);
         let mut core = NodeCore {
             me,
             key,
@@ -212,6 +215,7 @@ impl<S: Store> NodeCore<S> {
             trust_records: Vec::new(),
             checkpointed_at: 0,
             startup: checkpoint::Startup::default(),
+            schedules: Default::default(),
             cfg,
         };
         if let Some(own) = core.cfg.admission.clone() {
@@ -219,6 +223,7 @@ impl<S: Store> NodeCore<S> {
                 core.emit(Event::MessageRejected { from: me, reason: format!("not admitted: own admission: {e}") });
             }
         }
+        core.load_schedules();
         core.load(now);
         core.release_claims_held_at_stop(now);
         core.publish_own_admission(now);
@@ -447,6 +452,9 @@ impl<S: Store> NodeCore<S> {
                 self.start_sync(now, p);
             }
             self.timers.set(Timer::Sync, now + self.cfg.sync_interval_ms);
+        }
+        if self.timers.is_due(Timer::Schedule, now) {
+            self.on_schedule(now);
         }
         self.expire_leases(now);
         self.consider_claims(now);

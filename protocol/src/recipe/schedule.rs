@@ -10,6 +10,8 @@ use crate::ids::Hash32;
 use crate::Millis;
 
 pub const MAX_SCHEDULE_LEN: usize = 128;
+/// How far ahead of a firing a node may announce it: clocks differ a little.
+pub const MAX_EARLY_MS: Millis = 10_000;
 
 fn parse(expr: &str) -> Result<Cron, String> {
     if expr.len() > MAX_SCHEDULE_LEN {

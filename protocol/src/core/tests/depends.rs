@@ -78,4 +78,5 @@ fn a_dependent_waits_while_its_dependency_is_not_built() {
     }
     let test = crate::recipe::job_id("/repo", "aaaa", "test");
     assert_eq!(n.job_state(&test), JobState::Pending);
+    assert_eq!(n.waiting_reason(60_000, &test), Some(WaitingReason::Dependencies { builders: vec!["build".into()] }));
 }
