@@ -52,10 +52,12 @@ impl Sim {
         let Some(expr) = &self.cfg.schedule else { return Ok(()) };
         let Some(core) = live.first().and_then(|&i| self.nodes[i].core.as_ref()) else { return Ok(()) };
         let end = self.cfg.duration_ms.saturating_sub(MARGIN_MS);
+        let mut checked = 0;
         for (repo, first) in &self.workload.first_commit {
             let mut t = first + MARGIN_MS;
             while let Some(at) = next_firing(expr, t).filter(|at| *at <= end) {
                 t = at;
+                checked += 1;
                 let id = scheduled_job_id(repo, "main", "sched", at);
                 let results = core.results_of(&id).len();
                 let starts = self.workload.firings.get(&id).map_or(0, |f| f.1);
@@ -79,6 +81,10 @@ impl Sim {
                     ));
                 }
             }
+        }
+        // A run whose firings all fell outside the window checked nothing.
+        if checked == 0 && !self.workload.first_commit.is_empty() {
+            return Err(self.violation("a run with a schedule checks some firing", String::new(), None, None));
         }
         Ok(())
     }
