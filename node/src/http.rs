@@ -269,6 +269,17 @@ pub(crate) fn change_json(rec: &VerifiedRecord) -> Value {
             "patch": f.patch.map(|p| json!({"hash": p.hash.to_hex(), "size": p.size})),
         })),
         "try": peerbot_protocol::record::is_try_branch(&c.branch),
+        // A scheduled build of the branch head: the firing it is for.
+        "firing_ms": c.firing_ms,
+        "reason": if c.firing_ms.is_some() {
+            "schedule"
+        } else if peerbot_protocol::record::is_try_branch(&c.branch) {
+            "try"
+        } else if c.force.is_some() {
+            "force"
+        } else {
+            "change"
+        },
         "jobs": c.jobs.iter().map(|j| json!({"job": j.id.to_hex(), "builder": j.builder, "requires": j.requires})).collect::<Vec<_>>(),
     })
 }

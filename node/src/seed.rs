@@ -31,6 +31,7 @@ pub fn seed_history(data_dir: &std::path::Path, results: usize) -> anyhow::Resul
             recipe_error: None,
             announced_ms: t,
             force: None,
+            ..Default::default()
         };
         let result = BuildResult {
             job: jobs[0].id,

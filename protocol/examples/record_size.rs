@@ -27,6 +27,7 @@ fn main() {
         recipe_error: None,
         announced_ms: 1_765_000_000_000,
         force: None,
+        ..Default::default()
     };
     let result = BuildResult {
         job: jobs[0].id,

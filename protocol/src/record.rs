@@ -40,6 +40,14 @@ pub struct Change {
     /// Set on a forced rebuild: its jobs are new jobs named by the nonce.
     #[serde(default)]
     pub force: Option<Force>,
+    /// The recipe's builders that build on a `schedule`, not at each
+    /// change: kept so that any node can fire them from the records alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<JobSpec>,
+    /// Set on a scheduled build of the branch head: the firing time, and
+    /// `jobs` are that firing's (ids from repo, branch, builder and time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firing_ms: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -398,16 +406,26 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
             if patch.is_some_and(|p| p.size > MAX_PATCH_BYTES) {
                 return bad("try patch over 4 MiB");
             }
-            if c.jobs.len() > crate::recipe::MAX_BUILDERS {
+            if c.jobs.len() + c.schedules.len() > crate::recipe::MAX_BUILDERS {
                 return bad("change lists more jobs than a recipe may have builders");
+            }
+            for j in &c.schedules {
+                crate::recipe::check_spec(j).map_err(|e| RecordError::Invalid(format!("change: {e}")))?;
+                if j.schedule.is_none() {
+                    return bad("change lists a scheduled builder without a schedule");
+                }
+            }
+            if let Some(at) = c.firing_ms {
+                check_firing(c, at)?;
             }
             for j in &c.jobs {
                 if let Err(e) = crate::recipe::check_spec(j) {
                     return Err(RecordError::Invalid(format!("change: {e}")));
                 }
-                let want = match &c.force {
-                    None => crate::recipe::job_id(&c.repo, &c.commit, &j.builder),
-                    Some(f) => crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &f.job_nonce()),
+                let want = match (&c.force, c.firing_ms) {
+                    (None, None) => crate::recipe::job_id(&c.repo, &c.commit, &j.builder),
+                    (Some(f), _) => crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &f.job_nonce()),
+                    (None, Some(at)) => crate::recipe::schedule::scheduled_job_id(&c.repo, &c.branch, &j.builder, at),
                 };
                 if j.id != want {
                     return bad("change lists a job whose id does not match its repo, commit and builder");
@@ -432,6 +450,25 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
         }
         // Checked against the cluster key by the core, which knows it.
         Body::Admission(_) | Body::Revocation(_) => {}
+    }
+    Ok(())
+}
+
+/// A scheduled build's change: jobs of builders whose schedule fires at
+/// `at`, announced no earlier than a little before it (clocks differ), and
+/// no scheduled builders of its own to fire again.
+fn check_firing(c: &Change, at: Millis) -> Result<(), RecordError> {
+    let bad = |s: &str| Err(RecordError::Invalid(format!("scheduled change: {s}")));
+    if c.force.is_some() || !c.schedules.is_empty() || c.jobs.is_empty() {
+        return bad("forced, with schedules, or without jobs");
+    }
+    if at > c.announced_ms.saturating_add(crate::recipe::schedule::MAX_EARLY_MS) {
+        return bad("announced before its firing time");
+    }
+    for j in &c.jobs {
+        if !j.schedule.as_deref().is_some_and(|s| crate::recipe::schedule::is_firing(s, at)) {
+            return bad("a job whose schedule does not fire at the change's firing time");
+        }
     }
     Ok(())
 }
@@ -474,6 +511,7 @@ pub(crate) mod tests {
             recipe_error: None,
             announced_ms: 5,
             force: None,
+            ..Default::default()
         })
     }
 

@@ -44,7 +44,8 @@ pub fn lookups_of(rec: &VerifiedRecord) -> Vec<(Lookup, Hash32, Hash32)> {
     match &rec.body {
         Body::Change(c) => {
             let mut v: Vec<_> = c.jobs.iter().map(|j| (Lookup::JobChange, j.id, rec.id)).collect();
-            if c.force.is_none() {
+            // Forced and scheduled changes are extra builds, not the commit's announcement.
+            if c.force.is_none() && c.firing_ms.is_none() {
                 v.push((Lookup::CommitChange, commit_key(&c.repo, &c.commit), rec.id));
             }
             v

@@ -94,6 +94,11 @@ pub struct SimConfig {
     pub lease_ms: u64,
     pub sync_ms: u64,
     pub request_timeout_ms: u64,
+    /// A builder `sched` (any node) built on this cron schedule; the
+    /// simulated clock starts at 1970-01-01 00:00 UTC.
+    pub schedule: Option<String>,
+    /// Builder b1 depends on b0 (with two builders or more).
+    pub depends_on: bool,
 }
 
 impl Default for SimConfig {
@@ -138,6 +143,8 @@ impl Default for SimConfig {
             lease_ms: defaults::LEASE_MS,
             sync_ms: defaults::SYNC_INTERVAL_MS,
             request_timeout_ms: 10_000,
+            schedule: None,
+            depends_on: false,
         }
     }
 }

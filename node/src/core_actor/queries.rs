@@ -52,6 +52,17 @@ impl CoreActor {
             "cancelled": j.cancelled.as_ref().map(|(why, by)| json!({"reason": why, "by": by.to_string()})),
             "forced": j.forced,
             "try": j.patch.is_some(),
+            "firing_ms": j.firing_ms,
+            "reason": if j.firing_ms.is_some() {
+                "schedule"
+            } else if j.patch.is_some() {
+                "try"
+            } else if j.forced {
+                "force"
+            } else {
+                "change"
+            },
+            "depends_on": j.spec.depends_on,
             "seen_ms": j.seen_ms,
         }))
     }

@@ -298,6 +298,7 @@ pub async fn change_page(req: HttpRequest, st: State, id: web::Path<String>) -> 
             @if let Some(f) = c["force"].as_object() { tr { th { "forced" } td { (s(&f["reason"])) } } }
             @if let Some(p) = c["force"]["patch"].as_object() { tr { th { "try patch" } td {
                 a href={"/api/v1/changes/" (s(&c["id"])) "/patch"} { (p["size"].as_u64().unwrap_or(0)) " bytes" } " on top of the commit" } } }
+            @if let Some(t) = c["firing_ms"].as_u64() { tr { th { "scheduled" } td { "reason: schedule, the firing at " (when(t)) } } }
             tr { th { "files" } td { (c["files"].as_array().map_or(0, |f| f.len())) " changed" } }
             @if c["try"] != true {
                 tr { th { "" } td { (force_button(&session, "force a build", s(&c["repo"]), s(&c["branch"]), s(&c["commit"]), None)) } }

@@ -43,6 +43,9 @@ pub struct Config {
     pub repos: RepoPolicy,
     /// The operator's name for this node, sent in heartbeats and results.
     pub name: String,
+    /// A scheduled firing is announced at most this long after its time
+    /// (the cluster was down): later, it is skipped for the next one.
+    pub schedule_catchup_ms: u64,
 }
 
 /// The defaults, named once; the node's flags and the simulator's options
@@ -55,6 +58,7 @@ pub mod defaults {
     pub const SYNC_INTERVAL_MS: u64 = 15_000;
     pub const LOG_REPLICAS: usize = 3;
     pub const ADMISSION_GRACE_MS: u64 = 10_000;
+    pub const SCHEDULE_CATCHUP_MS: u64 = 3_600_000;
 }
 
 impl Config {
@@ -76,6 +80,7 @@ impl Config {
             admission_grace_ms: defaults::ADMISSION_GRACE_MS,
             repos: RepoPolicy::default(),
             name: String::new(),
+            schedule_catchup_ms: defaults::SCHEDULE_CATCHUP_MS,
         }
     }
 

@@ -256,6 +256,11 @@ impl CommitInfo {
         now: Millis,
         force: Option<record::Force>,
     ) -> Change {
+        // Scheduled builders build at their firings; a forced change builds them now.
+        let (schedules, jobs) = match force {
+            None => jobs.into_iter().partition(|j| j.schedule.is_some()),
+            Some(_) => (vec![], jobs),
+        };
         Change {
             repo: self.repo,
             branch: self.branch,
@@ -270,6 +275,8 @@ impl CommitInfo {
             recipe_error,
             announced_ms: now,
             force,
+            schedules,
+            firing_ms: None,
         }
     }
 }

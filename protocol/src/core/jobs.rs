@@ -66,6 +66,8 @@ pub struct JobView {
     pub forced: bool,
     /// A try build's patch.
     pub patch: Option<crate::record::PatchRef>,
+    /// A scheduled build: the firing time it builds the branch head for.
+    pub firing_ms: Option<Millis>,
     /// Which eligible peers had a free slot when last ranked, and since when.
     pub(crate) free_sig: u64,
     pub(crate) free_since: Millis,
@@ -153,6 +155,17 @@ impl Jobs {
     ) -> Vec<(PeerId, Claim, Millis)> {
         let mut early = Vec::new();
         for spec in &c.jobs {
+            if let Some(j) = self.jobs.get_mut(&spec.id).filter(|j| j.firing_ms.is_some()) {
+                // Two nodes announced one firing, maybe with different
+                // heads: while it waits, the change with the smaller id
+                // defines it, on every node alike. Once claimed, the
+                // claimant builds the head it holds; its result names it.
+                if j.claim.is_none() && change < j.change {
+                    let (attempt, lost) = (j.attempt, std::mem::take(&mut j.lost));
+                    let (opened_ms, seen_ms, not_before) = (j.opened_ms, j.seen_ms, j.not_before);
+                    *j = JobView { attempt, lost, opened_ms, seen_ms, not_before, ..new_job(now, c, change, spec) };
+                }
+            }
             if self.jobs.contains_key(&spec.id) || settled(&spec.id) {
                 self.early_claims.remove(&spec.id);
                 continue;
@@ -316,6 +329,7 @@ pub(crate) fn new_job(now: Millis, c: &Change, change: Hash32, spec: &JobSpec) -
         commit_time: c.commit_time,
         forced: c.force.is_some(),
         patch: c.force.as_ref().and_then(|f| f.patch),
+        firing_ms: c.firing_ms,
         free_sig: 0,
         free_since: now,
     }

@@ -26,8 +26,10 @@ mod admissions;
 mod blobs;
 mod builds;
 mod checkpoint;
+mod claiming;
 mod claims;
 mod config;
+mod depends;
 mod health;
 mod io;
 mod jobs;
@@ -37,6 +39,7 @@ pub mod rank;
 mod records;
 mod requests;
 mod retention;
+mod schedule;
 mod scheduler;
 mod sessions;
 mod timer;
@@ -77,7 +80,6 @@ use self::health::HealthChange;
 use self::jobs::Jobs;
 use self::members::Membership;
 use self::retention::RETENTION_EVERY_MS;
-use self::scheduler::{plan_claims, Pace};
 use self::sessions::Sessions;
 use self::timer::{Timer, TimerTable};
 use self::transfers::Requests;
@@ -175,6 +177,7 @@ pub struct NodeCore<S: Store> {
     /// The store's arrival position at the last checkpoint (or at start).
     checkpointed_at: u64,
     startup: checkpoint::Startup,
+    schedules: schedule::Schedules,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -187,6 +190,7 @@ impl<S: Store> NodeCore<S> {
         timers.set(Timer::Claims, now);
         timers.set(Timer::Retention, now + RETENTION_EVERY_MS);
         timers.set(Timer::Checkpoint, now + checkpoint::CHECKPOINT_EVERY_MS);
+        timers.set(Timer::Schedule, now);
         let mut core = NodeCore {
             me,
             key,
@@ -211,6 +215,7 @@ impl<S: Store> NodeCore<S> {
             trust_records: Vec::new(),
             checkpointed_at: 0,
             startup: checkpoint::Startup::default(),
+            schedules: Default::default(),
             cfg,
         };
         if let Some(own) = core.cfg.admission.clone() {
@@ -218,6 +223,7 @@ impl<S: Store> NodeCore<S> {
                 core.emit(Event::MessageRejected { from: me, reason: format!("not admitted: own admission: {e}") });
             }
         }
+        core.load_schedules();
         core.load(now);
         core.release_claims_held_at_stop(now);
         core.publish_own_admission(now);
@@ -446,6 +452,9 @@ impl<S: Store> NodeCore<S> {
                 self.start_sync(now, p);
             }
             self.timers.set(Timer::Sync, now + self.cfg.sync_interval_ms);
+        }
+        if self.timers.is_due(Timer::Schedule, now) {
+            self.on_schedule(now);
         }
         self.expire_leases(now);
         self.consider_claims(now);
@@ -718,78 +727,5 @@ impl<S: Store> NodeCore<S> {
     pub fn caught_up(&self, now: Millis) -> bool {
         let waited_long = now > self.started_ms + 3 * self.cfg.sync_interval_ms;
         !self.sessions.fetching(now) && (self.sessions.synced_once() || !self.members.any_connected() || waited_long)
-    }
-
-    /// May this node claim at all now? Not while warming up, catching up,
-    /// or with every slot taken.
-    fn claim_gate(&self, now: Millis) -> bool {
-        // A node still catching up history would take old jobs whose
-        // results it has not fetched yet for jobs waiting to be built.
-        if now < self.started_ms + self.cfg.warmup_ms() || !self.caught_up(now) {
-            return false;
-        }
-        // Storage that cannot keep a result: build nothing new for a while.
-        if self.health.claims_paused_until().is_some_and(|until| now < until) {
-            return false;
-        }
-        // A busy node leaves waiting jobs to the next free one.
-        self.builds.free_slots(self.cfg.executors) > 0
-    }
-
-    fn consider_claims(&mut self, now: Millis) {
-        // Leases of others' claims run out on their own clock.
-        let mut next_due = now + self.heartbeat_interval();
-        if let Some(t) = self.jobs.next_foreign_expiry(self.me) {
-            next_due = next_due.min(t);
-        }
-        if now < self.started_ms + self.cfg.warmup_ms() {
-            next_due = next_due.min(self.started_ms + self.cfg.warmup_ms());
-        }
-        if let Some(until) = self.health.claims_paused_until().filter(|u| *u > now) {
-            next_due = next_due.min(until);
-        }
-        if !self.claim_gate(now) {
-            self.timers.set(Timer::Claims, next_due);
-            return;
-        }
-        let pace = Pace {
-            stagger_ms: self.cfg.claim_stagger_ms,
-            labels: self.cfg.labels.clone(),
-            executors: self.cfg.executors,
-            repos: self.cfg.repos.clone(),
-        };
-        let plan = plan_claims(now, self.me, &pace, &mut self.jobs, &mut self.members, &self.builds, next_due);
-        for id in plan.claim {
-            self.claim(now, id);
-        }
-        self.timers.set(Timer::Claims, plan.next_due);
-    }
-
-    fn claim(&mut self, now: Millis, id: Hash32) {
-        let Some(attempt) = self.jobs.claim_own(now, self.me, &id, self.cfg.lease_ms) else { return };
-        let Some(j) = self.jobs.get(&id) else { return };
-        let order = BuildOrder {
-            job: id,
-            attempt,
-            repo: j.repo.clone(),
-            branch: j.branch.clone(),
-            commit: j.commit.clone(),
-            builder: j.spec.builder.clone(),
-            announced: j.spec.clone(),
-            patch: j.patch.and_then(|p| Some((p, self.store.record(&j.change)?.signer))),
-        };
-        let give_up_at = give_up_deadline(now, &order.announced.steps, self.cfg.build_grace_ms);
-        self.builds.start(id, attempt, now, give_up_at);
-        self.timers.set_earlier(Timer::GiveUp, give_up_at);
-        self.timers.set_earlier(Timer::Renew, now + (self.cfg.lease_ms / 3).max(100));
-        self.save_own_claims(now);
-        self.broadcast(&Gossip::Claim(wire::Claim { job: id, attempt, lease_ms: self.cfg.lease_ms, sent_ms: now }));
-        self.emit(Event::Claimed { job: id, attempt, by: self.me });
-        self.emit(Event::BuildStarted { job: id, attempt });
-        self.out.push_back(Output::StartBuild(order));
-        crate::invariant!(
-            self.builds.running.len() as u32 <= self.cfg.executors,
-            "a node never runs more builds than it has executors"
-        );
     }
 }

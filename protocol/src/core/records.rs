@@ -64,7 +64,14 @@ enum Screen {
 impl<S: Store> NodeCore<S> {
     /// Whether a record's signer counted when it signed it. Admissions and
     /// revocations carry the cluster's own signature.
-    fn screen(&self, rec: &VerifiedRecord) -> Screen {
+    fn screen(&self, now: Millis, rec: &VerifiedRecord) -> Screen {
+        // A hostile peer may announce firings that are not.
+        if let Some(why) = match &rec.body {
+            Body::Change(c) => self.bad_firing(now, c),
+            _ => None,
+        } {
+            return Screen::Refuse(why);
+        }
         let Some(cluster) = self.admissions.cluster() else { return Screen::Take };
         match &rec.body {
             Body::Admission(a) => match a.check(cluster, &rec.signer, a.issued_ms()) {
@@ -135,7 +142,7 @@ impl<S: Store> NodeCore<S> {
         if self.store.has_record(&rec.id) {
             return Verdict::Ignore;
         }
-        match self.screen(&rec) {
+        match self.screen(now, &rec) {
             Screen::Take => {}
             Screen::Hold => {
                 self.admissions.hold(rec, from, now);
@@ -183,7 +190,7 @@ impl<S: Store> NodeCore<S> {
             .collect();
         for verified in self.verifier.verify_many(&unknown) {
             match verified {
-                Ok(rec) => match self.screen(&rec) {
+                Ok(rec) => match self.screen(now, &rec) {
                     Screen::Take => fresh.push(rec),
                     Screen::Hold => held += self.admissions.hold(rec, Some(from), now) as usize,
                     Screen::Refuse(reason) => self.emit(Event::RecordRejected { from, reason }),
@@ -224,7 +231,7 @@ impl<S: Store> NodeCore<S> {
             if self.store.has_record(&rec.id) {
                 continue;
             }
-            match self.screen(&rec) {
+            match self.screen(now, &rec) {
                 Screen::Take => {
                     let _ = self.commit(now, std::slice::from_ref(&rec), from);
                 }
@@ -269,7 +276,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Signs a record of this node's, commits it and gossips it.
-    fn publish(&mut self, now: Millis, body: &Body) -> Result<VerifiedRecord, StoreError> {
+    pub(super) fn publish(&mut self, now: Millis, body: &Body) -> Result<VerifiedRecord, StoreError> {
         let rec = record::sign(&self.key, body);
         self.commit(now, std::slice::from_ref(&rec), None)?;
         self.broadcast(&Gossip::Record(rec.bytes.clone()));
@@ -281,6 +288,7 @@ impl<S: Store> NodeCore<S> {
         self.reconsider(now);
         match &rec.body {
             Body::Change(c) => {
+                self.note_schedules(now, rec.id, c);
                 let store = &self.store;
                 for (by, claim, at) in self.jobs.add_change(now, c, rec.id, &|job| settled_in(store, job)) {
                     self.reconsider(now);
@@ -291,7 +299,8 @@ impl<S: Store> NodeCore<S> {
                     };
                     self.settle(now, outcome);
                 }
-                if c.force.is_none() {
+                // Forced and scheduled changes are extra builds, not branch activity.
+                if c.force.is_none() && c.firing_ms.is_none() {
                     for s in self.jobs.branch_activity(now, c) {
                         self.file_superseded(now, &s.job, &s.by);
                         self.keep_lost(now, &s.job, &s.lost);
@@ -406,7 +415,7 @@ impl<S: Store> NodeCore<S> {
 
     /// A build this node cannot keep the result of: the job opens again,
     /// here and (by a release) everywhere, rather than stay claimed.
-    fn give_back(&mut self, now: Millis, job: Hash32, attempt: u32, reason: String) {
+    pub(super) fn give_back(&mut self, now: Millis, job: Hash32, attempt: u32, reason: String) {
         self.emit(Event::GaveBack { job, attempt, reason: reason.clone() });
         if self.jobs.release(now, self.me, &job, attempt, &reason) {
             self.broadcast(&Gossip::Release { job, attempt, reason: reason.clone(), sent_ms: now });
@@ -435,7 +444,12 @@ impl<S: Store> NodeCore<S> {
             let theirs = self.store.get_record(&id).and_then(|b| record::decode_stored(&b).ok());
             match theirs.map(|r| r.body) {
                 Some(Body::Change(c))
-                    if same_recipe(&c.jobs, c.recipe_error.is_some(), &jobs, recipe_error.is_some()) =>
+                    if same_recipe(
+                        &[&c.jobs[..], &c.schedules].concat(),
+                        c.recipe_error.is_some(),
+                        &jobs,
+                        recipe_error.is_some(),
+                    ) =>
                 {
                     return Ok(Announced::Known(id));
                 }

@@ -29,6 +29,8 @@ pub struct Pace {
     /// This node's policy: jobs of repositories it refuses are left to the
     /// nodes that allow them.
     pub repos: RepoPolicy,
+    /// Open jobs whose dependencies have not ended (`depends.rs`).
+    pub waiting_on_dependencies: std::collections::BTreeSet<Hash32>,
 }
 
 /// Plans this node's claims among the open jobs it can build.
@@ -44,7 +46,7 @@ pub fn plan_claims(
     let free = builds.free_slots(pace.executors) as usize;
     let mut candidates: Vec<Hash32> = Vec::new();
     for id in &jobs.open {
-        if builds.is_running(id) {
+        if builds.is_running(id) || pace.waiting_on_dependencies.contains(id) {
             continue;
         }
         let Some(j) = jobs.jobs.get(id) else { continue };

@@ -22,9 +22,11 @@ pub enum Timer {
     GiveUp,
     /// Save a checkpoint if records arrived since the last one.
     Checkpoint,
+    /// Announce the scheduled builds that are due (`schedule.rs`).
+    Schedule,
 }
 
-const TIMERS: [Timer; 8] = [
+const TIMERS: [Timer; 9] = [
     Timer::Sweep,
     Timer::Heartbeat,
     Timer::Renew,
@@ -33,6 +35,7 @@ const TIMERS: [Timer; 8] = [
     Timer::Claims,
     Timer::GiveUp,
     Timer::Checkpoint,
+    Timer::Schedule,
 ];
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,8 @@ pub enum WaitingReason {
     /// This node is the only eligible one, and its repository policy
     /// (`--allow-repo`) does not let it build this repository.
     NotAllowedHere { repo: String },
+    /// A builder it depends on has not ended on this commit (`depends_on`).
+    Dependencies { builders: Vec<String> },
     /// Eligible nodes are free; the best-ranked one takes it in turn.
     InLine,
 }
@@ -76,6 +78,9 @@ impl std::fmt::Display for WaitingReason {
             }
             WaitingReason::NotAllowedHere { repo } => {
                 write!(f, "no other node can build it, and this one does not build {repo:?} (not in its --allow-repo)")
+            }
+            WaitingReason::Dependencies { builders } => {
+                write!(f, "waiting for its dependencies {builders:?} to end")
             }
             WaitingReason::InLine => write!(f, "about to be claimed by the best-ranked free node"),
         }
@@ -203,6 +208,9 @@ impl<S: Store> NodeCore<S> {
         let eligible: Vec<PeerId> = self.members.eligible(&j.spec.requires);
         if eligible.is_empty() {
             return Some(WaitingReason::NoEligibleNode { requires: j.spec.requires.clone() });
+        }
+        if !j.spec.depends_on.is_empty() && self.dependencies(j) == super::depends::Dependencies::Waiting {
+            return Some(WaitingReason::Dependencies { builders: j.spec.depends_on.clone() });
         }
         if now < j.not_before {
             return Some(WaitingReason::TreeStable { remaining_ms: j.not_before - now });

@@ -18,6 +18,8 @@ use crate::ids::Hash32;
 use crate::labels::{parse_label, MAX_LABELS};
 pub use crate::testreport::{TestFormat, TestReportSpec};
 
+pub mod schedule;
+
 pub const RECIPE_FILE: &str = ".peerbot.toml";
 pub const MAX_RECIPE_BYTES: usize = 256 * 1024;
 pub const MAX_BUILDERS: usize = 64;
@@ -61,6 +63,12 @@ pub fn check_spec(j: &JobSpec) -> Result<(), String> {
         if let Some(t) = &s.tests {
             t.check().map_err(|e| format!("builder {:?} step {:?}: {e}", j.builder, s.name))?;
         }
+    }
+    if let Some(s) = &j.schedule {
+        schedule::check(s).map_err(|e| format!("builder {:?}: {e}", j.builder))?;
+    }
+    if j.depends_on.len() > MAX_BUILDERS || j.depends_on.iter().any(|d| d.is_empty() || d.len() > MAX_NAME_LEN) {
+        return Err(format!("builder {:?}: depends_on names over its limits", j.builder));
     }
     Ok(())
 }
@@ -317,6 +325,13 @@ pub struct JobSpec {
     /// its own, which the building node's policy must allow).
     #[serde(default, skip_serializing_if = "is_false")]
     pub submodules: bool,
+    /// A cron expression (UTC, seconds optional): the builder builds the
+    /// branch head at each firing instead of each change (`schedule.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Builders whose jobs on the same commit must succeed first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -347,6 +362,9 @@ struct RawBuilder {
     collapse: bool,
     #[serde(default)]
     priority: i32,
+    schedule: Option<String>,
+    #[serde(default)]
+    depends_on: Vec<String>,
     #[serde(default)]
     submodules: bool,
     #[serde(default)]
@@ -482,12 +500,20 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
         if !(-1000..=1000).contains(&b.priority) {
             return Err(RecipeError::Invalid(format!("builder {:?}: priority must be -1000 to 1000", b.name)));
         }
-        let fields = (&b.name, &requires, &steps, tree_stable_secs, b.collapse, b.priority);
-        // Builders without the newer options hash as they always did.
-        let recipe_hash = match b.submodules {
-            false => Hash32::of(&crate::codec::encode(&fields)),
-            true => Hash32::of(&crate::codec::encode(&(fields, "submodules"))),
+        if let Some(s) = &b.schedule {
+            schedule::check(s).map_err(|e| RecipeError::Invalid(format!("builder {:?}: {e}", b.name)))?;
+        }
+        let base = (&b.name, &requires, &steps, tree_stable_secs, b.collapse, b.priority);
+        // Builders without the newer fields hash as before, so the recipe
+        // hashes of existing recipes (and their announcements) stay the same.
+        let mut recipe_hash = if b.schedule.is_none() && b.depends_on.is_empty() {
+            Hash32::of(&crate::codec::encode(&base))
+        } else {
+            Hash32::of(&crate::codec::encode(&(base, &b.schedule, &b.depends_on)))
         };
+        if b.submodules {
+            recipe_hash = Hash32::of(&crate::codec::encode(&(recipe_hash, "submodules")));
+        }
         jobs.push(JobSpec {
             id: job_id(repo, commit, &b.name),
             builder: b.name.clone(),
@@ -498,9 +524,57 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
             collapse: b.collapse,
             priority: b.priority,
             submodules: b.submodules,
+            schedule: b.schedule.clone(),
+            depends_on: b.depends_on.clone(),
         });
     }
+    check_dependencies(&jobs).map_err(RecipeError::Invalid)?;
     Ok(jobs)
+}
+
+/// `depends_on` names builders of the same recipe, without cycles, and
+/// only builders that run alongside: a builder built at each change
+/// cannot wait for a scheduled one (it never builds that commit), and a
+/// scheduled one waits only for builders of each change or of its own
+/// schedule.
+pub fn check_dependencies(jobs: &[JobSpec]) -> Result<(), String> {
+    for j in jobs {
+        if j.depends_on.len() > MAX_BUILDERS {
+            return Err(format!("builder {:?} depends on over {MAX_BUILDERS} builders", j.builder));
+        }
+        for d in &j.depends_on {
+            let Some(dep) = jobs.iter().find(|o| o.builder == *d) else {
+                return Err(format!("builder {:?} depends on {d:?}, which is not a builder of this recipe", j.builder));
+            };
+            if dep.schedule.is_some() && dep.schedule != j.schedule {
+                return Err(format!(
+                    "builder {:?} depends on {d:?}, which builds only on its own schedule {:?}",
+                    j.builder,
+                    dep.schedule.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    // A cycle: a builder reachable from itself through depends_on.
+    for j in jobs {
+        let mut path = vec![j.builder.as_str()];
+        let mut todo: Vec<(&str, usize)> = j.depends_on.iter().map(|d| (d.as_str(), 1)).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some((name, depth)) = todo.pop() {
+            path.truncate(depth);
+            path.push(name);
+            if name == j.builder {
+                return Err(format!("depends_on makes a cycle: {}", path.join(" -> ")));
+            }
+            if !seen.insert(name) {
+                continue;
+            }
+            if let Some(o) = jobs.iter().find(|o| o.builder == name) {
+                todo.extend(o.depends_on.iter().map(|d| (d.as_str(), depth + 1)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The steps a builder runs are those of the commit's own recipe; an
@@ -565,6 +639,12 @@ pub fn check_announced(
     }
     if announced.submodules != own.submodules {
         return differs("has submodules", announced.submodules.to_string(), own.submodules.to_string());
+    }
+    if announced.schedule != own.schedule {
+        return differs("has schedule", format!("{:?}", announced.schedule), format!("{:?}", own.schedule));
+    }
+    if announced.depends_on != own.depends_on {
+        return differs("depends on", format!("{:?}", announced.depends_on), format!("{:?}", own.depends_on));
     }
     if announced.recipe_hash != own.recipe_hash {
         return differs("has recipe hash", announced.recipe_hash.short(), own.recipe_hash.short());

@@ -263,3 +263,54 @@ fn a_steps_test_report_is_parsed_checked_and_compared() {
         .to_string();
     assert!(e.contains("reads tests as tap, the commit's .peerbot.toml says junit out/*.xml"), "{e}");
 }
+
+fn builders(spec: &[(&str, &str)]) -> String {
+    spec.iter()
+        .map(|(name, extra)| format!("[[builder]]\nname='{name}'\n{extra}\n[[builder.step]]\nrun='true'\n"))
+        .collect()
+}
+
+#[test]
+fn depends_on_and_schedule_are_parsed_and_checked() {
+    let text = builders(&[("build", ""), ("test", "depends_on=['build']"), ("nightly", "schedule='0 3 * * *'")]);
+    let jobs = parse_recipe("r", "c", &text).unwrap();
+    assert_eq!(jobs[1].depends_on, vec!["build".to_string()]);
+    assert_eq!(jobs[2].schedule.as_deref(), Some("0 3 * * *"));
+    let err = |spec: &[(&str, &str)]| parse_recipe("r", "c", &builders(spec)).unwrap_err().to_string();
+    let e = err(&[("a", "depends_on=['nope']")]);
+    assert!(e.contains("depends on \"nope\", which is not a builder"), "{e}");
+    let e = err(&[("a", "depends_on=['b']"), ("b", "depends_on=['c']"), ("c", "depends_on=['a']")]);
+    assert!(e.contains("cycle: a -> b -> c -> a"), "{e}");
+    let e = err(&[("a", "depends_on=['a']")]);
+    assert!(e.contains("cycle: a -> a"), "{e}");
+    let e = err(&[("a", "depends_on=['n']"), ("n", "schedule='0 3 * * *'")]);
+    assert!(e.contains("only on its own schedule"), "{e}");
+    let e = err(&[("n", "schedule='0 0 30 2 *'")]);
+    assert!(e.contains("never fires"), "{e}");
+    let e = err(&[("n", "schedule='every night'")]);
+    assert!(e.contains("not a cron expression"), "{e}");
+    // A diamond is no cycle; a scheduled builder may wait for a per-change one.
+    let ok = [
+        ("a", ""),
+        ("b", "depends_on=['a']"),
+        ("c", "depends_on=['a']"),
+        ("d", "depends_on=['b','c']"),
+        ("n", "schedule='0 3 * * *'\ndepends_on=['a']"),
+    ];
+    assert!(parse_recipe("r", "c", &builders(&ok)).is_ok());
+}
+
+#[test]
+fn recipe_hashes_of_builders_without_the_new_fields_do_not_change() {
+    let plain = parse_recipe("r", "c", &builders(&[("a", "")])).unwrap();
+    let steps = vec![StepSpec::new("step0", "true", DEFAULT_STEP_TIMEOUT_SECS)];
+    let old = Hash32::of(&crate::codec::encode(&("a", Vec::<String>::new(), &steps, 0u64, false, 0i32)));
+    assert_eq!(plain[0].recipe_hash, old);
+    let with = parse_recipe("r", "c", &builders(&[("a", "schedule='0 3 * * *'")])).unwrap();
+    assert_ne!(with[0].recipe_hash, old, "a schedule is part of what peers compare");
+    // Absent fields are not encoded: an old change's bytes decode and encode alike.
+    let bytes = crate::codec::encode(&plain[0]);
+    let back: JobSpec = crate::codec::decode(&bytes, 1 << 20).unwrap();
+    assert_eq!(crate::codec::encode(&back), bytes);
+    assert!(!String::from_utf8_lossy(&bytes).contains("depends_on"));
+}

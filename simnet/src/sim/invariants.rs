@@ -185,6 +185,7 @@ impl Sim {
         self.check_signatures(live)?;
         self.check_cancels(live)?;
         let left = self.check_jobs(live)?;
+        self.check_firings(live)?;
         self.check_same_records(live)?;
         Ok(left)
     }

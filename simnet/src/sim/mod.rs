@@ -34,6 +34,7 @@ mod invariants;
 mod network;
 mod nodes;
 mod report;
+mod scheduled;
 mod trace;
 pub(crate) mod workload;
 

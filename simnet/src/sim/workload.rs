@@ -28,6 +28,8 @@ pub(super) struct JobInfo {
     pub(super) first_claim: Option<u64>,
     /// Result records published for it.
     pub(super) results: Vec<Hash32>,
+    /// The job of the same commit it depends on (`depends_on`).
+    pub(super) dependency: Option<Hash32>,
 }
 
 /// How busy the executor slots were. A build counts from its start until it
@@ -54,6 +56,10 @@ pub(super) struct Workload {
     builds_started: u64,
     builds_cancelled: u64,
     builds_given_up: u64,
+    /// Scheduled jobs: their firing time and how many builds started.
+    pub(super) firings: BTreeMap<Hash32, (Millis, u32)>,
+    /// When each repository's first commit was announced.
+    pub(super) first_commit: BTreeMap<String, u64>,
 }
 
 /// What a `CancelBuild` did to a build in the executor model.
@@ -79,6 +85,8 @@ impl Workload {
             builds_started: 0,
             builds_cancelled: 0,
             builds_given_up: 0,
+            firings: BTreeMap::new(),
+            first_commit: BTreeMap::new(),
         }
     }
 
@@ -114,6 +122,7 @@ impl Workload {
                 requires: cfg.builder_requires(b),
                 first_claim: None,
                 results: vec![],
+                dependency: (cfg.depends_on && b == 1).then(|| job_id(&info.repo, &info.commit, "b0")),
             };
             self.jobs.insert(id, job);
             ids.push(id);
@@ -226,13 +235,19 @@ fn build_recipe(cfg: &SimConfig) -> String {
     let mut s = String::new();
     for i in 0..cfg.builders + cfg.unbuildable_builders {
         let req: Vec<String> = cfg.builder_requires(i).iter().map(|l| format!("{l:?}")).collect();
+        let depends = if cfg.depends_on && i == 1 { "depends_on = [\"b0\"]\n" } else { "" };
         s.push_str(&format!(
-            "[[builder]]\nname = \"b{i}\"\nrequires = [{}]\n[[builder.step]]\nname = \"build\"\nrun = \"make\"\n",
+            "[[builder]]\nname = \"b{i}\"\nrequires = [{}]\n{depends}[[builder.step]]\nname = \"build\"\nrun = \"make\"\n",
             req.join(", ")
         ));
         if let Some(ms) = cfg.step_timeout_ms {
             s.push_str(&format!("timeout_secs = {}\n", (ms / 1000).max(1)));
         }
+    }
+    if let Some(expr) = &cfg.schedule {
+        s.push_str(&format!(
+            "[[builder]]\nname = \"sched\"\nschedule = {expr:?}\n[[builder.step]]\nname = \"build\"\nrun = \"make\"\n"
+        ));
     }
     s
 }
@@ -254,6 +269,7 @@ pub(crate) fn simulated_outcome(job: Hash32, attempt: u32, now: Millis, cancelle
             log: format!("simulated build of {} attempt {attempt}\n", job.short()).into_bytes(),
             truncated: false,
             metrics: Default::default(),
+            report_files: vec![],
         }],
         error: None,
         cancelled,
@@ -285,6 +301,7 @@ impl Sim {
         let Some(&announcer) = alive.get(self.rng.gen_range(0..alive.len().max(1))) else { return };
         let info = self.next_commit_info();
         let jobs = self.workload.add_jobs(&self.cfg, &info, announcer, self.now);
+        self.workload.first_commit.entry(info.repo.clone()).or_insert(self.now);
         let now = self.local_now(announcer);
         if let Some(core) = self.nodes[announcer].core.as_mut() {
             match core.announce(now, info) {
@@ -337,6 +354,7 @@ impl Sim {
     /// hangs (`--hang-rate`; no draw when that is 0).
     pub(super) fn start_build(&mut self, i: usize, job: Hash32, attempt: u32) {
         self.check_build_start(i, job);
+        self.check_build_order(i, job);
         self.faults.note_reclaim(job, i, self.now);
         self.note(i, Some(job), "build-start", attempt as u64);
         let d = slowed(uniform_ms(&mut self.rng, self.cfg.build_ms), self.nodes[i].slow, self.cfg.slow_factor);

@@ -147,6 +147,7 @@ fn signed_change(key: &libp2p_identity::Keypair, i: i64) -> Vec<u8> {
         recipe_error: None,
         announced_ms: i as u64,
         force: None,
+        ..Default::default()
     };
     crate::record::sign(key, &Body::Change(change)).bytes
 }
