@@ -59,6 +59,15 @@ pub fn post_json(node: &str, token: Option<&str>, path: &str, body: &Value) -> a
     resp.into_json().with_context(|| format!("{url}: not JSON"))
 }
 
+/// A repository as it is sent to a node: a local path made absolute, so
+/// that every node fetches the same repository; a URL as it is.
+pub fn repo_string(repo: &str) -> String {
+    match std::fs::canonicalize(repo) {
+        Ok(p) if !repo.contains("://") => p.to_string_lossy().into_owned(),
+        _ => repo.to_string(),
+    }
+}
+
 /// Posts raw bytes (a patch) with a query; the answer is JSON.
 pub fn post_bytes(
     node: &str,

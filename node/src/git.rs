@@ -37,13 +37,51 @@ pub async fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
 
 /// `git`, killed after `limit`.
 pub async fn git_within(limit: std::time::Duration, dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = git_command(dir, args);
-    cmd.stdin(std::process::Stdio::null());
+    run_git(limit, git_command(dir, args), args, None).await
+}
+
+/// `git` in `dir` with `input` on its standard input, and `GIT_INDEX_FILE`
+/// set to `index` when given.
+pub async fn git_fed(dir: &Path, index: Option<&Path>, args: &[&str], input: &[u8]) -> anyhow::Result<String> {
+    let mut cmd = git_command(Some(dir), args);
+    if let Some(i) = index {
+        cmd.env("GIT_INDEX_FILE", i);
+    }
+    run_git(GIT_TIMEOUT, cmd, args, Some(input)).await
+}
+
+async fn run_git(
+    limit: std::time::Duration,
+    mut cmd: Command,
+    args: &[&str],
+    input: Option<&[u8]>,
+) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let stdin = if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running git (is it installed?)")?;
+    // Fed beside the wait: git may answer before it has read everything.
+    let feed = match (child.stdin.take(), input) {
+        (Some(mut pipe), Some(bytes)) => {
+            let bytes = bytes.to_vec();
+            Some(tokio::spawn(async move {
+                let _ = pipe.write_all(&bytes).await;
+            }))
+        }
+        _ => None,
+    };
     // kill_on_drop: the child dies with the future when the time is up.
-    let out = match tokio::time::timeout(limit, cmd.output()).await {
-        Ok(out) => out.context("running git (is it installed?)")?,
+    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.context("running git")?,
         Err(_) => bail!("git {} did not finish within {} s: killed", args.join(" "), limit.as_secs()),
     };
+    if let Some(f) = feed {
+        let _ = f.await;
+    }
     if !out.status.success() {
         bail!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }

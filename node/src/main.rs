@@ -231,10 +231,7 @@ struct CommitArgs {
 impl CommitArgs {
     /// A local path is sent absolute, so that every node fetches the same repository.
     fn repo(&self) -> String {
-        match std::fs::canonicalize(&self.repo) {
-            Ok(p) if !self.repo.contains("://") => p.to_string_lossy().into_owned(),
-            _ => self.repo.clone(),
-        }
+        client::repo_string(&self.repo)
     }
 
     fn commit(&self) -> anyhow::Result<String> {

@@ -16,38 +16,8 @@ use peerbot_protocol::Hash32;
 use serde::Deserialize;
 
 use crate::core_actor::TryPatch;
-use crate::git::{self, GIT_TIMEOUT};
+use crate::git;
 use crate::http::{authorize, bad_request, commit_info_for, not_found, stored_change_json, AppState};
-
-/// Runs git with `input` on its standard input.
-async fn git_fed(dir: &Path, index: Option<&Path>, args: &[&str], input: &[u8]) -> anyhow::Result<String> {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = git::git_command(Some(dir), args);
-    if let Some(i) = index {
-        cmd.env("GIT_INDEX_FILE", i);
-    }
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running git (is it installed?)")?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let input = input.to_vec();
-    // Fed beside the wait: git may answer before it has read everything.
-    let feed = tokio::spawn(async move {
-        let _ = stdin.write_all(&input).await;
-    });
-    let out = match tokio::time::timeout(GIT_TIMEOUT, child.wait_with_output()).await {
-        Ok(out) => out.context("running git")?,
-        Err(_) => bail!("git {} did not finish within {} s: killed", args.join(" "), GIT_TIMEOUT.as_secs()),
-    };
-    let _ = feed.await;
-    if !out.status.success() {
-        bail!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// The `.peerbot.toml` of `commit` with `patch` applied, read in the mirror
 /// through a throwaway index: the mirror's refs and its own index are left
@@ -57,11 +27,11 @@ pub async fn patched_recipe(mirror: &Path, commit: &str, patch: &[u8]) -> Result
     let dir = tempfile::tempdir().map_err(|e| format!("a temporary index: {e}"))?;
     let index = dir.path().join("index");
     let tree = async {
-        git_fed(mirror, Some(&index), &["read-tree", commit], b"").await?;
-        git_fed(mirror, Some(&index), &["apply", "--cached", "--whitespace=nowarn", "-"], patch)
+        git::git_fed(mirror, Some(&index), &["read-tree", commit], b"").await?;
+        git::git_fed(mirror, Some(&index), &["apply", "--cached", "--whitespace=nowarn", "-"], patch)
             .await
             .map_err(|e| anyhow::anyhow!("the patch does not apply to {}: {e:#}", &commit[..commit.len().min(12)]))?;
-        let tree = git_fed(mirror, Some(&index), &["write-tree"], b"").await?;
+        let tree = git::git_fed(mirror, Some(&index), &["write-tree"], b"").await?;
         anyhow::Ok(tree.trim().to_string())
     };
     let tree = tree.await.map_err(|e| format!("{e:#}"))?;
@@ -70,7 +40,7 @@ pub async fn patched_recipe(mirror: &Path, commit: &str, patch: &[u8]) -> Result
 
 /// Applies `patch` to the checkout `ws`, its index too.
 pub async fn apply(ws: &Path, patch: &[u8]) -> anyhow::Result<()> {
-    git_fed(ws, None, &["apply", "--index", "--whitespace=nowarn", "-"], patch)
+    git::git_fed(ws, None, &["apply", "--index", "--whitespace=nowarn", "-"], patch)
         .await
         .context("the try patch does not apply to the checkout")?;
     Ok(())

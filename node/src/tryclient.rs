@@ -65,10 +65,7 @@ pub fn upstream(dir: &Path, repo: Option<&str>) -> anyhow::Result<Upstream> {
             }
         }
     };
-    let repo = match std::fs::canonicalize(&repo) {
-        Ok(p) if !repo.contains("://") => p.to_string_lossy().into_owned(),
-        _ => repo,
-    };
+    let repo = client::repo_string(&repo);
     Ok(Upstream { repo, branch: branch.to_string(), commit })
 }
 
