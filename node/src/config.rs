@@ -31,7 +31,22 @@ const CONFIG_KEYS: &[&str] = &[
     "cluster",
     "admission",
     "hook_secret_file",
+    "public_url",
 ];
+
+/// Keys of a config file that are tables, not flags.
+const TABLE_KEYS: &[&str] = &["notify"];
+
+/// The config file's `[[notify]]` tables, and the secret files they name.
+pub fn notifiers(args: &[String]) -> anyhow::Result<(Vec<crate::notify::config::Notifier>, Vec<std::path::PathBuf>)> {
+    let Some(path) = config_path(args) else { return Ok((vec![], vec![])) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("config file {path} is not valid TOML"))?;
+    let Some(value) = table.get("notify") else { return Ok((vec![], vec![])) };
+    let secrets = crate::notify::config::secret_files(value);
+    let list = crate::notify::config::parse(value).with_context(|| format!("config file {path}"))?;
+    Ok((list, secrets))
+}
 
 /// The config file named by `--config` or `PEERBOT_CONFIG`.
 pub fn config_path(args: &[String]) -> Option<String> {
@@ -53,8 +68,15 @@ pub fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
     let table: toml::Table = toml::from_str(&text).with_context(|| format!("config file {path} is not valid TOML"))?;
     for (key, value) in table {
+        if TABLE_KEYS.contains(&key.as_str()) {
+            continue;
+        }
         if !CONFIG_KEYS.contains(&key.as_str()) {
-            anyhow::bail!("config file {path}: unknown setting {key:?}; known: {}", CONFIG_KEYS.join(", "));
+            anyhow::bail!(
+                "config file {path}: unknown setting {key:?}; known: {}, {}",
+                CONFIG_KEYS.join(", "),
+                TABLE_KEYS.join(", ")
+            );
         }
         let text = match &value {
             toml::Value::String(s) => s.clone(),

@@ -51,6 +51,9 @@ pub struct CoreActor {
     records_rejected: u64,
     /// The core's verifier, when large answers are checked off this thread.
     precheck: Option<std::sync::Arc<crate::precheck::Prechecked>>,
+    /// Sends this node's notices; orders wait here until it is started.
+    notifiers: Option<Addr<crate::notify::Notifiers>>,
+    notices_waiting: Vec<peerbot_protocol::core::BuildOrder>,
 }
 
 /// Nodes whose admission was revoked, and from when: the HTTP API marks
@@ -108,6 +111,8 @@ impl CoreActor {
             records_stored: 0,
             records_rejected: 0,
             precheck: None,
+            notifiers: None,
+            notices_waiting: vec![],
         }
     }
 
@@ -181,8 +186,18 @@ impl CoreActor {
                     self.send_net(NetCommand::Reply { id, bytes })
                 }
                 Output::Verdict { token, verdict } => self.send_net(NetCommand::Verdict { token, verdict }),
+                Output::StartBuild(order) if order.notice.is_some() => match &self.notifiers {
+                    Some(n) => n.do_send(crate::notify::SendNotice(order)),
+                    None => self.notices_waiting.push(order),
+                },
                 Output::StartBuild(order) => self.send_executor(StartBuild(order)),
-                Output::CancelBuild { job, attempt } => self.send_executor(CancelBuild { job, attempt }),
+                Output::CancelBuild { job, attempt } => {
+                    self.notices_waiting.retain(|o| o.job != job);
+                    if let Some(n) = &self.notifiers {
+                        n.do_send(crate::notify::StopNotice { job, attempt });
+                    }
+                    self.send_executor(CancelBuild { job, attempt })
+                }
                 Output::Disconnect { peer } => self.send_net(NetCommand::Disconnect { peer }),
                 Output::Event(e) => self.on_event(e),
             }
@@ -266,6 +281,9 @@ impl CoreActor {
             ),
             Event::BuildPublished { job, attempt, status, record } => {
                 info!(job = %job.short(), attempt, status = status.as_str(), record = %record.short(), "build result published")
+            }
+            Event::NoticePublished { job, delivered, record } => {
+                info!(job = %job.short(), delivered, record = %record.short(), "notice record published")
             }
             Event::BlobFetched { token, hash, ok, detail } => {
                 debug!(blob = %hash.short(), ok, "blob fetch: {detail}");
@@ -451,6 +469,28 @@ impl StreamHandler<NetEvent> for CoreActor {
     }
     fn finished(&mut self, _: &mut Context<Self>) {
         warn!("the network task ended");
+    }
+}
+
+/// The notifier actor, once the HTTP address (for links) is known.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetNotifiers(pub Addr<crate::notify::Notifiers>);
+
+impl Handler<SetNotifiers> for CoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetNotifiers, _: &mut Context<Self>) {
+        for order in self.notices_waiting.drain(..) {
+            msg.0.do_send(crate::notify::SendNotice(order));
+        }
+        self.notifiers = Some(msg.0);
+    }
+}
+
+impl Handler<crate::notify::NoticeDone> for CoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: crate::notify::NoticeDone, ctx: &mut Context<Self>) {
+        self.input(ctx, Input::NoticeFinished(msg.0));
     }
 }
 

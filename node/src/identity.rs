@@ -114,11 +114,18 @@ pub fn node_name(given: Option<&str>) -> anyhow::Result<String> {
 
 /// What a user needs once the node is up: where to point a browser, where
 /// the token is, what is watched.
-pub fn banner(name: &str, http: &str, token_at: &str, watched: &[String]) -> String {
+/// The address of the pages served on `http` (a wildcard shown as loopback).
+pub fn page_url(http: &str) -> String {
     let host = match http.rsplit_once(':') {
         Some(("0.0.0.0" | "[::]", port)) => format!("127.0.0.1:{port}"),
         _ => http.to_string(),
     };
+    format!("http://{host}")
+}
+
+pub fn banner(name: &str, http: &str, token_at: &str, watched: &[String]) -> String {
+    let host = page_url(http);
+    let host = host.trim_start_matches("http://");
     let watching =
         if watched.is_empty() { "nothing (announce with `peerbot announce`)".into() } else { watched.join(", ") };
     format!("peerbot node {name:?} is up: http://{host}/\n  API token (for writes): {token_at}\n  watching: {watching}")

@@ -13,6 +13,7 @@ mod identity;
 mod live;
 mod metrics;
 mod net;
+mod notify;
 mod precheck;
 mod sandbox;
 mod seed;
@@ -321,6 +322,9 @@ struct NodeArgs {
     /// (mode 0600, at least 16 characters) [default: hooks refused].
     #[arg(long, env = "PEERBOT_HOOK_SECRET_FILE")]
     hook_secret_file: Option<PathBuf>,
+    /// The address users reach this node's pages at, for links in notifications [default: http://HTTP/].
+    #[arg(long, env = "PEERBOT_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Drop this node's copies of logs of results older than this (e.g. 180d); records stay. Default: keep all.
     #[arg(long, env = "PEERBOT_LOG_HORIZON", value_parser = parse_duration_ms)]
     log_horizon: Option<u64>,
@@ -590,11 +594,19 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     });
     info!(cluster = %membership.cluster.to_text(), keeper = membership.keeper, "admitted");
     let work_root = a.work_dir.clone().unwrap_or_else(|| sandbox::default_work_root(&a.data_dir));
-    let config_file = config::config_path(&std::env::args().collect::<Vec<_>>()).map(PathBuf::from);
+    let args: Vec<String> = std::env::args().collect();
+    let config_file = config::config_path(&args).map(PathBuf::from);
+    let (notifiers, notifier_secrets) = config::notifiers(&args)?;
+    if let Some(u) = &a.public_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            anyhow::bail!("--public-url {u:?} is not an http:// or https:// URL");
+        }
+    }
     let secrets: Vec<&std::path::Path> = config_file
         .iter()
         .chain(a.api_token_file.iter())
         .chain(a.hook_secret_file.iter())
+        .chain(notifier_secrets.iter())
         .map(|p| p.as_path())
         .collect();
     let jail = std::sync::Arc::new(sandbox::StepJail::prepare(a.sandbox, &work_root, &a.data_dir, &secrets)?);
@@ -614,7 +626,14 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|(p, addrs)| Some((p.parse().ok()?, addrs.iter().filter_map(|a| a.parse().ok()).collect())))
         .collect();
+    // A notifier's label makes the node one of those its notices are
+    // claimed among.
+    let mut labels = labels;
+    for n in &notifiers {
+        labels.push(peerbot_protocol::notify::notifier_label(&n.name));
+    }
     let mut cfg = Config::new(labels.clone(), a.executors);
+    cfg.notifiers = notifiers.iter().map(|n| n.spec()).collect();
     cfg.heartbeat_ms = a.heartbeat_ms;
     cfg.claim_stagger_ms = a.claim_stagger_ms;
     cfg.lease_ms = a.lease_secs * 1000;
@@ -710,6 +729,13 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         let watched: Vec<String> =
             a.watch.iter().map(|w| format!("{}#{}", w.repo, w.branch.as_deref().unwrap_or("HEAD"))).collect();
         eprintln!("{}", identity::banner(&name, &bound, &token_at, &watched));
+        if !notifiers.is_empty() {
+            let url = a.public_url.clone().unwrap_or_else(|| identity::page_url(&bound));
+            let kinds: Vec<String> = notifiers.iter().map(|n| format!("{} ({})", n.name, n.kind.as_str())).collect();
+            info!(notifiers = ?kinds, "notifying");
+            let n = notify::Notifiers::new(notifiers, store.clone(), core_addr.clone(), url, name.clone()).start();
+            core_addr.do_send(core_actor::SetNotifiers(n));
+        }
         core_addr.do_send(SetHttp(bound));
         core_addr.do_send(core_actor::SetCluster(cluster_json));
         let server = server.run();

@@ -31,6 +31,7 @@ pub mod ids;
 pub mod keyspace;
 pub mod labels;
 pub mod logparse;
+pub mod notify;
 pub mod recipe;
 pub mod record;
 pub mod repos;

@@ -99,6 +99,27 @@ pub struct Cancel {
     pub requested_ms: Millis,
 }
 
+/// A notification a notifier sent (or gave up on) about a result: stored,
+/// it settles the notice job, so no node sends it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// `notify::notice_job_id(notifier, result)`.
+    pub job: Hash32,
+    pub notifier: String,
+    /// The record id of the result it speaks of.
+    pub result: Hash32,
+    pub event: crate::notify::NoticeEvent,
+    pub sent_ms: Millis,
+    /// False when every try failed; `error` says the last failure.
+    pub delivered: bool,
+    pub tries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The sending node's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -217,6 +238,8 @@ pub enum Body {
     Admission(crate::admission::Admission),
     /// A cluster-signed revocation, carried by whichever node published it.
     Revocation(crate::admission::Revocation),
+    /// A notification sent about a result (`notify.rs`).
+    Notice(Notice),
 }
 
 impl Body {
@@ -228,6 +251,7 @@ impl Body {
             Body::Cancel(c) => c.requested_ms,
             Body::Admission(a) => a.issued_ms(),
             Body::Revocation(r) => r.revoked_ms(),
+            Body::Notice(n) => n.sent_ms,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -237,6 +261,7 @@ impl Body {
             Body::Cancel(_) => "cancel",
             Body::Admission(_) => "admission",
             Body::Revocation(_) => "revocation",
+            Body::Notice(_) => "notice",
         }
     }
 }
@@ -446,6 +471,20 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
             }
             if r.steps.iter().any(|s| s.failed_tests.len() > crate::testreport::MAX_FAILURES) {
                 return bad("result's step lists more failing tests than a node keeps");
+            }
+        }
+        Body::Notice(n) => {
+            if let Err(e) = crate::notify::check_name(&n.notifier) {
+                return Err(RecordError::Invalid(format!("notice: {e}")));
+            }
+            if n.job != crate::notify::notice_job_id(&n.notifier, &n.result) {
+                return bad("notice's job id is not its notifier's and result's");
+            }
+            if n.error.as_ref().is_some_and(|e| e.len() > crate::notify::MAX_ERROR) {
+                return bad("notice's error is over 1000 bytes");
+            }
+            if !crate::wire::valid_name(&n.node_name) {
+                return bad("notice's node name is over 64 bytes or holds control characters");
             }
         }
         // Checked against the cluster key by the core, which knows it.

@@ -32,6 +32,10 @@ pub enum Lookup {
     /// Job id → the job that took its place on a collapsing builder. The
     /// core derives it and files it; replaying the records derives it again.
     Superseded = 5,
+    /// Notice job id → the notices that settled it.
+    JobNotice = 6,
+    /// Result record id → the notices sent about it.
+    ResultNotice = 7,
 }
 
 /// The key a commit of a repository is filed under.
@@ -52,6 +56,7 @@ pub fn lookups_of(rec: &VerifiedRecord) -> Vec<(Lookup, Hash32, Hash32)> {
         }
         Body::Result(r) => vec![(Lookup::JobResult, r.job, rec.id)],
         Body::Cancel(k) => vec![(Lookup::JobCancel, k.job, rec.id)],
+        Body::Notice(n) => vec![(Lookup::JobNotice, n.job, rec.id), (Lookup::ResultNotice, n.result, rec.id)],
         Body::Admission(_) | Body::Revocation(_) => vec![],
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{error_page, from_api, names, node_label, page, peer_short, s, secs, short, when, Layout, Session};
 use crate::core_actor::Query;
-use crate::http::{add_blame, change_json, find_result, not_found, result_json, AppState, State};
+use crate::http::{add_blame, change_json, find_result, not_found, notices_json, result_json, AppState, State};
 
 /// The end of a log shown on a build's page; the raw link has all of it.
 const LOG_SHOWN: usize = 512 * 1024;
@@ -76,6 +76,7 @@ pub async fn build_page(req: HttpRequest, st: State, id: web::Path<String>) -> H
     };
     let mut b = result_json(&rec, true);
     add_blame(&st.store, &rec, &mut b);
+    b["notices"] = notices_json(&st.store, &rec.id);
     let job = st.ask(Query::Job(s(&b["job"]).to_string())).await.unwrap_or(Value::Null);
     let bid = s(&b["id"]).to_string();
     let results: Vec<&Value> = job["results"].as_array().into_iter().flatten().collect();
@@ -104,6 +105,14 @@ pub async fn build_page(req: HttpRequest, st: State, id: web::Path<String>) -> H
                 @if let Some(p) = b["previous_build"]["id"].as_str() { " · previous build " a href={"/builds/" (p)} { (s(&b["previous_build"]["status"])) } }
                 " · first to test " (b["first_tested"]["commits"].as_array().map_or(0, |c| c.len())) " commit(s)"
             } }
+            @if let Some(list) = b["notices"].as_array().filter(|l| !l.is_empty()) {
+                tr { th { "notified" } td { @for (i, n) in list.iter().enumerate() {
+                    @if i > 0 { br; }
+                    code { (s(&n["notifier"])) } " (" (s(&n["event"])) "): "
+                    @if n["delivered"] == true { "sent by " (s(&n["node_name"])) " " (when(n["sent_ms"].as_u64().unwrap_or(0))) }
+                    @else { span.err { "not sent after " (n["tries"]) " tries: " (s(&n["error"])) } }
+                } } }
+            }
             tr { th { "job" } td { a href={"/jobs/" (s(&b["job"]))} { code { (short(s(&b["job"]))) } }
                 // A try is sent again with `peerbot try`: its patch is not the commit's.
                 @if !is_try_branch(s(&b["branch"])) { " · "

@@ -32,6 +32,8 @@ pub struct RunningBuild {
     pub started_ms: Millis,
     /// No end reported by then: the build is given up (see `give_up_deadline`).
     pub give_up_at: Millis,
+    /// A notice being sent: it takes none of the executors.
+    pub notice: bool,
 }
 
 /// This node's builds in progress, by job.
@@ -77,11 +79,20 @@ impl OwnBuilds {
         self.running.get(job).map(|b| b.attempt)
     }
     pub fn free_slots(&self, executors: u32) -> u32 {
-        executors.saturating_sub(self.running.len() as u32)
+        executors.saturating_sub(self.builds_running())
+    }
+    /// Builds running, notices left out.
+    pub fn builds_running(&self) -> u32 {
+        self.running.values().filter(|b| !b.notice).count() as u32
+    }
+    /// Notices this node may start sending now.
+    pub fn free_notice_slots(&self) -> u32 {
+        let sending = self.running.values().filter(|b| b.notice).count() as u32;
+        crate::notify::NOTICE_SLOTS.saturating_sub(sending)
     }
 
-    pub fn start(&mut self, job: Hash32, attempt: u32, started_ms: Millis, give_up_at: Millis) {
-        self.running.insert(job, RunningBuild { attempt, step: None, started_ms, give_up_at });
+    pub fn start(&mut self, job: Hash32, attempt: u32, started_ms: Millis, give_up_at: Millis, notice: bool) {
+        self.running.insert(job, RunningBuild { attempt, step: None, started_ms, give_up_at, notice });
     }
     /// Stops tracking a build; its attempt if it was running.
     pub fn stop(&mut self, job: &Hash32) -> Option<u32> {

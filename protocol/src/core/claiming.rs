@@ -27,6 +27,7 @@ impl<S: Store> NodeCore<S> {
         }
         // A busy node leaves waiting jobs to the next free one.
         self.builds.free_slots(self.cfg.executors) > 0
+            || (!self.cfg.notifiers.is_empty() && self.builds.free_notice_slots() > 0)
     }
 
     pub(super) fn consider_claims(&mut self, now: Millis) {
@@ -74,9 +75,10 @@ impl<S: Store> NodeCore<S> {
             builder: j.spec.builder.clone(),
             announced: j.spec.clone(),
             patch: j.patch.and_then(|p| Some((p, self.store.record(&j.change)?.signer))),
+            notice: j.notice.clone(),
         };
         let give_up_at = give_up_deadline(now, &order.announced.steps, self.cfg.build_grace_ms);
-        self.builds.start(id, attempt, now, give_up_at);
+        self.builds.start(id, attempt, now, give_up_at, order.notice.is_some());
         self.timers.set_earlier(Timer::GiveUp, give_up_at);
         self.timers.set_earlier(Timer::Renew, now + (self.cfg.lease_ms / 3).max(100));
         self.save_own_claims(now);
@@ -85,7 +87,7 @@ impl<S: Store> NodeCore<S> {
         self.emit(Event::BuildStarted { job: id, attempt });
         self.out.push_back(Output::StartBuild(order));
         crate::invariant!(
-            self.builds.running.len() as u32 <= self.cfg.executors,
+            self.builds.builds_running() <= self.cfg.executors,
             "a node never runs more builds than it has executors"
         );
     }

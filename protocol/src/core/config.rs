@@ -46,6 +46,9 @@ pub struct Config {
     /// A scheduled firing is announced at most this long after its time
     /// (the cluster was down): later, it is skipped for the next one.
     pub schedule_catchup_ms: u64,
+    /// This node's notifiers (`notify.rs`): it derives their notice jobs
+    /// and claims them among the nodes labelled with the same ones.
+    pub notifiers: Vec<crate::notify::NotifierSpec>,
 }
 
 /// The defaults, named once; the node's flags and the simulator's options
@@ -81,6 +84,7 @@ impl Config {
             repos: RepoPolicy::default(),
             name: String::new(),
             schedule_catchup_ms: defaults::SCHEDULE_CATCHUP_MS,
+            notifiers: vec![],
         }
     }
 

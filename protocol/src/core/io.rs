@@ -39,6 +39,17 @@ pub enum Input {
         step: String,
     },
     BuildFinished(BuildOutcome),
+    /// A notice job ended: sent, or given up after its tries.
+    NoticeFinished(NoticeOutcome),
+}
+
+#[derive(Debug, Clone)]
+pub struct NoticeOutcome {
+    pub job: Hash32,
+    pub attempt: u32,
+    pub delivered: bool,
+    pub tries: u32,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +104,8 @@ pub struct BuildOrder {
     pub announced: JobSpec,
     /// A try build's patch, and the node that holds it (the change's signer).
     pub patch: Option<(crate::record::PatchRef, PeerId)>,
+    /// A notice job: send this, build nothing.
+    pub notice: Option<super::jobs::NoticeRef>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -177,6 +190,12 @@ pub enum Event {
         job: Hash32,
         attempt: u32,
         status: Status,
+        record: Hash32,
+    },
+    /// This node's notice record for a notice job it sent (or gave up).
+    NoticePublished {
+        job: Hash32,
+        delivered: bool,
         record: Hash32,
     },
     BlobFetched {

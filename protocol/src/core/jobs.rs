@@ -68,9 +68,20 @@ pub struct JobView {
     pub patch: Option<crate::record::PatchRef>,
     /// A scheduled build: the firing time it builds the branch head for.
     pub firing_ms: Option<Millis>,
+    /// A notice job: which notifier, and what about (`notices.rs`).
+    pub notice: Option<NoticeRef>,
     /// Which eligible peers had a free slot when last ranked, and since when.
     pub(crate) free_sig: u64,
     pub(crate) free_since: Millis,
+}
+
+/// What a notice job is to send: its notifier, the event, and the result
+/// record it speaks of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeRef {
+    pub notifier: String,
+    pub event: crate::notify::NoticeEvent,
+    pub result: Hash32,
 }
 
 /// A job a newer one of a collapsing builder took the place of.
@@ -177,6 +188,18 @@ impl Jobs {
             }
         }
         early
+    }
+
+    /// A notice job derived from a result; the claims heard for it before
+    /// are returned to be taken.
+    pub fn add_notice(&mut self, view: JobView) -> Option<(PeerId, Claim, Millis)> {
+        let id = view.spec.id;
+        if self.jobs.contains_key(&id) {
+            return None;
+        }
+        self.jobs.insert(id, view);
+        self.open.insert(id);
+        self.early_claims.remove(&id)
     }
 
     /// A job is settled (built, cancelled, superseded): it leaves the
@@ -330,6 +353,7 @@ pub(crate) fn new_job(now: Millis, c: &Change, change: Hash32, spec: &JobSpec) -
         forced: c.force.is_some(),
         patch: c.force.as_ref().and_then(|f| f.patch),
         firing_ms: c.firing_ms,
+        notice: None,
         free_sig: 0,
         free_since: now,
     }

@@ -34,6 +34,7 @@ mod health;
 mod io;
 mod jobs;
 mod members;
+mod notices;
 mod peer_table;
 pub mod rank;
 mod records;
@@ -63,8 +64,10 @@ pub use self::checkpoint::{Startup, CHECKPOINT_EVERY_MS, CHECKPOINT_EVERY_RECORD
 pub use self::claims::{ClaimOutcome, ClaimRules, Expired};
 pub use self::config::{defaults, Config};
 pub use self::health::StorageHealth;
-pub use self::io::{Announced, BuildOrder, BuildOutcome, CommitInfo, Event, Input, Output, StepOutcome, Verdict};
-pub use self::jobs::{ClaimView, JobState, JobView, LostAttempt};
+pub use self::io::{
+    Announced, BuildOrder, BuildOutcome, CommitInfo, Event, Input, NoticeOutcome, Output, StepOutcome, Verdict,
+};
+pub use self::jobs::{ClaimView, JobState, JobView, LostAttempt, NoticeRef};
 pub use self::members::PeerView;
 pub use self::peer_table::PeerTable;
 pub use self::rank::{claim_winner, peer_key, rank, score};
@@ -415,6 +418,7 @@ impl<S: Store> NodeCore<S> {
                 self.jobs.set_own_step(self.me, &job, attempt, step);
             }
             Input::BuildFinished(o) => self.on_build_finished(now, o),
+            Input::NoticeFinished(o) => self.on_notice_finished(now, o),
         }
         if now >= self.next_timeout() {
             self.on_timers(now);
@@ -525,7 +529,7 @@ impl<S: Store> NodeCore<S> {
             interval_ms: self.heartbeat_interval(),
             labels: self.cfg.labels.clone(),
             executors: self.cfg.executors,
-            busy: self.builds.running.len() as u32,
+            busy: self.builds.builds_running(),
             running,
             addrs: self.listen_addrs.clone(),
             name: self.cfg.name.clone(),

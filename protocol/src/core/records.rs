@@ -42,6 +42,7 @@ pub(super) fn settled_in<S: Store>(store: &S, job: &Hash32) -> bool {
     store.lookup(Lookup::JobResult, job, 1).len() == 1
         || store.cancel_for_job(job).is_some()
         || store.superseded_by(job).is_some()
+        || !store.lookup(Lookup::JobNotice, job, 1).is_empty()
 }
 
 /// What became of a batch of records from a peer.
@@ -348,7 +349,9 @@ impl<S: Store> NodeCore<S> {
                         self.out.push_back(Output::CancelBuild { job: r.job, attempt });
                     }
                 }
+                self.derive_notices(now, rec.id, r);
             }
+            Body::Notice(n) => self.apply_notice(now, rec.signer, n),
         }
     }
 
@@ -369,7 +372,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Keeps a settled job's lost attempts, which no record holds.
-    fn keep_lost(&mut self, now: Millis, job: &Hash32, lost: &[LostAttempt]) {
+    pub(super) fn keep_lost(&mut self, now: Millis, job: &Hash32, lost: &[LostAttempt]) {
         if lost.is_empty() {
             return;
         }

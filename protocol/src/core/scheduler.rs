@@ -44,13 +44,20 @@ pub fn plan_claims(
     mut next_due: Millis,
 ) -> ClaimPlan {
     let free = builds.free_slots(pace.executors) as usize;
+    let free_notices = builds.free_notice_slots() as usize;
     let mut candidates: Vec<Hash32> = Vec::new();
     for id in &jobs.open {
         if builds.is_running(id) || pace.waiting_on_dependencies.contains(id) {
             continue;
         }
         let Some(j) = jobs.jobs.get(id) else { continue };
-        if j.claim.is_some() || !satisfies(&pace.labels, &j.spec.requires) || !pace.repos.allows(&j.repo) {
+        if j.claim.is_some() || !satisfies(&pace.labels, &j.spec.requires) {
+            continue;
+        }
+        // A notice sends to the notifier's server, it builds nothing: no
+        // repository policy, and slots of its own.
+        let notice = j.notice.is_some();
+        if (!notice && !pace.repos.allows(&j.repo)) || (notice && free_notices == 0) || (!notice && free == 0) {
             continue;
         }
         if now < j.not_before {
@@ -74,7 +81,12 @@ pub fn plan_claims(
         let requires = j.spec.requires.clone();
         let elig = members.eligible_keys(&requires);
         let window = elig.len();
-        let pos = position_among_free(&id, my_key, elig, |k| held.get(&k).copied().unwrap_or(0));
+        // Notices have slots of their own: every node with the notifier
+        // ranks as free for them, so all agree on who goes first and two
+        // never send at once.
+        let notice = j.notice.is_some();
+        let pos =
+            position_among_free(&id, my_key, elig, |k| if notice { 0 } else { held.get(&k).copied().unwrap_or(0) });
         let Some(j) = jobs.jobs.get_mut(&id) else { continue };
         if j.free_sig != pos.sig {
             j.free_sig = pos.sig;
@@ -83,14 +95,17 @@ pub fn plan_claims(
         // A freed slot is claimed at once; after a give-up, a little later.
         let at = (opened.max(j.free_since) + pos.ahead * pace.stagger_ms).max(builds.gave_up_ms + pace.stagger_ms / 4);
         if now >= at {
-            ready.push(Ready { priority: std::cmp::Reverse(priority), opened, id, first: pos.first, window });
+            let notice = j.notice.is_some();
+            ready.push(Ready { priority: std::cmp::Reverse(priority), opened, id, first: pos.first, window, notice });
         } else {
             next_due = next_due.min(at);
         }
     }
     ready.sort_by_key(|r| (r.priority, r.opened, r.id));
-    let claim = pick(ready, free);
+    let (notices, ready): (Vec<Ready>, Vec<Ready>) = ready.into_iter().partition(|r| r.notice);
+    let mut claim = pick(ready, free);
     crate::invariant!(claim.len() <= free, "never more claims than free slots");
+    claim.extend(pick(notices, free_notices));
     ClaimPlan { claim, next_due }
 }
 
@@ -101,6 +116,7 @@ struct Ready {
     first: bool,
     /// How many peers may build the job.
     window: usize,
+    notice: bool,
 }
 
 /// Takes up to `free` of the ready jobs, given in order (priority, then
@@ -130,7 +146,14 @@ mod tests {
     use super::*;
 
     fn ready(i: u8, priority: i32, first: bool, window: usize) -> Ready {
-        Ready { priority: std::cmp::Reverse(priority), opened: i as Millis, id: Hash32::of(&[i]), first, window }
+        Ready {
+            priority: std::cmp::Reverse(priority),
+            opened: i as Millis,
+            id: Hash32::of(&[i]),
+            first,
+            window,
+            notice: false,
+        }
     }
 
     #[test]

@@ -701,6 +701,7 @@ fn a_node_that_hears_a_later_attempt_before_its_own_expiry_keeps_the_lost_one() 
 
 mod claiming;
 mod depends;
+mod notices;
 mod schedule;
 mod startup;
 mod trust;
