@@ -621,6 +621,7 @@ mod tests {
             builder: "b".into(),
             announced: spec,
             patch: None,
+            notice: None,
         }
     }
 

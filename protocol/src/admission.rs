@@ -21,6 +21,10 @@ const REVOCATION_DOMAIN: &[u8] = b"peerbot.revocation.v1\0";
 /// Label keys every node may claim without a grant: they describe its
 /// platform, which `requires` matches but no certificate needs to vouch for.
 pub const PLATFORM_KEYS: &[&str] = &["os", "arch"];
+/// Label keys that name what the node's own config gives it: `notifier`
+/// says which notifiers it has, which lets it take those notice jobs and
+/// nothing else, so no certificate needs to grant it.
+pub const SELF_DECLARED_KEYS: &[&str] = &["notifier"];
 /// The label a certificate grants to let a node cancel any job of the cluster.
 pub const ADMIN_LABEL: &str = "role=admin";
 /// A node admitted with this label (or `role=admin`) may sign try changes,
@@ -283,7 +287,7 @@ impl Admission {
     /// platform label, or one the certificate grants.
     pub fn permits(&self, label: &str) -> bool {
         let key = label.split_once('=').map_or(label, |(k, _)| k);
-        PLATFORM_KEYS.contains(&key) || self.body.labels.iter().any(|l| l == label)
+        PLATFORM_KEYS.contains(&key) || SELF_DECLARED_KEYS.contains(&key) || self.body.labels.iter().any(|l| l == label)
     }
 
     /// The node the certificate names, if its bytes are a PeerId.
