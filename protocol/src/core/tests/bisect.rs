@@ -103,3 +103,61 @@ fn five_commits_at_once_are_bisected_once_by_three_nodes() {
         }
     }
 }
+
+/// A result of the "linux" builder at `commit`, signed by another node.
+fn result_of(commit: &str, status: Status, ended_ms: Millis) -> Vec<u8> {
+    let r = crate::record::BuildResult {
+        job: crate::recipe::job_id("/repo", commit, "linux"),
+        repo: "/repo".into(),
+        branch: "main".into(),
+        commit: commit.into(),
+        builder: "linux".into(),
+        attempt: 0,
+        labels: vec![],
+        started_ms: ended_ms,
+        ended_ms,
+        status,
+        steps: vec![],
+        metrics: Default::default(),
+        failed_step: None,
+        error: None,
+        author: String::new(),
+        title: String::new(),
+        node_name: String::new(),
+    };
+    let rec = crate::record::sign(&deterministic_key(9), &Body::Result(r));
+    crate::wire::encode_gossip(&crate::wire::Gossip::Record(rec.bytes))
+}
+
+#[test]
+fn an_old_failure_starts_nothing_and_a_fresh_one_is_taken_over_at_the_turn() {
+    // This node cannot build: it only announces.
+    let mut cfg = Config::new(vec!["os=mac".into()], 1);
+    cfg.repos = local_repo_allowed();
+    let stagger = cfg.claim_stagger_ms;
+    let mut n = NodeCore::new(cfg, deterministic_key(1), MemStore::new(), BASE);
+    let t = BASE + 20_000;
+    n.announce(t, info("bbbb00", None, "Carol")).unwrap();
+    n.announce(t, info("bbbb01", Some("bbbb00"), "Alice")).unwrap();
+    n.announce(t, info("bbbb02", Some("bbbb01"), "Bob")).unwrap();
+    let from = deterministic_key(9).public().to_peer_id();
+    let mut token = 0;
+    let mut hear = |n: &mut NodeCore<MemStore>, now: Millis, bytes: Vec<u8>| {
+        token += 1;
+        n.handle(now, Input::Gossip { from, token, bytes });
+    };
+    let step = crate::bisect::step_job("/repo", "bbbb01", "linux", &crate::recipe::job_id("/repo", "bbbb02", "linux"));
+    hear(&mut n, t, result_of("bbbb00", Status::Success, t));
+    // Ended over half an hour ago: a search nobody waits for.
+    let old = t - super::super::bisect::FRESH_MS - 1;
+    hear(&mut n, t, result_of("bbbb02", Status::Failure, old));
+    n.handle(t + 10 * stagger, Input::Tick);
+    assert!(n.store().change_for_job(&step).is_none());
+    // A fresh one: its signer announces at once; this node only at its turn.
+    let now = t + 10 * stagger;
+    hear(&mut n, now, result_of("bbbb02", Status::Failure, now));
+    n.handle(now + stagger - 1, Input::Tick);
+    assert!(n.store().change_for_job(&step).is_none(), "not before its turn");
+    n.handle(now + stagger, Input::Tick);
+    assert!(n.store().change_for_job(&step).is_some(), "taken over at its turn");
+}
