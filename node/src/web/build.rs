@@ -104,6 +104,7 @@ pub async fn build_page(req: HttpRequest, st: State, id: web::Path<String>) -> H
                 @if let Some(p) = b["previous_build"]["id"].as_str() { " · previous build " a href={"/builds/" (p)} { (s(&b["previous_build"]["status"])) } }
                 " · first to test " (b["first_tested"]["commits"].as_array().map_or(0, |c| c.len())) " commit(s)"
             } }
+            (super::bisect::rows(&b))
             tr { th { "job" } td { a href={"/jobs/" (s(&b["job"]))} { code { (short(s(&b["job"]))) } }
                 // A try is sent again with `peerbot try`: its patch is not the commit's.
                 @if !is_try_branch(s(&b["branch"])) { " · "
