@@ -111,6 +111,7 @@ fn five_commits_at_once_are_bisected_to_the_third_and_its_author() {
     // The bisect builds: each says whose failure it searches.
     let extra: Vec<Value> = results(&a, "check").into_iter().filter(|r| !r["bisect_of"].is_null()).collect();
     assert!((1..=4).contains(&extra.len()), "at most ⌈log2 5⌉ + 1 extra builds: {extra:?}");
+    eprintln!("{} bisect build(s)", extra.len());
     for e in &extra {
         assert_eq!(e["bisect_of"]["job"], red["job"]);
         assert_eq!(e["bisect_of"]["build"], red_id.as_str());
