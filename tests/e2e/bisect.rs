@@ -117,6 +117,8 @@ fn five_commits_at_once_are_bisected_to_the_third_and_its_author() {
         assert_eq!(e["bisect_of"]["build"], red_id.as_str());
         assert!(commits[..4].iter().any(|c| e["commit"] == c.as_str()), "only commits between: {e}");
         assert_eq!(e["blamelist"], serde_json::json!([]), "a bisect build moves no blame");
+        let job = a.get(&format!("/api/v1/jobs/{}", e["job"].as_str().unwrap())).unwrap();
+        assert_eq!((&job["reason"], &job["bisect_of"]), (&Value::from("bisect"), &red["job"]), "{job}");
     }
     assert_eq!(results(&a, "check").len(), 2 + extra.len());
 
