@@ -546,6 +546,7 @@ pub(crate) fn add_blame(store: &RocksStore, rec: &VerifiedRecord, v: &mut Value)
     v["fixed_by"] = json!(b.fixed_by);
     v["previous_build"] = json!(b.previous.map(|(id, s)| json!({"id": id.to_hex(), "status": s})));
     v["first_tested"] = json!({"commits": b.commits, "truncated": b.truncated});
+    crate::web::bisect::add_bisect(store, r, v);
 }
 
 #[get("/api/v1/builds/{id}/steps/{step}/log")]

@@ -247,7 +247,7 @@ mod tests {
             commit: "a3".into(),
             parents: vec!["a2".into()],
             author: "Mallory".into(),
-            force: Some(Force { nonce, reason: "again".into(), patch: None }),
+            force: Some(Force { nonce, reason: "again".into(), patch: None, bisect: None }),
             ..Default::default()
         };
         h.store.put_record(&sign(&deterministic_key(1), &Body::Change(f))).unwrap();

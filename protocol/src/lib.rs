@@ -22,6 +22,7 @@ macro_rules! invariant {
 }
 
 pub mod admission;
+pub mod bisect;
 pub mod blame;
 pub mod codec;
 pub mod core;

@@ -109,6 +109,7 @@ pub fn notice_spec(notifier: &str, result: &Hash32) -> JobSpec {
         submodules: false,
         schedule: None,
         depends_on: vec![],
+        bisect: false,
     }
 }
 

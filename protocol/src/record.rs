@@ -57,6 +57,19 @@ pub struct Force {
     /// Set on a try build: the patch its builds apply on top of the commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch: Option<PatchRef>,
+    /// Set on a bisect build (`crate::bisect`): the failing job whose
+    /// range it searches. Its nonce is then `bisect::nonce`, so every node
+    /// that announces the same step makes the same job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bisect: Option<BisectRef>,
+}
+
+/// What a bisect build searches for: the first failing commit of the
+/// range a failing job was the first to test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BisectRef {
+    /// The failing (unforced) job.
+    pub origin: Hash32,
 }
 
 impl Force {
@@ -431,6 +444,13 @@ fn validate_body(body: &Body) -> Result<(), RecordError> {
             if patch.is_some_and(|p| p.size > MAX_PATCH_BYTES) {
                 return bad("try patch over 4 MiB");
             }
+            if let Some(f) = &c.force {
+                if let Some(b) = &f.bisect {
+                    if patch.is_some() || f.nonce != crate::bisect::nonce(&b.origin, &c.commit) {
+                        return bad("a bisect change's nonce is not the one its origin and commit make");
+                    }
+                }
+            }
             if c.jobs.len() + c.schedules.len() > crate::recipe::MAX_BUILDERS {
                 return bad("change lists more jobs than a recipe may have builders");
             }
@@ -570,7 +590,7 @@ pub(crate) mod tests {
         let key = crate::deterministic_key(1);
         let make = |branch: &str, patch: Option<PatchRef>| {
             let Body::Change(mut c) = sample_change() else { unreachable!() };
-            let force = Force { nonce: Hash32::of(b"n"), reason: "try".into(), patch };
+            let force = Force { nonce: Hash32::of(b"n"), reason: "try".into(), patch, bisect: None };
             c.branch = branch.into();
             for j in c.jobs.iter_mut() {
                 j.id = crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &force.job_nonce());
@@ -589,17 +609,17 @@ pub(crate) mod tests {
         // cannot be taken over by a change with another patch.
         let other = PatchRef { hash: Hash32::of(b"other diff"), size: 10 };
         let nonce = Hash32::of(b"n");
-        let ids = |p| Force { nonce, reason: String::new(), patch: Some(p) }.job_nonce();
+        let ids = |p| Force { nonce, reason: String::new(), patch: Some(p), bisect: None }.job_nonce();
         assert_ne!(ids(patch), ids(other));
         let Body::Change(mut c) = sample_change() else { unreachable!() };
         c.branch = "try:main".into();
         for j in c.jobs.iter_mut() {
             j.id = crate::recipe::forced_job_id(&c.repo, &c.commit, &j.builder, &nonce);
         }
-        c.force = Some(Force { nonce, reason: "try".into(), patch: Some(patch) });
+        c.force = Some(Force { nonce, reason: "try".into(), patch: Some(patch), bisect: None });
         assert!(verify(&sign(&key, &Body::Change(c)).bytes).is_err(), "ids made without the patch");
         // A forced rebuild encodes as before the patch field was added.
-        let f = Force { nonce: Hash32::of(b"n"), reason: "r".into(), patch: None };
+        let f = Force { nonce: Hash32::of(b"n"), reason: "r".into(), patch: None, bisect: None };
         assert!(!crate::codec::encode(&f).windows(5).any(|w| w == b"patch"));
     }
 

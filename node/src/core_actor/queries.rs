@@ -53,10 +53,13 @@ impl CoreActor {
             "forced": j.forced,
             "try": j.patch.is_some(),
             "firing_ms": j.firing_ms,
+            "bisect_of": j.bisect.map(|h| h.to_hex()),
             "reason": if j.firing_ms.is_some() {
                 "schedule"
             } else if j.patch.is_some() {
                 "try"
+            } else if j.bisect.is_some() {
+                "bisect"
             } else if j.forced {
                 "force"
             } else {

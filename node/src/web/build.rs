@@ -113,6 +113,7 @@ pub async fn build_page(req: HttpRequest, st: State, id: web::Path<String>) -> H
                     @else { span.err { "not sent after " (n["tries"]) " tries: " (s(&n["error"])) } }
                 } } }
             }
+            (super::bisect::rows(&b))
             tr { th { "job" } td { a href={"/jobs/" (s(&b["job"]))} { code { (short(s(&b["job"]))) } }
                 // A try is sent again with `peerbot try`: its patch is not the commit's.
                 @if !is_try_branch(s(&b["branch"])) { " · "

@@ -11,6 +11,7 @@
 //! can make a browser send.
 
 mod auth;
+pub(crate) mod bisect;
 mod build;
 mod chart;
 mod data;

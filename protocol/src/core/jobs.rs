@@ -70,6 +70,8 @@ pub struct JobView {
     pub firing_ms: Option<Millis>,
     /// A notice job: which notifier, and what about (`notices.rs`).
     pub notice: Option<NoticeRef>,
+    /// A bisect build: the failing job whose range it searches.
+    pub bisect: Option<Hash32>,
     /// Which eligible peers had a free slot when last ranked, and since when.
     pub(crate) free_sig: u64,
     pub(crate) free_since: Millis,
@@ -269,7 +271,11 @@ impl Jobs {
             .iter()
             .filter(|id| {
                 self.jobs.get(id).is_some_and(|j| {
-                    j.repo == c.repo && j.branch == c.branch && j.claim.is_none() && j.spec.tree_stable_secs > 0
+                    j.repo == c.repo
+                        && j.branch == c.branch
+                        && j.claim.is_none()
+                        && j.spec.tree_stable_secs > 0
+                        && j.bisect.is_none()
                 })
             })
             .copied()
@@ -335,6 +341,9 @@ impl Jobs {
 }
 
 pub(crate) fn new_job(now: Millis, c: &Change, change: Hash32, spec: &JobSpec) -> JobView {
+    let bisect = c.force.as_ref().and_then(|f| f.bisect.as_ref()).map(|b| b.origin);
+    // A bisect build's commit is old: its tree was stable long ago.
+    let stable_ms = if bisect.is_some() { 0 } else { spec.tree_stable_secs * 1000 };
     JobView {
         spec: spec.clone(),
         repo: c.repo.clone(),
@@ -346,7 +355,7 @@ pub(crate) fn new_job(now: Millis, c: &Change, change: Hash32, spec: &JobSpec) -
         claim: None,
         lost: vec![],
         seen_ms: c.announced_ms.min(now),
-        not_before: now + spec.tree_stable_secs * 1000,
+        not_before: now + stable_ms,
         superseded_by: None,
         cancelled: None,
         commit_time: c.commit_time,
@@ -354,6 +363,7 @@ pub(crate) fn new_job(now: Millis, c: &Change, change: Hash32, spec: &JobSpec) -
         patch: c.force.as_ref().and_then(|f| f.patch),
         firing_ms: c.firing_ms,
         notice: None,
+        bisect,
         free_sig: 0,
         free_since: now,
     }

@@ -23,6 +23,7 @@
 //! `timer` (all deadlines), `views` (read-only answers for the API).
 
 mod admissions;
+mod bisect;
 mod blobs;
 mod builds;
 mod checkpoint;
@@ -181,6 +182,8 @@ pub struct NodeCore<S: Store> {
     checkpointed_at: u64,
     startup: checkpoint::Startup,
     schedules: schedule::Schedules,
+    /// Bisection steps this node announces at their turn (`bisect.rs`).
+    turns: bisect::Turns,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -219,6 +222,7 @@ impl<S: Store> NodeCore<S> {
             checkpointed_at: 0,
             startup: checkpoint::Startup::default(),
             schedules: Default::default(),
+            turns: Default::default(),
             cfg,
         };
         if let Some(own) = core.cfg.admission.clone() {
@@ -459,6 +463,9 @@ impl<S: Store> NodeCore<S> {
         }
         if self.timers.is_due(Timer::Schedule, now) {
             self.on_schedule(now);
+        }
+        if self.timers.is_due(Timer::Bisect, now) {
+            self.on_bisect(now);
         }
         self.expire_leases(now);
         self.consider_claims(now);

@@ -45,6 +45,7 @@ impl<S: Store> NodeCore<S> {
                 patch: None,
                 firing_ms: None,
                 notice: Some(NoticeRef { notifier: n.name.clone(), event, result }),
+                bisect: None,
                 free_sig: 0,
                 free_since: now,
                 spec,

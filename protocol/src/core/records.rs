@@ -343,6 +343,7 @@ impl<S: Store> NodeCore<S> {
                 if self.store.lookup(Lookup::JobResult, &r.job, 2).len() > 1 {
                     self.jobs.note_finding(rec.time(), r.job);
                 }
+                self.note_bisect(now, rec.signer, r);
                 if rec.signer != self.me {
                     if let Some(attempt) = self.stop_own_build(now, &r.job) {
                         // Someone else finished it: our build is now redundant.
@@ -541,7 +542,7 @@ impl<S: Store> NodeCore<S> {
             &[&self.me.to_bytes(), &now.to_le_bytes(), &rand::Rng::gen::<u64>(&mut self.rng).to_le_bytes()],
         );
         let patch_ref = patch.map(|p| record::PatchRef { hash: Hash32::of(p), size: p.len() as u64 });
-        let force = record::Force { nonce, reason: clip(&reason, 1024), patch: patch_ref };
+        let force = record::Force { nonce, reason: clip(&reason, 1024), patch: patch_ref, bisect: None };
         for j in jobs.iter_mut() {
             j.id = crate::recipe::forced_job_id(&info.repo, &info.commit, &j.builder, &force.job_nonce());
         }

@@ -24,9 +24,11 @@ pub enum Timer {
     Checkpoint,
     /// Announce the scheduled builds that are due (`schedule.rs`).
     Schedule,
+    /// Announce a bisection's next step that no node announced (`bisect.rs`).
+    Bisect,
 }
 
-const TIMERS: [Timer; 9] = [
+const TIMERS: [Timer; 10] = [
     Timer::Sweep,
     Timer::Heartbeat,
     Timer::Renew,
@@ -36,6 +38,7 @@ const TIMERS: [Timer; 9] = [
     Timer::GiveUp,
     Timer::Checkpoint,
     Timer::Schedule,
+    Timer::Bisect,
 ];
 
 #[derive(Debug, Clone)]

@@ -332,6 +332,11 @@ pub struct JobSpec {
     /// Builders whose jobs on the same commit must succeed first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// A failure that covers several commits is bisected (`crate::bisect`);
+    /// `bisect = false` opts out. Left out of the encoding when true, so
+    /// jobs of recipes that do not say encode as before.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub bisect: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -367,6 +372,8 @@ struct RawBuilder {
     depends_on: Vec<String>,
     #[serde(default)]
     submodules: bool,
+    #[serde(default = "yes")]
+    bisect: bool,
     #[serde(default)]
     step: Vec<RawStep>,
 }
@@ -514,6 +521,9 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
         if b.submodules {
             recipe_hash = Hash32::of(&crate::codec::encode(&(recipe_hash, "submodules")));
         }
+        if !b.bisect {
+            recipe_hash = Hash32::of(&crate::codec::encode(&(recipe_hash, "no-bisect")));
+        }
         jobs.push(JobSpec {
             id: job_id(repo, commit, &b.name),
             builder: b.name.clone(),
@@ -526,6 +536,7 @@ pub fn parse_recipe(repo: &str, commit: &str, text: &str) -> Result<Vec<JobSpec>
             submodules: b.submodules,
             schedule: b.schedule.clone(),
             depends_on: b.depends_on.clone(),
+            bisect: b.bisect,
         });
     }
     check_dependencies(&jobs).map_err(RecipeError::Invalid)?;
@@ -642,6 +653,9 @@ pub fn check_announced(
     }
     if announced.schedule != own.schedule {
         return differs("has schedule", format!("{:?}", announced.schedule), format!("{:?}", own.schedule));
+    }
+    if announced.bisect != own.bisect {
+        return differs("has bisect", announced.bisect.to_string(), own.bisect.to_string());
     }
     if announced.depends_on != own.depends_on {
         return differs("depends on", format!("{:?}", announced.depends_on), format!("{:?}", own.depends_on));

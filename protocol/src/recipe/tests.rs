@@ -314,3 +314,21 @@ fn recipe_hashes_of_builders_without_the_new_fields_do_not_change() {
     assert_eq!(crate::codec::encode(&back), bytes);
     assert!(!String::from_utf8_lossy(&bytes).contains("depends_on"));
 }
+
+#[test]
+fn bisect_is_on_by_default_and_opting_out_changes_the_hash_only_when_set() {
+    let plain = "[[builder]]\nname = 'b'\n[[builder.step]]\nrun = 'make'\n";
+    let on = "[[builder]]\nname = 'b'\nbisect = true\n[[builder.step]]\nrun = 'make'\n";
+    let off = "[[builder]]\nname = 'b'\nbisect = false\n[[builder.step]]\nrun = 'make'\n";
+    let (p, t, f) = (announced(plain, "b"), announced(on, "b"), announced(off, "b"));
+    assert!(p.bisect && t.bisect && !f.bisect);
+    assert_eq!(p.recipe_hash, t.recipe_hash, "true is the default: old recipes hash as before");
+    assert_ne!(p.recipe_hash, f.recipe_hash);
+    let bytes = crate::codec::encode(&p);
+    assert!(!bytes.windows(6).any(|x| x == b"bisect"), "a job spec that does not opt out encodes as before");
+    assert!(crate::codec::encode(&f).windows(6).any(|x| x == b"bisect"));
+    let back: JobSpec = crate::codec::decode(&bytes, 1 << 20).unwrap();
+    assert!(back.bisect, "an old job spec decodes as bisecting");
+    let e = check_announced(&p, "r", "c", Ok(off)).unwrap_err();
+    assert!(e.0.contains("has bisect true"), "{e}");
+}

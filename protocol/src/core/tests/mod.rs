@@ -699,6 +699,7 @@ fn a_node_that_hears_a_later_attempt_before_its_own_expiry_keeps_the_lost_one() 
     assert_eq!(lost(&nodes[y]), vec![(0, x_id, "lease expired".to_string())]);
 }
 
+mod bisect;
 mod claiming;
 mod depends;
 mod notices;
