@@ -67,7 +67,13 @@ impl NoticeEvent {
 pub struct NotifierSpec {
     pub name: String,
     pub on: Vec<NoticeEvent>,
+    /// A failure whose range is being bisected waits this long at most for
+    /// the first failing commit before it is sent without it.
+    pub bisect_wait_ms: Millis,
 }
+
+/// How long a failure's notice waits for its bisection by default.
+pub const BISECT_WAIT_MS: Millis = 30 * 60 * 1000;
 
 /// A name that fits a label value and a job's builder name.
 pub fn check_name(name: &str) -> Result<(), String> {

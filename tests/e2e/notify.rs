@@ -24,6 +24,8 @@ const LONG: Duration = Duration::from_secs(120);
 const RECIPE: &str = r#"
 [[builder]]
 name = "check"
+collapse = true
+tree_stable_secs = 2
 [[builder.step]]
 name = "check"
 run = "if test -e broken; then echo 'error: the build is broken' >&2; exit 1; fi; echo fine"
@@ -32,6 +34,7 @@ run = "if test -e broken; then echo 'error: the build is broken' >&2; exit 1; fi
 const CAROL: &str = "Carol Example <carol@example.org>";
 const MALLORY: &str = "Mallory Example <mallory@example.org>";
 const ALICE: &str = "Alice Example <alice@example.org>";
+const BOB: &str = "Bob Example <bob@example.org>";
 
 /// aiosmtpd on a port the OS chose; each message is written as JSON
 /// (recipients, subject, decoded text) into a directory.
@@ -410,4 +413,39 @@ fn three_nodes_notify_each_transition_exactly_once_even_when_the_sender_dies() {
         m
     });
     assert!(per_commit.values().all(|n| *n == 1), "one commit status per result: {per_commit:?}");
+
+    // The dead node comes back (it sends nothing again), Alice fixes the
+    // build, then three commits land at once and the middle one breaks it:
+    // the collapsed build fails, and its notice waits for the bisection,
+    // which names Mallory's commit; the mail goes to Mallory alone.
+    nodes[victim].start_again().unwrap();
+    let fix2 = repo.commit_as(ALICE, &[], &["broken"], "remove it again").unwrap();
+    let f2 = nodes[victim].build_of(&fix2, "check");
+    assert_eq!(f2["status"], "success");
+    notices_everywhere(&[&nodes[victim]], f2["id"].as_str().unwrap(), 4);
+    repo.commit_as(ALICE, &[("a", "1\n")], &[], "one").unwrap();
+    let culprit = repo.commit_as(MALLORY, &[("broken", "3\n")], &[], "two").unwrap();
+    let head = repo.commit_as(BOB, &[("b", "1\n")], &[], "three").unwrap();
+    let h = nodes[victim].build_of(&head, "check");
+    assert_eq!(h["status"], "failure");
+    let hid = h["id"].as_str().unwrap().to_string();
+    let all: Vec<&Node> = nodes.iter().collect();
+    notices_everywhere(&all, &hid, 4);
+    let hooks = hooks_for(&http, &hid);
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0].body["first_failing"]["commit"], culprit.as_str(), "{:?}", hooks[0].body);
+    assert_eq!(hooks[0].body["first_failing"]["author"], MALLORY);
+    let mails = mails_for(&smtp, &head);
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let rcpt: Vec<&str> = mails[0]["rcpt"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert_eq!(rcpt, ["dev@example.org", "mallory@example.org"], "the culprit only, not the whole blamelist");
+    assert!(mails[0]["body"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("First failing commit (found by bisection): {culprit}")));
+
+    // The restarted node sent nothing it had sent or seen sent before.
+    assert_eq!(hooks_for(&http, &rid).len(), 1);
+    assert_eq!(hooks_for(&http, &bid).len(), 1);
+    assert_eq!(mails_for(&smtp, &again).len(), 1);
 }

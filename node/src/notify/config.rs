@@ -65,11 +65,13 @@ pub struct Notifier {
     pub name: String,
     pub on: Vec<NoticeEvent>,
     pub kind: Kind,
+    /// How long a failure being bisected waits for its first failing commit.
+    pub bisect_wait_ms: u64,
 }
 
 impl Notifier {
     pub fn spec(&self) -> NotifierSpec {
-        NotifierSpec { name: self.name.clone(), on: self.on.clone() }
+        NotifierSpec { name: self.name.clone(), on: self.on.clone(), bisect_wait_ms: self.bisect_wait_ms }
     }
 }
 
@@ -80,6 +82,7 @@ struct Raw {
     kind: String,
     name: Option<String>,
     on: Option<Vec<String>>,
+    bisect_wait: Option<String>,
     smtp: Option<String>,
     tls: Option<String>,
     username: Option<String>,
@@ -151,6 +154,13 @@ fn check(r: Raw) -> anyhow::Result<Notifier> {
     if on.is_empty() {
         bail!("`on` is empty: the notifier would never send");
     }
+    let bisect_wait_ms = match &r.bisect_wait {
+        None => peerbot_protocol::notify::BISECT_WAIT_MS,
+        Some(t) if t.trim() == "0" => 0,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| anyhow!("`bisect_wait` {t:?}: {e} (try 30m, 2h, or 0 not to wait)"))?
+            .as_millis() as u64,
+    };
     let used = |keys: &[(&str, bool)]| -> anyhow::Result<()> {
         match keys.iter().find(|(_, set)| *set) {
             Some((k, _)) => bail!("`{k}` is not a setting of kind {:?}", r.kind),
@@ -223,7 +233,7 @@ fn check(r: Raw) -> anyhow::Result<Notifier> {
         }
         other => bail!("kind {other:?}: one of mail, webhook, slack, commit-status"),
     };
-    Ok(Notifier { name, on, kind })
+    Ok(Notifier { name, on, kind, bisect_wait_ms })
 }
 
 #[cfg(test)]
@@ -294,5 +304,11 @@ token_file = "{}"
         assert!(err("[[notify]]\nkind = \"commit-status\"\napi = \"http://x\"\ntoken_file = \"/nonexistent/t\"")
             .contains("token_file"));
         assert!(err("[[notify]]\nkind = \"webhook\"\nname = \"a b\"\nurl = \"http://x\"").contains("may hold only"));
+        assert!(
+            err("[[notify]]\nkind = \"webhook\"\nurl = \"http://x\"\nbisect_wait = \"soon\"").contains("bisect_wait")
+        );
+        let w = parse_text("[[notify]]\nkind = \"webhook\"\nurl = \"http://x\"\nbisect_wait = \"2m\"").unwrap();
+        assert_eq!(w[0].bisect_wait_ms, 120_000);
+        assert_eq!(n[0].bisect_wait_ms, peerbot_protocol::notify::BISECT_WAIT_MS);
     }
 }

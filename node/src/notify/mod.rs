@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use peerbot_protocol::bisect::State;
 use peerbot_protocol::core::{BuildOrder, NoticeOutcome};
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::record::Body;
@@ -155,6 +156,12 @@ async fn compose(
         store.record(&notice.result).ok_or_else(|| format!("result {} is not stored here", notice.result.short()))?;
     let Body::Result(r) = &rec.body else { return Err(format!("record {} is not a result", notice.result.short())) };
     let b = peerbot_protocol::blame::blame(store, r);
+    let (culprit, bisect_note) = match peerbot_protocol::bisect::bisection(store, r).map(|b| b.state) {
+        Some(State::Found { commit, author, title }) => (Some((commit, author, title)), None),
+        Some(State::Searching { next }) => (None, Some(format!("still searching (next: {next}) when this was sent"))),
+        Some(State::GaveUp { reason }) => (None, Some(format!("gave up: {reason}"))),
+        None => (None, None),
+    };
     let log =
         r.failed_step.as_ref().and_then(|name| r.steps.iter().find(|s| &s.name == name)).and_then(|s| s.log.clone());
     let tail = match log {
@@ -176,6 +183,8 @@ async fn compose(
         fixed_by: b.fixed_by,
         commits: b.commits,
         tail,
+        culprit,
+        bisect_note,
         url: format!("{url}/builds/{}", notice.result.to_hex()),
         node: node.to_string(),
     })

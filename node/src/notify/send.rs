@@ -29,6 +29,12 @@ pub struct Content {
     pub fixed_by: Vec<String>,
     pub commits: Vec<String>,
     pub tail: Option<String>,
+    /// The first failing commit, as the bisection found it: commit,
+    /// author, title.
+    pub culprit: Option<(String, String, String)>,
+    /// The bisection's state when it did not find one (searching past the
+    /// wait, or given up).
+    pub bisect_note: Option<String>,
     /// The build page on the sending node.
     pub url: String,
     pub node: String,
@@ -82,6 +88,11 @@ impl Content {
             r.title,
             r.author
         );
+        if let Some((commit, author, title)) = &self.culprit {
+            t += &format!("First failing commit (found by bisection): {commit} by {author}: {title}\n");
+        } else if let Some(note) = &self.bisect_note {
+            t += &format!("Bisection: {note}\n");
+        }
         if !self.blamelist.is_empty() {
             t += &format!("Blamelist (broke the build): {}\n", self.blamelist.join(", "));
         }
@@ -128,6 +139,8 @@ impl Content {
             "failed_step": r.failed_step,
             "error": r.error,
             "log_tail": self.tail,
+            "first_failing": self.culprit.as_ref().map(|(commit, author, title)| json!({"commit": commit, "author": author, "title": title})),
+            "bisect": self.bisect_note,
             "node": self.node,
         })
     }
@@ -139,7 +152,13 @@ pub async fn deliver(kind: &Kind, c: &Content) -> anyhow::Result<()> {
         Kind::Mail { host, port, tls, auth, from, to, to_blamelist } => {
             let mut rcpt: Vec<Mailbox> = to.iter().filter_map(|t| t.parse().ok()).collect();
             if *to_blamelist {
-                let people = if c.event == NoticeEvent::Fixed { &c.fixed_by } else { &c.blamelist };
+                // A bisection that found the culprit narrows the blamelist to its author.
+                let found: Vec<String> = c.culprit.iter().map(|(_, a, _)| a.clone()).collect();
+                let people = match c.event {
+                    NoticeEvent::Fixed => &c.fixed_by,
+                    _ if !found.is_empty() => &found,
+                    _ => &c.blamelist,
+                };
                 // An author git recorded without a usable address is left out.
                 for p in people {
                     if let Ok(m) = p.parse::<Mailbox>() {
@@ -177,6 +196,10 @@ pub async fn deliver(kind: &Kind, c: &Content) -> anyhow::Result<()> {
                 ":x:"
             };
             let mut text = format!("{icon} *{}* — <{}|build>", slack_escape(&c.subject()), c.url);
+            if let Some((commit, author, _)) = &c.culprit {
+                text +=
+                    &format!("\nFirst failing commit: {} by {}", &commit[..commit.len().min(12)], slack_escape(author));
+            }
             if !c.blamelist.is_empty() {
                 text += &format!("\nBlamelist: {}", slack_escape(&c.blamelist.join(", ")));
             }

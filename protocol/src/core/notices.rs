@@ -9,7 +9,7 @@ use super::jobs::{JobView, NoticeRef};
 use super::records::settled_in;
 use super::NodeCore;
 use crate::ids::Hash32;
-use crate::notify::{classify, notice_spec, NOTICE_FRESH_MS};
+use crate::notify::{classify, notice_spec, NoticeEvent, NOTICE_FRESH_MS};
 use crate::record::{self, Body, BuildResult, Notice};
 use crate::store::Store;
 use crate::Millis;
@@ -27,6 +27,10 @@ impl<S: Store> NodeCore<S> {
                 continue;
             }
             let Some(event) = classify(&self.store, r, &n.on) else { continue };
+            // A failure over several commits names its culprit once the
+            // bisection found it: the notice waits for that, within a bound.
+            let searching = event == NoticeEvent::Failure && n.bisect_wait_ms > 0 && bisecting(&self.store, r);
+            let not_before = if searching { now.saturating_add(n.bisect_wait_ms) } else { now };
             let view = JobView {
                 repo: r.repo.clone(),
                 branch: r.branch.clone(),
@@ -37,7 +41,7 @@ impl<S: Store> NodeCore<S> {
                 claim: None,
                 lost: vec![],
                 seen_ms: now,
-                not_before: now,
+                not_before,
                 superseded_by: None,
                 cancelled: None,
                 commit_time: 0,
@@ -55,6 +59,31 @@ impl<S: Store> NodeCore<S> {
                 self.settle(now, outcome);
             }
             self.reconsider(now);
+        }
+    }
+
+    /// A result stored: the notices waiting for a bisection that has
+    /// ended now (found, or given up) may go at once.
+    pub(super) fn wake_notices(&mut self, now: Millis) {
+        let waiting: Vec<(Hash32, Hash32)> = self
+            .jobs
+            .open
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|j| j.not_before > now)
+            .filter_map(|j| Some((j.spec.id, j.notice.as_ref()?.result)))
+            .collect();
+        for (job, result) in waiting {
+            let ended = match self.store.record(&result).as_deref().map(|r| &r.body) {
+                Some(Body::Result(r)) => !bisecting(&self.store, r),
+                _ => true,
+            };
+            if ended {
+                if let Some(j) = self.jobs.jobs.get_mut(&job) {
+                    j.not_before = now;
+                }
+                self.reconsider(now);
+            }
         }
     }
 
@@ -119,6 +148,11 @@ impl<S: Store> NodeCore<S> {
         out.sort_by_key(|(t, id, _, _)| (*t, *id));
         out.into_iter().map(|(_, _, s, n)| (s, n)).collect()
     }
+}
+
+/// A search for this failure's first failing commit is under way.
+fn bisecting<S: Store>(store: &S, r: &BuildResult) -> bool {
+    crate::bisect::bisection(store, r).is_some_and(|b| matches!(b.state, crate::bisect::State::Searching { .. }))
 }
 
 fn clip(s: &str, max: usize) -> String {

@@ -351,6 +351,9 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
                 self.derive_notices(now, rec.id, r);
+                if !self.cfg.notifiers.is_empty() {
+                    self.wake_notices(now);
+                }
             }
             Body::Notice(n) => self.apply_notice(now, rec.signer, n),
         }

@@ -11,7 +11,11 @@ fn with_notifier(n: u64) -> NodeCore<MemStore> {
     let mut cfg = Config::new(vec!["os=linux".into(), notifier_label("mail")], 1);
     cfg.seed = n;
     cfg.repos = local_repo_allowed();
-    cfg.notifiers = vec![NotifierSpec { name: "mail".into(), on: vec![NoticeEvent::Failure, NoticeEvent::Fixed] }];
+    cfg.notifiers = vec![NotifierSpec {
+        name: "mail".into(),
+        on: vec![NoticeEvent::Failure, NoticeEvent::Fixed],
+        bisect_wait_ms: crate::notify::BISECT_WAIT_MS,
+    }];
     NodeCore::new(cfg, deterministic_key(n), MemStore::new(), 0)
 }
 
@@ -108,4 +112,78 @@ fn a_transition_is_notified_once_by_a_node_with_the_notifier_and_failed_over() {
         assert_eq!(n.notices_of(&fixed).len(), 1);
         assert_eq!(n.notices_of(&fixed)[0].1.job, notice_job_id("mail", &fixed));
     }
+}
+
+const BISECTING: &str = "[[builder]]\nname='check'\nrequires=['os=linux']\ncollapse=true\ntree_stable_secs=1\n\
+                         [[builder.step]]\nrun='make'\n";
+
+#[test]
+fn a_failure_being_bisected_is_notified_once_its_first_failing_commit_is_found() {
+    const BASE: Millis = 1_796_581_200_000;
+    let mut nodes: Vec<NodeCore<MemStore>> = (1..=3)
+        .map(|i| {
+            let mut n = with_notifier(i);
+            n.handle(BASE, Input::Tick);
+            n
+        })
+        .collect();
+    let info = |c: &str, parent: Option<&str>, author: &str| CommitInfo {
+        recipe: Ok(BISECTING.into()),
+        parents: parent.into_iter().map(str::to_string).collect(),
+        author: author.into(),
+        commit_time: i64::from_str_radix(c, 16).unwrap(),
+        ..commit(c)
+    };
+    let bad = |c: &str| c >= "aaaa03";
+    // Notices sent, with whether the bisection had found the culprit on the
+    // sending node at that moment.
+    let mut sent: Vec<(BuildOrder, bool)> = Vec::new();
+    let mut t = BASE;
+    let mut step = |nodes: &mut Vec<NodeCore<MemStore>>, t: Millis, sent: &mut Vec<(BuildOrder, bool)>| {
+        let mut cancels = Vec::new();
+        for (i, order) in settle_full(nodes, t, &mut cancels) {
+            if cancels.contains(&(i, order.job)) {
+                continue;
+            }
+            if let Some(n) = &order.notice {
+                let Some(Body::Result(r)) = nodes[i].store().record(&n.result).map(|r| r.body.clone()) else {
+                    panic!("the result is stored where its notice is sent")
+                };
+                let found = crate::bisect::bisection(nodes[i].store(), &r)
+                    .is_some_and(|b| matches!(b.state, crate::bisect::State::Found { .. }));
+                let o =
+                    NoticeOutcome { job: order.job, attempt: order.attempt, delivered: true, tries: 1, error: None };
+                nodes[i].handle(t, Input::NoticeFinished(o));
+                sent.push((order, found));
+                continue;
+            }
+            let code = if bad(&order.commit) { 1 } else { 0 };
+            let s = StepOutcome { name: "s".into(), exit_code: Some(code), log: b"x\n".to_vec(), ..Default::default() };
+            let o = BuildOutcome { steps: vec![s], ..finished(&order, t) };
+            nodes[i].handle(t, Input::BuildFinished(o));
+        }
+    };
+    while t < BASE + 15_000 {
+        step(&mut nodes, t, &mut sent);
+        t += 500;
+    }
+    nodes[0].announce(t, info("aaaa00", None, "Carol")).unwrap();
+    let green = t + 5_000;
+    while t < green {
+        step(&mut nodes, t, &mut sent);
+        t += 500;
+    }
+    for (i, a) in ["Alice", "Bob", "Mallory", "Dave", "Erin"].iter().enumerate() {
+        nodes[0].announce(t, info(&format!("aaaa0{}", i + 1), Some(&format!("aaaa0{i}")), a)).unwrap();
+    }
+    let end = t + 90_000;
+    while t < end {
+        step(&mut nodes, t, &mut sent);
+        t += 500;
+    }
+    let failures: Vec<&(BuildOrder, bool)> =
+        sent.iter().filter(|(o, _)| o.notice.as_ref().unwrap().event == NoticeEvent::Failure).collect();
+    assert_eq!(failures.len(), 1, "one notice of the failure: {sent:?}");
+    assert!(failures[0].1, "sent only once the first failing commit was found");
+    assert_eq!(failures[0].0.commit, "aaaa05", "about the collapsed build's failure");
 }
