@@ -444,8 +444,20 @@ fn three_nodes_notify_each_transition_exactly_once_even_when_the_sender_dies() {
         .unwrap()
         .contains(&format!("First failing commit (found by bisection): {culprit}")));
 
+    // Everything settled: exactly one notice per notifier that concerned
+    // each result, on every node, the restarted one included.
+    let gid = g["id"].as_str().unwrap().to_string();
+    for n in &nodes {
+        for (id, want) in [(&gid, 1), (&bid, 4), (&fid, 4), (&rid, 4), (&hid, 4)] {
+            let v = n.get(&format!("/api/v1/builds/{id}")).unwrap();
+            assert_eq!(v["notices"].as_array().unwrap().len(), want, "{} on {}: {}", id, n.name, v["notices"]);
+        }
+    }
+
     // The restarted node sent nothing it had sent or seen sent before.
     assert_eq!(hooks_for(&http, &rid).len(), 1);
     assert_eq!(hooks_for(&http, &bid).len(), 1);
     assert_eq!(mails_for(&smtp, &again).len(), 1);
+    assert_eq!(mails_for(&smtp, &fix).len(), 1);
+    assert_eq!(hooks_for(&http, &hid).len(), 1);
 }

@@ -40,8 +40,14 @@ pub struct Content {
     pub node: String,
 }
 
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+/// The first `n` characters: names and commits come from peers and
+/// repositories, and need not be ASCII.
+fn cut(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+fn short(commit: &str) -> String {
+    cut(commit, 12)
 }
 
 /// The last lines of a log, at most `TAIL_BYTES`, cut at a line.
@@ -197,8 +203,7 @@ pub async fn deliver(kind: &Kind, c: &Content) -> anyhow::Result<()> {
             };
             let mut text = format!("{icon} *{}* — <{}|build>", slack_escape(&c.subject()), c.url);
             if let Some((commit, author, _)) = &c.culprit {
-                text +=
-                    &format!("\nFirst failing commit: {} by {}", &commit[..commit.len().min(12)], slack_escape(author));
+                text += &format!("\nFirst failing commit: {} by {}", short(commit), slack_escape(author));
             }
             if !c.blamelist.is_empty() {
                 text += &format!("\nBlamelist: {}", slack_escape(&c.blamelist.join(", ")));
@@ -218,6 +223,16 @@ pub async fn deliver(kind: &Kind, c: &Content) -> anyhow::Result<()> {
                 None => owner_name(&r.repo)
                     .ok_or_else(|| anyhow!("cannot tell owner/name from repository {:?}: set `repo`", r.repo))?,
             };
+            // The commit and the repository come from a peer's record: only
+            // a plain object id and plain names go into the API path that
+            // the token is sent to.
+            let hex = r.commit.chars().all(|c| c.is_ascii_hexdigit());
+            if !(hex && (r.commit.len() == 40 || r.commit.len() == 64)) {
+                return Err(anyhow!("commit {:?} is not a full object id: no status set", cut(&r.commit, 80)));
+            }
+            if repo.split('/').count() != 2 || !repo.split('/').all(path_name) {
+                return Err(anyhow!("repository {:?} is not owner/name: no status set", cut(&repo, 80)));
+            }
             let state = match r.status {
                 Status::Success | Status::Warnings => "success",
                 Status::Failure => "failure",
@@ -227,7 +242,7 @@ pub async fn deliver(kind: &Kind, c: &Content) -> anyhow::Result<()> {
             if let Some(step) = &r.failed_step {
                 description += &format!(": step {step} failed");
             }
-            description.truncate(140);
+            let description = cut(&description, 140);
             let body = json!({
                 "state": state,
                 "target_url": c.url,
@@ -254,12 +269,29 @@ pub fn owner_name(repo: &str) -> Option<String> {
     }
 }
 
+/// A path segment of plain characters, not `.` or `..`.
+fn path_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Scheme and host of a URL: webhook URLs often hold their secret in the
+/// path or query, and errors go into records every node shows.
+fn host_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}/…", rest.split(['/', '?', '#']).next().unwrap_or_default()),
+        None => "(url)".into(),
+    }
+}
+
 async fn post(url: String, auth: Option<String>, body: Value) -> anyhow::Result<()> {
-    let shown = url.split('?').next().unwrap_or_default().to_string();
+    let shown = host_of(&url);
     let task = tokio::task::spawn_blocking(move || {
         let agent = ureq::AgentBuilder::new().timeout(SEND_TIMEOUT).redirects(0).build();
         let mut req = agent.post(&url).set("User-Agent", concat!("peerbot/", env!("CARGO_PKG_VERSION")));
@@ -274,7 +306,8 @@ async fn post(url: String, auth: Option<String>, body: Value) -> anyhow::Result<
             let text: String = resp.into_string().unwrap_or_default().chars().take(200).collect();
             Err(anyhow!("POST {shown}: HTTP {code}: {text}"))
         }
-        Err(e) => Err(anyhow!("POST {shown}: {e}")),
+        // ureq's own text names the whole URL: only the kind of failure.
+        Err(ureq::Error::Transport(t)) => Err(anyhow!("POST {shown}: {}", t.kind())),
     }
 }
 
@@ -288,6 +321,47 @@ mod tests {
         assert_eq!(owner_name("https://github.com/o/r").as_deref(), Some("o/r"));
         assert_eq!(owner_name("git@github.com:o/r.git").as_deref(), Some("o/r"));
         assert_eq!(owner_name("https://host/"), None);
+    }
+
+    #[test]
+    fn errors_show_only_the_host_and_odd_text_cuts_at_characters() {
+        assert_eq!(host_of("https://hooks.slack.com/services/T0/B0/SECRET?x=1"), "https://hooks.slack.com/…");
+        assert!(!host_of("http://h:8080/a?token=s").contains("token"));
+        assert_eq!(short("ééééééééééééééé"), "éééééééééééé");
+        assert!(path_name("o-r.g_1") && !path_name("..") && !path_name("a b") && !path_name(""));
+    }
+
+    #[tokio::test]
+    async fn a_commit_status_refuses_a_commit_or_repository_that_is_not_plain() {
+        let kind =
+            Kind::CommitStatus { api: "http://127.0.0.1:9".into(), token: "t".into(), repo: None, context: None };
+        let mut r: BuildResult = serde_json::from_value(json!({
+            "job": peerbot_protocol::ids::Hash32::of(b"j"), "repo": "https://forge.example/o/r.git", "branch": "main",
+            "commit": "../../../admin", "builder": "é".repeat(64), "attempt": 0, "labels": [], "started_ms": 0,
+            "ended_ms": 0, "status": "failure", "steps": [], "metrics": {}, "failed_step": "ü".repeat(64), "error": null
+        }))
+        .unwrap();
+        let c = |r: &BuildResult| Content {
+            event: NoticeEvent::Every,
+            result_id: "x".into(),
+            result: r.clone(),
+            blamelist: vec![],
+            fixed_by: vec![],
+            commits: vec![],
+            tail: None,
+            culprit: None,
+            bisect_note: None,
+            url: "http://n/builds/x".into(),
+            node: "n".into(),
+        };
+        let e = deliver(&kind, &c(&r)).await.unwrap_err().to_string();
+        assert!(e.contains("not a full object id"), "{e}");
+        r.commit = "a".repeat(40);
+        r.repo = "https://forge.example/o/../r".into();
+        let e = deliver(&kind, &c(&r)).await.unwrap_err().to_string();
+        assert!(e.contains("not owner/name"), "{e}");
+        // Long non-ASCII names are cut, not split: the subject and text are made.
+        assert!(c(&r).subject().contains('é') && c(&r).text().contains('ü'));
     }
 
     #[test]

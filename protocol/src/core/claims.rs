@@ -240,7 +240,9 @@ impl Jobs {
     ) -> HashMap<u64, u32, rustc_hash::FxBuildHasher> {
         let mut held: HashMap<u64, u32, rustc_hash::FxBuildHasher> = HashMap::default();
         for id in &self.open {
-            if let Some(c) = self.jobs.get(id).and_then(|j| j.claim.as_ref()) {
+            // Notices take no executors, and nodes without notifiers do not
+            // even know of them: counting them would make views differ.
+            if let Some(c) = self.jobs.get(id).filter(|j| j.notice.is_none()).and_then(|j| j.claim.as_ref()) {
                 if c.lease_until >= now {
                     *held.entry(key_of(&c.by)).or_default() += 1;
                 }

@@ -6,7 +6,7 @@
 
 use super::io::{Event, NoticeOutcome};
 use super::jobs::{JobView, NoticeRef};
-use super::records::settled_in;
+use super::records::{clip, settled_in};
 use super::NodeCore;
 use crate::ids::Hash32;
 use crate::notify::{classify, notice_spec, NoticeEvent, NOTICE_FRESH_MS};
@@ -55,7 +55,11 @@ impl<S: Store> NodeCore<S> {
                 spec,
             };
             if let Some((by, claim, at)) = self.jobs.add_notice(view) {
-                let outcome = self.jobs.take_claim(at, by, claim, self.claim_rules());
+                let why = self.jobs.get(&claim.job).and_then(|j| self.ineligible(&by, &j.spec));
+                let outcome = match why {
+                    Some(why) => super::ClaimOutcome::Refused { job: claim.job, by, why },
+                    None => self.jobs.take_claim(at, by, claim, self.claim_rules()),
+                };
                 self.settle(now, outcome);
             }
             self.reconsider(now);
@@ -94,13 +98,15 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         self.reconsider(now);
-        if self.builds.attempt_of(&o.job) == Some(o.attempt) {
+        let still_ours = self.builds.attempt_of(&o.job) == Some(o.attempt);
+        if still_ours {
             self.stop_own_build(now, &o.job);
         }
         let Some(notice) = self.jobs.get(&o.job).and_then(|j| j.notice.clone()) else { return };
         // Sent while another node took the job over: still recorded, so
-        // that the other stops rather than send it again.
-        if !o.delivered && settled_in(&self.store, &o.job) {
+        // that the other stops rather than send it again. Not sent, and no
+        // longer ours: the holder's try must not be cut short.
+        if !o.delivered && !still_ours {
             return;
         }
         let body = Body::Notice(Notice {
@@ -153,12 +159,4 @@ impl<S: Store> NodeCore<S> {
 /// A search for this failure's first failing commit is under way.
 fn bisecting<S: Store>(store: &S, r: &BuildResult) -> bool {
     crate::bisect::bisection(store, r).is_some_and(|b| matches!(b.state, crate::bisect::State::Searching { .. }))
-}
-
-fn clip(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }

@@ -325,7 +325,8 @@ impl Sim {
             | Event::Revoked { .. }
             | Event::CatchingUp { .. }
             | Event::PeerAddrs { .. }
-            | Event::LogsExpired { .. } => {}
+            | Event::LogsExpired { .. }
+            | Event::NoticePublished { .. } => {}
         }
     }
 
