@@ -9,6 +9,7 @@ use actix_web::{get, post, web, HttpResponse};
 use peerbot_protocol::core::{Announced, JobStatus};
 use peerbot_protocol::record::{self, Body, VerifiedRecord};
 use peerbot_protocol::store::Store;
+use peerbot_protocol::sync::SyncKey;
 use peerbot_protocol::Status;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -16,7 +17,6 @@ use serde_json::{json, Value};
 use crate::core_actor::{Announce, Cancel, CoreActor, FetchBlob, Force, Query};
 use crate::git;
 use crate::store::{Filter, Finished, Kind, Position, RocksStore};
-use peerbot_protocol::sync::SyncKey;
 
 pub struct AppState {
     pub core: Addr<CoreActor>,
@@ -496,44 +496,14 @@ pub(crate) fn find_result(st: &AppState, id: &str) -> Result<VerifiedRecord, Htt
 
 #[get("/api/v1/builds/{id}")]
 async fn get_build(st: State, id: web::Path<String>) -> HttpResponse {
-    match find_result(&st, &id) {
-        Ok(rec) => {
-            let mut v = result_json(&rec, true);
-            add_blame(&st.store, &rec, &mut v);
-            v["notices"] = notices_json(&st.store, &rec.id);
-            HttpResponse::Ok().json(v)
-        }
-        Err(r) => r,
-    }
-}
-
-/// The notifications recorded about a result, oldest first: which
-/// notifier, what for, whether it went out, and which node sent it.
-pub(crate) fn notices_json(store: &RocksStore, result: &peerbot_protocol::ids::Hash32) -> Value {
-    let mut list: Vec<(u64, Value)> = store
-        .lookup(peerbot_protocol::store::Lookup::ResultNotice, result, 64)
-        .iter()
-        .filter_map(|id| {
-            let rec = store.record(id)?;
-            let Body::Notice(n) = &rec.body else { return None };
-            Some((
-                n.sent_ms,
-                json!({
-                    "id": rec.id.to_hex(),
-                    "notifier": n.notifier,
-                    "event": n.event.as_str(),
-                    "delivered": n.delivered,
-                    "tries": n.tries,
-                    "error": n.error,
-                    "sent_ms": n.sent_ms,
-                    "signer": rec.signer.to_string(),
-                    "node_name": n.node_name,
-                }),
-            ))
-        })
-        .collect();
-    list.sort_by_key(|(t, _)| *t);
-    Value::Array(list.into_iter().map(|(_, v)| v).collect())
+    let rec = match find_result(&st, &id) {
+        Ok(rec) => rec,
+        Err(r) => return r,
+    };
+    let mut v = result_json(&rec, true);
+    add_blame(&st.store, &rec, &mut v);
+    v["notices"] = crate::notify::notices_json(&st.store, &rec.id);
+    HttpResponse::Ok().json(v)
 }
 
 /// Who broke or fixed the builder with this result, by commit ancestry

@@ -14,6 +14,7 @@ use peerbot_protocol::bisect::State;
 use peerbot_protocol::core::{BuildOrder, NoticeOutcome};
 use peerbot_protocol::ids::Hash32;
 use peerbot_protocol::record::Body;
+use peerbot_protocol::store::Store;
 use tracing::{info, warn};
 
 use self::config::Notifier;
@@ -124,6 +125,35 @@ impl Handler<Ended> for Notifiers {
             self.sending.remove(&msg.0);
         }
     }
+}
+
+/// The notifications recorded about a result, oldest first: which
+/// notifier, what for, whether it went out, and which node sent it.
+pub fn notices_json(store: &RocksStore, result: &Hash32) -> serde_json::Value {
+    let mut list: Vec<(u64, serde_json::Value)> = store
+        .lookup(peerbot_protocol::store::Lookup::ResultNotice, result, 64)
+        .iter()
+        .filter_map(|id| {
+            let rec = store.record(id)?;
+            let Body::Notice(n) = &rec.body else { return None };
+            Some((
+                n.sent_ms,
+                serde_json::json!({
+                    "id": rec.id.to_hex(),
+                    "notifier": n.notifier,
+                    "event": n.event.as_str(),
+                    "delivered": n.delivered,
+                    "tries": n.tries,
+                    "error": n.error,
+                    "sent_ms": n.sent_ms,
+                    "signer": rec.signer.to_string(),
+                    "node_name": n.node_name,
+                }),
+            ))
+        })
+        .collect();
+    list.sort_by_key(|(t, _)| *t);
+    serde_json::Value::Array(list.into_iter().map(|(_, v)| v).collect())
 }
 
 async fn try_deliver(n: &Notifier, content: &Content, job: Hash32, attempt: u32) -> NoticeOutcome {

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use super::{error_page, from_api, names, node_label, page, peer_short, s, secs, short, when, Layout, Session};
 use crate::core_actor::Query;
-use crate::http::{add_blame, change_json, find_result, not_found, notices_json, result_json, AppState, State};
+use crate::http::{add_blame, change_json, find_result, not_found, result_json, AppState, State};
+use crate::notify::notices_json;
 
 /// The end of a log shown on a build's page; the raw link has all of it.
 const LOG_SHOWN: usize = 512 * 1024;

@@ -139,7 +139,7 @@ fn a_failure_being_bisected_is_notified_once_its_first_failing_commit_is_found()
     // sending node at that moment.
     let mut sent: Vec<(BuildOrder, bool)> = Vec::new();
     let mut t = BASE;
-    let mut step = |nodes: &mut Vec<NodeCore<MemStore>>, t: Millis, sent: &mut Vec<(BuildOrder, bool)>| {
+    let step = |nodes: &mut Vec<NodeCore<MemStore>>, t: Millis, sent: &mut Vec<(BuildOrder, bool)>| {
         let mut cancels = Vec::new();
         for (i, order) in settle_full(nodes, t, &mut cancels) {
             if cancels.contains(&(i, order.job)) {
