@@ -94,14 +94,7 @@ impl<S: Store> NodeCore<S> {
     /// A notice job of this node's ended: its record settles it for every
     /// node, sent or not (a notifier that failed every try says why).
     pub(super) fn on_notice_finished(&mut self, now: Millis, o: NoticeOutcome) {
-        if self.builds.was_given_up(&o.job, o.attempt) {
-            return;
-        }
-        self.reconsider(now);
-        let still_ours = self.builds.attempt_of(&o.job) == Some(o.attempt);
-        if still_ours {
-            self.stop_own_build(now, &o.job);
-        }
+        let Some(still_ours) = self.end_attempt(now, &o.job, o.attempt) else { return };
         let Some(notice) = self.jobs.get(&o.job).and_then(|j| j.notice.clone()) else { return };
         // Sent while another node took the job over: still recorded, so
         // that the other stops rather than send it again. Not sent, and no

@@ -385,18 +385,24 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    pub(super) fn on_build_finished(&mut self, now: Millis, o: BuildOutcome) {
-        if self.builds.was_given_up(&o.job, o.attempt) {
-            // Its slot and claim went long ago; the job may be building
-            // elsewhere, or here as a later attempt.
-            return;
+    /// The end of an attempt of this node's, a build's or a notice's:
+    /// `None` when it was given up (its slot and claim went long ago; the
+    /// job may be running elsewhere, or here as a later attempt), else
+    /// whether it was still the attempt running, whose end frees its slot.
+    pub(super) fn end_attempt(&mut self, now: Millis, job: &Hash32, attempt: u32) -> Option<bool> {
+        if self.builds.was_given_up(job, attempt) {
+            return None;
         }
         self.reconsider(now);
-        // Only the end of the attempt running frees its slot.
-        let still_ours = self.builds.attempt_of(&o.job) == Some(o.attempt);
+        let still_ours = self.builds.attempt_of(job) == Some(attempt);
         if still_ours {
-            self.stop_own_build(now, &o.job);
+            self.stop_own_build(now, job);
         }
+        Some(still_ours)
+    }
+
+    pub(super) fn on_build_finished(&mut self, now: Millis, o: BuildOutcome) {
+        let Some(still_ours) = self.end_attempt(now, &o.job, o.attempt) else { return };
         if !still_ours && o.cancelled {
             // We lost the claim or someone else finished first: nothing to publish.
             return;
