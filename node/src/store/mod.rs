@@ -124,6 +124,9 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
     if name == CF_RECORDS {
         opts.set_memtable_whole_key_filtering(true);
         opts.set_memtable_prefix_bloom_ratio(0.02);
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(256);
+        opts.set_blob_cache(cache);
     }
     opts
 }
