@@ -21,8 +21,11 @@ pub const RECORD_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// session finds beyond this waits for a later session, which starts as
 /// soon as the list has drained to a quarter (`resume_after_overflow`).
 pub const MAX_WANTED: usize = 256 * 1024;
-/// Records pushed to a peer in one round, at most about this many bytes;
-/// a later session pushes the rest.
+/// Records pushed to a peer in one session, at most about this many bytes.
+/// Pushing speeds up a peer that lacks a few records. A peer that lacks
+/// more is catching up and fetches them in its own sessions, checked off
+/// its core's thread; the session that finds it so ends there. Pushing it
+/// the whole history as well sent each record about twice.
 pub const MAX_PUSH_BYTES: usize = 4 * RECORD_BATCH_BYTES;
 /// An id wanted for this long no longer keeps the node from claiming: a
 /// peer that lists records it never delivers cannot stall the cluster.
@@ -45,6 +48,7 @@ pub struct SyncProgress {
 struct SyncTally {
     need: usize,
     have: usize,
+    pushed_bytes: usize,
 }
 
 /// What to do after one round's answer.
@@ -124,15 +128,17 @@ impl Sessions {
         }
         let fetches: Vec<Vec<Hash32>> = new.chunks(wire::MAX_RECORDS_PER_REQUEST).map(|c| c.to_vec()).collect();
         self.progress.to_fetch += new.len();
-        let pushes = push_batches(store, &out.have);
         let tally = self.open.entry(peer).or_default();
+        let pushes = push_batches(store, &out.have, MAX_PUSH_BYTES.saturating_sub(tally.pushed_bytes));
+        tally.pushed_bytes += pushes.iter().flatten().map(|r| r.len()).sum::<usize>();
+        let peer_behind = pushes.iter().map(Vec::len).sum::<usize>() < out.have.len();
         tally.need += out.need.len();
         tally.have += out.have.len();
         // With the want-list full, the rest of the session would only list
         // ids to drop, at the peer's cost: the next session goes on.
         let full = self.overflowed == Some(peer) && self.wanted.len() >= MAX_WANTED;
-        let next = if out.finished() || round >= MAX_SYNC_ROUNDS || full {
-            self.synced_once |= !full;
+        let next = if out.finished() || round >= MAX_SYNC_ROUNDS || full || peer_behind {
+            self.synced_once |= !full && !peer_behind;
             let t = self.open.remove(&peer).unwrap_or_default();
             Next::Finished { rounds: round, need: t.need, have: t.have }
         } else {
@@ -229,14 +235,15 @@ impl Sessions {
     }
 }
 
-/// Records the peer lacks, in batches within the request limits.
-fn push_batches<S: Store>(store: &S, have: &[Hash32]) -> Vec<Vec<ByteBuf>> {
+/// Records the peer lacks, in batches within the request limits, about
+/// `budget` bytes in all.
+fn push_batches<S: Store>(store: &S, have: &[Hash32], budget: usize) -> Vec<Vec<ByteBuf>> {
     let mut batches = Vec::new();
     let mut batch = Vec::new();
     let mut size = 0;
     let mut total = 0;
     for id in have {
-        if total > MAX_PUSH_BYTES {
+        if total >= budget {
             break;
         }
         if let Some(b) = store.get_record(id) {
@@ -288,6 +295,48 @@ mod tests {
         s.fetch_answered(3_500, honest, &bogus(3)[..1], 0, bogus(3)[..1].to_vec(), true);
         assert!(!s.stalled_by(&honest) && s.fetching(3_500));
         assert!(!s.fetching(3_000 + STALL_MS));
+    }
+
+    #[test]
+    fn a_session_pushes_a_peer_that_lacks_much_no_more_than_its_budget_and_ends() {
+        let mut store = MemStore::new();
+        let key = crate::deterministic_key(3);
+        for i in 0..12_000u64 {
+            let change = crate::record::Change {
+                repo: "https://example.org/r.git".into(),
+                branch: "main".into(),
+                commit: format!("{i:040x}"),
+                title: "x".repeat(600),
+                announced_ms: i,
+                ..Default::default()
+            };
+            store.put_record(&crate::record::sign(&key, &crate::record::Body::Change(change))).unwrap();
+        }
+        let peer = crate::deterministic_key(4).public().to_peer_id();
+        let mut s = Sessions::default();
+        s.start(&store, peer);
+        // The peer says it holds nothing in any of twelve ranges: it is a
+        // node catching up.
+        let keys = store.keys_in(&sync::SyncKey::MIN, None, usize::MAX);
+        let empty = || RangeMode::IdList { ids: vec![], answer: false };
+        let mut listing: Vec<SyncRange> =
+            keys.iter().step_by(1_000).skip(1).map(|k| SyncRange { upper: Some(*k), mode: empty() }).collect();
+        listing.push(SyncRange { upper: None, mode: empty() });
+        let plan = s.round(0, &store, peer, 1, &listing).unwrap();
+        let pushed: usize = plan.pushes.iter().flatten().map(|r| r.len()).sum();
+        assert!(pushed > MAX_PUSH_BYTES / 2, "a peer lacking records is pushed some: {pushed} bytes");
+        assert!(pushed <= MAX_PUSH_BYTES + 1024, "pushed {pushed} bytes");
+        assert!(matches!(plan.next, Next::Finished { .. }), "the session ends: the peer fetches the rest itself");
+        assert!(!s.synced_once(), "a session cut short is no reconciliation");
+        // A peer lacking a few is pushed them all, and the session goes on.
+        s.start(&store, peer);
+        let few = vec![
+            SyncRange { upper: Some(keys[10]), mode: empty() },
+            SyncRange { upper: None, mode: RangeMode::Fingerprint { fp: vec![0; 16] } },
+        ];
+        let plan = s.round(0, &store, peer, 1, &few).unwrap();
+        assert_eq!(plan.pushes.concat().len(), 10);
+        assert!(matches!(plan.next, Next::Round { .. }));
     }
 
     #[test]
