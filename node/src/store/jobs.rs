@@ -7,7 +7,7 @@ use peerbot_protocol::store::{Lookup, Store};
 use peerbot_protocol::Body;
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
-use super::{parse_lookup_key, RocksStore, CF_LOOKUPS};
+use super::{parse_lookup_key, RocksStore};
 
 /// State ‖ time ‖ id → job id. A result files a `Done` entry and a cancel
 /// a `Cancelled` one, at the record's own (time, id), in the write that
@@ -90,7 +90,7 @@ pub(super) fn file_superseded(s: &RocksStore, job: &Hash32, by: &Hash32) -> Resu
 pub(super) fn refile_superseded(s: &RocksStore) -> anyhow::Result<u64> {
     let start = [Lookup::Superseded as u8];
     let mut n = 0;
-    for item in s.db.iterator_cf(s.cf(CF_LOOKUPS), IteratorMode::From(&start, Direction::Forward)) {
+    for item in s.lookups_iter(&start) {
         let (k, _) = item?;
         if !k.starts_with(&start) {
             break;

@@ -7,7 +7,7 @@ use peerbot_protocol::{Body, PeerId, Status};
 use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use super::jobs::{file_job_entry, refile_superseded, IX_JOB_STATE};
-use super::{order_key, parse_order_key, RocksStore, CF_CHANGES, CF_META, CF_RECORDS, CF_RESULTS};
+use super::{order_key, parse_order_key, RocksStore, CF_CHANGES, CF_LOOKUPS, CF_META, CF_RECORDS, CF_RESULTS};
 
 /// Secondary indexes for the API's filters: field key ‖ order key → empty,
 /// so newest first within one value is a reverse range read. Field keys
@@ -67,8 +67,13 @@ pub(super) fn cf_options(name: &str, cache: &Cache) -> Options {
     t.set_block_cache(cache);
     t.set_cache_index_and_filter_blocks(true);
     t.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    if name == CF_RECORDS {
+    if name == CF_RECORDS || name == CF_LOOKUPS {
         t.set_bloom_filter(10.0, false);
+    }
+    if name == CF_LOOKUPS {
+        // Filters on the lookup's kind and key (`LOOKUP_PREFIX`), not on
+        // whole keys, which nothing reads by.
+        t.set_whole_key_filtering(false);
     }
     let mut o = Options::default();
     o.set_block_based_table_factory(&t);

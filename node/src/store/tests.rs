@@ -363,6 +363,42 @@ fn a_batch_of_ids_is_answered_in_order_from_the_memtable_and_from_tables_on_disk
 }
 
 #[test]
+fn lookups_are_found_by_whole_and_short_prefixes_in_tables_and_the_memtable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = RocksStore::open(dir.path()).unwrap();
+    let jobs: Vec<Hash32> =
+        (0..40).map(|i| peerbot_protocol::recipe::job_id("/repo", &format!("ab{i:04}"), "linux")).collect();
+    // Half the results in table files (with the prefix bloom filters), the
+    // rest in the memtable; jobs 0 and 1 have two results each.
+    for (i, job) in jobs.iter().enumerate().take(20) {
+        s.put_records(&[result(*job, 0)]).unwrap();
+        if i < 2 {
+            s.put_records(&[result(*job, 1)]).unwrap();
+        }
+    }
+    s.db.flush_cf(s.cf(CF_LOOKUPS)).unwrap();
+    for job in &jobs[20..30] {
+        s.put_records(&[result(*job, 0)]).unwrap();
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        let want = match i {
+            0 | 1 => 2,
+            2..30 => 1,
+            _ => 0,
+        };
+        assert_eq!(s.results_for_job(job).len(), want, "job {i}");
+    }
+    // A short prefix reads in key order across both, and stops at its end.
+    let all = s.lookups_from(Lookup::JobResult, &[], 100);
+    assert_eq!(all.len(), 32);
+    assert!(all.windows(2).all(|w| w[0] <= w[1]), "in key order");
+    let first = jobs[5].0[..1].to_vec();
+    let by_byte = s.lookups_from(Lookup::JobResult, &first, 100);
+    assert!(!by_byte.is_empty() && by_byte.iter().all(|(k, _)| k.0[0] == first[0]));
+    assert_eq!(by_byte.len(), all.iter().filter(|(k, _)| k.0[0] == first[0]).count());
+}
+
+#[test]
 fn a_cached_lookup_is_dropped_when_any_clone_of_the_store_files_under_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let s = RocksStore::open(dir.path()).unwrap();
