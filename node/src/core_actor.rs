@@ -291,9 +291,9 @@ impl CoreActor {
                     let _ = tx.send(if ok { Ok(()) } else { Err(detail) });
                 }
             }
-            Event::SyncFinished { peer, rounds, need, have } => {
+            Event::SyncFinished { peer, rounds, need, have, pushed } => {
                 if need + have > 0 {
-                    info!(%peer, rounds, fetched = need, pushed = have, "reconciled with peer");
+                    info!(%peer, rounds, lacked_here = need, lacked_there = have, pushed, "reconciled with peer");
                 } else {
                     debug!(%peer, rounds, "in sync with peer");
                 }

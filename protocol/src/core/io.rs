@@ -207,8 +207,11 @@ pub enum Event {
     SyncFinished {
         peer: PeerId,
         rounds: u32,
+        /// Ids this node lacked, and ids the peer lacked.
         need: usize,
         have: usize,
+        /// Records pushed to the peer (at most `MAX_PUSH_BYTES` of them).
+        pushed: usize,
     },
     SyncFailed {
         peer: PeerId,

@@ -244,9 +244,9 @@ impl<S: Store> NodeCore<S> {
         }
         self.pump_transfers();
         match plan.next {
-            Next::Finished { rounds, need, have } => {
+            Next::Finished { rounds, need, have, pushed } => {
                 self.reconsider(now);
-                self.emit(Event::SyncFinished { peer, rounds, need, have });
+                self.emit(Event::SyncFinished { peer, rounds, need, have, pushed });
             }
             Next::Round { ranges, round } => {
                 self.send(peer, &Request::Reconcile { ranges }, Pending::Sync { peer, round });

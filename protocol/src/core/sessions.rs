@@ -49,6 +49,7 @@ struct SyncTally {
     need: usize,
     have: usize,
     pushed_bytes: usize,
+    pushed: usize,
 }
 
 /// What to do after one round's answer.
@@ -70,6 +71,8 @@ pub enum Next {
         rounds: u32,
         need: usize,
         have: usize,
+        /// Records pushed, of the `have` the peer lacked.
+        pushed: usize,
     },
 }
 
@@ -129,9 +132,10 @@ impl Sessions {
         let fetches: Vec<Vec<Hash32>> = new.chunks(wire::MAX_RECORDS_PER_REQUEST).map(|c| c.to_vec()).collect();
         self.progress.to_fetch += new.len();
         let tally = self.open.entry(peer).or_default();
-        let pushes = push_batches(store, &out.have, MAX_PUSH_BYTES.saturating_sub(tally.pushed_bytes));
+        let (pushes, peer_behind) =
+            push_batches(store, &out.have, MAX_PUSH_BYTES.saturating_sub(tally.pushed_bytes));
         tally.pushed_bytes += pushes.iter().flatten().map(|r| r.len()).sum::<usize>();
-        let peer_behind = pushes.iter().map(Vec::len).sum::<usize>() < out.have.len();
+        tally.pushed += pushes.iter().map(Vec::len).sum::<usize>();
         tally.need += out.need.len();
         tally.have += out.have.len();
         // With the want-list full, the rest of the session would only list
@@ -140,7 +144,7 @@ impl Sessions {
         let next = if out.finished() || round >= MAX_SYNC_ROUNDS || full || peer_behind {
             self.synced_once |= !full && !peer_behind;
             let t = self.open.remove(&peer).unwrap_or_default();
-            Next::Finished { rounds: round, need: t.need, have: t.have }
+            Next::Finished { rounds: round, need: t.need, have: t.have, pushed: t.pushed }
         } else {
             Next::Round { ranges: out.reply, round: round + 1 }
         };
@@ -236,15 +240,19 @@ impl Sessions {
 }
 
 /// Records the peer lacks, in batches within the request limits, about
-/// `budget` bytes in all.
-fn push_batches<S: Store>(store: &S, have: &[Hash32], budget: usize) -> Vec<Vec<ByteBuf>> {
+/// `budget` bytes in all; true when the budget left some out (a record
+/// this node cannot read is only skipped).
+fn push_batches<S: Store>(store: &S, have: &[Hash32], budget: usize) -> (Vec<Vec<ByteBuf>>, bool) {
     let mut batches = Vec::new();
     let mut batch = Vec::new();
     let mut size = 0;
     let mut total = 0;
     for id in have {
         if total >= budget {
-            break;
+            if !batch.is_empty() {
+                batches.push(batch);
+            }
+            return (batches, true);
         }
         if let Some(b) = store.get_record(id) {
             size += b.len();
@@ -259,7 +267,7 @@ fn push_batches<S: Store>(store: &S, have: &[Hash32], budget: usize) -> Vec<Vec<
     if !batch.is_empty() {
         batches.push(batch);
     }
-    batches
+    (batches, false)
 }
 
 #[cfg(test)]
