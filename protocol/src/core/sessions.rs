@@ -63,10 +63,7 @@ pub struct RoundPlan {
 
 pub enum Next {
     /// Send these ranges as the next round.
-    Round {
-        ranges: Vec<SyncRange>,
-        round: u32,
-    },
+    Round { ranges: Vec<SyncRange>, round: u32 },
     Finished {
         rounds: u32,
         need: usize,
@@ -132,8 +129,7 @@ impl Sessions {
         let fetches: Vec<Vec<Hash32>> = new.chunks(wire::MAX_RECORDS_PER_REQUEST).map(|c| c.to_vec()).collect();
         self.progress.to_fetch += new.len();
         let tally = self.open.entry(peer).or_default();
-        let (pushes, peer_behind) =
-            push_batches(store, &out.have, MAX_PUSH_BYTES.saturating_sub(tally.pushed_bytes));
+        let (pushes, peer_behind) = push_batches(store, &out.have, MAX_PUSH_BYTES.saturating_sub(tally.pushed_bytes));
         tally.pushed_bytes += pushes.iter().flatten().map(|r| r.len()).sum::<usize>();
         tally.pushed += pushes.iter().map(Vec::len).sum::<usize>();
         tally.need += out.need.len();
