@@ -144,104 +144,44 @@ mod tests {
     use super::*;
     use crate::deterministic_key;
     use crate::record::{sign, Force};
-    use crate::store::MemStore;
+    use crate::testkit::{History, REPO};
 
-    const REPO: &str = "https://example.org/r.git";
     const RECIPE: &str = "[[builder]]\nname='linux'\n[[builder.step]]\nrun='make'\n";
-
-    struct History {
-        store: MemStore,
-        t: u64,
-    }
-
-    impl History {
-        fn new() -> Self {
-            History { store: MemStore::new(), t: 1_000 }
-        }
-        fn tick(&mut self) -> u64 {
-            self.t += 1_000;
-            self.t
-        }
-        fn commit(&mut self, commit: &str, parents: &[&str], author: &str) {
-            let jobs = crate::recipe::parse_recipe(REPO, commit, RECIPE).unwrap();
-            let c = Change {
-                repo: REPO.into(),
-                branch: "main".into(),
-                commit: commit.into(),
-                parents: parents.iter().map(|p| p.to_string()).collect(),
-                author: author.into(),
-                jobs,
-                announced_ms: self.tick(),
-                ..Default::default()
-            };
-            self.store.put_record(&sign(&deterministic_key(1), &Body::Change(c))).unwrap();
-        }
-        fn build(&mut self, commit: &str, status: Status) -> BuildResult {
-            self.result(job_id(REPO, commit, "linux"), commit, status)
-        }
-        fn result(&mut self, job: Hash32, commit: &str, status: Status) -> BuildResult {
-            let t = self.tick();
-            let r = BuildResult {
-                job,
-                repo: REPO.into(),
-                branch: "main".into(),
-                commit: commit.into(),
-                builder: "linux".into(),
-                attempt: 0,
-                labels: vec![],
-                started_ms: t,
-                ended_ms: t,
-                status,
-                steps: vec![],
-                metrics: Default::default(),
-                failed_step: None,
-                error: None,
-                author: String::new(),
-                title: String::new(),
-                node_name: String::new(),
-            };
-            self.store.put_record(&sign(&deterministic_key(2), &Body::Result(r.clone()))).unwrap();
-            r
-        }
-        fn blame(&self, r: &BuildResult) -> Blame {
-            blame(&self.store, r)
-        }
-    }
 
     #[test]
     fn a_collapsed_failure_blames_every_author_since_the_last_pass_and_the_next_breaker_alone() {
-        let mut h = History::new();
+        let mut h = History::new(RECIPE);
         h.commit("a0", &[], "Carol");
         let green = h.build("a0", Status::Success);
-        assert_eq!(h.blame(&green), Blame { commits: vec!["a0".into()], ..Default::default() });
+        assert_eq!(blame(&h.store, &green), Blame { commits: vec!["a0".into()], ..Default::default() });
         // Three commits, built once (the older two collapsed into the newest).
         h.commit("a1", &["a0"], "Alice");
         h.commit("a2", &["a1"], "Bob");
         h.commit("a3", &["a2"], "Mallory");
         let red = h.build("a3", Status::Failure);
-        let b = h.blame(&red);
+        let b = blame(&h.store, &red);
         assert_eq!(b.blamelist, vec!["Mallory", "Bob", "Alice"]);
         assert_eq!(b.commits, vec!["a3", "a2", "a1"]);
         assert!(matches!(b.previous, Some((_, Status::Success))));
         // Fixed by Bob; then Mallory alone breaks the green branch.
         h.commit("a4", &["a3"], "Bob");
         let fixed = h.build("a4", Status::Success);
-        assert_eq!(h.blame(&fixed).fixed_by, vec!["Bob"]);
-        assert!(h.blame(&fixed).blamelist.is_empty());
+        assert_eq!(blame(&h.store, &fixed).fixed_by, vec!["Bob"]);
+        assert!(blame(&h.store, &fixed).blamelist.is_empty());
         h.commit("a5", &["a4"], "Mallory");
         let red2 = h.build("a5", Status::Failure);
-        assert_eq!(h.blame(&red2).blamelist, vec!["Mallory"]);
+        assert_eq!(blame(&h.store, &red2).blamelist, vec!["Mallory"]);
         // Still red: nobody new is blamed.
         h.commit("a6", &["a5"], "Alice");
         let still = h.build("a6", Status::Failure);
-        assert!(h.blame(&still).blamelist.is_empty());
-        assert!(matches!(h.blame(&still).previous, Some((_, Status::Failure))));
+        assert!(blame(&h.store, &still).blamelist.is_empty());
+        assert!(matches!(blame(&h.store, &still).previous, Some((_, Status::Failure))));
 
         // A forced rebuild of the old failing commit, passing now: it is
         // not judged, and the later results' blame does not move.
         let nonce = Hash32::of(b"force");
         let forced = h.result(crate::recipe::forced_job_id(REPO, "a3", "linux", &nonce), "a3", Status::Success);
-        assert_eq!(h.blame(&forced), Blame::default());
+        assert_eq!(blame(&h.store, &forced), Blame::default());
         let f = Change {
             repo: REPO.into(),
             commit: "a3".into(),
@@ -251,33 +191,33 @@ mod tests {
             ..Default::default()
         };
         h.store.put_record(&sign(&deterministic_key(1), &Body::Change(f))).unwrap();
-        assert_eq!(h.blame(&red).blamelist, vec!["Mallory", "Bob", "Alice"]);
-        assert_eq!(h.blame(&fixed).fixed_by, vec!["Bob"]);
-        assert_eq!(h.blame(&red2).blamelist, vec!["Mallory"]);
+        assert_eq!(blame(&h.store, &red).blamelist, vec!["Mallory", "Bob", "Alice"]);
+        assert_eq!(blame(&h.store, &fixed).fixed_by, vec!["Bob"]);
+        assert_eq!(blame(&h.store, &red2).blamelist, vec!["Mallory"]);
     }
 
     #[test]
     fn results_arriving_out_of_order_are_judged_by_ancestry_not_by_time() {
-        let mut h = History::new();
+        let mut h = History::new(RECIPE);
         h.commit("b0", &[], "Carol");
         h.commit("b1", &["b0"], "Alice");
         h.commit("b2", &["b1"], "Bob");
         // The newest commit's failure is stored first; then its parent's pass.
         let red = h.build("b2", Status::Failure);
-        assert!(h.blame(&red).previous.is_none(), "nothing built before it yet");
+        assert!(blame(&h.store, &red).previous.is_none(), "nothing built before it yet");
         h.build("b1", Status::Success);
-        assert_eq!(h.blame(&red).blamelist, vec!["Bob"]);
+        assert_eq!(blame(&h.store, &red).blamelist, vec!["Bob"]);
         // A cancelled build of a commit tested nothing: it stays in range.
         h.commit("b3", &["b2"], "Dave");
         h.build("b3", Status::Cancelled);
         h.commit("b4", &["b3"], "Erin");
         let fix = h.build("b4", Status::Success);
-        assert_eq!(h.blame(&fix).fixed_by, vec!["Erin", "Dave"]);
+        assert_eq!(blame(&h.store, &fix).fixed_by, vec!["Erin", "Dave"]);
     }
 
     #[test]
     fn a_merge_blames_the_commits_it_brings_in_up_to_their_own_results() {
-        let mut h = History::new();
+        let mut h = History::new(RECIPE);
         h.commit("m0", &[], "Carol");
         h.build("m0", Status::Success);
         // A side branch: f1 built and passing, f2 not built.
@@ -287,12 +227,12 @@ mod tests {
         h.commit("m1", &["m0"], "Heidi");
         h.commit("m2", &["m1", "f2"], "Ivan");
         let red = h.build("m2", Status::Failure);
-        let b = h.blame(&red);
+        let b = blame(&h.store, &red);
         assert_eq!(b.blamelist, vec!["Ivan", "Heidi", "Grace"]);
         assert_eq!(b.commits, vec!["m2", "m1", "f2"]);
         // A parent never announced ends its path.
         h.commit("x1", &["unknown"], "Judy");
         let lone = h.build("x1", Status::Failure);
-        assert_eq!(h.blame(&lone), Blame { commits: vec!["x1".into()], ..Default::default() });
+        assert_eq!(blame(&h.store, &lone), Blame { commits: vec!["x1".into()], ..Default::default() });
     }
 }

@@ -40,6 +40,8 @@ pub mod sigcheck;
 pub mod store;
 pub mod sync;
 pub mod testhistory;
+#[cfg(test)]
+mod testkit;
 pub mod testreport;
 pub mod wire;
 

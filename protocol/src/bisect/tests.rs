@@ -3,9 +3,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::deterministic_key;
 use crate::record::{sign, verify};
-use crate::store::MemStore;
+use crate::testkit::{History, REPO};
 
-const REPO: &str = "https://example.org/r.git";
 const RECIPE: &str = "[[builder]]\nname='linux'\ncollapse=true\n[[builder.step]]\nrun='make'\n";
 
 /// Runs a search to its end against a range whose first bad commit is
@@ -51,91 +50,32 @@ proptest! {
     }
 }
 
-struct History {
-    store: MemStore,
-    t: u64,
-}
-
-impl History {
-    fn new() -> Self {
-        History { store: MemStore::new(), t: 1_000 }
-    }
-    fn tick(&mut self) -> u64 {
-        self.t += 1_000;
-        self.t
-    }
-    fn commit_with(&mut self, commit: &str, parent: Option<&str>, author: &str, recipe: &str) {
-        let jobs = crate::recipe::parse_recipe(REPO, commit, recipe).unwrap();
-        let c = Change {
-            repo: REPO.into(),
-            branch: "main".into(),
-            commit: commit.into(),
-            parents: parent.into_iter().map(str::to_string).collect(),
-            author: author.into(),
-            title: format!("{author}'s change"),
-            jobs,
-            announced_ms: self.tick(),
-            ..Default::default()
-        };
-        self.store.put_record(&sign(&deterministic_key(1), &Body::Change(c))).unwrap();
-    }
-    fn commit(&mut self, commit: &str, parent: Option<&str>, author: &str) {
-        self.commit_with(commit, parent, author, RECIPE)
-    }
-    fn result(&mut self, job: Hash32, commit: &str, status: Status) -> BuildResult {
-        let t = self.tick();
-        let r = BuildResult {
-            job,
-            repo: REPO.into(),
-            branch: "main".into(),
-            commit: commit.into(),
-            builder: "linux".into(),
-            attempt: 0,
-            labels: vec![],
-            started_ms: t,
-            ended_ms: t,
-            status,
-            steps: vec![],
-            metrics: Default::default(),
-            failed_step: None,
-            error: None,
-            author: String::new(),
-            title: String::new(),
-            node_name: String::new(),
-        };
-        self.store.put_record(&sign(&deterministic_key(2), &Body::Result(r.clone()))).unwrap();
-        r
-    }
-    fn build(&mut self, commit: &str, status: Status) -> BuildResult {
-        self.result(job_id(REPO, commit, "linux"), commit, status)
-    }
-    /// Announces the next step as a node would, and builds it: it fails
-    /// from `bad` on.
-    fn step(&mut self, red: &BuildResult, order: &[&str], bad: &str) -> Step {
-        let b = bisection(&self.store, red).unwrap();
-        let now = self.tick();
-        let c = b.step_change(&self.store, now).unwrap();
-        let rec = verify(&sign(&deterministic_key(3), &Body::Change(c.clone())).bytes).expect("a valid change");
-        self.store.put_record(&rec).unwrap();
-        let pos = |x: &str| order.iter().position(|o| *o == x).unwrap();
-        let status = if pos(&c.commit) >= pos(bad) { Status::Failure } else { Status::Success };
-        let r = self.result(c.jobs[0].id, &c.commit, status);
-        assert_eq!(origin_of(&self.store, &r).unwrap(), *red, "a bisect build leads to its origin");
-        assert_eq!(bisect_ref(&self.store, &r.job).unwrap().origin, red.job);
-        bisection(&self.store, red).unwrap().steps.into_iter().find(|s| s.commit == c.commit).unwrap()
-    }
+/// Announces the next step as a node would, and builds it: it fails
+/// from `bad` on.
+fn step(h: &mut History, red: &BuildResult, order: &[&str], bad: &str) -> Step {
+    let b = bisection(&h.store, red).unwrap();
+    let now = h.tick();
+    let c = b.step_change(&h.store, now).unwrap();
+    let rec = verify(&sign(&deterministic_key(3), &Body::Change(c.clone())).bytes).expect("a valid change");
+    h.store.put_record(&rec).unwrap();
+    let pos = |x: &str| order.iter().position(|o| *o == x).unwrap();
+    let status = if pos(&c.commit) >= pos(bad) { Status::Failure } else { Status::Success };
+    let r = h.result(c.jobs[0].id, &c.commit, status);
+    assert_eq!(origin_of(&h.store, &r).unwrap(), *red, "a bisect build leads to its origin");
+    assert_eq!(bisect_ref(&h.store, &r.job).unwrap().origin, red.job);
+    bisection(&h.store, red).unwrap().steps.into_iter().find(|s| s.commit == c.commit).unwrap()
 }
 
 #[test]
 fn five_commits_at_once_find_the_third_in_at_most_three_builds() {
-    let mut h = History::new();
-    h.commit("a0", None, "Carol");
+    let mut h = History::new(RECIPE);
+    h.commit("a0", &[], "Carol");
     h.build("a0", Status::Success);
     let order = ["a1", "a2", "a3", "a4", "a5"];
     let authors = ["Alice", "Bob", "Mallory", "Dave", "Erin"];
     let mut parent = "a0";
     for (c, a) in order.iter().zip(authors) {
-        h.commit(c, Some(parent), a);
+        h.commit(c, &[parent], a);
         parent = c;
     }
     let red = h.build("a5", Status::Failure);
@@ -148,11 +88,11 @@ fn five_commits_at_once_find_the_third_in_at_most_three_builds() {
     // The job is the same whoever announces it.
     assert_eq!(b.next_step().unwrap().1, step_job(REPO, "a3", "linux", &red.job));
 
-    let s = h.step(&red, &order, "a3");
+    let s = step(&mut h, &red, &order, "a3");
     assert_eq!((s.commit.as_str(), s.status, s.announced), ("a3", Some(Status::Failure), true));
     let b = bisection(&h.store, &red).unwrap();
     assert_eq!(b.state, State::Searching { next: "a2".into() });
-    let s = h.step(&red, &order, "a3");
+    let s = step(&mut h, &red, &order, "a3");
     assert_eq!((s.commit.as_str(), s.status), ("a2", Some(Status::Success)));
     let b = bisection(&h.store, &red).unwrap();
     assert_eq!(
@@ -171,29 +111,29 @@ fn five_commits_at_once_find_the_third_in_at_most_three_builds() {
 
 #[test]
 fn no_search_without_a_range_a_pass_before_or_the_builders_consent() {
-    let mut h = History::new();
-    h.commit("b0", None, "Carol");
+    let mut h = History::new(RECIPE);
+    h.commit("b0", &[], "Carol");
     h.build("b0", Status::Success);
-    h.commit("b1", Some("b0"), "Alice");
+    h.commit("b1", &["b0"], "Alice");
     let one = h.build("b1", Status::Failure);
     assert!(bisection(&h.store, &one).is_none(), "one commit: blame names it already");
-    h.commit("b2", Some("b1"), "Bob");
-    h.commit("b3", Some("b2"), "Bob");
+    h.commit("b2", &["b1"], "Bob");
+    h.commit("b3", &["b2"], "Bob");
     let still = h.build("b3", Status::Failure);
     assert!(bisection(&h.store, &still).is_none(), "the previous result failed");
     // Opted out.
     let off = "[[builder]]\nname='linux'\nbisect=false\n[[builder.step]]\nrun='make'\n";
-    h.commit_with("c0", None, "Carol", off);
+    h.commit_with("c0", &[], "Carol", off);
     h.build("c0", Status::Success);
-    h.commit_with("c1", Some("c0"), "Alice", off);
-    h.commit_with("c2", Some("c1"), "Bob", off);
+    h.commit_with("c1", &["c0"], "Alice", off);
+    h.commit_with("c2", &["c1"], "Bob", off);
     let r = h.build("c2", Status::Failure);
     assert!(bisection(&h.store, &r).is_none());
     // An exception is not a failure to search for.
-    h.commit("d0", None, "Carol");
+    h.commit("d0", &[], "Carol");
     h.build("d0", Status::Success);
-    h.commit("d1", Some("d0"), "Alice");
-    h.commit("d2", Some("d1"), "Bob");
+    h.commit("d1", &["d0"], "Alice");
+    h.commit("d2", &["d1"], "Bob");
     let r = h.build("d2", Status::Exception);
     assert!(bisection(&h.store, &r).is_none());
     let red = h.build("d2", Status::Failure);
@@ -202,11 +142,11 @@ fn no_search_without_a_range_a_pass_before_or_the_builders_consent() {
 
 #[test]
 fn a_bisect_change_must_carry_the_nonce_its_origin_and_commit_make() {
-    let mut h = History::new();
-    h.commit("e0", None, "Carol");
+    let mut h = History::new(RECIPE);
+    h.commit("e0", &[], "Carol");
     h.build("e0", Status::Success);
-    h.commit("e1", Some("e0"), "Alice");
-    h.commit("e2", Some("e1"), "Bob");
+    h.commit("e1", &["e0"], "Alice");
+    h.commit("e2", &["e1"], "Bob");
     let red = h.build("e2", Status::Failure);
     let b = bisection(&h.store, &red).unwrap();
     let mut c = b.step_change(&h.store, 99).unwrap();
@@ -223,11 +163,11 @@ fn a_bisect_change_must_carry_the_nonce_its_origin_and_commit_make() {
 
 #[test]
 fn a_commit_whose_recipe_lacks_the_builder_ends_the_search() {
-    let mut h = History::new();
-    h.commit("f0", None, "Carol");
+    let mut h = History::new(RECIPE);
+    h.commit("f0", &[], "Carol");
     h.build("f0", Status::Success);
-    h.commit_with("f1", Some("f0"), "Alice", "[[builder]]\nname='other'\n[[builder.step]]\nrun='x'\n");
-    h.commit("f2", Some("f1"), "Bob");
+    h.commit_with("f1", &["f0"], "Alice", "[[builder]]\nname='other'\n[[builder.step]]\nrun='x'\n");
+    h.commit("f2", &["f1"], "Bob");
     let r = h.build("f2", Status::Failure);
     let b = bisection(&h.store, &r).unwrap();
     assert!(matches!(b.state, State::GaveUp { ref reason } if reason.contains("no builder")), "{:?}", b.state);

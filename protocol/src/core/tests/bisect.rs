@@ -106,25 +106,13 @@ fn five_commits_at_once_are_bisected_once_by_three_nodes() {
 
 /// A result of the "linux" builder at `commit`, signed by another node.
 fn result_of(commit: &str, status: Status, ended_ms: Millis) -> Vec<u8> {
-    let r = crate::record::BuildResult {
-        job: crate::recipe::job_id("/repo", commit, "linux"),
-        repo: "/repo".into(),
-        branch: "main".into(),
-        commit: commit.into(),
-        builder: "linux".into(),
-        attempt: 0,
-        labels: vec![],
-        started_ms: ended_ms,
-        ended_ms,
+    let r = crate::testkit::linux_result(
+        crate::recipe::job_id("/repo", commit, "linux"),
+        "/repo",
+        commit,
         status,
-        steps: vec![],
-        metrics: Default::default(),
-        failed_step: None,
-        error: None,
-        author: String::new(),
-        title: String::new(),
-        node_name: String::new(),
-    };
+        ended_ms,
+    );
     let rec = crate::record::sign(&deterministic_key(9), &Body::Result(r));
     crate::wire::encode_gossip(&crate::wire::Gossip::Record(rec.bytes))
 }
