@@ -686,12 +686,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             CoreActor::new(core, net_tx, data_dir.clone(), jail).with_precheck(prechecked)
         });
         let net_cfg = net::NetConfig { listen: a.listen.clone(), bootstrap: a.bootstrap.clone(), known };
-        actix_rt::spawn(async move {
-            if let Err(e) = net::run(key, net_cfg, net_rx, ev_tx).await {
-                tracing::error!("network: {e:#}");
-                System::current().stop_with_code(1);
-            }
-        });
+        spawn_network(key, net_cfg, net_rx, ev_tx)?;
         if !a.watch.is_empty() {
             Watcher::new(
                 a.watch.clone(),
@@ -757,6 +752,31 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         System::current().stop();
         anyhow::Ok(())
     })?;
+    Ok(())
+}
+
+/// Runs the swarm on a thread and runtime of its own. On the actix
+/// system's thread, beside the Core actor, transfers stalled while the
+/// core stored or served a batch, and the transport's encryption took the
+/// core's time. It ends when the Core actor drops its command channel; a
+/// network failure stops the node.
+fn spawn_network(
+    key: libp2p::identity::Keypair,
+    cfg: net::NetConfig,
+    commands: tokio::sync::mpsc::Receiver<net::NetCommand>,
+    events: tokio::sync::mpsc::Sender<net::NetEvent>,
+) -> anyhow::Result<()> {
+    let system = System::current();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("the network's runtime")?;
+    std::thread::Builder::new()
+        .name("network".into())
+        .spawn(move || {
+            if let Err(e) = runtime.block_on(net::run(key, cfg, commands, events)) {
+                tracing::error!("network: {e:#}");
+                system.stop_with_code(1);
+            }
+        })
+        .context("starting the network's thread")?;
     Ok(())
 }
 
