@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The workload of bench/throughput.sh run by Buildbot 4.3, for comparison.
 #
-#   bench/buildbot.sh [--changes N] [--runs R] [--peerbot | --peerbot-figures FILE]
+#   bench/buildbot.sh [--changes N] [--runs R] [--peerbot | --peerbot-figures FILE] [--figures FILE]
 #
 # Installs buildbot, buildbot-worker and buildbot-www 4.3 in a virtualenv
 # under ${XDG_CACHE_HOME:-~/.cache}/peerbot/buildbot-venv (once; the
@@ -32,6 +32,7 @@
 #   --runs R        (RUNS)           runs, default 3
 #   --peerbot                        also run bench/throughput.sh (PEERBOT= as there)
 #   --peerbot-figures FILE           take peerbot's figures from FILE instead
+#   --figures FILE                   also write Buildbot's medians to FILE, "key value" lines
 #   BUILDBOT_VENV=dir                the virtualenv (made when missing)
 #   KEEP=1                           keep the temporary directory (logs)
 set -euo pipefail
@@ -44,12 +45,14 @@ changes=${CHANGES:-200}
 runs=${RUNS:-3}
 run_peerbot=0
 peerbot_figures=
+figures=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --changes) changes=${2:?--changes needs a number}; shift 2 ;;
         --runs) runs=${2:?--runs needs a number}; shift 2 ;;
         --peerbot) run_peerbot=1; shift ;;
         --peerbot-figures) peerbot_figures=${2:?--peerbot-figures needs a file}; shift 2 ;;
+        --figures) figures=${2:?--figures needs a file}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -259,6 +262,18 @@ m_rate=$(median "${all_rate[@]}") m_lat=$(median "${all_lat[@]}") m_lat_cli=$(me
 m_b50=$(median "${all_b50[@]}") m_c50=$(median "${all_c50[@]}")
 m_rss_m=$(($(median "${all_rss_m[@]}") / 1024)) m_hwm_m=$(($(median "${all_hwm_m[@]}") / 1024))
 m_rss_w=$(($(median "${all_rss_w[@]}") / 1024))
+if [[ -n $figures ]]; then
+    cat >"$figures" <<EOF
+changes $changes
+runs $runs
+builds_per_s $m_rate
+latency_ms $m_lat
+latency_cli_ms $m_lat_cli
+builds50_ms $m_b50
+changes50_ms $m_c50
+rss_master_kib $((m_rss_m * 1024))
+EOF
+fi
 
 # Peerbot's figures, if asked for.
 declare -A pb=()
