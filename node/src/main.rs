@@ -686,7 +686,7 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             CoreActor::new(core, net_tx, data_dir.clone(), jail).with_precheck(prechecked)
         });
         let net_cfg = net::NetConfig { listen: a.listen.clone(), bootstrap: a.bootstrap.clone(), known };
-        spawn_network(key, net_cfg, net_rx, ev_tx)?;
+        let net_failed = net::thread::spawn(key, net_cfg, net_rx, ev_tx)?;
         if !a.watch.is_empty() {
             Watcher::new(
                 a.watch.clone(),
@@ -737,11 +737,15 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         let handle = server.handle();
         actix_rt::spawn(server);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let failed = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+            e = net_failed => Some(e),
+        };
+        match &failed {
+            Some(e) => tracing::error!("the network failed, shutting down: {e:#}"),
+            None => info!("shutting down"),
         }
-        info!("shutting down");
         executor::kill_all_steps();
         handle.stop(true).await;
         // The core's last input: what it saves must be all it stored.
@@ -750,33 +754,11 @@ fn run_node(a: NodeArgs) -> anyhow::Result<()> {
             tracing::warn!("the next start scans the store's keys: {e:#}");
         }
         System::current().stop();
-        anyhow::Ok(())
+        match failed {
+            Some(e) => Err(e.context("the network failed")),
+            None => Ok(()),
+        }
     })?;
-    Ok(())
-}
-
-/// Runs the swarm on a thread and runtime of its own. On the actix
-/// system's thread, beside the Core actor, transfers stalled while the
-/// core stored or served a batch, and the transport's encryption took the
-/// core's time. It ends when the Core actor drops its command channel; a
-/// network failure stops the node.
-fn spawn_network(
-    key: libp2p::identity::Keypair,
-    cfg: net::NetConfig,
-    commands: tokio::sync::mpsc::Receiver<net::NetCommand>,
-    events: tokio::sync::mpsc::Sender<net::NetEvent>,
-) -> anyhow::Result<()> {
-    let system = System::current();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("the network's runtime")?;
-    std::thread::Builder::new()
-        .name("network".into())
-        .spawn(move || {
-            if let Err(e) = runtime.block_on(net::run(key, cfg, commands, events)) {
-                tracing::error!("network: {e:#}");
-                system.stop_with_code(1);
-            }
-        })
-        .context("starting the network's thread")?;
     Ok(())
 }
 

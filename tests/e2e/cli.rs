@@ -152,3 +152,17 @@ fn check_reads_a_recipe_and_the_cli_takes_refs_and_host_port() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("\"no-such-ref\" names no commit"), "{err}");
 }
+
+/// A listen address the transport cannot serve: the node stops with status
+/// 1 and names it, instead of running on without a network.
+#[test]
+fn a_node_that_cannot_listen_stops_and_names_the_address() {
+    let root = tempfile::Builder::new().prefix("peerbot-cli-").tempdir().unwrap();
+    let quic = "/ip4/127.0.0.1/udp/0/quic-v1";
+    let err = match Node::start(Path::new(BIN), "A", &root.path().join("a"), &["--listen".into(), quic.into()]) {
+        Ok(_) => panic!("the node started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("exited with exit status: 1"), "{err}");
+    assert!(err.contains(&format!("the network failed: cannot listen on {quic}")), "{err}");
+}

@@ -1,5 +1,6 @@
-//! The libp2p swarm, run as a tokio task and bridged to the core by
-//! channels. It moves bytes; the core decides what they mean.
+//! The libp2p swarm, run on a thread of its own (`thread.rs`) and bridged
+//! to the core by channels. It moves bytes; the core decides what they
+//! mean.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
@@ -746,6 +747,8 @@ impl NetTask {
         }
     }
 }
+
+pub mod thread;
 
 #[cfg(test)]
 mod tests;
