@@ -271,7 +271,7 @@ latency_ms $m_lat
 latency_cli_ms $m_lat_cli
 builds50_ms $m_b50
 changes50_ms $m_c50
-rss_master_kib $((m_rss_m * 1024))
+rss_master_kib $(median "${all_rss_m[@]}")
 EOF
 fi
 

@@ -10,6 +10,7 @@
 #   bench/startup.sh 1000000 R       resident memory and time to ready
 #   bench/api-queries.sh 1000000     every filter of the API, builds?limit=50
 #   the record_size example          bytes per build before compression
+#                                    (of the records this checkout signs)
 #   bench/throughput.sh --runs R     builds/s and latency of two nodes
 #   bench/buildbot.sh --runs R       the same workload on Buildbot 4.3
 #   bench/catchup.sh 100000 R        a fresh node catching up 100k results
@@ -27,7 +28,10 @@
 #                           results already (copied, never changed)
 #   PEERBOT=path            the binary; default: cargo build --release -p
 #                           peerbot, then $CARGO_TARGET_DIR/release/peerbot
-#   KEEP=1                  keep the temporary directory (outputs, logs)
+#   KEEP=1                  keep the temporary directories (outputs, logs;
+#                           the throughput and Buildbot runs' too)
+# The other benchmarks' own settings (CHANGES, SANDBOX, NODE_ARGS, STOP,
+# TAIL, LOGS, DATA_DIR) are not passed on: each runs with its defaults.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,7 +49,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "--runs takes a positive number" >&2; exit 2; }
-for tool in curl jq bc awk python3 git; do
+for tool in curl jq bc awk python3 git cargo; do
     command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
 done
 run_all() {
@@ -58,6 +62,7 @@ run_all() {
     fi
     [[ -x $PEERBOT ]] || { echo "no peerbot binary at $PEERBOT" >&2; exit 1; }
     export PEERBOT PEERBOT_BIN=$PEERBOT
+    unset CHANGES SANDBOX NODE_ARGS STOP TAIL LOGS DATA_DIR RUNS
     unset PEERBOT_DATA_DIR PEERBOT_HTTP PEERBOT_LISTEN PEERBOT_BOOTSTRAP PEERBOT_WATCH PEERBOT_LABEL \
         PEERBOT_ALLOW_REPO PEERBOT_CLUSTER PEERBOT_ADMISSION PEERBOT_SANDBOX
 
@@ -70,6 +75,8 @@ run_all() {
     if [[ -n ${SEEDED:-} ]]; then
         [[ -d $SEEDED/db ]] || { echo "SEEDED=$SEEDED holds no db" >&2; exit 2; }
         seeded=$SEEDED
+        # Passed on only where meant: the 100k catch-up seeds its own.
+        unset SEEDED
     else
         seeded=$root/1m
         echo "seeding $n results (about 1.5 minutes) ..."
@@ -103,7 +110,7 @@ run_all() {
     cp -a "$seeded" "$root/queries"
     step queries env DATA_DIR="$root/queries" RUNS=21 bash "$here/api-queries.sh" "$n"
     rm -rf "$root/queries"
-    step size bash -c "cd '$repo_root' && cargo run -q --release -p peerbot-protocol --example record_size"
+    step size bash -c 'cd "$1" && cargo run -q --release -p peerbot-protocol --example record_size' _ "$repo_root"
     step throughput bash "$here/throughput.sh" --runs "$runs" --figures "$out/peerbot.figures"
     step buildbot bash "$here/buildbot.sh" --runs "$runs" --peerbot-figures "$out/peerbot.figures" \
         --figures "$out/buildbot.figures"
@@ -113,6 +120,8 @@ run_all() {
 }
 
 if [[ -n $report ]]; then
+    # The directory a kept run names, or its out/ directory.
+    [[ -f $report/out/startup ]] && report=$report/out
     [[ -f $report/startup && -f $report/catchup1m ]] || { echo "--report $report: no kept outputs there" >&2; exit 2; }
     out=$report
     runs=$(sed -nE 's/^median of ([0-9]+): caught up.*/\1/p' "$out/catchup1m")
@@ -125,26 +134,30 @@ fi
 figure() { awk -v k="$2" '$1 == k {print $2}' "$1"; }
 # The medians, read from what each benchmark printed.
 rss=$(sed -nE 's/^median of .*RSS ([0-9]+) MiB.*/\1/p' "$out/startup")
-ready=$(sed -nE 's/^median of .*ready in ([0-9.]+) s.*/\1/p' "$out/startup" | awk '{printf "%.2f", $1}')
+ready=$(sed -nE 's/^median of .*ready in ([0-9.]+) s.*/\1/p' "$out/startup")
 b50=$(awk '$1 == "/api/v1/builds?limit=50" {print $2}' "$out/queries")
-# Every filtered query of the API: all but the two unfiltered lists.
-filters=$(awk '$1 ~ /^\/api\/v1\// && $1 != "/api/v1/builds?limit=50" && $1 != "/api/v1/changes?limit=50" {print $2}' \
-    "$out/queries" | sort -g | tail -1)
-worst=$(awk -v t="$filters" '$1 ~ /^\/api\/v1\// && $2 == t {print $1; exit}' "$out/queries")
+# Every filtered query of the API: the lists asked with a filter (not the
+# two unfiltered ones, nor the dashboard's console and waterfall).
+filtered='$1 ~ /^\/api\/v1\/(builds|changes|jobs)\?/ && $1 != "/api/v1/builds?limit=50" && $1 != "/api/v1/changes?limit=50"'
+filters=$(awk "$filtered {print \$2}" "$out/queries" | sort -g | tail -1)
+worst=$(awk -v t="$filters" "$filtered && \$2 == t {print \$1; exit}" "$out/queries")
 bytes=$(sed -nE 's/^per build +([0-9]+) bytes.*/\1/p' "$out/size")
 rate=$(figure "$out/peerbot.figures" builds_per_s)
 bb_rate=$(figure "$out/buildbot.figures" builds_per_s)
-ratio=$(awk -v p="$rate" -v b="$bb_rate" 'BEGIN {printf "%.1f", (b > 0 ? p / b : 0)}')
+ratio=
+[[ -n $rate && -n $bb_rate ]] && ratio=$(awk -v p="$rate" -v b="$bb_rate" 'BEGIN {if (b > 0) print p / b}')
 latency=$(figure "$out/peerbot.figures" latency_both_ms)
 c100k=$(sed -nE 's/^median of .* in ([0-9.]+) s;.*/\1/p' "$out/catchup100k")
 c1m=$(sed -nE 's/^median of .* in ([0-9.]+) s;.*/\1/p' "$out/catchup1m")
 
 missed=0
-# row FIGURE VALUE GOAL-TEXT AWK-TEST: the test sees the value as v.
+# row FIGURE VALUE GOAL-TEXT AWK-TEST [FORMAT]: the test sees the value as
+# v, unrounded; FORMAT (printf) only rounds what is shown.
 row() {
-    local met=no
+    local met=no shown=?
     if [[ -n $2 ]] && awk -v v="$2" "BEGIN {exit !($4)}"; then met=yes; else missed=$((missed + 1)); fi
-    printf '%-52s %12s  %-26s %s\n' "$1" "${2:-?}" "$3" "$met"
+    [[ -n $2 ]] && shown=$(awk -v v="$2" -v f="${5:-%s}" 'BEGIN {printf f, v}')
+    printf '%-52s %12s  %-26s %s\n' "$1" "$shown" "$3" "$met"
 }
 echo
 echo "$("$PEERBOT" --version 2>/dev/null || echo peerbot) ($PEERBOT); $(nproc) cores; medians of $runs runs" \
@@ -152,12 +165,12 @@ echo "$("$PEERBOT" --version 2>/dev/null || echo peerbot) ($PEERBOT); $(nproc) c
 [[ -n $report ]] && echo "(from the outputs kept in $report)"
 printf '%-52s %12s  %-26s %s\n' figure measured goal met
 row "RSS after start, 1M results (MiB)" "$rss" "<= 64" "v <= 64"
-row "start-up, 1M results (s)" "$ready" "<= 1" "v <= 1"
+row "start-up, 1M results (s)" "$ready" "<= 1" "v <= 1" "%.2f"
 row "slowest API filter, 1M results (ms)" "$filters" "<= 5 (p50)" "v <= 5"
 row "builds?limit=50, 1M results (ms)" "$b50" "<= 1" "v <= 1"
 row "bytes per build before compression" "$bytes" "< 1500" "v < 1500"
 row "builds/s, 200 no-op changes, 2 nodes x 1" "$rate" ">= 40" "v >= 40"
-row "  against Buildbot 4.3 ($bb_rate builds/s) (x)" "$ratio" ">= 10" "v >= 10"
+row "  against Buildbot 4.3 (${bb_rate:-?} builds/s) (x)" "$ratio" ">= 10" "v >= 10" "%.1f"
 row "announce -> result on both nodes (ms)" "$latency" "<= 100" "v <= 100"
 row "fresh node catches up 100k results (s)" "$c100k" "< 10" "v < 10"
 row "fresh node catches up 1M results (s)" "$c1m" "< 100" "v < 100"
