@@ -16,14 +16,15 @@
 #   bench/catchup.sh 100000 R        a fresh node catching up 100k results
 #   bench/catchup.sh 1000000 R       and a million
 # and prints one table: each figure's median, its goal, and whether it is
-# met. Exits 1 if a goal is missed, 2 on bad arguments. About 20 minutes
+# met. Exits 1 if a goal is missed, 2 on bad arguments. About 15 minutes
 # on 2 cores; the first run also installs Buildbot into a virtualenv (see
 # bench/buildbot.sh).
 #
 # Options (or environment):
 #   --runs R     (RUNS)     runs of each benchmark, default 3
 #   --report DIR            run nothing: print the table from the outputs a
-#                           run kept (KEEP=1) in DIR (its out/ directory)
+#                           run kept (KEEP=1) in DIR (the directory it kept,
+#                           or its out/)
 #   SEEDED=DIR              a stopped node's directory holding the million
 #                           results already (copied, never changed)
 #   PEERBOT=path            the binary; default: cargo build --release -p
