@@ -144,24 +144,11 @@ mod tests {
             failed_tests: failed.iter().map(|n| FailedTest { name: n.to_string(), message: "m".into() }).collect(),
             test_format: report.then(|| "tap".to_string()),
         };
+        let job = crate::Hash32::of(commit.as_bytes());
         BuildResult {
-            job: crate::Hash32::of(commit.as_bytes()),
-            repo: "r".into(),
-            branch: "main".into(),
-            commit: commit.into(),
             builder: "b".into(),
-            attempt: 0,
-            labels: vec![],
-            started_ms: 0,
-            ended_ms: 0,
-            status: crate::Status::Failure,
             steps: vec![step],
-            metrics: Default::default(),
-            failed_step: None,
-            error: None,
-            author: String::new(),
-            title: String::new(),
-            node_name: String::new(),
+            ..crate::testkit::linux_result(job, "r", commit, crate::Status::Failure, 0)
         }
     }
 
